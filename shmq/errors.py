@@ -1,0 +1,51 @@
+"""One error tree, rooted at ShmqError; each error also inherits the matching builtin."""
+
+from __future__ import annotations
+
+
+class ShmqError(Exception):
+    """Base of every error shmq raises."""
+
+
+class QueueTimeout(ShmqError, TimeoutError):
+    """A blocking put() or get() ran out of time."""
+
+
+class WouldBlock(ShmqError, BlockingIOError):
+    """A _nowait call found the ring full (writer) or empty (reader)."""
+
+
+class QueueClosed(ShmqError, EOFError):
+    """The writer closed the queue, or this end was closed or cancelled."""
+
+
+class LayoutMismatch(ShmqError, ValueError):
+    """The shared-memory object is not a shmq segment this version can read."""
+
+
+class MessageTooLarge(ShmqError, ValueError):
+    """A message exceeds the queue's max_message_bytes."""
+
+
+class PeerDead(ShmqError, ConnectionError):
+    """A process on the other end of the queue is gone."""
+
+
+class ReaderDead(PeerDead):
+    """A reader the writer waits for has died."""
+
+
+class WriterDead(PeerDead):
+    """The writer of the queue has died."""
+
+
+class ShmFull(ShmqError, OSError):
+    """/dev/shm has no room for the segment."""
+
+
+class AlreadyAttached(ShmqError, RuntimeError):
+    """Another live process holds this reader index."""
+
+
+class BadHandle(ShmqError, ValueError):
+    """A handle string that does not parse, or a handle that does not match its segment."""

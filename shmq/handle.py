@@ -1,0 +1,64 @@
+"""The handle: a small, picklable, versioned description of a queue that lets another process attach."""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+
+from . import layout as L
+from .errors import BadHandle
+
+_SCHEME = "shmq"
+
+
+@dataclasses.dataclass(frozen=True)
+class Handle:
+    """Everything a reader needs to find a queue and check it found the right one.
+
+    ``str(handle)`` is one line, ``Handle.parse`` reads it back, so a shell, a CLI
+    or a sidecar can pass it around.
+    """
+
+    shm_name: str  #: the POSIX shared-memory object, ``shmq-`` plus a random suffix
+    name: str  #: the queue's logical name, as it appears in metrics and logs
+    n_readers: int  #: local reader slots
+    n_chunks: int  #: ring slots
+    chunk_bytes: int  #: payload bytes per slot
+    endpoint: str = ""  #: ZeroMQ endpoint for remote readers, "" without them
+    version: int = L.LAYOUT_VERSION  #: the segment layout version
+
+    def __str__(self) -> str:
+        query = urllib.parse.urlencode({
+            "v": self.version, "name": self.name, "readers": self.n_readers,
+            "chunks": self.n_chunks, "chunk_bytes": self.chunk_bytes, "endpoint": self.endpoint,
+        })
+        return f"{_SCHEME}://{self.shm_name}?{query}"
+
+    @classmethod
+    def parse(cls, text: str) -> Handle:
+        parts = urllib.parse.urlsplit(text.strip())
+        if parts.scheme != _SCHEME or not parts.netloc:
+            raise BadHandle(f"not a shmq handle: {text!r} (expected 'shmq://shmq-...?v=...')")
+        query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+        try:
+            fields = {k: query[k][0] for k in ("v", "name", "readers", "chunks", "chunk_bytes")}
+            version = int(fields["v"])
+            handle = cls(
+                shm_name=parts.netloc, name=fields["name"], n_readers=int(fields["readers"]),
+                n_chunks=int(fields["chunks"]), chunk_bytes=int(fields["chunk_bytes"]),
+                endpoint=query.get("endpoint", [""])[0], version=version,
+            )
+        except (KeyError, ValueError) as e:
+            raise BadHandle(f"malformed shmq handle {text!r}: {e!r}") from None
+        if version != L.LAYOUT_VERSION:
+            raise BadHandle(f"handle {text!r} is for layout version {version}; this shmq reads version "
+                            f"{L.LAYOUT_VERSION}")
+        return handle
+
+    @classmethod
+    def coerce(cls, handle: Handle | str) -> Handle:
+        if isinstance(handle, Handle):
+            return handle
+        if isinstance(handle, str):
+            return cls.parse(handle)
+        raise BadHandle(f"expected a shmq.Handle or its string form, got {type(handle).__name__}")

@@ -1,0 +1,231 @@
+"""The bytes of a shmq segment. No other module knows an offset.
+
+One POSIX shared-memory object holds one queue::
+
+    +--------------------------------------------------------------+  0
+    | HEADER (8 cache lines)                                       |
+    |   line 0  magic | version | segment_bytes | creator_pid      |
+    |           creator_start | creator_uid | created_ns | readers |
+    |   line 1  n_chunks | chunk_bytes | flags | max_message_bytes |
+    |   line 2  queue name (64 B, UTF-8, NUL padded)               |
+    |   line 3  remote endpoint (64 B, ASCII, NUL padded)          |
+    |   line 4  writer_cursor            (futex word: its low half)|
+    |   line 5  reader_parked[64]        (one byte per reader)     |
+    |   line 6  writer_parked | writer_wake (futex word)           |
+    |   line 7  reserved                                           |
+    +--------------------------------------------------------------+  HEADER_BYTES
+    | PARTICIPANT RECORD 0: the writer          (RECORD_BYTES each)|
+    | PARTICIPANT RECORD 1..n_readers: reader 0..n_readers-1       |
+    +--------------------------------------------------------------+  slots_offset()
+    | SLOT 0: slot header (SLOT_HEADER_BYTES) | payload chunk_bytes |
+    | ...                                                          |
+    | SLOT n_chunks-1                                              |
+    +--------------------------------------------------------------+  segment_bytes()
+
+Every shared field is a naturally aligned 8-byte word, so the queue reads and
+writes them through one ``memoryview.cast("Q")`` of the whole segment: CPython
+moves such an item with a single aligned 8-byte load or store, which is never
+torn. (``struct.pack_into`` is not used on shared fields: it zeroes the target
+before packing, so a concurrent reader could see the zeros.) Slot headers and
+payloads are only read after the cursor that publishes them, so they may be
+packed with ``struct``.
+
+Each participant record is written by exactly one process, its owner; the only
+exception is a writer marking a *dead* reader evicted, when the owner can no
+longer write. Records are whole cache lines apart, so readers never false-share.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+CACHE_LINE = 64
+WORD = 8
+
+MAGIC = b"SHMQRNG\x00"
+MAGIC_WORD = int.from_bytes(MAGIC, "little")
+LAYOUT_VERSION = 1
+
+MAX_READERS = 64  # one parked byte per reader fits one cache line
+NAME_BYTES = 64
+ENDPOINT_BYTES = 64
+
+# -- header, line 0: identity (immutable once `version` is written) ----------
+OFF_MAGIC = 0
+OFF_VERSION = OFF_MAGIC + WORD  # written last: it is the "segment ready" signal
+OFF_SEGMENT_BYTES = OFF_VERSION + WORD
+OFF_CREATOR_PID = OFF_SEGMENT_BYTES + WORD
+OFF_CREATOR_START = OFF_CREATOR_PID + WORD  # /proc start time, guards pid reuse
+OFF_CREATOR_UID = OFF_CREATOR_START + WORD
+OFF_CREATED_NS = OFF_CREATOR_UID + WORD  # wall clock, time.time_ns()
+OFF_N_READERS = OFF_CREATED_NS + WORD
+# -- line 1: geometry ----------------------------------------------------------
+OFF_N_CHUNKS = OFF_N_READERS + WORD
+OFF_CHUNK_BYTES = OFF_N_CHUNKS + WORD
+OFF_FLAGS = OFF_CHUNK_BYTES + WORD
+OFF_MAX_MESSAGE_BYTES = OFF_FLAGS + WORD
+# -- lines 2-3: names ----------------------------------------------------------
+OFF_NAME = 2 * CACHE_LINE
+OFF_ENDPOINT = OFF_NAME + NAME_BYTES
+# -- line 4: the writer cursor, alone on its line (read by every reader) -------
+OFF_WRITER_CURSOR = OFF_ENDPOINT + ENDPOINT_BYTES
+# -- line 5: one "I am parked" byte per reader ---------------------------------
+OFF_READER_PARKED = OFF_WRITER_CURSOR + CACHE_LINE
+# -- line 6: the writer's park flag and the word it sleeps on ------------------
+OFF_WRITER_PARKED = OFF_READER_PARKED + CACHE_LINE
+OFF_WRITER_WAKE = OFF_WRITER_PARKED + WORD
+HEADER_BYTES = OFF_WRITER_PARKED + 2 * CACHE_LINE
+
+assert OFF_MAX_MESSAGE_BYTES + WORD <= OFF_NAME
+assert OFF_WRITER_CURSOR % CACHE_LINE == 0 and OFF_READER_PARKED % CACHE_LINE == 0
+assert HEADER_BYTES == 8 * CACHE_LINE
+
+# Header flags.
+FLAG_STATS = 1 << 0  # participants keep counters and histograms
+FLAG_RAW_ONLY = 1 << 1  # serializer="bytes": readers never unpickle
+
+# -- participant record --------------------------------------------------------
+# line 0: identity and progress
+REC_PID = 0
+REC_START_TIME = REC_PID + WORD
+REC_ROLE = REC_START_TIME + WORD
+REC_INDEX = REC_ROLE + WORD
+REC_STATE = REC_INDEX + WORD
+REC_STATE_SINCE_NS = REC_STATE + WORD  # time.monotonic_ns() of the last change
+REC_HEARTBEAT_NS = REC_STATE_SINCE_NS + WORD  # time.monotonic_ns()
+REC_CURSOR = REC_HEARTBEAT_NS + WORD  # messages (slots) produced or consumed
+# line 1-2: counters, each a plain store by the owner
+REC_MESSAGES = REC_CURSOR + WORD
+REC_BYTES = REC_MESSAGES + WORD
+REC_SPINS = REC_BYTES + WORD
+REC_YIELDS = REC_SPINS + WORD
+REC_BACKOFF_SLEEPS = REC_YIELDS + WORD
+REC_BACKOFF_SLEEP_NS = REC_BACKOFF_SLEEPS + WORD
+REC_PARKS = REC_BACKOFF_SLEEP_NS + WORD
+REC_WAKEUPS = REC_PARKS + WORD
+REC_TIMEOUTS = REC_WAKEUPS + WORD
+REC_OVERFLOW = REC_TIMEOUTS + WORD
+REC_WAITS = REC_OVERFLOW + WORD  # equals the sum of the histogram buckets
+REC_WAIT_NS = REC_WAITS + WORD
+REC_ATTACHES = REC_WAIT_NS + WORD
+REC_PROGRESS_NS = REC_ATTACHES + WORD  # monotonic_ns when the cursor last moved (heartbeat thread)
+# lines 3..: wait-time histogram, log2 buckets of microseconds
+HIST_FINITE_BUCKETS = 27  # upper bounds 1 us, 2 us, ... 2**26 us (about 67 s)
+HIST_BUCKETS = HIST_FINITE_BUCKETS + 1  # plus +Inf
+REC_HISTOGRAM = 3 * CACHE_LINE
+RECORD_BYTES = 8 * CACHE_LINE
+
+assert REC_PROGRESS_NS + WORD <= REC_HISTOGRAM
+assert REC_HISTOGRAM + HIST_BUCKETS * WORD <= RECORD_BYTES
+
+HISTOGRAM_UPPER_BOUNDS_S = tuple(2.0**k / 1e6 for k in range(HIST_FINITE_BUCKETS))
+
+# Counter fields in record order, as named in snapshots and metrics.
+COUNTER_FIELDS = (
+    ("messages", REC_MESSAGES),
+    ("bytes", REC_BYTES),
+    ("spins", REC_SPINS),
+    ("yields", REC_YIELDS),
+    ("backoff_sleeps", REC_BACKOFF_SLEEPS),
+    ("backoff_sleep_ns", REC_BACKOFF_SLEEP_NS),
+    ("parks", REC_PARKS),
+    ("wakeups", REC_WAKEUPS),
+    ("timeouts", REC_TIMEOUTS),
+    ("overflow_messages", REC_OVERFLOW),
+    ("waits", REC_WAITS),
+    ("wait_ns", REC_WAIT_NS),
+    ("attaches", REC_ATTACHES),
+)
+
+
+def wait_bucket(wait_ns: int) -> int:
+    """Index of the histogram bucket that holds a wait of `wait_ns`."""
+    micros = (wait_ns + 999) // 1000
+    return min((micros - 1).bit_length() if micros > 1 else 0, HIST_FINITE_BUCKETS)
+
+
+class Role(enum.IntEnum):
+    WRITER = 1
+    READER = 2
+
+
+class ParticipantState(enum.IntEnum):
+    """Where a participant is. Stored in its record; 0 means never attached."""
+
+    PENDING = 0  #: a reader slot nobody has attached to yet; it gates the writer
+    IDLE = 1  #: attached, no call made yet
+    BUSY = 2  #: outside the queue, in application code
+    WAITING_READ = 3  #: inside get(), no message available
+    WAITING_WRITE = 4  #: inside put(), the ring is full
+    CLOSED = 5  #: closed cleanly; no longer gates the writer
+    EVICTED = 6  #: found dead by the writer and left out of the minimum cursor
+
+
+# -- ring slots ----------------------------------------------------------------
+SLOT_SEQ = 0
+SLOT_FRAME_LEN = SLOT_SEQ + WORD  # payload bytes in this slot
+SLOT_TOTAL_LEN = SLOT_FRAME_LEN + WORD  # payload bytes of the whole message
+SLOT_FLAGS = SLOT_TOTAL_LEN + WORD
+SLOT_TRACEPARENT = SLOT_FLAGS + WORD
+TRACEPARENT_BYTES = 64  # W3C traceparent is 55 ASCII characters
+SLOT_HEADER_BYTES = 2 * CACHE_LINE
+assert SLOT_TRACEPARENT + TRACEPARENT_BYTES <= SLOT_HEADER_BYTES
+
+SLOT_HEAD = struct.Struct("<QQQQ")  # seq, frame_len, total_len, flags
+
+# Slot flags.
+SLOT_RAW = 1 << 0  # payload is the caller's bytes, not a serialized object
+SLOT_FRAGMENT = 1 << 1  # one piece of a message that spans several slots
+SLOT_LAST = 1 << 2  # the final piece of a message
+SLOT_TRACED = 1 << 3  # the traceparent field holds a W3C traceparent
+
+# A serialized message is a table of segment lengths, then the segments:
+#   u64 count | u64 len[0] ... u64 len[count-1] | segment 0 | segment 1 | ...
+# Segment 0 is the pickle stream; the rest are pickle-5 out-of-band buffers.
+SEGMENT_COUNT = struct.Struct("<Q")
+ONE_SEGMENT = struct.Struct("<QQ")
+
+
+def align(n: int, to: int = CACHE_LINE) -> int:
+    return (n + to - 1) // to * to
+
+
+def record_offset(participant: int) -> int:
+    """Record 0 is the writer; record 1 + i is reader i."""
+    return HEADER_BYTES + participant * RECORD_BYTES
+
+
+def slots_offset(n_readers: int) -> int:
+    return record_offset(1 + n_readers)
+
+
+def slot_stride(chunk_bytes: int) -> int:
+    return SLOT_HEADER_BYTES + align(chunk_bytes)
+
+
+def segment_bytes(n_readers: int, n_chunks: int, chunk_bytes: int) -> int:
+    return slots_offset(n_readers) + n_chunks * slot_stride(chunk_bytes)
+
+
+def slot_offset(n_readers: int, chunk_bytes: int, slot: int) -> int:
+    return slots_offset(n_readers) + slot * slot_stride(chunk_bytes)
+
+
+def word(byte_offset: int) -> int:
+    """Index of an 8-byte field in the segment's ``cast("Q")`` view."""
+    return byte_offset // WORD
+
+
+HEADER_FIELDS = struct.Struct("<12Q")  # magic .. max_message_bytes, lines 0 and 1
+
+
+def encode_text(text: str, size: int, what: str) -> bytes:
+    raw = text.encode("utf-8")
+    if len(raw) >= size:
+        raise ValueError(f"{what} {text!r} is {len(raw)} bytes; the limit is {size - 1}")
+    return raw.ljust(size, b"\x00")
+
+
+def decode_text(raw: bytes) -> str:
+    return bytes(raw).split(b"\x00", 1)[0].decode("utf-8", "replace")

@@ -1,0 +1,267 @@
+"""What writer and reader share: the record they own, the one wait loop, heartbeats and liveness."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Callable
+
+from . import hooks as hooks_module
+from . import layout as L
+from . import procs
+from . import wait as wait_module
+from .errors import QueueClosed, QueueTimeout, WouldBlock
+from .segment import Segment
+
+log = logging.getLogger("shmq")
+
+State = L.ParticipantState
+
+# Word indexes inside a record (add the record's base word).
+R_PID = L.word(L.REC_PID)
+R_START_TIME = L.word(L.REC_START_TIME)
+R_ROLE = L.word(L.REC_ROLE)
+R_INDEX = L.word(L.REC_INDEX)
+R_STATE = L.word(L.REC_STATE)
+R_STATE_SINCE = L.word(L.REC_STATE_SINCE_NS)
+R_HEARTBEAT = L.word(L.REC_HEARTBEAT_NS)
+R_CURSOR = L.word(L.REC_CURSOR)
+R_MESSAGES = L.word(L.REC_MESSAGES)
+R_BYTES = L.word(L.REC_BYTES)
+R_SPINS = L.word(L.REC_SPINS)
+R_YIELDS = L.word(L.REC_YIELDS)
+R_BACKOFF_SLEEPS = L.word(L.REC_BACKOFF_SLEEPS)
+R_BACKOFF_SLEEP_NS = L.word(L.REC_BACKOFF_SLEEP_NS)
+R_PARKS = L.word(L.REC_PARKS)
+R_WAKEUPS = L.word(L.REC_WAKEUPS)
+R_TIMEOUTS = L.word(L.REC_TIMEOUTS)
+R_OVERFLOW = L.word(L.REC_OVERFLOW)
+R_WAITS = L.word(L.REC_WAITS)
+R_WAIT_NS = L.word(L.REC_WAIT_NS)
+R_ATTACHES = L.word(L.REC_ATTACHES)
+R_PROGRESS = L.word(L.REC_PROGRESS_NS)
+R_HISTOGRAM = L.word(L.REC_HISTOGRAM)
+
+W_WRITER_CURSOR = L.word(L.OFF_WRITER_CURSOR)
+W_WRITER_PARKED = L.word(L.OFF_WRITER_PARKED)
+W_WRITER_WAKE = L.word(L.OFF_WRITER_WAKE)
+
+#: How often a long wait flushes its counters, refreshes the heartbeat and checks cancel and timeout.
+HOUSEKEEPING_NS = 5_000_000
+#: How often a blocked participant checks that the peers it waits for are alive.
+PEER_CHECK_NS = 100_000_000
+HEARTBEAT_INTERVAL_S = 0.1
+DEFAULT_WARN_AFTER_S = 10.0
+
+_open_participants: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    # Interpreter exit (including after Ctrl-C) unlinks what writers created; no __del__ needed.
+    for participant in list(_open_participants):
+        participant.close()
+
+
+class Heartbeat(threading.Thread):
+    """Stamps the owner's heartbeat, and its progress time when its cursor moved, every `interval_s`.
+
+    A thread rather than the hot path: it costs put() and get() nothing, it keeps
+    beating while the application is busy, and it stops when the process is
+    stopped or a C call holds the GIL, which is what a watchdog needs to tell
+    "busy" from "frozen".
+    """
+
+    def __init__(self, words: memoryview, record: int, cursor_word: int, interval_s: float) -> None:
+        super().__init__(name=f"shmq-heartbeat-{record}", daemon=True)
+        self._words = words
+        self._record = record
+        self._cursor_word = cursor_word
+        self._interval_s = interval_s
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        w, rec = self._words, self._record
+        last_cursor = w[self._cursor_word]
+        while not self._stop_event.wait(self._interval_s):
+            now = time.monotonic_ns()
+            w[rec + R_HEARTBEAT] = now
+            cursor = w[self._cursor_word]
+            if cursor != last_cursor:
+                w[rec + R_PROGRESS] = now
+                last_cursor = cursor
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self is not threading.current_thread():
+            self.join(timeout=2 * self._interval_s + 1)
+
+
+class Participant:
+    """Base of Writer and Reader: owns one record of the segment."""
+
+    _role: L.Role
+
+    def __init__(self, segment: Segment, record: int, *, wait: wait_module.WaitStrategy | None,
+                 warn_after_s: float, hooks: hooks_module.MessageHooks | None) -> None:
+        self._segment = segment
+        self._w = segment.words
+        self._rec = L.word(L.record_offset(record))
+        self.queue_name = segment.name
+        self._stats = bool(segment.flags & L.FLAG_STATS)
+        self._counters = wait_module.WaitCounters()
+        self._strategy = (wait or wait_module.default()).bound(self, self._counters)
+        self._warn_after_ns = int(warn_after_s * 1e9)
+        self._hooks = hooks if hooks is not None else hooks_module.installed()
+        self._events: list | None = None  # idle events of a traced operation
+        self._deadline_ns: int | None = None
+        self._last_wait_spins = 0
+        self._cancelled = False
+        self._closed = False
+        self._heartbeat: Heartbeat | None = None
+
+    # -- record -----------------------------------------------------------------
+    def _register(self, index: int, cursor_word: int) -> None:
+        w, rec = self._w, self._rec
+        now = time.monotonic_ns()
+        w[rec + R_PID] = os.getpid()
+        w[rec + R_START_TIME] = procs.start_time(os.getpid()) or 0
+        w[rec + R_ROLE] = self._role
+        w[rec + R_INDEX] = index
+        w[rec + R_HEARTBEAT] = now
+        w[rec + R_PROGRESS] = now
+        w[rec + R_ATTACHES] += 1
+        self._set_state(State.IDLE)
+        self._heartbeat = Heartbeat(w, rec, cursor_word, HEARTBEAT_INTERVAL_S)
+        self._heartbeat.start()
+        _open_participants.add(self)
+
+    def _set_state(self, state: State) -> None:
+        w, rec = self._w, self._rec
+        w[rec + R_STATE_SINCE] = time.monotonic_ns()
+        w[rec + R_STATE] = state
+
+    def _count_message(self, nbytes: int) -> None:
+        if self._stats:
+            w, rec = self._w, self._rec
+            w[rec + R_MESSAGES] += 1
+            w[rec + R_BYTES] += nbytes
+
+    def _flush_counters(self) -> None:
+        c = self._counters
+        if self._stats:
+            w, rec = self._w, self._rec
+            w[rec + R_SPINS] += c.spins
+            w[rec + R_YIELDS] += c.yields
+            w[rec + R_BACKOFF_SLEEPS] += c.backoff_sleeps
+            w[rec + R_BACKOFF_SLEEP_NS] += c.backoff_sleep_ns
+            w[rec + R_PARKS] += c.parks
+        c.clear()
+
+    # -- the one wait loop ----------------------------------------------------------
+    def _block(self, ready: Callable[[], bool], timeout: float | None, waiting: State) -> int:
+        """Idle until `ready()` is true. Returns the wait in ns.
+
+        Raises WouldBlock for timeout == 0, QueueTimeout when the time runs out,
+        QueueClosed when cancelled, and whatever `_check_peers` raises.
+        """
+        if timeout is not None and timeout <= 0:
+            raise WouldBlock(self._would_block_reason())
+        start = time.monotonic_ns()
+        deadline = None if timeout is None else start + int(timeout * 1e9)
+        self._deadline_ns = deadline
+        self._set_state(waiting)
+        strategy = self._strategy
+        strategy.reset()
+        housekeeping = start + HOUSEKEEPING_NS
+        peer_check = start + PEER_CHECK_NS
+        warn_at = start + self._warn_after_ns
+        spins_flushed = 0
+        try:
+            while not ready():
+                strategy.idle(0)
+                now = time.monotonic_ns()
+                if now < housekeeping:
+                    continue
+                housekeeping = now + HOUSEKEEPING_NS
+                spins_flushed += self._counters.spins
+                self._flush_counters()
+                self._w[self._rec + R_HEARTBEAT] = now
+                if self._cancelled or self._closed:
+                    raise QueueClosed(f"{self._describe()} was cancelled or closed while waiting")
+                if now >= peer_check:
+                    peer_check = now + PEER_CHECK_NS
+                    self._check_peers(now - start)
+                if deadline is not None and now >= deadline:
+                    if self._stats:
+                        self._w[self._rec + R_TIMEOUTS] += 1
+                    raise QueueTimeout(f"{self._describe()} timed out after {timeout} s: "
+                                       f"{self._blockers(now - start)}")
+                if now >= warn_at:
+                    warn_at = now + self._warn_after_ns
+                    log.warning("%s has waited %.1f s: %s", self._describe(), (now - start) / 1e9,
+                                self._blockers(now - start))
+        finally:
+            waited = time.monotonic_ns() - start
+            self._last_wait_spins = spins_flushed + self._counters.spins
+            self._flush_counters()
+            if self._stats:
+                w, rec = self._w, self._rec
+                w[rec + R_HISTOGRAM + L.wait_bucket(waited)] += 1
+                w[rec + R_WAITS] += 1
+                w[rec + R_WAIT_NS] += waited
+            if not self._closed:
+                self._set_state(State.BUSY)
+        return waited
+
+    def _park_timeout(self, timeout_s: float) -> float:
+        """Never sleep past the caller's deadline or the next housekeeping."""
+        if self._deadline_ns is not None:
+            timeout_s = min(timeout_s, max(0.0, (self._deadline_ns - time.monotonic_ns()) / 1e9))
+        return timeout_s
+
+    def idle_event(self, name: str, start_ns: int, duration_ns: int) -> None:
+        if self._events is not None:
+            self._events.append((name, start_ns, duration_ns))
+
+    # -- hooks for the subclasses -----------------------------------------------------
+    def _describe(self) -> str:
+        raise NotImplementedError
+
+    def _blockers(self, waited_ns: int) -> str:
+        """Who this participant waits for, for warnings and timeouts."""
+        raise NotImplementedError
+
+    def _would_block_reason(self) -> str:
+        raise NotImplementedError
+
+    def _check_peers(self, waited_ns: int) -> None:
+        """Raise if a peer this participant waits for is dead."""
+        raise NotImplementedError
+
+    def park(self, timeout_s: float) -> None:
+        raise NotImplementedError
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+        _open_participants.discard(self)
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,58 @@
+"""Is a process still the one that registered? Pid plus start time, so a reused pid is not mistaken for it."""
+
+from __future__ import annotations
+
+import os
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields 3.. of /proc/PID/stat (state first), [] where /proc is unreadable, None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return [] if _pid_exists(pid) else None
+    # The command name (field 2) may hold spaces and parentheses; the fields after it are plain.
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22), 0 if unknown, None if gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    return int(fields[19]) if fields else 0
+
+
+def run_state(pid: int) -> str | None:
+    """The kernel's one-letter state (R, S, D, T, Z, ...), "" if unknown, None if gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    return fields[0].decode() if fields else ""
+
+
+def is_alive(pid: int, registered_start_time: int) -> bool:
+    """True while `pid` runs and is the process that registered with `registered_start_time`."""
+    if pid <= 0:
+        return False
+    fields = _stat_fields(pid)
+    if fields is None:
+        return False
+    if not fields:
+        return True
+    if registered_start_time and int(fields[19]) != registered_start_time:
+        return False
+    return fields[0] != b"Z"

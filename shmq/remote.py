@@ -1,0 +1,175 @@
+"""Readers on other machines: the same message stream over ZeroMQ TCP.
+
+The writer publishes every message on an XPUB socket with no high-water mark, so
+nothing is dropped (pyzmq's default HWM silently drops a burst). XPUB_VERBOSE
+reports each subscription, which is how ``Writer.wait_for_readers`` knows a
+remote reader is connected before the first message goes out. Each message
+carries its sequence number and the next one's, so a remote reader notices any
+gap instead of silently skipping it.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any
+
+import zmq
+
+from . import hooks as hooks_module
+from .errors import BadHandle, QueueClosed, QueueTimeout, ShmqError, WouldBlock, WriterDead
+from .handle import Handle
+from . import layout as L
+from .serialization import BytesSerializer, resolve
+
+_HEAD = struct.Struct("<QQQ")  # seq, next seq, slot flags; the traceparent follows
+_END = 1 << 63  # flag: the writer closed
+_POLL_MS = 50  # how often a blocked get() looks at cancel() and the connection
+
+
+class RemotePublisher:
+    """The writer's side: one XPUB socket that every remote reader subscribes to."""
+
+    def __init__(self, bind: str, n_remote_readers: int) -> None:
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.XPUB)
+        self._socket.setsockopt(zmq.SNDHWM, 0)
+        self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self._socket.bind(bind)
+        self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._expected = n_remote_readers
+        self._subscribed = 0
+
+    def missing(self) -> int:
+        """Remote readers that have not subscribed yet."""
+        while self._socket.poll(0, zmq.POLLIN):
+            event = self._socket.recv()
+            self._subscribed += 1 if event[:1] == b"\x01" else -1
+        return max(0, self._expected - self._subscribed)
+
+    def send(self, seq: int, next_seq: int, flags: int, traceparent: bytes, segments: list) -> None:
+        frames = [_HEAD.pack(seq, next_seq, flags) + traceparent, *segments]
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):
+            # Immutable bytes go without a copy; a caller's buffer is copied, as it may change after put().
+            self._socket.send(frame, zmq.SNDMORE if i < last else 0, copy=not isinstance(frame, bytes))
+
+    def close(self, cursor: int) -> None:
+        self._socket.send(_HEAD.pack(cursor, cursor, _END))
+        self._socket.close(linger=2000)
+        self._context.term()
+
+
+class RemoteReader:
+    """A reader on another host. Same get() API as a local Reader; made by ``shmq.attach_remote``."""
+
+    def __init__(self, handle: Handle | str, *, endpoint: str | None = None, serializer=None,
+                 hooks: hooks_module.MessageHooks | None = None, index: int = -1) -> None:
+        handle = Handle.coerce(handle)
+        self.queue_name = handle.name
+        self.index = index
+        self._endpoint = endpoint or handle.endpoint
+        if not self._endpoint:
+            raise BadHandle(f"queue {handle.name!r} has no remote endpoint: create it with n_remote_readers > 0")
+        self._serializer = resolve(serializer)
+        self._hooks = hooks if hooks is not None else hooks_module.installed()
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.SUB)
+        self._socket.setsockopt(zmq.RCVHWM, 0)
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._socket.connect(self._endpoint)
+        self._socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self._expected: int | None = None
+        self._connected = False
+        self._cancelled = False
+        self._closed = False
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        return self._receive(timeout, raw=False)
+
+    def get_nowait(self) -> Any:
+        return self._receive(0, raw=False)
+
+    def get_bytes(self, *, timeout: float | None = None) -> bytes:
+        return self._receive(timeout, raw=True)
+
+    def _receive(self, timeout: float | None, raw: bool) -> Any:
+        start = time.monotonic_ns()
+        frames = self._await_frames(timeout)
+        waited = time.monotonic_ns() - start
+        seq, next_seq, flags = _HEAD.unpack_from(frames[0].buffer)
+        if flags & _END:
+            raise QueueClosed(f"queue {self.queue_name!r} was closed by its writer after {seq} messages")
+        if self._expected is not None and seq != self._expected:
+            raise ShmqError(f"remote reader of queue {self.queue_name!r} expected message {self._expected} "
+                            f"and got {seq}: {seq - self._expected} messages were lost on the way")
+        self._expected = next_seq
+        traceparent = bytes(frames[0].buffer[_HEAD.size :])
+        stream = frames[1].buffer
+        if flags & L.SLOT_RAW:
+            message = bytes(stream)
+        elif raw or isinstance(self._serializer, BytesSerializer):
+            raise ShmqError(f"queue {self.queue_name!r}: this message was sent with put(); read it with get()")
+        else:
+            message = self._serializer.decode(stream, [bytearray(f.buffer) for f in frames[2:]])
+        if traceparent and self._hooks is not None:
+            body = sum(len(f.buffer) for f in frames[1:])
+            self._hooks.received(queue=self.queue_name, reader=self.index, message_id=seq, body_size=body,
+                                 traceparent=traceparent, wait_start_ns=start, wait_ns=waited, spins=0, events=[])
+        return message
+
+    def _await_frames(self, timeout: float | None) -> list:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._cancelled or self._closed:
+                raise QueueClosed(f"remote reader of queue {self.queue_name!r} was cancelled or closed")
+            if self._socket.poll(0, zmq.POLLIN):
+                return self._socket.recv_multipart(copy=False)
+            self._watch_connection()
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if timeout == 0:
+                        raise WouldBlock(f"no message for the remote reader of queue {self.queue_name!r}")
+                    raise QueueTimeout(f"remote reader of queue {self.queue_name!r} timed out after {timeout} s")
+                poll_ms = min(_POLL_MS, max(1, int(left * 1000)))
+            else:
+                poll_ms = _POLL_MS
+            self._socket.poll(poll_ms, zmq.POLLIN)
+
+    def _watch_connection(self) -> None:
+        while self._monitor.poll(0, zmq.POLLIN):
+            event = zmq.utils.monitor.recv_monitor_message(self._monitor)
+            if event["event"] == zmq.EVENT_CONNECTED:
+                self._connected = True
+            elif event["event"] == zmq.EVENT_DISCONNECTED and self._connected:
+                # The writer sends an end marker before it closes; losing the connection
+                # without one, after draining what arrived, means the writer is gone.
+                if not self._socket.poll(0, zmq.POLLIN):
+                    raise WriterDead(f"the writer of queue {self.queue_name!r} at {self._endpoint} went away "
+                                     "without closing the queue")
+
+    def cancel(self) -> None:
+        """Make a get() blocked in another thread raise QueueClosed within 50 ms. Thread-safe."""
+        self._cancelled = True
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._socket.disable_monitor()
+        self._monitor.close(linger=0)
+        self._socket.close(linger=0)
+        self._context.term()
+
+    def __enter__(self) -> RemoteReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def attach_remote(handle: Handle | str, *, endpoint: str | None = None, serializer=None,
+                  hooks: hooks_module.MessageHooks | None = None, index: int = -1) -> RemoteReader:
+    """Attach a reader through ZeroMQ TCP; `endpoint` overrides the handle's (e.g. the writer host's address)."""
+    return RemoteReader(handle, endpoint=endpoint, serializer=serializer, hooks=hooks, index=index)

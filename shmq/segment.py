@@ -1,0 +1,260 @@
+"""Create, open, list and remove the POSIX shared-memory objects that hold queues.
+
+On Linux a POSIX shm object is a file in /dev/shm, so this module opens it there
+directly: that gives mode 0600 at creation, an owner check on open, and
+``posix_fallocate`` to find a full /dev/shm at creation rather than as SIGBUS later.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import mmap
+import os
+import secrets
+import shutil
+import time
+
+from . import layout as L
+from . import procs, sync
+from .errors import LayoutMismatch, ShmFull, ShmqError
+
+SHM_DIR = "/dev/shm"
+PREFIX = "shmq-"
+
+
+class QueueNotFound(ShmqError, FileNotFoundError):
+    """No shared-memory object by that name: the handle is wrong or the writer has closed."""
+
+
+class ForeignSegment(ShmqError, PermissionError):
+    """The shared-memory object belongs to another user."""
+
+
+def new_shm_name() -> str:
+    return PREFIX + secrets.token_hex(12)
+
+
+class Segment:
+    """One mapped queue segment. ``words`` is the 8-byte-word view every shared field goes through."""
+
+    def __init__(self, shm_name: str, path: str, mm: mmap.mmap, writable: bool) -> None:
+        self.shm_name = shm_name
+        self.path = path
+        self._mm = mm
+        self.writable = writable
+        self.buf = memoryview(mm)
+        self.words = self.buf.cast("Q")
+        self.parked = self.buf[L.OFF_READER_PARKED : L.OFF_READER_PARKED + L.MAX_READERS]
+        if writable:
+            probe = ctypes.c_char.from_buffer(mm)  # a buffer export; dropped at once so close() works
+            self.address = ctypes.addressof(probe)
+            del probe
+        else:
+            self.address = 0
+        w = self.words
+        self.n_readers = w[L.word(L.OFF_N_READERS)]
+        self.n_chunks = w[L.word(L.OFF_N_CHUNKS)]
+        self.chunk_bytes = w[L.word(L.OFF_CHUNK_BYTES)]
+        self.flags = w[L.word(L.OFF_FLAGS)]
+        self.max_message_bytes = w[L.word(L.OFF_MAX_MESSAGE_BYTES)]
+        self.creator_pid = w[L.word(L.OFF_CREATOR_PID)]
+        self.creator_start = w[L.word(L.OFF_CREATOR_START)]
+        self.created_ns = w[L.word(L.OFF_CREATED_NS)]
+        self.name = L.decode_text(self.buf[L.OFF_NAME : L.OFF_NAME + L.NAME_BYTES])
+        self.endpoint = L.decode_text(self.buf[L.OFF_ENDPOINT : L.OFF_ENDPOINT + L.ENDPOINT_BYTES])
+
+    # -- creation ---------------------------------------------------------------
+    @classmethod
+    def create(cls, *, name: str, n_readers: int, n_chunks: int, chunk_bytes: int, flags: int,
+               max_message_bytes: int, endpoint: str = "", shm_dir: str = SHM_DIR) -> Segment:
+        if not 1 <= n_readers <= L.MAX_READERS:
+            raise ValueError(f"n_readers must be 1..{L.MAX_READERS}, got {n_readers}")
+        if n_chunks < 2:
+            raise ValueError(f"n_chunks must be at least 2, got {n_chunks}")
+        if chunk_bytes < 64:
+            raise ValueError(f"chunk_bytes must be at least 64, got {chunk_bytes}")
+        name_field = L.encode_text(name, L.NAME_BYTES, "queue name")
+        endpoint_field = L.encode_text(endpoint, L.ENDPOINT_BYTES, "endpoint")
+        size = L.segment_bytes(n_readers, n_chunks, chunk_bytes)
+        shm_name = new_shm_name()
+        path = os.path.join(shm_dir, shm_name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _allocate(fd, size, shm_dir)
+            mm = mmap.mmap(fd, size)
+        except BaseException:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(fd)
+        w = memoryview(mm).cast("Q")
+        w[L.word(L.OFF_MAGIC)] = L.MAGIC_WORD
+        w[L.word(L.OFF_SEGMENT_BYTES)] = size
+        w[L.word(L.OFF_CREATOR_PID)] = os.getpid()
+        w[L.word(L.OFF_CREATOR_START)] = procs.start_time(os.getpid()) or 0
+        w[L.word(L.OFF_CREATOR_UID)] = os.getuid()
+        w[L.word(L.OFF_CREATED_NS)] = time.time_ns()
+        w[L.word(L.OFF_N_READERS)] = n_readers
+        w[L.word(L.OFF_N_CHUNKS)] = n_chunks
+        w[L.word(L.OFF_CHUNK_BYTES)] = chunk_bytes
+        w[L.word(L.OFF_FLAGS)] = flags
+        w[L.word(L.OFF_MAX_MESSAGE_BYTES)] = max_message_bytes
+        mm[L.OFF_NAME : L.OFF_NAME + L.NAME_BYTES] = name_field
+        mm[L.OFF_ENDPOINT : L.OFF_ENDPOINT + L.ENDPOINT_BYTES] = endpoint_field
+        # Everything above must be visible before the version says "ready".
+        sync.publish_fence()
+        w[L.word(L.OFF_VERSION)] = L.LAYOUT_VERSION
+        w.release()
+        return cls(shm_name, path, mm, writable=True)
+
+    def set_endpoint(self, endpoint: str) -> None:
+        self.buf[L.OFF_ENDPOINT : L.OFF_ENDPOINT + L.ENDPOINT_BYTES] = L.encode_text(endpoint, L.ENDPOINT_BYTES, "endpoint")
+        self.endpoint = endpoint
+
+    # -- opening ----------------------------------------------------------------
+    @classmethod
+    def open(cls, shm_name: str, *, writable: bool, shm_dir: str = SHM_DIR, ready_timeout_s: float = 5.0) -> Segment:
+        if "/" in shm_name or not shm_name:
+            raise QueueNotFound(f"{shm_name!r} is not a shared-memory object name")
+        path = os.path.join(shm_dir, shm_name)
+        try:
+            fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        except FileNotFoundError:
+            raise QueueNotFound(f"no shared-memory object {shm_name!r} in {shm_dir}: the handle is wrong "
+                                "or its writer has closed") from None
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid():
+                raise ForeignSegment(f"{path} belongs to uid {st.st_uid}, not to this process's uid {os.getuid()}")
+            if st.st_size < L.HEADER_BYTES:
+                raise LayoutMismatch(f"{path} is {st.st_size} bytes, smaller than a shmq header "
+                                     f"({L.HEADER_BYTES} bytes): not a shmq segment")
+            mm = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
+        finally:
+            os.close(fd)
+        try:
+            _validate(mm, path, st.st_size, ready_timeout_s)
+        except BaseException:
+            mm.close()
+            raise
+        return cls(shm_name, path, mm, writable=writable)
+
+    # -- closing ----------------------------------------------------------------
+    def close(self) -> None:
+        if self._mm.closed:
+            return
+        self.parked.release()
+        self.words.release()
+        self.buf.release()
+        self._mm.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._mm.closed
+
+    def unlink(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _allocate(fd: int, size: int, shm_dir: str) -> None:
+    """Reserve the pages now: a full tmpfs otherwise shows up later as SIGBUS on first touch."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EFBIG):
+            raise
+        free = shutil.disk_usage(shm_dir).free
+        raise ShmFull(
+            e.errno,
+            f"{shm_dir} has no room for a {size:,}-byte queue segment ({free:,} bytes free). "
+            "Shrink the queue (n_chunks x chunk_bytes) or give the container more shared memory: "
+            "Docker --shm-size=1g or --ipc=host, or in Kubernetes an emptyDir with medium: Memory "
+            "mounted at /dev/shm.",
+        ) from None
+
+
+def _validate(mm: mmap.mmap, path: str, file_size: int, ready_timeout_s: float) -> None:
+    """Magic, then version (waiting while it is 0: the creator writes it last), then sizes."""
+    words = memoryview(mm).cast("Q")
+    try:
+        magic = words[L.word(L.OFF_MAGIC)]
+        if magic != L.MAGIC_WORD:
+            raise LayoutMismatch(f"{path} is not a shmq segment: magic is {magic.to_bytes(8, 'little')!r}, "
+                                 f"expected {L.MAGIC!r}")
+        deadline = time.monotonic() + ready_timeout_s
+        while (version := words[L.word(L.OFF_VERSION)]) == 0:
+            if time.monotonic() > deadline:
+                raise LayoutMismatch(f"{path} was never made ready: its creator wrote no version within "
+                                     f"{ready_timeout_s} s")
+            time.sleep(0.001)
+        sync.acquire_fence()
+        if version != L.LAYOUT_VERSION:
+            raise LayoutMismatch(f"{path} has layout version {version}; this shmq reads version {L.LAYOUT_VERSION}")
+        declared = words[L.word(L.OFF_SEGMENT_BYTES)]
+        n_readers = words[L.word(L.OFF_N_READERS)]
+        n_chunks = words[L.word(L.OFF_N_CHUNKS)]
+        chunk_bytes = words[L.word(L.OFF_CHUNK_BYTES)]
+        if not 1 <= n_readers <= L.MAX_READERS or n_chunks < 2 or chunk_bytes < 64:
+            raise LayoutMismatch(f"{path} has a corrupt header: n_readers={n_readers}, n_chunks={n_chunks}, "
+                                 f"chunk_bytes={chunk_bytes}")
+        expected = L.segment_bytes(n_readers, n_chunks, chunk_bytes)
+        if declared != expected or file_size != expected:
+            raise LayoutMismatch(f"{path} has a corrupt header: it declares {declared:,} bytes, its geometry "
+                                 f"needs {expected:,} bytes, and the object is {file_size:,} bytes")
+    finally:
+        words.release()
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentInfo:
+    """One entry of list_segments()."""
+
+    shm_name: str  #: the object's name in /dev/shm
+    name: str  #: the queue's logical name ("" if unreadable)
+    creator_pid: int  #: pid of the process that created it (0 if unreadable)
+    creator_alive: bool  #: whether that process still runs
+    size_bytes: int  #: size of the object
+    error: str = ""  #: why the header could not be read, if it could not
+
+
+def list_segments(shm_dir: str = SHM_DIR) -> list[SegmentInfo]:
+    """Every shmq segment in `shm_dir`, readable or not."""
+    found = []
+    try:
+        names = sorted(n for n in os.listdir(shm_dir) if n.startswith(PREFIX))
+    except FileNotFoundError:
+        return []
+    for shm_name in names:
+        path = os.path.join(shm_dir, shm_name)
+        try:
+            size = os.stat(path).st_size
+            seg = Segment.open(shm_name, writable=False, shm_dir=shm_dir, ready_timeout_s=0)
+        except FileNotFoundError:
+            continue  # unlinked while we looked
+        except (ShmqError, OSError) as e:
+            found.append(SegmentInfo(shm_name, "", 0, False, 0, error=str(e)))
+            continue
+        try:
+            alive = procs.is_alive(seg.creator_pid, seg.creator_start)
+            found.append(SegmentInfo(shm_name, seg.name, seg.creator_pid, alive, size))
+        finally:
+            seg.close()
+    return found
+
+
+def cleanup(shm_dir: str = SHM_DIR) -> list[str]:
+    """Unlink the segments whose creator has died. Returns their shm names."""
+    removed = []
+    for info in list_segments(shm_dir):
+        if not info.error and not info.creator_alive:
+            try:
+                os.unlink(os.path.join(shm_dir, info.shm_name))
+                removed.append(info.shm_name)
+            except FileNotFoundError:
+                pass
+    return removed

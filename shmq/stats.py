@@ -1,0 +1,167 @@
+"""Read-only views of queue segments, for telemetry, the watchdog and ``shmq top``.
+
+A view maps the segment read-only, so nothing it does can disturb the queue.
+``snapshot()`` copies each participant record in one slice and returns frozen
+dataclasses; counters are monotonic, so rates are differences of snapshots.
+Timestamps in records are ``time.monotonic_ns()`` (one clock for every process on
+a Linux host); ``QueueStats.wall_time_s`` converts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from . import layout as L
+from . import procs
+from .handle import Handle
+from .segment import SHM_DIR, QueueNotFound, Segment, list_segments
+
+State = L.ParticipantState
+
+
+@dataclasses.dataclass(frozen=True)
+class ParticipantStats:
+    """One participant record, as read at snapshot time."""
+
+    role: L.Role  #: writer or reader
+    index: int  #: the reader index; -1 for the writer
+    pid: int  #: process id of the owner (0 before it attached)
+    start_time: int  #: the owner's start time in clock ticks, to tell a reused pid apart
+    state: L.ParticipantState  #: where the owner is (idle, busy, waiting_read, ...)
+    state_since_ns: int  #: monotonic time of the last state change
+    heartbeat_ns: int  #: monotonic time of the owner's last heartbeat
+    progress_ns: int  #: monotonic time the cursor last moved (to heartbeat resolution)
+    cursor: int  #: slots produced (writer) or consumed (reader) so far
+    messages: int  #: messages sent or received
+    bytes: int  #: payload bytes sent or received
+    spins: int  #: busy-poll iterations while waiting
+    yields: int  #: sched_yield calls while waiting
+    backoff_sleeps: int  #: sleeps taken by the Backoff strategy
+    backoff_sleep_ns: int  #: total time in those sleeps
+    parks: int  #: futex parks (or fallback sleeps)
+    wakeups: int  #: futex wake calls issued to parked peers
+    timeouts: int  #: put()/get() calls that timed out
+    overflow_messages: int  #: messages that spanned several slots
+    waits: int  #: calls that had to wait; equals sum(histogram)
+    wait_ns: int  #: total time spent in those waits
+    attaches: int  #: how many times a process attached to this record
+    histogram: tuple[int, ...]  #: wait counts per bucket (not cumulative); bounds in layout.HISTOGRAM_UPPER_BOUNDS_S
+
+    @property
+    def alive(self) -> bool:
+        """Whether the owner process still runs (always False before it attached)."""
+        return procs.is_alive(self.pid, self.start_time)
+
+    @property
+    def label(self) -> str:
+        return "writer" if self.role == L.Role.WRITER else f"reader {self.index}"
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueStats:
+    """A whole queue at one instant."""
+
+    shm_name: str  #: the shared-memory object
+    name: str  #: the queue's logical name
+    creator_pid: int  #: the process that created the segment
+    created_ns: int  #: wall-clock creation time
+    n_readers: int  #: local reader slots
+    n_chunks: int  #: ring capacity in slots
+    chunk_bytes: int  #: payload bytes per slot
+    stats_enabled: bool  #: whether counters are kept
+    endpoint: str  #: ZeroMQ endpoint of remote readers, or ""
+    writer_cursor: int  #: slots published so far
+    monotonic_ns: int  #: time.monotonic_ns() when the snapshot was taken
+    time_ns: int  #: time.time_ns() when the snapshot was taken
+    writer: ParticipantStats  #: the writer's record
+    readers: tuple[ParticipantStats, ...]  #: one record per reader index
+
+    @property
+    def gating_readers(self) -> tuple[ParticipantStats, ...]:
+        """Readers that hold the writer back: attached or pending, not closed or evicted."""
+        return tuple(r for r in self.readers if r.state < State.CLOSED)
+
+    @property
+    def occupancy(self) -> int:
+        """Slots published that the slowest gating reader has not consumed."""
+        gating = self.gating_readers
+        return self.writer_cursor - min(r.cursor for r in gating) if gating else 0
+
+    def lag(self, reader: ParticipantStats) -> int:
+        return max(0, self.writer_cursor - reader.cursor)
+
+    def wall_time_s(self, monotonic_ns: int) -> float:
+        """A record's monotonic timestamp as Unix time in seconds."""
+        return (self.time_ns - (self.monotonic_ns - monotonic_ns)) / 1e9
+
+
+_R = {name: L.word(offset) for name, offset in L.COUNTER_FIELDS}
+
+
+class QueueView:
+    """A read-only mapping of one queue segment."""
+
+    def __init__(self, segment: Segment) -> None:
+        self._segment = segment
+        self.shm_name = segment.shm_name
+        self.name = segment.name
+
+    def snapshot(self) -> QueueStats:
+        seg = self._segment
+        w = seg.words
+        writer_cursor = w[L.word(L.OFF_WRITER_CURSOR)]
+        records = [self._record(w, p) for p in range(1 + seg.n_readers)]
+        writer = dataclasses.replace(records[0], cursor=writer_cursor, index=-1)
+        return QueueStats(
+            shm_name=seg.shm_name, name=seg.name, creator_pid=seg.creator_pid, created_ns=seg.created_ns,
+            n_readers=seg.n_readers, n_chunks=seg.n_chunks, chunk_bytes=seg.chunk_bytes,
+            stats_enabled=bool(seg.flags & L.FLAG_STATS), endpoint=seg.endpoint, writer_cursor=writer_cursor,
+            monotonic_ns=time.monotonic_ns(), time_ns=time.time_ns(), writer=writer, readers=tuple(records[1:]),
+        )
+
+    @staticmethod
+    def _record(w: memoryview, participant: int) -> ParticipantStats:
+        base = L.word(L.record_offset(participant))
+        r = w[base : base + L.RECORD_BYTES // L.WORD].tolist()  # one copy, so fields are close in time
+        histogram = tuple(r[L.word(L.REC_HISTOGRAM) : L.word(L.REC_HISTOGRAM) + L.HIST_BUCKETS])
+        role = r[L.word(L.REC_ROLE)]
+        return ParticipantStats(
+            role=L.Role(role) if role else (L.Role.WRITER if participant == 0 else L.Role.READER),
+            index=participant - 1,
+            pid=r[L.word(L.REC_PID)],
+            start_time=r[L.word(L.REC_START_TIME)],
+            state=State(r[L.word(L.REC_STATE)]) if r[L.word(L.REC_STATE)] in State._value2member_map_ else State.PENDING,
+            state_since_ns=r[L.word(L.REC_STATE_SINCE_NS)],
+            heartbeat_ns=r[L.word(L.REC_HEARTBEAT_NS)],
+            progress_ns=r[L.word(L.REC_PROGRESS_NS)],
+            cursor=r[L.word(L.REC_CURSOR)],
+            histogram=histogram,
+            **{name: r[i] for name, i in _R.items()},
+        )
+
+    def close(self) -> None:
+        self._segment.close()
+
+    def __enter__(self) -> QueueView:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open(handle_or_name: Handle | str, *, shm_dir: str = SHM_DIR) -> QueueView:  # noqa: A001 - the documented name
+    """Map a queue read-only, by Handle, handle string, shm object name or logical queue name."""
+    if isinstance(handle_or_name, Handle) or str(handle_or_name).startswith("shmq://"):
+        shm_name = Handle.coerce(handle_or_name).shm_name
+    elif str(handle_or_name).startswith("shmq-"):
+        shm_name = handle_or_name
+    else:
+        matches = [s.shm_name for s in list_segments(shm_dir) if s.name == handle_or_name and not s.error]
+        if not matches:
+            raise QueueNotFound(f"no shmq segment in {shm_dir} holds a queue named {handle_or_name!r}")
+        if len(matches) > 1:
+            raise QueueNotFound(f"{len(matches)} segments hold a queue named {handle_or_name!r}: {matches}; "
+                                "open one by its shm name")
+        shm_name = matches[0]
+    return QueueView(Segment.open(shm_name, writable=False, shm_dir=shm_dir, ready_timeout_s=1.0))

@@ -1,0 +1,336 @@
+"""The writer: claims slots behind the slowest reader, fills them, publishes its cursor."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+from . import hooks as hooks_module
+from . import layout as L
+from . import procs, sync
+from . import wait as wait_module
+from .errors import MessageTooLarge, QueueClosed, QueueTimeout, ReaderDead
+from .handle import Handle
+from .participant import (
+    R_CURSOR, R_PID, R_PROGRESS, R_START_TIME, R_STATE, R_STATE_SINCE, R_WAKEUPS, R_OVERFLOW,
+    W_WRITER_CURSOR, W_WRITER_PARKED, W_WRITER_WAKE, DEFAULT_WARN_AFTER_S, Participant, State, log,
+)
+from .segment import SHM_DIR, Segment
+from .serialization import Serializer, resolve
+
+DEFAULT_CHUNK_BYTES = 1 << 20
+DEFAULT_N_CHUNKS = 16
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 31
+ON_DEAD_READER = ("raise", "evict")
+
+_SLOT_HEAD = L.SLOT_HEAD
+_ONE_SEGMENT = L.ONE_SEGMENT
+_HEADER_BYTES = L.SLOT_HEADER_BYTES
+_TRACEPARENT = L.SLOT_TRACEPARENT
+_GATING = State.CLOSED  # states below this hold the writer back; CLOSED and EVICTED do not
+
+
+class Writer(Participant):
+    """The one writer of a queue. Made by ``shmq.create``."""
+
+    _role = L.Role.WRITER
+
+    def __init__(self, segment: Segment, *, serializer: Serializer, on_dead_reader: str,
+                 wait: wait_module.WaitStrategy | None, warn_after_s: float,
+                 hooks: hooks_module.MessageHooks | None, n_remote_readers: int, remote_bind: str) -> None:
+        super().__init__(segment, 0, wait=wait, warn_after_s=warn_after_s, hooks=hooks)
+        self._serializer = serializer
+        self._raw_flag = L.SLOT_RAW if serializer.raw else 0
+        self._on_dead_reader = on_dead_reader
+        self._n = segment.n_chunks
+        self._cap = segment.chunk_bytes
+        self._max = segment.max_message_bytes
+        self._slot_base = [L.slot_offset(segment.n_readers, self._cap, i) for i in range(self._n)]
+        self._reader_records = [L.word(L.record_offset(1 + i)) for i in range(segment.n_readers)]
+        parked_words = L.align(segment.n_readers, L.WORD) // L.WORD
+        self._parked = segment.parked[: parked_words * L.WORD].cast("Q")
+        self._one_parked_word = parked_words == 1
+        self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
+        self._wake_address = segment.address + L.OFF_WRITER_WAKE
+        self._cursor = 0
+        self._min_reader = 0  # cached minimum reader cursor: the Disruptor's gating sequence
+        self._remote = None
+        if n_remote_readers:
+            from .remote import RemotePublisher  # pyzmq is only needed with remote readers
+
+            self._remote = RemotePublisher(remote_bind, n_remote_readers)
+            segment.set_endpoint(self._remote.endpoint)
+        self.handle = Handle(
+            shm_name=segment.shm_name, name=segment.name, n_readers=segment.n_readers,
+            n_chunks=self._n, chunk_bytes=self._cap, endpoint=segment.endpoint,
+        )
+        self._register(0, W_WRITER_CURSOR)
+
+    # -- sending -----------------------------------------------------------------------
+    def put(self, obj, *, timeout: float | None = None) -> None:
+        """Send `obj` to every reader. Blocks while the ring is full; `timeout` in seconds."""
+        self._send(self._serializer.encode(obj), self._raw_flag, timeout)
+
+    def put_nowait(self, obj) -> None:
+        """Send `obj`, or raise WouldBlock at once if the ring is full."""
+        self._send(self._serializer.encode(obj), self._raw_flag, 0)
+
+    def put_bytes(self, data, *, timeout: float | None = None) -> None:
+        """Send raw bytes; readers get them back unpickled-free with get_bytes() or get()."""
+        self._send([data if isinstance(data, bytes) else memoryview(data).cast("B")], L.SLOT_RAW, timeout)
+
+    def _send(self, segments: list, flags: int, timeout: float | None) -> None:
+        if self._closed:
+            raise QueueClosed(f"{self._describe()} is closed")
+        single = len(segments) == 1
+        if single:
+            body = segments[0]
+            body_len = len(body)
+            total = _ONE_SEGMENT.size + body_len
+        else:
+            body_len = sum(len(s) for s in segments)
+            total = L.WORD * (1 + len(segments)) + body_len
+        if total > self._max:
+            raise MessageTooLarge(f"a {total:,}-byte message exceeds max_message_bytes={self._max:,} of queue "
+                                  f"{self.queue_name!r}")
+        trace = None
+        if self._hooks is not None:
+            trace = self._hooks.start_send(self.queue_name)
+            if trace is not None:
+                flags |= L.SLOT_TRACED
+                self._events = []
+        s = self._cursor
+        waited = 0
+        try:
+            if single and total <= self._cap:
+                if s - self._min_reader >= self._n:
+                    waited = self._claim(s, timeout)
+                buf = self._segment.buf
+                base = self._slot_base[s % self._n]
+                _SLOT_HEAD.pack_into(buf, base, s, total, total, flags)
+                if trace is not None:
+                    buf[base + _TRACEPARENT : base + _TRACEPARENT + len(trace.traceparent)] = trace.traceparent
+                payload = base + _HEADER_BYTES
+                _ONE_SEGMENT.pack_into(buf, payload, 1, body_len)
+                buf[payload + _ONE_SEGMENT.size : payload + total] = body
+                self._publish(s + 1)
+            else:
+                waited = self._send_slots(segments, total, flags, trace, timeout)
+        except BaseException as e:
+            if trace is not None:
+                self._finish_trace(trace, s, total, waited, e)
+            raise
+        self._count_message(total)
+        if trace is not None:
+            self._finish_trace(trace, s, total, waited, None)
+        if self._remote is not None:
+            self._remote.send(s, self._cursor, flags, trace.traceparent if trace is not None else b"", segments)
+
+    def _finish_trace(self, trace, message_id: int, total: int, waited: int, error) -> None:
+        events, self._events = self._events or [], None
+        trace.finish(message_id=message_id, body_size=total, wait_ns=waited,
+                     spins=self._last_wait_spins if waited else 0, events=events, error=error)
+
+    def _send_slots(self, segments: list, total: int, flags: int, trace, timeout: float | None) -> int:
+        """The general path: several segments (out-of-band buffers), or a message spanning slots.
+
+        A message larger than a chunk is streamed through consecutive slots, each
+        published as soon as it is full, so readers copy piece k while the writer
+        fills piece k+1 and a message may be larger than the whole ring. Only the
+        first slot honours `timeout`: once a piece is published the rest must follow.
+        """
+        table = struct.pack(f"<{1 + len(segments)}Q", len(segments), *(len(s) for s in segments))
+        sources = [memoryview(table), *(s if isinstance(s, memoryview) else memoryview(s) for s in segments)]
+        n_slots = -(-total // self._cap)
+        if n_slots > 1:
+            flags |= L.SLOT_FRAGMENT
+            if self._stats:
+                self._w[self._rec + R_OVERFLOW] += 1
+        buf = self._segment.buf
+        source, offset = 0, 0
+        waited = 0
+        for piece in range(n_slots):
+            s = self._cursor
+            if s - self._min_reader >= self._n:
+                waited += self._claim(s, timeout if piece == 0 else None)
+            frame = min(self._cap, total - piece * self._cap)
+            last = L.SLOT_LAST if piece == n_slots - 1 and n_slots > 1 else 0
+            base = self._slot_base[s % self._n]
+            _SLOT_HEAD.pack_into(buf, base, s, frame, total, flags | last)
+            if trace is not None:
+                buf[base + _TRACEPARENT : base + _TRACEPARENT + len(trace.traceparent)] = trace.traceparent
+            dest, need = base + _HEADER_BYTES, frame
+            while need:
+                view = sources[source]
+                take = min(need, len(view) - offset)
+                buf[dest : dest + take] = view[offset : offset + take]
+                dest += take
+                need -= take
+                offset += take
+                if offset == len(view):
+                    source, offset = source + 1, 0
+            self._publish(s + 1)
+        return waited
+
+    def _publish(self, cursor: int) -> None:
+        self._cursor = cursor
+        w = self._w
+        # The slot's header and payload were stored above, in program order. x86-64
+        # keeps stores in order, so readers that see this cursor see them too; other
+        # CPUs need the fence. Readers read the slot only after they load the cursor.
+        if not sync.ORDERED_STORES:
+            sync.publish_fence()
+        w[W_WRITER_CURSOR] = cursor
+        # Dekker handshake with Reader.park(): we store the cursor then load the parked
+        # flags; a parking reader stores its flag then loads the cursor. With a full
+        # fence on both sides at least one sees the other, so no wake-up is lost.
+        sync.full_fence()
+        if self._parked[0] if self._one_parked_word else any(self._parked):
+            sync.futex_wake(self._cursor_address)
+            if self._stats:
+                w[self._rec + R_WAKEUPS] += 1
+
+    # -- waiting for space --------------------------------------------------------------
+    def _claim(self, s: int, timeout: float | None) -> int:
+        """Make slot `s` free: rescan the readers, and wait if the slowest still holds it."""
+        if self._slot_free(s):
+            return 0
+        return self._block(self._cursor_slot_free, timeout, State.WAITING_WRITE)
+
+    def _cursor_slot_free(self) -> bool:
+        return self._slot_free(self._cursor)
+
+    def _slot_free(self, s: int) -> bool:
+        w = self._w
+        lowest = s
+        for rec in self._reader_records:
+            # A (re)attaching reader stores its cursor before its state, so a gating
+            # state read here is followed by a cursor load that sees its cursor.
+            if w[rec + R_STATE] < _GATING:
+                cursor = w[rec + R_CURSOR]
+                if cursor < lowest:
+                    lowest = cursor
+        self._min_reader = lowest
+        return s - lowest < self._n
+
+    def park(self, timeout_s: float) -> None:
+        w = self._w
+        w[W_WRITER_PARKED] = 1
+        sync.full_fence()  # the Dekker handshake with Reader._advance: flag, fence, then re-check
+        expected = w[W_WRITER_WAKE]
+        if self._slot_free(self._cursor) or self._closed:
+            w[W_WRITER_PARKED] = 0
+            return
+        start = time.monotonic_ns()
+        sync.futex_wait(self._wake_address, expected, self._park_timeout(timeout_s))
+        w[W_WRITER_PARKED] = 0
+        self.idle_event("park", start, time.monotonic_ns() - start)
+
+    def _gating_readers(self) -> list[int]:
+        """Indexes of the readers whose cursors keep the next slot from being free."""
+        w, s = self._w, self._cursor
+        return [i for i, rec in enumerate(self._reader_records)
+                if w[rec + R_STATE] < _GATING and s - w[rec + R_CURSOR] >= self._n]
+
+    def _check_peers(self, waited_ns: int) -> None:
+        w = self._w
+        for i in self._gating_readers():
+            rec = self._reader_records[i]
+            if w[rec + R_STATE] == State.PENDING:
+                continue
+            pid = w[rec + R_PID]
+            if procs.is_alive(pid, w[rec + R_START_TIME]):
+                continue
+            lag = self._cursor - w[rec + R_CURSOR]
+            if self._on_dead_reader == "raise":
+                raise ReaderDead(f"reader {i} (pid {pid}) of queue {self.queue_name!r} died {lag} messages behind "
+                                 f"the writer; create the queue with on_dead_reader='evict' to carry on without it")
+            # The owner is dead, so no other process writes this record now.
+            w[rec + R_STATE_SINCE] = time.monotonic_ns()
+            w[rec + R_STATE] = State.EVICTED
+            log.warning("shmq queue %r: evicted dead reader %d (pid %d), %d messages behind", self.queue_name,
+                        i, pid, lag)
+
+    def _blockers(self, waited_ns: int) -> str:
+        w, now = self._w, time.monotonic_ns()
+        parts = []
+        for i in self._gating_readers():
+            rec = self._reader_records[i]
+            if w[rec + R_STATE] == State.PENDING:
+                parts.append(f"reader {i} has not attached")
+                continue
+            parts.append(f"reader {i} (pid {w[rec + R_PID]}, state {State(w[rec + R_STATE]).name.lower()}, "
+                         f"lag {self._cursor - w[rec + R_CURSOR]} messages, no progress for "
+                         f"{(now - w[rec + R_PROGRESS]) / 1e9:.1f} s)")
+        return "blocked by " + ("; ".join(parts) if parts else "no reader any more")
+
+    def _describe(self) -> str:
+        return f"shmq queue {self.queue_name!r}: writer (pid {os.getpid()})"
+
+    def _would_block_reason(self) -> str:
+        return f"queue {self.queue_name!r} is full: {self._blockers(0)}"
+
+    # -- readers ---------------------------------------------------------------------
+    def wait_for_readers(self, timeout: float | None = None) -> None:
+        """Wait until every local reader has attached and every remote reader has subscribed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        w = self._w
+        while True:
+            missing = [i for i, rec in enumerate(self._reader_records) if w[rec + R_STATE] == State.PENDING]
+            remote_missing = self._remote.missing() if self._remote is not None else 0
+            if not missing and not remote_missing:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise QueueTimeout(f"queue {self.queue_name!r}: after {timeout} s, readers {missing} have not "
+                                   f"attached and {remote_missing} remote readers have not subscribed")
+            time.sleep(0.001)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def close(self) -> None:
+        """Mark the queue closed (readers drain what is left, then get QueueClosed) and unlink it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._set_state(State.CLOSED)
+        sync.full_fence()
+        sync.futex_wake(self._cursor_address)  # parked readers see the close now, not at their timeout
+        if self._remote is not None:
+            self._remote.close(self._cursor)
+        self._stop_heartbeat()
+        self._parked.release()
+        self._segment.unlink()
+        self._segment.close()
+
+    def __repr__(self) -> str:
+        return f"<shmq.Writer {self.queue_name!r} {self.handle.shm_name} cursor={self._cursor}>"
+
+
+def create(n_readers: int, *, name: str | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+           n_chunks: int = DEFAULT_N_CHUNKS, wait: wait_module.WaitStrategy | None = None,
+           serializer=None, on_dead_reader: str = "raise", n_remote_readers: int = 0,
+           remote_bind: str = "tcp://127.0.0.1:*", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+           stats: bool = True, warn_after_s: float = DEFAULT_WARN_AFTER_S,
+           hooks: hooks_module.MessageHooks | None = None, shm_dir: str = SHM_DIR) -> Writer:
+    """Create a queue in shared memory and return its writer.
+
+    `n_readers` local readers attach with ``shmq.attach(writer.handle, reader=i)``;
+    `n_remote_readers` more attach over ZeroMQ TCP at `remote_bind`. `stats=False`
+    turns the per-participant counters off (for measuring their cost).
+    """
+    if on_dead_reader not in ON_DEAD_READER:
+        raise ValueError(f"on_dead_reader must be one of {ON_DEAD_READER}, got {on_dead_reader!r}")
+    resolved = resolve(serializer)
+    flags = (L.FLAG_STATS if stats else 0) | (L.FLAG_RAW_ONLY if resolved.raw else 0)
+    segment = Segment.create(
+        name=name or f"queue-{os.getpid()}", n_readers=n_readers, n_chunks=n_chunks, chunk_bytes=chunk_bytes,
+        flags=flags, max_message_bytes=max_message_bytes, shm_dir=shm_dir,
+    )
+    try:
+        return Writer(segment, serializer=resolved, on_dead_reader=on_dead_reader, wait=wait,
+                      warn_after_s=warn_after_s, hooks=hooks, n_remote_readers=n_remote_readers,
+                      remote_bind=remote_bind)
+    except BaseException:
+        segment.unlink()
+        segment.close()
+        raise
