@@ -1,0 +1,43 @@
+"""The ``shmq`` command (also ``python -m shmq``).
+
+This is where the core and the telemetry package are composed: ``shmq`` itself
+never imports ``telemetry``, but the exporter, watchdog and top subcommands live
+there. Each subcommand is a module with ``add_arguments(parser)`` and
+``main(args) -> int``, imported only when that subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "demo": ("shmq.demo", "run the engine-and-workers demo"),
+    "bench": ("shmq.bench", "benchmark shmq against its peers side by side"),
+    "list": ("shmq.admin", "list shmq segments in /dev/shm"),
+    "cleanup": ("shmq.admin", "unlink segments whose creator has died"),
+    "exporter": ("telemetry.exporter", "serve Prometheus metrics for shmq queues"),
+    "watchdog": ("telemetry.watchdog", "flag stalled, dead and livelocked participants"),
+    "top": ("telemetry.top", "live view of queues and participants"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        listing = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
+        print(f"usage: shmq COMMAND [options]\n\ncommands:\n{listing}", file=sys.stderr if argv else sys.stdout)
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"shmq {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    args.command = name
+    return module.main(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
