@@ -67,6 +67,15 @@ def _close_all_at_exit() -> None:
         participant.close()
 
 
+def _forget_inherited_participants() -> None:
+    # A forked child inherits the parent's objects but not their threads, and must not
+    # close (and so unlink) the parent's queues when it exits.
+    _open_participants.clear()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_participants)
+
+
 class Heartbeat(threading.Thread):
     """Stamps the owner's heartbeat, and its progress time when its cursor moved, every `interval_s`.
 
