@@ -1,0 +1,167 @@
+"""The shmq overview dashboard: every queue's traffic, ring, waiting and faults on one page."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.models import dashboard as dm
+
+from telemetry import names as N
+
+from . import panels as P
+from . import promql as Q
+from .states import ALERT_CODES, STATE_CODES
+
+UID = "shmq-overview"
+TITLE = "shmq / overview"
+
+QUEUES = Q.matches(N.LABEL_QUEUE, "$queue")
+READERS = (QUEUES, Q.eq(N.LABEL_ROLE, Q.ROLE_READER), Q.matches(N.LABEL_READER, "$reader"))
+# The writer carries an empty reader label, so "$reader|" keeps it whatever readers are selected.
+PARTICIPANTS = (QUEUES, Q.matches(N.LABEL_READER, "$reader|"))
+WHO = "{{queue}} {{role}} {{reader}}"
+RATE = "$__rate_interval"
+
+
+def _rate_panel(title: str, description: str, unit: str, counters: dict[str, str]) -> P.timeseries.Panel:
+    """Per-participant rates of one or more counters: {legend suffix: counter family}."""
+    return P.timeseries_panel(title, description, unit, [
+        P.query(Q.participant_rate(counter, PARTICIPANTS, RATE), f"{WHO} {suffix}".strip())
+        for suffix, counter in counters.items()
+    ], width=8)
+
+
+def throughput_panels() -> list:
+    return [
+        P.timeseries_panel(
+            "Messages per second", "Messages sent (writer) and received (each reader). Every reader receives "
+            "every message, so a reader below the writer is falling behind.", "ops",
+            [P.query(Q.participant_rate(N.MESSAGES, PARTICIPANTS, RATE), WHO)]),
+        P.timeseries_panel(
+            "Bytes per second", "Payload bytes sent and received per participant.", "Bps",
+            [P.query(Q.participant_rate(N.BYTES, PARTICIPANTS, RATE), WHO)]),
+    ]
+
+
+def ring_panels() -> list:
+    occupancy = P.timeseries_panel(
+        "Ring occupancy against capacity", "Slots published that the slowest gating reader has not consumed. "
+        "When occupancy reaches capacity, the writer blocks.", "short",
+        [P.query(Q.by("max", (N.LABEL_QUEUE,), Q.series(N.RING_OCCUPANCY, QUEUES)), "{{queue}} occupancy"),
+         P.query(Q.by("max", (N.LABEL_QUEUE,), Q.series(N.RING_CAPACITY, QUEUES)), "{{queue}} capacity")],
+        width=8).override_by_regexp(".* capacity", P.DASHED_LIMIT)
+    lag = P.timeseries_panel(
+        "Reader lag", "Messages published that each reader has not consumed yet. A lag that grows while the "
+        "reader's msgs/s is flat names the slow or stuck reader.", "short",
+        [P.query(Q.by("max", Q.PARTICIPANT, Q.series(N.READER_LAG, *READERS)), WHO)], width=8)
+    time_to_full = P.timeseries_panel(
+        "Time to full", "The watchdog's projection of when the ring fills at the current write rate against the "
+        "slowest reader. Under its horizon (default 5 s) with the ring 75% full it raises freeze_risk, before the "
+        "writer blocks.", "s",
+        [P.query(Q.by("min", (N.LABEL_QUEUE,), Q.series(N.WATCHDOG_TIME_TO_FULL, QUEUES)), "{{queue}}")],
+        width=8)
+    return [occupancy, lag, time_to_full]
+
+
+def waiting_panels() -> list:
+    buckets = f"rate({Q.series(N.bucket(N.WAIT_SECONDS), *PARTICIPANTS)}[{RATE}])"
+    return [
+        P.wait_heatmap(
+            "Wait time", "How long put() and get() waited, from the shmq_wait_seconds log2 buckets of every "
+            "selected participant. Readers wait for messages (normal when the writer is idle); the writer waits "
+            "for a free slot (back-pressure).", Q.by("sum", ("le",), buckets)),
+        P.timeseries_panel(
+            "Wait time p50 / p99", "Quantiles of the wait per participant, from the same buckets; the log2 bucket "
+            "bounds limit the precision to a factor of two.", "s",
+            [P.query(Q.wait_quantile(0.5, PARTICIPANTS, RATE), f"{WHO} p50"),
+             P.query(Q.wait_quantile(0.99, PARTICIPANTS, RATE), f"{WHO} p99")]),
+        _rate_panel("Spins and yields per second", "Busy-poll iterations and sched_yield calls while waiting. "
+                    "High spin rates with no messages moving point to a livelock.", "ops",
+                    {"spins": N.SPINS, "yields": N.YIELDS}),
+        _rate_panel("Backoff sleeps", "Sleeps taken by the Backoff wait strategy (per second) and the seconds "
+                    "per second spent in them (1.0 = asleep all the time).", "short",
+                    {"sleeps/s": N.BACKOFF_SLEEPS, "sleep s/s": N.BACKOFF_SLEEP_SECONDS}),
+        _rate_panel("Parks and wake-ups per second", "Futex parks (SpinYieldPark's last stage) and the wake calls "
+                    "peers issued to parked participants.", "ops",
+                    {"parks": N.PARKS, "wake-ups": N.WAKEUPS}),
+    ]
+
+
+def fault_panels() -> list:
+    return [
+        _rate_panel("Overflow messages per second", "Messages larger than one slot, streamed through several "
+                    "consecutive slots. Many of them mean chunk_bytes is too small.", "ops",
+                    {"": N.OVERFLOW_MESSAGES}),
+        _rate_panel("Timeouts per second", "put() and get() calls that gave up after their timeout.", "ops",
+                    {"": N.TIMEOUTS}),
+        P.timeseries_panel(
+            "Exporter errors per second", "Segments the exporter or watchdog could not read (corrupt or "
+            "foreign); they are skipped, not exported.", "ops",
+            [P.query(f"sum(rate({Q.series(N.total(N.EXPORTER_ERRORS))}[{RATE}]))", "errors")], width=8),
+    ]
+
+
+def participant_panels() -> list:
+    return [
+        P.state_timeline_panel(
+            "Participant states", "Where each participant is: busy in application code, waiting to read, waiting "
+            "for a free slot (writer), closed or evicted. A reader stuck in busy or waiting_read while its lag "
+            "grows is the culprit.", [P.query(Q.state_code(*PARTICIPANTS), WHO)], STATE_CODES),
+        P.state_timeline_panel(
+            "Watchdog alerts", "Alerts the watchdog holds per participant and rule (0 = clear, 1 = raised).",
+            [P.query(Q.by("max", Q.PARTICIPANT + (N.LABEL_RULE,), Q.series(N.WATCHDOG_ALERT, QUEUES)),
+                     f"{WHO} {{{{rule}}}}")], ALERT_CODES),
+    ]
+
+
+def watchdog_panels() -> list:
+    return [
+        P.stat_panel(
+            "Alerts raised", "Watchdog alerts raised in the selected time range, per rule.", "short",
+            [P.query(Q.by("sum", (N.LABEL_RULE,),
+                          f"increase({Q.series(N.total(N.WATCHDOG_ALERTS), QUEUES)}[$__range])"), "{{rule}}")],
+            P.thresholds((None, "green"), (1, "red")), width=12, height=6),
+        P.stat_panel(
+            "Scrape targets up", "1 when Prometheus reaches the exporter and the watchdog. A watchdog that is down "
+            "cannot raise alerts; the fallback rules on progress age still can.", "short",
+            [P.query(Q.series("up", Q.eq("job", job)), job) for job in (Q.JOB_EXPORTER, Q.JOB_WATCHDOG)],
+            P.thresholds((None, "red"), (1, "green")), width=6, height=6),
+        P.timeseries_panel(
+            "Watchdog poll time p99", "How long one watchdog poll of every segment takes; at 10 Hz it must stay "
+            "well under 100 ms.", "s",
+            [P.query(f"histogram_quantile(0.99, sum by (le) (rate({Q.series(N.bucket(N.WATCHDOG_POLL_SECONDS))}"
+                     f"[{RATE}])))", "p99")], width=6, height=6),
+    ]
+
+
+def alert_annotation() -> db.AnnotationQuery:
+    """Marks each raise and clear of a watchdog alert on every time-series panel."""
+    changed = f"changes({Q.series(N.WATCHDOG_ALERT, QUEUES)}[$__interval]) > 0"
+    return (db.AnnotationQuery().name("Watchdog alert raised or cleared").datasource(P.DATASOURCE)
+            .enable(True).icon_color("red").expr(changed))
+
+
+def build() -> db.Dashboard:
+    dashboard = (
+        db.Dashboard(TITLE).uid(UID).tags(["shmq"]).editable().refresh("10s").time("now-30m", "now")
+        .timezone("browser").tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .description("Traffic, ring, waiting and faults of shmq queues, from shmq exporter and shmq watchdog.")
+        .with_variable(P.datasource_variable())
+        .with_variable(P.label_variable("queue", "Queue", f"label_values({N.RING_CAPACITY}, {N.LABEL_QUEUE})",
+                                        multi=True))
+        .with_variable(P.label_variable(
+            "reader", "Reader", f"label_values({Q.series(N.READER_LAG, QUEUES)}, {N.LABEL_READER})", multi=True))
+        .annotation(alert_annotation())
+        .link(db.DashboardLink("Why is it stuck?").type(dm.DashboardLinkType.DASHBOARDS).tags(["shmq"])
+              .include_vars(True).keep_time(True).as_dropdown(False))
+    )
+    sections = [("Throughput", throughput_panels()), ("Ring", ring_panels()), ("Waiting", waiting_panels()),
+                ("Faults", fault_panels()), ("Participants and watchdog", participant_panels() + watchdog_panels())]
+    for title, section in sections:
+        dashboard = dashboard.with_row(db.Row(title))
+        for panel in section:
+            dashboard = dashboard.with_panel(panel)
+    return dashboard
+
+
+def render() -> str:
+    return P.render(build())
