@@ -181,10 +181,23 @@ SLOT_LAST = 1 << 2  # the final piece of a message
 SLOT_TRACED = 1 << 3  # the traceparent field holds a W3C traceparent
 
 # A serialized message is a table of segment lengths, then the segments:
-#   u64 count | u64 len[0] ... u64 len[count-1] | segment 0 | segment 1 | ...
-# Segment 0 is the pickle stream; the rest are pickle-5 out-of-band buffers.
+#   u64 count | u64 len[0] ... u64 len[count-1] | segment 0 | pad | segment 1 | pad | ...
+# Segment 0 is the pickle stream; the rest are pickle-5 out-of-band buffers, each
+# starting SEGMENT_ALIGN-aligned from the frame start so leased arrays are aligned.
 SEGMENT_COUNT = struct.Struct("<Q")
 ONE_SEGMENT = struct.Struct("<QQ")
+SEGMENT_ALIGN = CACHE_LINE
+
+
+def segment_layout(lengths: list[int] | tuple[int, ...]) -> tuple[list[int], int]:
+    """Offsets of each segment from the frame start, and the frame's total length."""
+    position = WORD * (1 + len(lengths)) + lengths[0]
+    offsets = [position - lengths[0]]
+    for n in lengths[1:]:
+        position = align(position, SEGMENT_ALIGN)
+        offsets.append(position)
+        position += n
+    return offsets, position
 
 
 def align(n: int, to: int = CACHE_LINE) -> int:

@@ -34,7 +34,7 @@ class Reader(Participant):
 
     def __init__(self, segment: Segment, index: int, *, serializer: Serializer,
                  wait: wait_module.WaitStrategy | None, warn_after_s: float,
-                 hooks: hooks_module.MessageHooks | None) -> None:
+                 hooks: hooks_module.MessageHooks | None, stack_dumps: bool | str = True) -> None:
         if not 0 <= index < segment.n_readers:
             raise BadHandle(f"queue {segment.name!r} has readers 0..{segment.n_readers - 1}; there is no reader {index}")
         super().__init__(segment, 1 + index, wait=wait, warn_after_s=warn_after_s, hooks=hooks)
@@ -44,9 +44,10 @@ class Reader(Participant):
         self._slot_base = [L.slot_offset(segment.n_readers, segment.chunk_bytes, i) for i in range(self._n)]
         self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
         self._wake_address = segment.address + L.OFF_WRITER_WAKE
+        self._readonly = segment.buf.toreadonly()  # leases hand out views the caller cannot write through
         self._cursor = self._take_record()
         self._available = self._cursor  # writer cursor as last loaded; messages below it are readable
-        self._register(index, self._rec + R_CURSOR)
+        self._register(index, self._rec + R_CURSOR, stack_dumps)
         # The writer may scan before our stores above reach it; the fence bounds that, and
         # each slot's sequence number is checked after it is copied (see _check_unchanged).
         sync.full_fence()
@@ -181,7 +182,8 @@ class Reader(Participant):
 
     # -- frames --------------------------------------------------------------------------
     def _frame(self, offset: int, length: int, c: int, copy: bool) -> tuple[memoryview, list]:
-        buf = self._segment.buf
+        """The frame's stream and buffers: buffers copied out, or read-only views of the slot for a lease."""
+        buf = self._segment.buf if copy else self._readonly
         count, first_len = _ONE_SEGMENT.unpack_from(buf, offset)
         if count == 1 and first_len + _ONE_SEGMENT.size == length:
             return buf[offset + _ONE_SEGMENT.size : offset + length], []
@@ -191,18 +193,15 @@ class Reader(Participant):
     def _frame_in(self, buf: memoryview, offset: int, length: int, c: int) -> tuple[memoryview, list]:
         """Split a frame (table of segment lengths, then segments) into views of `buf`."""
         count = L.SEGMENT_COUNT.unpack_from(buf, offset)[0]
-        table = L.WORD * (1 + count)
         if not 1 <= count <= (length - L.WORD) // L.WORD:
             raise LayoutMismatch(f"queue {self.queue_name!r}: message {c} has a corrupt frame ({count} segments "
                                  f"in {length} bytes)")
         lengths = struct.unpack_from(f"<{count}Q", buf, offset + L.WORD)
-        if table + sum(lengths) != length:
+        offsets, framed = L.segment_layout(lengths)
+        if framed != length:
             raise LayoutMismatch(f"queue {self.queue_name!r}: message {c} has a corrupt frame (segments of "
-                                 f"{sum(lengths)} bytes in a {length}-byte frame)")
-        views, position = [], offset + table
-        for n in lengths:
-            views.append(buf[position : position + n])
-            position += n
+                                 f"{sum(lengths)} bytes do not fill a {length}-byte frame)")
+        views = [buf[offset + start : offset + start + n] for start, n in zip(offsets, lengths)]
         return views[0], views[1:]
 
     def _decode(self, stream: memoryview, buffers: list, flags: int, raw: bool) -> Any:
@@ -307,6 +306,7 @@ class Reader(Participant):
         self._set_state(State.CLOSED)
         self._stop_heartbeat()
         try:
+            self._readonly.release()
             self._segment.close()
         except BufferError:
             pass  # a lease's arrays still alias the mapping; it is unmapped when they are collected
@@ -322,7 +322,8 @@ class Reader(Participant):
 
 def attach(handle: Handle | str, reader: int, *, wait: wait_module.WaitStrategy | None = None,
            serializer=None, warn_after_s: float = DEFAULT_WARN_AFTER_S,
-           hooks: hooks_module.MessageHooks | None = None, shm_dir: str = SHM_DIR) -> Reader:
+           hooks: hooks_module.MessageHooks | None = None, shm_dir: str = SHM_DIR,
+           stack_dumps: bool | str = True) -> Reader:
     """Attach local reader `reader` to the queue behind `handle` (a Handle or its string form)."""
     handle = Handle.coerce(handle)
     segment = Segment.open(handle.shm_name, writable=True, shm_dir=shm_dir)
@@ -334,7 +335,7 @@ def attach(handle: Handle | str, reader: int, *, wait: wait_module.WaitStrategy 
                 f"{handle.n_readers} readers x {handle.n_chunks} chunks x {handle.chunk_bytes} bytes, the segment "
                 f"{segment.n_readers} x {segment.n_chunks} x {segment.chunk_bytes}")
         return Reader(segment, reader, serializer=resolve(serializer), wait=wait, warn_after_s=warn_after_s,
-                      hooks=hooks)
+                      hooks=hooks, stack_dumps=stack_dumps)
     except BaseException:
         segment.close()
         raise

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import hooks as hooks_module
 from .errors import BadHandle, QueueClosed, QueueTimeout, ShmqError, WouldBlock, WriterDead
@@ -139,7 +140,7 @@ class RemoteReader:
 
     def _watch_connection(self) -> None:
         while self._monitor.poll(0, zmq.POLLIN):
-            event = zmq.utils.monitor.recv_monitor_message(self._monitor)
+            event = recv_monitor_message(self._monitor)
             if event["event"] == zmq.EVENT_CONNECTED:
                 self._connected = True
             elif event["event"] == zmq.EVENT_DISCONNECTED and self._connected:

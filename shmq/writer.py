@@ -38,7 +38,8 @@ class Writer(Participant):
 
     def __init__(self, segment: Segment, *, serializer: Serializer, on_dead_reader: str,
                  wait: wait_module.WaitStrategy | None, warn_after_s: float,
-                 hooks: hooks_module.MessageHooks | None, n_remote_readers: int, remote_bind: str) -> None:
+                 hooks: hooks_module.MessageHooks | None, n_remote_readers: int, remote_bind: str,
+                 stack_dumps: bool | str = True) -> None:
         super().__init__(segment, 0, wait=wait, warn_after_s=warn_after_s, hooks=hooks)
         self._serializer = serializer
         self._raw_flag = L.SLOT_RAW if serializer.raw else 0
@@ -65,7 +66,7 @@ class Writer(Participant):
             shm_name=segment.shm_name, name=segment.name, n_readers=segment.n_readers,
             n_chunks=self._n, chunk_bytes=self._cap, endpoint=segment.endpoint,
         )
-        self._register(0, W_WRITER_CURSOR)
+        self._register(0, W_WRITER_CURSOR, stack_dumps)
 
     # -- sending -----------------------------------------------------------------------
     def put(self, obj, *, timeout: float | None = None) -> None:
@@ -89,8 +90,7 @@ class Writer(Participant):
             body_len = len(body)
             total = _ONE_SEGMENT.size + body_len
         else:
-            body_len = sum(len(s) for s in segments)
-            total = L.WORD * (1 + len(segments)) + body_len
+            total = L.segment_layout([len(s) for s in segments])[1]
         if total > self._max:
             raise MessageTooLarge(f"a {total:,}-byte message exceeds max_message_bytes={self._max:,} of queue "
                                   f"{self.queue_name!r}")
@@ -140,8 +140,15 @@ class Writer(Participant):
         fills piece k+1 and a message may be larger than the whole ring. Only the
         first slot honours `timeout`: once a piece is published the rest must follow.
         """
-        table = struct.pack(f"<{1 + len(segments)}Q", len(segments), *(len(s) for s in segments))
-        sources = [memoryview(table), *(s if isinstance(s, memoryview) else memoryview(s) for s in segments)]
+        lengths = [len(s) for s in segments]
+        table = struct.pack(f"<{1 + len(segments)}Q", len(segments), *lengths)
+        sources = [memoryview(table)]
+        position = len(table)
+        for offset, segment in zip(L.segment_layout(lengths)[0], segments):
+            if offset > position:
+                sources.append(memoryview(bytes(offset - position)))  # alignment padding
+            sources.append(segment if isinstance(segment, memoryview) else memoryview(segment))
+            position = offset + len(segment)
         n_slots = -(-total // self._cap)
         if n_slots > 1:
             flags |= L.SLOT_FRAGMENT
@@ -311,12 +318,15 @@ def create(n_readers: int, *, name: str | None = None, chunk_bytes: int = DEFAUL
            serializer=None, on_dead_reader: str = "raise", n_remote_readers: int = 0,
            remote_bind: str = "tcp://127.0.0.1:*", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
            stats: bool = True, warn_after_s: float = DEFAULT_WARN_AFTER_S,
-           hooks: hooks_module.MessageHooks | None = None, shm_dir: str = SHM_DIR) -> Writer:
+           hooks: hooks_module.MessageHooks | None = None, shm_dir: str = SHM_DIR,
+           stack_dumps: bool | str = True) -> Writer:
     """Create a queue in shared memory and return its writer.
 
     `n_readers` local readers attach with ``shmq.attach(writer.handle, reader=i)``;
     `n_remote_readers` more attach over ZeroMQ TCP at `remote_bind`. `stats=False`
-    turns the per-participant counters off (for measuring their cost).
+    turns the per-participant counters off (for measuring their cost). `stack_dumps`
+    lets a watchdog ask this process for its Python stacks (shmq.diagnostics); a
+    string is the directory for the dump file.
     """
     if on_dead_reader not in ON_DEAD_READER:
         raise ValueError(f"on_dead_reader must be one of {ON_DEAD_READER}, got {on_dead_reader!r}")
@@ -329,7 +339,7 @@ def create(n_readers: int, *, name: str | None = None, chunk_bytes: int = DEFAUL
     try:
         return Writer(segment, serializer=resolved, on_dead_reader=on_dead_reader, wait=wait,
                       warn_after_s=warn_after_s, hooks=hooks, n_remote_readers=n_remote_readers,
-                      remote_bind=remote_bind)
+                      remote_bind=remote_bind, stack_dumps=stack_dumps)
     except BaseException:
         segment.unlink()
         segment.close()

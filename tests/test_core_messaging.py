@@ -1,0 +1,157 @@
+"""Every live reader receives every message exactly once, in order, unchanged afterwards."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import shmq
+from shmq import wait
+
+from .conftest import FORK
+
+CHUNK = 1024
+STRATEGIES = {
+    "BusySpin": wait.BusySpin,
+    "Yield": wait.Yield,
+    "Backoff": wait.Backoff,
+    "SpinYieldPark": wait.SpinYieldPark,
+}
+
+
+def payload_for(seq: int, size: int) -> bytes:
+    return bytes([seq % 251]) * size
+
+
+def sizes(count: int, seed: int = 7) -> list[int]:
+    rng = random.Random(seed)
+    # Zero, one chunk exactly and multi-slot messages must all occur.
+    return [0, CHUNK, CHUNK - 16, 3 * CHUNK] + [rng.randint(0, 3 * CHUNK) for _ in range(count - 4)]
+
+
+def verify_stream(handle, reader, count, strategy_name, results, remote=False):
+    """Child: read `count` messages and report how many arrived in order and intact."""
+    problems = []
+    if remote:
+        source = shmq.attach_remote(handle)
+    else:
+        source = shmq.attach(handle, reader, wait=STRATEGIES[strategy_name]())
+    with source:
+        for expected, size in enumerate(sizes(count)):
+            seq, body = source.get(timeout=60)
+            if seq != expected:
+                problems.append(f"got {seq}, expected {expected}")
+                break
+            if body != payload_for(seq, size):
+                problems.append(f"message {seq} has a corrupt body of {len(body)} bytes")
+                break
+    results.put((reader, problems))
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_eight_readers_on_two_cores_get_every_message_in_order(strategy, queue_name, children):
+    count, n_readers = 20_000, 8
+    results = FORK.Queue()
+    with shmq.create(n_readers, name=queue_name, chunk_bytes=CHUNK, n_chunks=16,
+                     wait=STRATEGIES[strategy]()) as writer:
+        for i in range(n_readers):
+            children(verify_stream, writer.handle, i, count, strategy, results)
+        writer.wait_for_readers(timeout=30)
+        for seq, size in enumerate(sizes(count)):
+            writer.put((seq, payload_for(seq, size)), timeout=60)
+        reports = dict(results.get(timeout=120) for _ in range(n_readers))
+    assert reports == {i: [] for i in range(n_readers)}
+
+
+@pytest.mark.timeout(120)
+def test_remote_reader_gets_the_same_stream_as_local_readers(queue_name, children):
+    count = 20_000
+    results = FORK.Queue()
+    with shmq.create(2, name=queue_name, chunk_bytes=CHUNK, n_chunks=16, n_remote_readers=1) as writer:
+        assert writer.handle.endpoint.startswith("tcp://127.0.0.1:")
+        children(verify_stream, writer.handle, 0, count, "SpinYieldPark", results)
+        children(verify_stream, writer.handle, 1, count, "SpinYieldPark", results)
+        children(verify_stream, writer.handle, "remote", count, "SpinYieldPark", results, True)
+        writer.wait_for_readers(timeout=30)
+        for seq, size in enumerate(sizes(count)):
+            writer.put((seq, payload_for(seq, size)), timeout=60)
+        reports = dict(results.get(timeout=100) for _ in range(3))
+    assert reports == {0: [], 1: [], "remote": []}
+
+
+def test_received_array_never_changes_afterwards(writer):
+    reader = shmq.attach(writer.handle, 0)
+    other = shmq.attach(writer.handle, 1)
+    with reader, other:
+        original = np.arange(256, dtype=np.float64)
+        writer.put(original)
+        kept = reader.get()
+        other.get()
+        for i in range(3 * writer.handle.n_chunks):
+            writer.put(np.full(256, -1.0))
+            reader.get()
+            other.get()
+        np.testing.assert_array_equal(kept, original)
+        assert kept.flags.writeable
+
+
+def test_messages_larger_than_the_whole_ring_stream_through_it(queue_name, children):
+    results = FORK.Queue()
+    big = np.random.default_rng(1).integers(0, 2**31, size=50_000, dtype=np.int64)  # 400 kB, ring is 32 kB
+
+    def read_big(handle, results):
+        with shmq.attach(handle, 0) as reader:
+            results.put(reader.get(timeout=30))
+
+    with shmq.create(1, name=queue_name, chunk_bytes=4096, n_chunks=8) as writer:
+        children(read_big, writer.handle, results)
+        writer.wait_for_readers(timeout=10)
+        writer.put(big, timeout=30)
+        np.testing.assert_array_equal(results.get(timeout=30), big)
+        with shmq.stats.open(writer.handle) as view:
+            assert view.snapshot().writer.overflow_messages == 1
+
+
+def test_bytes_pass_through_without_pickle(writer):
+    with shmq.attach(writer.handle, 0) as reader, shmq.attach(writer.handle, 1) as other:
+        writer.put_bytes(b"raw \x00 bytes")
+        writer.put_bytes(bytearray(b"x" * 10_000))
+        assert reader.get_bytes() == b"raw \x00 bytes"
+        assert reader.get() == b"x" * 10_000  # get() hands raw messages back as bytes too
+        writer.put({"pickled": True})
+        with pytest.raises(shmq.ShmqError, match="read it with get"):
+            reader.get_bytes()
+        assert [other.get_bytes(), other.get_bytes(), other.get()] == [b"raw \x00 bytes", b"x" * 10_000,
+                                                                      {"pickled": True}]
+
+
+def test_bytes_queue_refuses_objects_and_never_unpickles(queue_name):
+    with shmq.create(1, name=queue_name, chunk_bytes=4096, n_chunks=4, serializer="bytes") as writer:
+        with shmq.attach(writer.handle, 0) as reader:
+            with pytest.raises(TypeError, match="bytes-like"):
+                writer.put({"not": "bytes"})
+            writer.put(b"payload")
+            assert reader.get() == b"payload"
+
+
+def test_lease_aliases_the_slot_until_the_block_exits(writer):
+    with shmq.attach(writer.handle, 0) as reader, shmq.attach(writer.handle, 1) as other:
+        writer.put(np.arange(100, dtype=np.int32))
+        with reader.lease() as array:
+            assert not array.flags.writeable
+            assert int(array.sum()) == 4950
+            assert reader.lag == 1  # the slot is still held
+        assert reader.lag == 0
+        np.testing.assert_array_equal(other.get(), np.arange(100, dtype=np.int32))
+
+
+def test_handle_round_trips_through_its_string_form(writer):
+    text = str(writer.handle)
+    assert "\n" not in text
+    assert shmq.Handle.parse(text) == writer.handle
+    import pickle
+
+    assert pickle.loads(pickle.dumps(writer.handle)) == writer.handle
