@@ -39,13 +39,13 @@ class Reader(Participant):
             raise BadHandle(f"queue {segment.name!r} has readers 0..{segment.n_readers - 1}; there is no reader {index}")
         super().__init__(segment, 1 + index, wait=wait, warn_after_s=warn_after_s, hooks=hooks)
         self.index = index
+        self._cursor = self._take_record()
         self._serializer = BytesSerializer() if segment.flags & L.FLAG_RAW_ONLY else serializer
         self._n = segment.n_chunks
         self._slot_base = [L.slot_offset(segment.n_readers, segment.chunk_bytes, i) for i in range(self._n)]
         self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
         self._wake_address = segment.address + L.OFF_WRITER_WAKE
         self._readonly = segment.buf.toreadonly()  # leases hand out views the caller cannot write through
-        self._cursor = self._take_record()
         self._available = self._cursor  # writer cursor as last loaded; messages below it are readable
         self._register(index, self._rec + R_CURSOR, stack_dumps)
         # The writer may scan before our stores above reach it; the fence bounds that, and
@@ -134,6 +134,8 @@ class Reader(Participant):
         c = self._cursor
         wait_start = time.monotonic_ns()
         waited = 0
+        if self._cancelled:
+            raise QueueClosed(f"{self._describe()} was cancelled")
         if not c < self._load_available():
             if self._hooks is not None:
                 self._events = []
@@ -292,7 +294,8 @@ class Reader(Participant):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def cancel(self) -> None:
-        """Wake a get() blocked in another thread; it and every later call raise QueueClosed. Thread-safe."""
+        """Wake a get() blocked in another thread, which raises QueueClosed, as does every later get()
+        that finds no message. Thread-safe."""
         self._cancelled = True
         if not self._segment.closed:
             sync.futex_wake(self._cursor_address)

@@ -1,0 +1,220 @@
+"""Timeouts, cancellation, dead peers, late and returning readers: never a silent hang."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import shmq
+from shmq import wait
+
+from .conftest import FORK
+
+
+def fill(writer, count):
+    for i in range(count):
+        writer.put(i, timeout=5)
+
+
+def test_get_on_an_empty_queue_times_out(writer):
+    with shmq.attach(writer.handle, 0) as reader:
+        start = time.monotonic()
+        with pytest.raises(shmq.QueueTimeout) as raised:
+            reader.get(timeout=0.2)
+        assert 0.19 < time.monotonic() - start < 2
+        assert isinstance(raised.value, TimeoutError)
+        assert "waiting for the writer" in str(raised.value)
+        with pytest.raises(shmq.WouldBlock):
+            reader.get_nowait()
+
+
+def test_put_on_a_full_ring_times_out_and_names_the_slow_reader(writer):
+    with shmq.attach(writer.handle, 0) as reader, shmq.attach(writer.handle, 1) as other:
+        fill(writer, writer.handle.n_chunks)
+        reader.get()
+        with pytest.raises(shmq.QueueTimeout, match=rf"reader 1 \(pid {os.getpid()}, state idle, lag 8"):
+            writer.put("one too many", timeout=0.2)
+        with pytest.raises(shmq.WouldBlock, match="reader 1"):
+            writer.put_nowait("one too many")
+        other.get()
+        writer.put_nowait("fits now")
+        with shmq.stats.open(writer.handle) as view:
+            assert view.snapshot().writer.timeouts == 1
+
+
+def test_cancel_wakes_a_blocked_get_which_raises_queue_closed(writer):
+    with shmq.attach(writer.handle, 0) as reader:
+        outcome = []
+
+        def blocked_get():
+            try:
+                reader.get(timeout=30)
+            except shmq.QueueClosed as e:
+                outcome.append(e)
+
+        thread = threading.Thread(target=blocked_get)
+        thread.start()
+        time.sleep(0.2)  # let it park
+        start = time.monotonic()
+        reader.cancel()
+        thread.join(5)
+        assert outcome and time.monotonic() - start < 1
+        with pytest.raises(shmq.QueueClosed):
+            reader.get_nowait()
+
+
+def test_readers_drain_then_see_the_writer_close(queue_name):
+    writer = shmq.create(1, name=queue_name, chunk_bytes=4096, n_chunks=4)
+    reader = shmq.attach(writer.handle, 0)
+    writer.put("last words")
+    writer.close()
+    assert reader.get(timeout=1) == "last words"
+    with pytest.raises(shmq.QueueClosed, match="closed by its writer after 1 messages"):
+        reader.get(timeout=5)
+    reader.close()
+    with pytest.raises(shmq.QueueClosed):
+        writer.put("after close")
+
+
+def attach_and_wait(handle, index, attached):
+    reader = shmq.attach(handle, index)
+    attached.set()
+    time.sleep(60)  # killed by the test long before
+    reader.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_killed_reader_makes_a_blocked_put_raise_reader_dead_within_a_second(queue_name, children):
+    attached = FORK.Event()
+    with shmq.create(2, name=queue_name, chunk_bytes=4096, n_chunks=4) as writer:
+        victim = children(attach_and_wait, writer.handle, 0, attached)
+        attached.wait(10)
+        with shmq.attach(writer.handle, 1) as survivor:
+            fill(writer, 4)
+            for _ in range(4):
+                survivor.get()
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.join(5)
+            start = time.monotonic()
+            with pytest.raises(shmq.ReaderDead, match=rf"reader 0 \(pid {victim.pid}\)"):
+                writer.put("blocked", timeout=10)
+            assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.timeout(30)
+def test_a_killed_reader_is_evicted_and_the_others_lose_nothing(queue_name, children, caplog):
+    attached = FORK.Event()
+    with shmq.create(2, name=queue_name, chunk_bytes=4096, n_chunks=4, on_dead_reader="evict") as writer:
+        victim = children(attach_and_wait, writer.handle, 0, attached)
+        attached.wait(10)
+        with shmq.attach(writer.handle, 1) as survivor:
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.join(5)
+            received = []
+            for i in range(40):  # ten times the ring: only possible once reader 0 is evicted
+                writer.put(i, timeout=5)
+                received.append(survivor.get(timeout=5))
+            assert received == list(range(40))
+            with shmq.stats.open(writer.handle) as view:
+                assert view.snapshot().readers[0].state == shmq.ParticipantState.EVICTED
+    assert f"evicted dead reader 0 (pid {victim.pid})" in caplog.text
+
+
+def write_then_die(handle_box, count, ready):
+    writer = shmq.create(1, name="doomed-writer", chunk_bytes=4096, n_chunks=8)
+    handle_box.put(str(writer.handle))
+    ready.wait(10)
+    fill(writer, count)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.timeout(30)
+def test_a_killed_writer_makes_a_blocked_get_raise_writer_dead_after_the_last_message(children):
+    handle_box, ready = FORK.Queue(), FORK.Event()
+    children(write_then_die, handle_box, 3, ready)
+    handle = handle_box.get(timeout=10)
+    try:
+        with shmq.attach(handle, 0) as reader:
+            ready.set()
+            assert [reader.get(timeout=5) for _ in range(3)] == [0, 1, 2]
+            start = time.monotonic()
+            with pytest.raises(shmq.WriterDead, match="received all 3 messages"):
+                reader.get(timeout=10)
+            assert time.monotonic() - start < 1.0
+    finally:
+        assert shmq.Handle.parse(handle).shm_name in shmq.cleanup()
+
+
+def test_a_reader_that_attaches_late_gets_everything_from_the_start(writer):
+    with shmq.attach(writer.handle, 1) as early:
+        fill(writer, writer.handle.n_chunks)  # the ring is now full: reader 0 holds it
+        with pytest.raises(shmq.QueueTimeout, match="reader 0 has not attached"):
+            writer.put("waits for reader 0", timeout=0.1)
+        with shmq.attach(writer.handle, 0) as late:
+            assert [late.get() for _ in range(8)] == list(range(8))
+        assert [early.get() for _ in range(8)] == list(range(8))
+
+
+def test_a_reader_that_closes_stops_gating_and_can_attach_again(writer):
+    with shmq.attach(writer.handle, 1) as steady:
+        first = shmq.attach(writer.handle, 0)
+        writer.put("before")
+        assert first.get() == "before"
+        first.close()
+        assert steady.get() == "before"
+        for i in range(20):  # more than the ring: reader 0 no longer holds the writer back
+            writer.put(i, timeout=1)
+            assert steady.get(timeout=1) == i
+        with shmq.attach(writer.handle, 0) as again:
+            writer.put("after")
+            assert again.get(timeout=1) == "after"
+        assert steady.get() == "after"
+
+
+def test_a_reader_index_held_by_a_live_process_cannot_be_taken(writer):
+    with shmq.attach(writer.handle, 0):
+        with pytest.raises(shmq.AlreadyAttached, match=f"live pid {os.getpid()}"):
+            shmq.attach(writer.handle, 0)
+
+
+def test_a_long_wait_logs_who_blocks_it(queue_name, caplog):
+    with shmq.create(1, name=queue_name, chunk_bytes=4096, n_chunks=2, warn_after_s=0.2) as writer:
+        with shmq.attach(writer.handle, 0):
+            fill(writer, 2)
+            with caplog.at_level(logging.WARNING, logger="shmq"), pytest.raises(shmq.QueueTimeout):
+                writer.put("blocked", timeout=0.5)
+    assert f"writer (pid {os.getpid()}) has waited" in caplog.text
+    assert f"reader 0 (pid {os.getpid()}, state idle, lag 2 messages, no progress for" in caplog.text
+
+
+def idle_reader(handle, index):
+    with shmq.attach(handle, index, wait=wait.SpinYieldPark()) as reader:
+        reader.get(timeout=30)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.timeout(30)
+def test_idle_readers_use_almost_no_cpu(queue_name, children):
+    with shmq.create(2, name=queue_name, chunk_bytes=4096, n_chunks=4) as writer:
+        readers = [children(idle_reader, writer.handle, i) for i in range(2)]
+        writer.wait_for_readers(timeout=10)
+        time.sleep(0.5)  # past spinning and yielding, into parking
+        before = [cpu_seconds(p.pid) for p in readers]
+        time.sleep(2.0)
+        used = [(cpu_seconds(p.pid) - b) / 2.0 for p, b in zip(readers, before)]
+        writer.put("wake up")
+        for p in readers:
+            p.join(10)
+            assert p.exitcode == 0
+    # The benchmark reports the real figure; 5 % of a core leaves room for a noisy machine.
+    assert max(used) < 0.05, used
