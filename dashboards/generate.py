@@ -9,6 +9,7 @@ from . import alert_tests, alerts, overview, stuck
 ROOT = Path(__file__).resolve().parent.parent
 RULES = Path("deploy/prometheus/rules/shmq.rules.yml")
 RULE_TESTS = Path("deploy/prometheus/rules/tests/shmq.rules.test.yml")
+PROMETHEUS_RULE = Path("deploy/kubernetes/prometheusrule.yaml")
 DASHBOARDS = {Path("dashboards/shmq-overview.json"): overview, Path("dashboards/shmq-why-stuck.json"): stuck}
 
 
@@ -17,6 +18,7 @@ def outputs() -> dict[Path, str]:
     files = {path: module.render() for path, module in DASHBOARDS.items()}
     files[RULES] = alerts.render()
     files[RULE_TESTS] = alert_tests.render(str(Path("..") / RULES.name))
+    files[PROMETHEUS_RULE] = alerts.render_prometheus_rule()
     return files
 
 

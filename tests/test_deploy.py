@@ -1,0 +1,315 @@
+"""Deployment files: Prometheus, Alertmanager, compose, Kubernetes and systemd, checked without a cluster.
+
+No Docker engine or Kubernetes cluster runs here, so these tests check structure:
+the files parse, the sidecars share the app's namespaces, mounted files exist,
+ports and job names agree with the rules and dashboards, and every `shmq ...`
+command line parses with the real subcommand's arguments. promtool and amtool
+check the Prometheus and Alertmanager files for real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import http.server
+import importlib
+import importlib.util
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dashboards import alert_tests, alerts, generate
+from dashboards import promql as Q
+from shmq.cli import COMMANDS
+from telemetry import names as N
+
+ROOT = generate.ROOT
+DEPLOY = ROOT / "deploy"
+PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
+ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
+COMPOSE = DEPLOY / "compose" / "docker-compose.yml"
+KUBERNETES = DEPLOY / "kubernetes"
+SYSTEMD = DEPLOY / "systemd"
+REQUIRED_ALERTS = {"ShmqReaderStalled", "ShmqWriterBlocked", "ShmqParticipantDead", "ShmqFreezeRisk",
+                   "ShmqLivelock", "ShmqWatchdogDown"}
+COLLECTOR_SERIES = [N.total(N.MESSAGES), N.bucket(N.WAIT_SECONDS), N.RING_OCCUPANCY, N.READER_LAG,
+                    N.LAST_PROGRESS, N.PARTICIPANT_STATE, N.total(N.EXPORTER_ERRORS)]
+WATCHDOG_SERIES = [N.WATCHDOG_ALERT, N.total(N.WATCHDOG_ALERTS), N.WATCHDOG_TIME_TO_FULL,
+                   N.bucket(N.WATCHDOG_POLL_SECONDS)]
+
+needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
+                                    reason="promtool not installed (Debian package prometheus; .ci/run installs it)")
+
+
+def load(path: Path):
+    return yaml.safe_load(path.read_text())
+
+
+def kubernetes_objects() -> dict[str, dict]:
+    docs = [doc for path in sorted(KUBERNETES.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return {f"{doc['kind']}/{doc['metadata']['name']}": doc for doc in docs}
+
+
+def pod_containers() -> dict[str, dict]:
+    pod = kubernetes_objects()["Deployment/shmq-app"]["spec"]["template"]["spec"]
+    return {c["name"]: c for c in pod["containers"]}
+
+
+def run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+# -- Prometheus ---------------------------------------------------------------------------------------------
+
+@needs_promtool
+def test_prometheus_config_and_its_rule_files_pass_promtool():
+    result = run("promtool", "check", "config", str(PROMETHEUS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 1 rule files found" in result.stdout
+
+
+@needs_promtool
+def test_alert_rules_pass_promtool_check_and_their_unit_tests():
+    rules = DEPLOY / generate.RULES.relative_to("deploy")
+    check = run("promtool", "check", "rules", str(rules))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"SUCCESS: {len(alerts.all_rules())} rules found" in check.stdout
+    test = run("promtool", "test", "rules", str(ROOT / generate.RULE_TESTS))
+    assert test.returncode == 0, test.stdout + test.stderr
+    assert "SUCCESS" in test.stdout
+
+
+def test_the_required_alerts_exist_and_each_has_a_summary_and_a_runbook():
+    rules = load(ROOT / generate.RULES)["groups"]
+    by_name = {rule["alert"]: rule for group in rules for rule in group["rules"]}
+    assert REQUIRED_ALERTS <= set(by_name)
+    for name, rule in by_name.items():
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert len(rule["annotations"]["summary"]) > 20 and len(rule["annotations"]["runbook"]) > 80, name
+
+
+def test_every_watchdog_rule_has_an_alert_and_fallbacks_use_progress_age_with_lag():
+    exprs = {rule.name: rule.expr for rule in alerts.all_rules()}
+    watchdog_driven = {re.search(r'rule="(\w+)"', e).group(1) for e in exprs.values() if N.WATCHDOG_ALERT in e}
+    assert watchdog_driven == set(N.RULES)
+    assert f"time() - {N.LAST_PROGRESS}" in exprs["ShmqReaderNoProgress"]
+    assert f"{N.READER_LAG}" in exprs["ShmqReaderNoProgress"] and "> 0" in exprs["ShmqReaderNoProgress"]
+    assert N.WATCHDOG_ALERT not in exprs["ShmqReaderNoProgress"] + exprs["ShmqWriterNoProgress"]
+    assert 'up{job="shmq-watchdog"} == 0' in exprs["ShmqWatchdogDown"] and "absent(" in exprs["ShmqWatchdogDown"]
+
+
+def test_every_alert_has_a_promtool_case_where_it_fires_and_one_where_it_must_not():
+    cases = alert_tests.cases()
+    for rule in alerts.all_rules():
+        mine = [c for c in cases if c.alert == rule.name]
+        assert any(c.fires for c in mine), f"{rule.name}: no firing case"
+        assert any(not c.fires for c in mine), f"{rule.name}: no silent case"
+
+
+def _keeps(regex: str, name: str) -> bool:
+    return re.fullmatch(regex, name) is not None  # Prometheus anchors relabel regexes
+
+
+def test_scrape_jobs_are_the_ones_rules_and_dashboards_expect_and_count_each_queue_once():
+    jobs = {job["job_name"]: job for job in load(PROMETHEUS)["scrape_configs"]}
+    assert set(jobs) == {Q.JOB_EXPORTER, Q.JOB_WATCHDOG}
+    [keep] = jobs[Q.JOB_WATCHDOG]["metric_relabel_configs"]
+    assert keep["action"] == "keep" and keep["source_labels"] == ["__name__"]
+    assert all(_keeps(keep["regex"], name) for name in WATCHDOG_SERIES)
+    assert not any(_keeps(keep["regex"], name) for name in COLLECTOR_SERIES)
+    assert "metric_relabel_configs" not in jobs[Q.JOB_EXPORTER]
+
+
+# -- Alertmanager -------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool not installed (Debian package prometheus-alertmanager)")
+def test_alertmanager_config_passes_amtool():
+    result = run("amtool", "check-config", str(ALERTMANAGER))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_inhibitions_name_only_alerts_that_exist():
+    names = {rule.name for rule in alerts.all_rules()}
+    for inhibit in load(ALERTMANAGER)["inhibit_rules"]:
+        for matcher in inhibit["source_matchers"] + inhibit["target_matchers"]:
+            alertnames = re.fullmatch(r'alertname=~?"(.+)"', matcher).group(1).split("|")
+            assert set(alertnames) <= names, matcher
+
+
+# -- docker compose -----------------------------------------------------------------------------------------
+
+def test_compose_runs_app_sidecars_prometheus_alertmanager_and_grafana():
+    services = load(COMPOSE)["services"]
+    assert set(services) == {"app", "exporter", "watchdog", "prometheus", "alertmanager", "grafana"}
+    assert services["app"]["ipc"] == "shareable"
+    for sidecar in ("exporter", "watchdog"):
+        assert services[sidecar]["ipc"] == "service:app", "the sidecar must see the app's /dev/shm"
+        assert services[sidecar]["pid"] == "service:app", "the sidecar must see the app's pids"
+    assert "/healthz" in " ".join(services["watchdog"]["healthcheck"]["test"])
+    for service in services.values():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{port}: published beyond loopback"
+
+
+def test_compose_mounts_files_that_exist():
+    compose_dir = COMPOSE.parent
+    services = load(COMPOSE)["services"]
+    mounts = [v.split(":") for s in services.values() for v in s.get("volumes", [])]
+    assert mounts
+    for host, _target, *_ in mounts:
+        assert (compose_dir / host).exists(), host
+    build = services["app"]["build"]
+    assert (compose_dir / build["context"] / build["dockerfile"]).is_file()
+
+
+def test_compose_prometheus_targets_are_the_sidecars_ports():
+    services = load(COMPOSE)["services"]
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in load(PROMETHEUS)["scrape_configs"]}
+    for job, service in ((Q.JOB_EXPORTER, "exporter"), (Q.JOB_WATCHDOG, "watchdog")):
+        command = services[service]["command"]
+        assert targets[job] == [f"{service}:{command[command.index('--port') + 1]}"]
+    assert load(PROMETHEUS)["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+
+
+def test_grafana_is_provisioned_with_the_datasource_and_both_dashboards():
+    grafana = load(COMPOSE)["services"]["grafana"]
+    mounts = dict(v.split(":")[:2] for v in grafana["volumes"])
+    provisioning = (COMPOSE.parent / next(h for h, t in mounts.items() if t == "/etc/grafana/provisioning")).resolve()
+    [datasource] = load(provisioning / "datasources" / "prometheus.yml")["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    [provider] = load(provisioning / "dashboards" / "shmq.yml")["providers"]
+    dashboards_dir = next(h for h, t in mounts.items() if t == provider["options"]["path"])
+    provided = {p.name for p in (COMPOSE.parent / dashboards_dir).glob("*.json")}
+    assert provided == {p.name for p in generate.DASHBOARDS}
+
+
+# -- Kubernetes ---------------------------------------------------------------------------------------------
+
+def test_kubernetes_pod_shares_pids_and_a_memory_backed_dev_shm():
+    pod = kubernetes_objects()["Deployment/shmq-app"]["spec"]["template"]["spec"]
+    assert pod["shareProcessNamespace"] is True
+    [dshm] = [v for v in pod["volumes"] if v["name"] == "dshm"]
+    assert dshm["emptyDir"]["medium"] == "Memory"
+    size = re.fullmatch(r"(\d+)Mi", dshm["emptyDir"]["sizeLimit"])
+    assert size and 64 <= int(size.group(1)) <= 1024
+    for name, container in pod_containers().items():
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == "dshm"]
+        assert mount["mountPath"] == "/dev/shm"
+        assert mount.get("readOnly", False) == (name != "app"), f"{name}: only the app writes segments"
+
+
+def test_kubernetes_probes_use_the_watchdog_healthz():
+    containers = pod_containers()
+    watchdog_port = containers["watchdog"]["ports"][0]["containerPort"]
+    readiness = containers["app"]["readinessProbe"]["httpGet"]
+    assert readiness == {"path": "/healthz", "port": watchdog_port}
+    liveness = "\n".join(containers["app"]["livenessProbe"]["exec"]["command"])
+    assert f"http://127.0.0.1:{watchdog_port}/healthz" in liveness
+    assert containers["watchdog"]["livenessProbe"]["tcpSocket"]["port"] == "watchdog"
+
+
+class _Healthz(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self):
+        self.send_response(self.status)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("status, healthy", [(200, True), (503, False), (None, True)],
+                         ids=["healthy", "queue-frozen", "watchdog-not-answering"])
+def test_app_liveness_probe_fails_only_on_a_503_from_the_watchdog(status, healthy):
+    """A frozen queue restarts the app; a watchdog that is down must not."""
+    script = pod_containers()["app"]["livenessProbe"]["exec"]["command"][-1]
+    server = http.server.HTTPServer(("127.0.0.1", 0), type("H", (_Healthz,), {"status": status or 200}))
+    port = server.server_address[1]
+    if status is None:
+        server.server_close()  # nothing listens on the port any more
+    else:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        probe = subprocess.run([sys.executable, "-c", script.replace("9465", str(port))], timeout=20)
+    finally:
+        if status is not None:
+            server.shutdown()
+            server.server_close()
+    assert (probe.returncode == 0) == healthy
+
+
+def test_kubernetes_service_and_servicemonitor_scrape_both_sidecars_as_the_expected_jobs():
+    objects = kubernetes_objects()
+    containers = pod_containers()
+    service_ports = {p["name"]: p for p in objects["Service/shmq-app"]["spec"]["ports"]}
+    for name in ("exporter", "watchdog"):
+        [port] = containers[name]["ports"]
+        assert service_ports[port["name"]]["port"] == port["containerPort"]
+    endpoints = {e["port"]: e for e in objects["ServiceMonitor/shmq-app"]["spec"]["endpoints"]}
+    jobs = {port: e["relabelings"][0]["replacement"] for port, e in endpoints.items()}
+    assert jobs == {"metrics": Q.JOB_EXPORTER, "watchdog": Q.JOB_WATCHDOG}
+    [keep] = endpoints["watchdog"]["metricRelabelings"]
+    [prometheus_keep] = next(j for j in load(PROMETHEUS)["scrape_configs"]
+                             if j["job_name"] == Q.JOB_WATCHDOG)["metric_relabel_configs"]
+    assert keep["regex"] == prometheus_keep["regex"] and keep["action"] == "keep"
+
+
+def test_prometheus_rule_carries_the_shipped_rules():
+    rule = kubernetes_objects()["PrometheusRule/shmq"]
+    assert rule["spec"]["groups"] == load(ROOT / generate.RULES)["groups"]
+
+
+# -- systemd ------------------------------------------------------------------------------------------------
+
+def systemd_unit(name: str) -> configparser.ConfigParser:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read_string((SYSTEMD / name).read_text())
+    return unit
+
+
+@pytest.mark.parametrize("name, command", [("shmq-watchdog.service", "watchdog"),
+                                           ("shmq-exporter.service", "exporter")])
+def test_systemd_units_restart_the_sidecar_and_bind_loopback(name, command):
+    unit = systemd_unit(name)
+    argv = shlex.split(unit["Service"]["ExecStart"])
+    assert Path(argv[0]).name == "shmq" and argv[1] == command
+    assert argv[argv.index("--addr") + 1] == "127.0.0.1"
+    assert unit["Service"]["Restart"] == "always"
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+# -- every `shmq ...` command line in the deploy files ------------------------------------------------------
+
+def shmq_command_lines() -> list[tuple[str, list[str]]]:
+    lines = [(f"compose {name}", service["command"]) for name, service in load(COMPOSE)["services"].items()
+             if service.get("image") == "shmq:local"]
+    lines += [(f"kubernetes {name}", c["command"][1:]) for name, c in pod_containers().items()]
+    lines += [(f"systemd {p.name}", shlex.split(systemd_unit(p.name)["Service"]["ExecStart"])[1:])
+              for p in sorted(SYSTEMD.glob("*.service"))]
+    return lines
+
+
+@pytest.mark.parametrize("where, argv", shmq_command_lines(), ids=[w for w, _ in shmq_command_lines()])
+def test_shmq_command_lines_parse_with_the_real_subcommand(where, argv):
+    assert argv[0] in COMMANDS, f"{where}: no `shmq {argv[0]}` subcommand"
+    module_name = COMMANDS[argv[0]][0]
+    if importlib.util.find_spec(module_name) is None:
+        pytest.skip(f"{module_name} (`shmq {argv[0]}`) is not built yet")
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"shmq {argv[0]}", exit_on_error=False)
+    module.add_arguments(parser)
+    try:
+        parser.parse_args(argv[1:])
+    except SystemExit as exit_:  # argparse still exits on some errors (unknown arguments)
+        pytest.fail(f"{where}: `shmq {' '.join(argv)}` does not parse (exit {exit_.code})")
