@@ -10,6 +10,7 @@ import time
 import weakref
 from typing import Callable
 
+from . import diagnostics
 from . import hooks as hooks_module
 from . import layout as L
 from . import procs
@@ -132,9 +133,10 @@ class Participant:
         self._cancelled = False
         self._closed = False
         self._heartbeat: Heartbeat | None = None
+        self._stack_dumps = False
 
     # -- record -----------------------------------------------------------------
-    def _register(self, index: int, cursor_word: int) -> None:
+    def _register(self, index: int, cursor_word: int, stack_dumps: bool | str = True) -> None:
         w, rec = self._w, self._rec
         now = time.monotonic_ns()
         w[rec + R_PID] = os.getpid()
@@ -147,6 +149,8 @@ class Participant:
         self._set_state(State.IDLE)
         self._heartbeat = Heartbeat(w, rec, cursor_word, HEARTBEAT_INTERVAL_S)
         self._heartbeat.start()
+        if stack_dumps:  # a watchdog can then ask for our Python stacks (shmq.diagnostics)
+            self._stack_dumps = diagnostics.acquire(stack_dumps if isinstance(stack_dumps, str) else None)
         _open_participants.add(self)
 
     def _set_state(self, state: State) -> None:
@@ -260,6 +264,9 @@ class Participant:
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
+        if self._stack_dumps:
+            self._stack_dumps = False
+            diagnostics.release()
         _open_participants.discard(self)
 
     def close(self) -> None:

@@ -1,0 +1,261 @@
+"""Python stacks of a live participant, on request from outside the process.
+
+A participant registers ``faulthandler`` on ``STACK_SIGNAL`` (SIGUSR2) with a
+per-pid file ``<stack dir>/<pid>.txt``; a watchdog that sees the process stall
+sends the signal and reads what the handler appended. faulthandler dumps from
+C inside the signal handler, so it works while the main thread is stuck in
+application code, in a blocking call, or in a C call that holds the GIL. A
+stopped process (SIGSTOP) takes the signal when it resumes, so its dump shows
+where it was frozen.
+
+Sending a signal a process does not handle would kill it, so the watchdog
+signals only when both hold: the file's header names this pid *and* its start
+time, and ``/proc/PID/status`` says the signal is caught. A process never
+uninstalls the handler once installed (the last participant to close points it
+at /dev/null and removes the file), so no race between those checks and the
+``kill`` can turn the signal lethal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import faulthandler
+import logging
+import os
+import re
+import signal
+import threading
+import time
+
+from . import procs
+
+log = logging.getLogger("shmq")
+
+STACK_SIGNAL = signal.SIGUSR2
+_HEADER = "# shmq stack dumps: pid={pid} start_time={start_time} signal={signal}\n"
+_HEADER_RE = re.compile(r"# shmq stack dumps: pid=(\d+) start_time=(\d+) signal=(\w+)\n")
+
+
+def default_stack_dir() -> str:
+    """Where participants write stack dumps unless told otherwise: one directory per user."""
+    return f"/tmp/shmq-stacks-{os.getuid()}"
+
+
+def stack_file(pid: int, directory: str) -> str:
+    return os.path.join(directory, f"{pid}.txt")
+
+
+# -- the participant's side: one registration per process ----------------------------
+class _Registration:
+    """Process-wide: faulthandler holds one file per signal, shared by every participant in the process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.installed = False  # faulthandler owns STACK_SIGNAL in this process (for good, see module doc)
+        self.fd: int | None = None  # the open stack file while users > 0
+        self.path: str | None = None
+        self.devnull: int | None = None  # where the handler writes while nobody uses it
+
+    def point_at_devnull(self) -> None:
+        if self.devnull is None:
+            self.devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        faulthandler.register(STACK_SIGNAL, file=self.devnull, all_threads=True)
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd = None
+
+
+_registration = _Registration()
+
+
+def _after_fork_in_child() -> None:
+    # The child inherits the handler and the parent's file descriptor; its dumps must not land in the
+    # parent's file. Its own participants register again (they were forgotten at fork, too).
+    global _registration
+    inherited = _registration
+    _registration = _Registration()
+    if inherited.installed:
+        _registration.installed = True
+        _registration.devnull = inherited.devnull
+        _registration.fd = inherited.fd
+        _registration.point_at_devnull()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def acquire(directory: str | None = None) -> bool:
+    """Count one more participant in this process that wants its stacks dumpable; install on first use.
+
+    Returns False (and logs why) when the signal already has another handler or
+    the directory is unusable; the queue works the same, only without stack dumps.
+    """
+    reg = _registration
+    with reg.lock:
+        if reg.users:
+            reg.users += 1
+            return True
+        directory = directory or default_stack_dir()
+        if not reg.installed and _signal_caught(os.getpid()):
+            log.info("shmq: %s already has a handler in pid %d; stack dumps are off", STACK_SIGNAL.name, os.getpid())
+            return False
+        try:
+            fd, path = _open_stack_file(directory)
+        except OSError as e:
+            log.info("shmq: cannot write stack dumps to %s (%s); stack dumps are off", directory, e)
+            return False
+        faulthandler.register(STACK_SIGNAL, file=fd, all_threads=True)
+        reg.installed = True
+        reg.fd, reg.path, reg.users = fd, path, 1
+        return True
+
+
+def release() -> None:
+    """One participant that acquired closed; the last one removes the file."""
+    reg = _registration
+    with reg.lock:
+        if not reg.users:
+            return
+        reg.users -= 1
+        if reg.users:
+            return
+        path, reg.path = reg.path, None
+        reg.point_at_devnull()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _open_stack_file(directory: str) -> tuple[int, str]:
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if os.stat(directory).st_uid != os.getuid():
+        raise PermissionError(f"{directory} belongs to another user")
+    _remove_stale_files(directory)
+    pid = os.getpid()
+    path = stack_file(pid, directory)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    header = _HEADER.format(pid=pid, start_time=procs.start_time(pid) or 0, signal=STACK_SIGNAL.name)
+    os.write(fd, header.encode())
+    return fd, path
+
+
+def _remove_stale_files(directory: str) -> None:
+    """Files of processes that died without closing (SIGKILL, os._exit) would otherwise pile up."""
+    for name in os.listdir(directory):
+        stem, dot, ext = name.partition(".")
+        if ext != "txt" or not stem.isdigit():
+            continue
+        header = _read_header(os.path.join(directory, name))
+        if header is None or not procs.is_alive(header[0], header[1]):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+
+
+# -- the watchdog's side ------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StackDump:
+    """The outcome of asking a process for its stacks."""
+
+    pid: int  #: the process asked
+    path: str  #: its stack file ("" when it has none)
+    text: str  #: the dump, "" when none was captured (see note)
+    note: str  #: why there is no text, or where it will appear; "" when text holds the dump
+    offset: int = 0  #: where in `path` this request's dump starts (for read_dump after a resume)
+
+
+def request_dump(pid: int, start_time: int, *, directory: str | None = None, timeout_s: float = 0.5,
+                 clock=time.monotonic) -> StackDump:
+    """Signal `pid` to dump its Python stacks and return them.
+
+    Never signals a process that has not registered for it. A stopped (T) or
+    uninterruptible (D) process takes the signal only when it resumes: then the
+    result has no text, and ``read_dump`` fetches it later from `offset`.
+    """
+    directory = directory or default_stack_dir()
+    path = stack_file(pid, directory)
+    header = _read_header(path)
+    if header is None:
+        return StackDump(pid, "", "", f"pid {pid} has no stack-dump registration in {directory} "
+                                      "(stack_dumps=False, another stack directory, or the signal was taken)")
+    if header[0] != pid or (start_time and header[1] and header[1] != start_time):
+        return StackDump(pid, "", "", f"{path} belongs to an earlier process with pid {pid}")
+    state = procs.run_state(pid)
+    if state is None or state == "Z":
+        return StackDump(pid, "", "", f"pid {pid} has exited")
+    if not _signal_caught(pid):
+        return StackDump(pid, "", "", f"pid {pid} does not handle {STACK_SIGNAL.name} now; not signalled")
+    try:
+        offset = os.stat(path).st_size
+        os.kill(pid, STACK_SIGNAL)
+    except (FileNotFoundError, ProcessLookupError):
+        return StackDump(pid, "", "", f"pid {pid} exited before its stacks could be dumped")
+    if state in ("T", "t", "D"):
+        return StackDump(pid, path, "", f"pid {pid} is in state {state}: it dumps its stacks to {path} when it "
+                                        "resumes", offset)
+    text = _await_growth(path, offset, timeout_s, clock)
+    if not text:
+        return StackDump(pid, path, "", f"pid {pid} wrote no stacks within {timeout_s} s", offset)
+    return StackDump(pid, path, text, "", offset)
+
+
+def read_dump(dump: StackDump) -> str:
+    """What the process appended to its stack file since `dump` was requested ("" if nothing yet)."""
+    return _read_from(dump.path, dump.offset) if dump.path else ""
+
+
+def _read_from(path: str, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _await_growth(path: str, offset: int, timeout_s: float, clock) -> str:
+    """The handler appends the dump in a few writes with no end marker: wait until the size settles."""
+    deadline = clock() + timeout_s
+    size, settled_polls = offset, 0
+    while clock() < deadline:
+        time.sleep(0.005)
+        try:
+            now = os.stat(path).st_size
+        except FileNotFoundError:
+            return ""
+        if now > offset and now == size:
+            settled_polls += 1
+            if settled_polls >= 2:
+                break
+        else:
+            settled_polls = 0
+        size = now
+    return _read_from(path, offset)
+
+
+def _read_header(path: str) -> tuple[int, int] | None:
+    """(pid, start_time) from a stack file's first line, None if absent or not ours."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(200).decode("ascii", "replace")
+    except OSError:
+        return None
+    match = _HEADER_RE.fullmatch(first)
+    if match is None or match.group(3) != STACK_SIGNAL.name:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def _signal_caught(pid: int) -> bool:
+    """Whether `pid` has a handler for STACK_SIGNAL, from the SigCgt mask in /proc/PID/status."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (STACK_SIGNAL - 1) & 1)
+    except OSError:
+        pass
+    return False
