@@ -1,0 +1,12 @@
+"""``shmq bench`` (also ``python -m shmq.bench``): shmq and its peers side by side, in one markdown table.
+
+Modules: ``workloads`` (what is sent, how much), ``configs`` (shmq configurations
+and the ``--compare`` spec), ``peers`` (every transport behind one interface),
+``trial`` (one row: writer, readers, supervisor), ``limits`` (memcpy, ping-pong,
+futex floors), ``soak`` (``--soak``), ``table`` (the figures and their markdown)
+and ``command`` (the command line).
+"""
+
+from .command import add_arguments, main
+
+__all__ = ["add_arguments", "main"]

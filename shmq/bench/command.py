@@ -1,0 +1,127 @@
+"""The ``shmq bench`` command line: choose rows, run them side by side, print one markdown table."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+
+from . import configs, limits, peers, soak, trial, workloads
+from .table import Row, machine_line, markdown
+
+EPILOG = """\
+rows: every shmq wait strategy (BusySpin, Yield, Backoff, SpinYieldPark = default),
+a zero-copy lease row on large messages, then each peer, for every workload;
+then the limits of this machine. A peer that is not installed shows as skipped.
+
+--compare replaces the shmq rows with the given configurations and leaves out
+peers and limits, e.g. to measure the cost of counters or tracing:
+
+  shmq bench --compare stats=on,stats=off --repeat 5 --workloads small-1,small-4
+  shmq bench --compare wait=BusySpin,wait=SpinYieldPark
+  shmq bench --compare hooks=off,hooks=telemetry.tracing:bench_hooks
+
+A configuration is key=value options joined by '+': wait=NAME, stats=on|off,
+lease=on|off, hooks=MODULE:CALLABLE (called in every process, its result passed
+to shmq.hooks.install; hooks=off installs none), chunk_bytes=INT, n_chunks=INT.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("--quick", action="store_true",
+                        help="few messages and a short idle phase (a smoke run of seconds, not a measurement)")
+    parser.add_argument("--workloads", default=workloads.DEFAULT_WORKLOADS, metavar="LIST",
+                        help=f"comma-separated KIND-N, KIND in small|large|huge (default {workloads.DEFAULT_WORKLOADS})")
+    parser.add_argument("--compare", action="append", metavar="SPECS",
+                        help="compare shmq configurations: SPEC[,SPEC...]; may be repeated (see below)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="R",
+                        help="run every row R times, interleaved, and report medians (default 1)")
+    parser.add_argument("--scale", type=float, default=1.0, metavar="F", help="multiply every message count by F")
+    parser.add_argument("--idle-seconds", type=float, default=None, metavar="S",
+                        help="how long readers wait on an empty queue for the idle CPU column (default 3, quick 0.3)")
+    parser.add_argument("--row-timeout", type=float, default=None, metavar="S",
+                        help="kill a row (writer and readers) that runs longer (default 300, quick 60)")
+    for peer in ("mpq", "zmq", "faster-fifo", "iceoryx2"):
+        parser.add_argument(f"--no-{peer}", action="store_true", help=f"leave out the {peer} rows")
+    parser.add_argument("--no-strategies", action="store_true",
+                        help="only the default strategy (and the lease row), not one row per wait strategy")
+    parser.add_argument("--no-limits", action="store_true", help="leave out the memcpy, ping-pong and futex rows")
+    parser.add_argument("--json", metavar="PATH", help="also write every row's figures to PATH as JSON")
+    parser.add_argument("--soak", action="store_true",
+                        help="instead: send --soak-messages to --soak-readers readers and report msgs/s, RSS of "
+                             "every process at start and end, leftover files in /dev/shm and /tmp, and loss")
+    parser.add_argument("--soak-messages", type=int, default=1_000_000, metavar="N")
+    parser.add_argument("--soak-readers", type=int, default=8, metavar="N")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        compared = [c for text in args.compare or () for c in configs.parse_specs(text)]
+        chosen = workloads.parse_workloads(args.workloads)
+    except ValueError as e:
+        print(f"shmq bench: {e}", file=sys.stderr)
+        return 2
+    if args.soak:
+        config = compared[0] if compared else configs.ShmqConfig(label="shmq SpinYieldPark")
+        print(soak.run_soak(args.soak_messages, args.soak_readers, config))
+        return 0
+
+    idle_s = args.idle_seconds if args.idle_seconds is not None else (0.3 if args.quick else 3.0)
+    row_timeout = args.row_timeout or (60.0 if args.quick else 300.0)
+    print(f"shmq bench{' --quick' if args.quick else ''}: {machine_line()}", flush=True)
+    rows: list[Row] = []
+    for workload in chosen:
+        plan = workloads.plan_for(workload, quick=args.quick, idle_s=idle_s, scale=args.scale)
+        candidates = _candidates(args, compared, workload)
+        runs = [[trial.run_row(p, workload, plan, row_timeout) for p in candidates] for _ in range(args.repeat)]
+        for i, peer in enumerate(candidates):
+            row = _median_row([run[i] for run in runs])
+            rows.append(row)
+            print(f"  {workload.name:<8} {peer.label:<32} {_progress(row)}", file=sys.stderr, flush=True)
+    if not compared and not args.no_limits:
+        rows.extend(limits.limit_rows(quick=args.quick))
+    print()
+    print(markdown(rows))
+    if args.repeat > 1:
+        print(f"\nEach row is the median of {args.repeat} interleaved runs; lost is their sum.")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine_line(), "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
+    return 1 if any(r.lost for r in rows) else 0
+
+
+def _candidates(args: argparse.Namespace, compared: list, workload: workloads.Workload) -> list[peers.Peer]:
+    if compared:
+        return [peers.ShmqPeer(c) for c in compared]
+    shmq_rows = configs.strategy_rows()[-1:] if args.no_strategies else configs.strategy_rows()
+    if workload.kind == "large":
+        shmq_rows.append(configs.LEASE)
+    chosen = [peers.ShmqPeer(c) for c in shmq_rows]
+    return chosen + peers.peer_rows(mpq=not args.no_mpq, zmq=not args.no_zmq, faster_fifo=not args.no_faster_fifo,
+                                    iceoryx2=not args.no_iceoryx2)
+
+
+def _median_row(runs: list[Row]) -> Row:
+    """Medians of each figure over repeated runs of one row; losses add up and notes are kept."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def median(name: str):
+        values = [getattr(r, name) for r in runs if getattr(r, name) is not None]
+        return statistics.median(values) if values else None
+
+    figures = ("msgs_per_s", "gb_per_s", "p50_us", "p99_us", "idle_cpu_pct", "wake_p50_us")
+    lost = [r.lost for r in runs if r.lost is not None]
+    return dataclasses.replace(runs[0], **{name: median(name) for name in figures},
+                               lost=sum(lost) if lost else None,
+                               note="; ".join(sorted({r.note for r in runs if r.note})))
+
+
+def _progress(row: Row) -> str:
+    if row.msgs_per_s is None:
+        return row.note
+    return f"{row.msgs_per_s:>10,.0f} msgs/s  lost {row.lost}  {row.note}"

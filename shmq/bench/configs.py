@@ -1,0 +1,100 @@
+"""shmq configurations under test, and the small spec language of ``--compare``.
+
+A spec is one configuration: ``key=value`` options joined by ``+``, for example
+``wait=BusySpin+stats=off``. Several specs are separated by commas:
+``--compare stats=on,stats=off``. Keys:
+
+    wait=NAME            BusySpin | Yield | Backoff | SpinYieldPark (the default)
+    stats=on|off         per-participant counters (shmq.create(stats=...))
+    lease=on|off         readers take messages with reader.lease() (zero-copy) instead of get()
+    hooks=MODULE:NAME    NAME() is called in the writer and in every reader process and its
+                         result is installed with shmq.hooks.install() (e.g. tracing hooks);
+                         hooks=off installs none
+    chunk_bytes=INT      slot payload size (default: chosen per workload, see queue_geometry)
+    n_chunks=INT         slots in the ring (default: chosen per workload)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+from .. import wait as wait_module
+
+_SWITCH = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShmqConfig:
+    """One shmq configuration: a row label and the arguments it gives create() and attach()."""
+
+    label: str  #: what the table's peer column shows
+    wait: str = "SpinYieldPark"  #: name of a strategy in shmq.wait.ALL
+    stats: bool = True  #: shmq.create(stats=...)
+    lease: bool = False  #: read with reader.lease() instead of reader.get()
+    hooks: str = ""  #: "module:callable" returning MessageHooks, or "" for none
+    chunk_bytes: int | None = None  #: None: the workload's default geometry
+    n_chunks: int | None = None  #: None: the workload's default geometry
+
+    def strategy(self) -> wait_module.WaitStrategy:
+        return wait_module.ALL[self.wait]()
+
+    def install_hooks(self) -> None:
+        """Install this configuration's hooks in the calling process (each process has its own)."""
+        if not self.hooks:
+            return
+        from .. import hooks as hooks_module
+
+        module_name, _, attr = self.hooks.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+        hooks_module.install(factory())
+
+
+def parse_spec(spec: str) -> ShmqConfig:
+    """One ``key=value+key=value`` spec; raises ValueError naming the bad part."""
+    options: dict = {}
+    for part in filter(None, (p.strip() for p in spec.split("+"))):
+        key, sep, value = part.partition("=")
+        if not sep or not value:
+            raise ValueError(f"--compare: {part!r} in {spec!r} is not key=value")
+        options[key] = _parse_value(key, value, spec)
+    return ShmqConfig(label=f"shmq {spec}", **options)
+
+
+def parse_specs(text: str) -> list[ShmqConfig]:
+    """A comma-separated list of specs."""
+    configs = [parse_spec(spec) for spec in text.split(",") if spec.strip()]
+    if not configs:
+        raise ValueError("--compare needs at least one configuration, e.g. stats=on,stats=off")
+    return configs
+
+
+def _parse_value(key: str, value: str, spec: str):
+    if key == "wait":
+        if value not in wait_module.ALL:
+            raise ValueError(f"--compare {spec!r}: wait must be one of {', '.join(wait_module.ALL)}, not {value!r}")
+        return value
+    if key in ("stats", "lease"):
+        if value.lower() not in _SWITCH:
+            raise ValueError(f"--compare {spec!r}: {key} must be on or off, not {value!r}")
+        return _SWITCH[value.lower()]
+    if key == "hooks":
+        if value == "off":
+            return ""
+        if ":" not in value:
+            raise ValueError(f"--compare {spec!r}: hooks must be MODULE:CALLABLE, not {value!r}")
+        return value
+    if key in ("chunk_bytes", "n_chunks"):
+        try:
+            return int(value, 0)
+        except ValueError:
+            raise ValueError(f"--compare {spec!r}: {key} must be an integer, not {value!r}") from None
+    raise ValueError(f"--compare {spec!r}: unknown key {key!r} (use wait, stats, lease, hooks, chunk_bytes, n_chunks)")
+
+
+def strategy_rows() -> list[ShmqConfig]:
+    """The default shmq rows: one per wait strategy, the default last."""
+    return [ShmqConfig(label=f"shmq {name}", wait=name) for name in ("BusySpin", "Yield", "Backoff", "SpinYieldPark")]
+
+
+LEASE = ShmqConfig(label="shmq SpinYieldPark lease", lease=True)

@@ -1,0 +1,143 @@
+"""What this machine and interpreter allow at best, measured in the same run as the table.
+
+* numpy memcpy of 1 MiB: the ceiling for a safe copy (each reader copies every byte once);
+* a two-process ping-pong over one shared-memory word, in pure Python: the floor
+  of one-way latency for any Python queue, and its message rate;
+* a futex wake through ctypes: the floor of waking a parked reader.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import multiprocessing
+import os
+import time
+
+import numpy as np
+
+from .. import sync
+from .table import Row
+from .workloads import MiB
+
+_fork = multiprocessing.get_context("fork")
+
+
+def memcpy_row(seconds: float = 0.5) -> Row:
+    src = np.arange(MiB, dtype=np.uint8)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    copies = 0
+    start = time.perf_counter_ns()
+    deadline = start + int(seconds * 1e9)
+    while (now := time.perf_counter_ns()) < deadline:
+        for _ in range(64):
+            np.copyto(dst, src)
+        copies += 64
+    elapsed = now - start
+    return Row("limit", 0, "numpy memcpy 1 MiB", gb_per_s=copies * MiB / elapsed,
+               msgs_per_s=copies / elapsed * 1e9, note="one process, one core")
+
+
+def _ping_pong_child(words: memoryview, rounds: int, deadline: float) -> None:
+    seen = 0
+    polls = 0
+    while seen < rounds:
+        value = words[0]
+        if value != seen:
+            seen = value
+            words[1] = value  # pong
+            continue
+        polls += 1
+        if polls % 65536 == 0 and time.monotonic() > deadline:
+            return
+
+
+def ping_pong_row(rounds: int, timeout_s: float = 30.0) -> Row:
+    """One-way latency = half a round trip through two shared 8-byte words, both sides spinning."""
+    mm = mmap.mmap(-1, mmap.PAGESIZE)  # anonymous and MAP_SHARED: the forked child sees our stores
+    words = memoryview(mm).cast("q")
+    deadline = time.monotonic() + timeout_s
+    child = _fork.Process(target=_ping_pong_child, args=(words, rounds, deadline), daemon=True)
+    child.start()
+    one_way = []
+    try:
+        start = time.perf_counter_ns()
+        for k in range(1, rounds + 1):
+            sent = time.perf_counter_ns()
+            words[0] = k
+            polls = 0
+            while words[1] != k:
+                polls += 1
+                if polls % 65536 == 0 and time.monotonic() > deadline:
+                    return Row("limit", 0, "shm ping-pong, 2 processes", note="timeout: the child stopped answering")
+            one_way.append((time.perf_counter_ns() - sent) / 2)
+        elapsed = time.perf_counter_ns() - start
+    finally:
+        child.join(timeout=5)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        words.release()
+        mm.close()
+    one_way.sort()
+    return Row("limit", 0, "shm ping-pong, 2 processes", msgs_per_s=2 * rounds / elapsed * 1e9,
+               p50_us=one_way[len(one_way) // 2] / 1e3, p99_us=one_way[int(len(one_way) * 0.99)] / 1e3,
+               note="pure-Python spin on one shared word; p50/p99 are half a round trip")
+
+
+def _futex_child(words: memoryview, address: int, rounds: int, conn) -> None:
+    wakes = []
+    for k in range(1, rounds + 1):
+        words[2] = k  # "about to wait for k"
+        while words[0] < k:
+            sync.futex_wait(address, words[0], 1.0)
+        wakes.append(time.perf_counter_ns() - words[1])
+    conn.send(wakes)
+
+
+def futex_row(rounds: int, gap_s: float) -> Row:
+    """A parked process woken by a futex wake; the waker stamps the time just before the syscall."""
+    if not sync.HAVE_FUTEX:
+        return Row("limit", 0, "futex wake (ctypes)", note="skipped: no futex on this platform")
+    mm = mmap.mmap(-1, mmap.PAGESIZE)
+    words = memoryview(mm).cast("q")
+    anchor = ctypes.c_char.from_buffer(mm)
+    address = ctypes.addressof(anchor)  # word 0 is the futex word (its low 32 bits)
+    receive_end, send_end = _fork.Pipe(duplex=False)
+    child = _fork.Process(target=_futex_child, args=(words, address, rounds, send_end), daemon=True)
+    child.start()
+    send_end.close()
+    wakes = None
+    try:
+        for k in range(1, rounds + 1):
+            deadline = time.monotonic() + 5
+            while words[2] < k and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            time.sleep(gap_s)  # long enough for the child to be asleep in the kernel
+            words[1] = time.perf_counter_ns()
+            words[0] = k
+            sync.futex_wake(address)
+        if receive_end.poll(10):
+            wakes = sorted(receive_end.recv())
+    finally:
+        child.join(timeout=5)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        receive_end.close()
+        del anchor
+        words.release()
+        mm.close()
+    if not wakes:
+        return Row("limit", 0, "futex wake (ctypes)", note="failed: the child sent no samples")
+    return Row("limit", 0, "futex wake (ctypes)", wake_p50_us=wakes[len(wakes) // 2] / 1e3,
+               note="parked process, FUTEX_WAKE through ctypes")
+
+
+def limit_rows(*, quick: bool) -> list[Row]:
+    return [
+        memcpy_row(0.2 if quick else 1.0),
+        ping_pong_row(2000 if quick else 50_000),
+        futex_row(10 if quick else 100, 0.005),
+    ]

@@ -1,0 +1,468 @@
+"""The transports a benchmark row can run: shmq in any configuration, and its peers.
+
+Every transport is used the way its documentation suggests for this job, with
+its loss switched off, and behind one small interface:
+
+* ``Peer.open(workload, workdir)`` runs in the trial process before the readers
+  fork and returns a ``Link`` (what must exist before forking: the shmq segment,
+  the multiprocessing queues...);
+* ``Link.sender()`` runs in the trial process after the fork, ``Link.receiver(i)``
+  in reader process i;
+* ``Sender.send(message)`` and ``Receiver.take(timeout) -> (seq, sent_ns, nbytes) | None``.
+
+Sockets that drop what is sent before a subscriber is connected (pyzmq, iceoryx2)
+set ``probe``: the writer sends probe messages (seq -1) until every reader has
+seen one, and readers skip them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import multiprocessing
+import os
+import pickle
+import queue as queue_module
+import struct
+import time
+
+from .configs import ShmqConfig
+from .workloads import MiB, Workload
+
+PROBE = {"seq": -1, "t": 0}
+#: How long a writer may block on a full queue before the row is reported stalled.
+SEND_TIMEOUT_S = 30.0
+
+
+def fields(message) -> tuple[int, int, int]:
+    """(seq, send time, array bytes) of a benchmark message: what every reader checks."""
+    data = message.get("data")
+    return message["seq"], message["t"], 0 if data is None else data.nbytes
+
+
+def pickle_frames(message) -> list:
+    """Pickle protocol 5 with out-of-band buffers: the stream, then each array's raw bytes."""
+    buffers: list = []
+    stream = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    return [stream, *(b.raw() for b in buffers)]
+
+
+class Sender:
+    probe = False
+
+    def send(self, message) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class Receiver:
+    probe = False
+
+    def take(self, timeout: float) -> tuple[int, int, int] | None:
+        """The next message's fields, or None when nothing arrived within `timeout` seconds."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class Link:
+    def sender(self) -> Sender:
+        raise NotImplementedError
+
+    def receiver(self, index: int) -> Receiver:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class Peer:
+    label: str
+    is_shmq = False
+    #: the Python module that must be importable, or "" for the standard library
+    module = ""
+
+    def missing(self) -> str:
+        """Why this peer cannot run here ("" when it can)."""
+        if self.module and importlib.util.find_spec(self.module) is None:
+            return f"skipped: {self.module} not installed"
+        return ""
+
+    def open(self, workload: Workload, workdir: str) -> Link:
+        raise NotImplementedError
+
+
+# -- shmq ----------------------------------------------------------------------------------
+class ShmqPeer(Peer):
+    is_shmq = True
+
+    def __init__(self, config: ShmqConfig) -> None:
+        self.config = config
+        self.label = config.label
+
+    def open(self, workload: Workload, workdir: str) -> Link:
+        import shmq
+
+        chunk_bytes, n_chunks = workload.queue_geometry()
+        self.config.install_hooks()
+        writer = shmq.create(
+            workload.n_readers, name=f"bench-{os.getpid()}", wait=self.config.strategy(), stats=self.config.stats,
+            chunk_bytes=self.config.chunk_bytes or chunk_bytes, n_chunks=self.config.n_chunks or n_chunks,
+        )
+        return _ShmqLink(writer, self.config)
+
+
+class _ShmqLink(Link):
+    def __init__(self, writer, config: ShmqConfig) -> None:
+        self._writer = writer
+        self._handle = str(writer.handle)
+        self._config = config
+
+    def sender(self) -> Sender:
+        return _ShmqSender(self._writer)
+
+    def receiver(self, index: int) -> Receiver:
+        import shmq
+
+        self._config.install_hooks()
+        reader = shmq.attach(self._handle, reader=index, wait=self._config.strategy())
+        return _ShmqLeaseReceiver(reader) if self._config.lease else _ShmqReceiver(reader)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class _ShmqSender(Sender):
+    def __init__(self, writer) -> None:
+        self._put = writer.put
+
+    def send(self, message) -> None:
+        self._put(message, timeout=SEND_TIMEOUT_S)
+
+
+class _ShmqReceiver(Receiver):
+    def __init__(self, reader) -> None:
+        from shmq import QueueTimeout
+
+        self._reader = reader
+        self._get = reader.get
+        self._timeout_error = QueueTimeout
+
+    def take(self, timeout: float):
+        try:
+            return fields(self._get(timeout=timeout))
+        except self._timeout_error:
+            return None
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+class _ShmqLeaseReceiver(_ShmqReceiver):
+    """Zero-copy: the array aliases the ring slot while the fields are read, then the slot is released."""
+
+    def take(self, timeout: float):
+        try:
+            with self._reader.lease(timeout=timeout) as message:
+                return fields(message)
+        except self._timeout_error:
+            return None
+
+
+# -- multiprocessing.Queue -------------------------------------------------------------------
+class MpQueuePeer(Peer):
+    """The standard library: one multiprocessing.Queue per reader (it has no broadcast)."""
+
+    label = "multiprocessing.Queue"
+
+    def open(self, workload: Workload, workdir: str) -> Link:
+        context = multiprocessing.get_context("fork")
+        return _QueuesLink([context.Queue() for _ in range(workload.n_readers)])
+
+
+class _QueuesLink(Link):
+    """One queue per reader; the sender puts each message into every queue."""
+
+    def __init__(self, queues: list) -> None:
+        self._queues = queues
+
+    def sender(self) -> Sender:
+        return _QueuesSender(self._queues)
+
+    def receiver(self, index: int) -> Receiver:
+        return _QueueReceiver(self._queues[index])
+
+    def close(self) -> None:
+        for q in self._queues:
+            if hasattr(q, "cancel_join_thread"):
+                q.cancel_join_thread()  # never wait at exit for a feeder whose reader is gone
+            q.close()
+
+
+class _QueuesSender(Sender):
+    def __init__(self, queues: list) -> None:
+        self._queues = queues
+
+    def send(self, message) -> None:
+        for q in self._queues:
+            q.put(message, timeout=SEND_TIMEOUT_S)
+
+
+class _QueueReceiver(Receiver):
+    def __init__(self, q) -> None:
+        self._get = q.get
+
+    def take(self, timeout: float):
+        try:
+            return fields(self._get(timeout=timeout))
+        except queue_module.Empty:
+            return None
+
+
+# -- faster-fifo -------------------------------------------------------------------------------
+class FasterFifoPeer(Peer):
+    """faster-fifo: a C++ ring per reader behind the multiprocessing.Queue interface."""
+
+    label = "faster-fifo"
+    module = "faster_fifo"
+
+    def open(self, workload: Workload, workdir: str) -> Link:
+        from faster_fifo import Queue
+
+        # Room for several messages, so a full queue blocks the writer rather than failing.
+        size = max(4 * MiB, 4 * (workload.array_bytes + 4096))
+        return _QueuesLink([Queue(max_size_bytes=size) for _ in range(workload.n_readers)])
+
+
+# -- pyzmq --------------------------------------------------------------------------------------
+class ZmqPeer(Peer):
+    """PUB/SUB over ipc with both high-water marks at 0 (unbounded): the default of 1000 drops a burst."""
+
+    label = "pyzmq PUB/SUB (HWM=0)"
+    module = "zmq"
+
+    def open(self, workload: Workload, workdir: str) -> Link:
+        return _ZmqLink(f"ipc://{workdir}/pubsub", zero_copy=workload.array_bytes > 0)
+
+
+class _ZmqLink(Link):
+    def __init__(self, endpoint: str, zero_copy: bool) -> None:
+        self._endpoint = endpoint
+        self._zero_copy = zero_copy
+
+    def sender(self) -> Sender:
+        return _ZmqSender(self._endpoint, self._zero_copy)
+
+    def receiver(self, index: int) -> Receiver:
+        return _ZmqReceiver(self._endpoint, self._zero_copy)
+
+
+class _ZmqSender(Sender):
+    probe = True
+
+    def __init__(self, endpoint: str, zero_copy: bool) -> None:
+        import zmq
+
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.PUB)
+        self._socket.setsockopt(zmq.SNDHWM, 0)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.bind(endpoint)
+        self._zero_copy = zero_copy  # pyzmq: copying beats zero-copy below ~64 kB
+
+    def send(self, message) -> None:
+        self._socket.send_multipart(pickle_frames(message), copy=not self._zero_copy)
+
+    def close(self) -> None:
+        self._socket.close()
+        self._context.term()
+
+
+class _ZmqReceiver(Receiver):
+    probe = True
+
+    def __init__(self, endpoint: str, zero_copy: bool) -> None:
+        import zmq
+
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.SUB)
+        self._socket.setsockopt(zmq.RCVHWM, 0)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self._socket.connect(endpoint)
+        self._again = zmq.Again
+        self._rcvtimeo = zmq.RCVTIMEO
+        self._timeout_ms = None
+        self._copy = not zero_copy
+
+    def take(self, timeout: float):
+        timeout_ms = int(timeout * 1000)
+        if timeout_ms != self._timeout_ms:  # a socket option, so set it only when a phase changes it
+            self._socket.setsockopt(self._rcvtimeo, timeout_ms)
+            self._timeout_ms = timeout_ms
+        try:
+            frames = self._socket.recv_multipart(copy=self._copy)
+        except self._again:
+            return None
+        if not self._copy:
+            frames = [f.buffer for f in frames]
+        return fields(pickle.loads(frames[0], buffers=frames[1:]))
+
+    def close(self) -> None:
+        self._socket.close()
+        self._context.term()
+
+
+# -- iceoryx2 -----------------------------------------------------------------------------------
+class Iceoryx2Peer(Peer):
+    """iceoryx2 publish/subscribe of byte slices, made lossless, plus an event service to wake readers.
+
+    Lossless means: no safe overflow (its default overwrites the oldest sample)
+    and a publisher that retries until delivered. Readers block on an event
+    listener that the publisher notifies after each sample.
+    """
+
+    label = "iceoryx2 pub/sub (lossless)"
+    module = "iceoryx2"
+
+    def open(self, workload: Workload, workdir: str) -> Link:
+        service = f"shmq-bench/{os.getpid()}/{os.path.basename(workdir)}"
+        if workload.kind == "small":
+            buffer, max_len = 256, 4096
+        else:
+            buffer, max_len = 4, workload.array_bytes + 4096
+        return _Iceoryx2Link(service, workload.n_readers, buffer, max_len)
+
+
+class _Iceoryx2Link(Link):
+    def __init__(self, service: str, n_readers: int, buffer: int, max_len: int) -> None:
+        self._service = service
+        self._n_readers = n_readers
+        self._buffer = buffer
+        self._max_len = max_len
+
+    def _open(self):
+        import iceoryx2 as iox2
+
+        iox2.set_log_level(iox2.LogLevel.Error)
+        node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+        pubsub = (
+            node.service_builder(iox2.ServiceName.new(self._service))
+            .publish_subscribe(iox2.Slice[ctypes.c_uint8])
+            .enable_safe_overflow(False)
+            .subscriber_max_buffer_size(self._buffer)
+            .max_subscribers(self._n_readers)
+            .max_publishers(1)
+            .max_nodes(self._n_readers + 1)
+            .history_size(0)
+            .open_or_create()
+        )
+        events = (
+            node.service_builder(iox2.ServiceName.new(self._service + "/wake"))
+            .event()
+            .max_listeners(self._n_readers)
+            .max_notifiers(1)
+            .max_nodes(self._n_readers + 1)
+            .open_or_create()
+        )
+        return iox2, node, pubsub, events
+
+    def sender(self) -> Sender:
+        iox2, node, pubsub, events = self._open()
+        publisher = (
+            pubsub.publisher_builder()
+            .initial_max_slice_len(self._max_len)
+            .allocation_strategy(iox2.AllocationStrategy.PowerOfTwo)
+            .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
+            .create()
+        )
+        return _Iceoryx2Sender(node, (pubsub, events), publisher, events.notifier_builder().create())
+
+    def receiver(self, index: int) -> Receiver:
+        iox2, node, pubsub, events = self._open()
+        subscriber = pubsub.subscriber_builder().buffer_size(self._buffer).create()
+        return _Iceoryx2Receiver(iox2, node, (pubsub, events), subscriber, events.listener_builder().create())
+
+
+_LENGTH = struct.Struct("<Q")
+
+
+class _Iceoryx2Sender(Sender):
+    """One sample per message: a table of frame lengths, then the pickle frames."""
+
+    probe = True
+
+    def __init__(self, node, services, publisher, notifier) -> None:
+        self._keep = (node, services)
+        self._publisher = publisher
+        self._notifier = notifier
+
+    def send(self, message) -> None:
+        frames = pickle_frames(message)
+        table = struct.pack(f"<{1 + len(frames)}Q", len(frames), *(memoryview(f).nbytes for f in frames))
+        total = len(table) + sum(memoryview(f).nbytes for f in frames)
+        sample = self._publisher.loan_slice_uninit(total)
+        target = memoryview((ctypes.c_char * total).from_address(sample.payload_ptr)).cast("B")
+        position = 0
+        for part in (table, *frames):
+            n = memoryview(part).nbytes
+            target[position : position + n] = part
+            position += n
+        target.release()
+        sample.assume_init().send()
+        self._notifier.notify()
+
+    def close(self) -> None:
+        self._notifier.delete()
+        self._publisher.delete()
+
+
+class _Iceoryx2Receiver(Receiver):
+    probe = True
+
+    def __init__(self, iox2, node, services, subscriber, listener) -> None:
+        self._duration = iox2.Duration.from_secs_f64
+        self._keep = (node, services)
+        self._subscriber = subscriber
+        self._listener = listener
+
+    def take(self, timeout: float):
+        sample = self._subscriber.receive()
+        if sample is None:
+            deadline = time.monotonic() + timeout
+            while sample is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._listener.timed_wait(self._duration(left))
+                sample = self._subscriber.receive()
+        try:
+            n = sample.payload().len()
+            view = memoryview((ctypes.c_char * n).from_address(sample.payload_ptr)).cast("B")
+            count = _LENGTH.unpack_from(view, 0)[0]
+            lengths = struct.unpack_from(f"<{count}Q", view, _LENGTH.size)
+            position = _LENGTH.size * (1 + count)
+            parts = []
+            for length in lengths:
+                parts.append(view[position : position + length])
+                position += length
+            # The stream is read in place; array buffers are copied out before the sample is released.
+            message = pickle.loads(parts[0], buffers=[bytearray(p) for p in parts[1:]])
+            del parts
+            view.release()
+        finally:
+            sample.delete()
+        return fields(message)
+
+    def close(self) -> None:
+        self._listener.delete()
+        self._subscriber.delete()
+
+
+def peer_rows(*, mpq: bool, zmq: bool, faster_fifo: bool, iceoryx2: bool) -> list[Peer]:
+    """The peers switched on, in table order."""
+    chosen = [(mpq, MpQueuePeer), (zmq, ZmqPeer), (faster_fifo, FasterFifoPeer), (iceoryx2, Iceoryx2Peer)]
+    return [cls() for on, cls in chosen if on]

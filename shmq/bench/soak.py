@@ -1,0 +1,140 @@
+"""``shmq bench --soak``: a million messages to 8 readers; flat memory, no loss, nothing left behind.
+
+Each process reports its resident set size after attaching and after the last
+message; the run lists what appeared in /dev/shm and /tmp while it ran (other
+programs on the machine may add entries there too; each is listed by name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import time
+import traceback
+
+import shmq
+
+from .configs import ShmqConfig
+from .table import machine_line
+from .workloads import Workload
+
+_fork = multiprocessing.get_context("fork")
+WATCHED_DIRS = ("/dev/shm", "/tmp")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessReport:
+    role: str  #: "writer" or "reader i"
+    pid: int
+    rss_start: int  #: bytes, after attaching
+    rss_end: int  #: bytes, after the last message
+    received: int = 0
+    lost: int = 0
+    error: str = ""
+
+
+def _soak_reader(handle: str, index: int, messages: int, config: ShmqConfig, stall_s: float, conn) -> None:
+    rss_start = rss_end = received = 0
+    expect = lost = 0
+    error = ""
+    try:
+        config.install_hooks()
+        with shmq.attach(handle, reader=index, wait=config.strategy()) as reader:
+            rss_start = rss_bytes()
+            while expect < messages:
+                try:
+                    seq = reader.get(timeout=stall_s)["seq"]
+                except shmq.QueueTimeout:
+                    error = f"no message for {stall_s} s after {received}"
+                    break
+                received += 1
+                if seq != expect:
+                    lost += 1 if seq < expect else seq - expect
+                expect = max(expect, seq + 1)
+            lost += messages - expect
+            rss_end = rss_bytes()
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}"
+        traceback.print_exc()
+    conn.send(ProcessReport(f"reader {index}", os.getpid(), rss_start, rss_end, received, lost, error))
+    conn.close()
+
+
+def _listing() -> set[str]:
+    found = set()
+    for d in WATCHED_DIRS:
+        try:
+            found.update(os.path.join(d, n) for n in os.listdir(d))
+        except OSError:
+            pass
+    return found
+
+
+def run_soak(messages: int, n_readers: int, config: ShmqConfig, stall_s: float = 30.0) -> str:
+    """Run the soak and return its report as markdown."""
+    before = _listing()
+    workload = Workload("small", n_readers)
+    chunk_bytes, n_chunks = workload.queue_geometry()
+    config.install_hooks()
+    writer = shmq.create(n_readers, name=f"soak-{os.getpid()}", wait=config.strategy(), stats=config.stats,
+                         chunk_bytes=config.chunk_bytes or chunk_bytes, n_chunks=config.n_chunks or n_chunks)
+    readers, pipes = [], []
+    reports: list[ProcessReport] = []
+    elapsed = 0.0
+    try:
+        for i in range(n_readers):
+            receive_end, send_end = _fork.Pipe(duplex=False)
+            p = _fork.Process(target=_soak_reader, args=(str(writer.handle), i, messages, config, stall_s, send_end),
+                              daemon=True)
+            p.start()
+            send_end.close()
+            readers.append(p)
+            pipes.append(receive_end)
+        writer.wait_for_readers(timeout=stall_s)
+        writer_rss_start = rss_bytes()
+        make = workload.maker()
+        start = time.perf_counter()
+        for seq in range(messages):
+            writer.put(make(seq), timeout=stall_s)
+        writer_rss_end = rss_bytes()
+        for i, conn in enumerate(pipes):
+            report = conn.recv() if conn.poll(stall_s + 10) else ProcessReport(f"reader {i}", readers[i].pid, 0, 0,
+                                                                               error="sent no report")
+            reports.append(report)
+        elapsed = time.perf_counter() - start
+        reports.insert(0, ProcessReport("writer", os.getpid(), writer_rss_start, writer_rss_end, messages))
+    finally:
+        for p in readers:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        writer.close()
+    time.sleep(0.2)  # let exited processes' files (if any) show up before we look
+    leftovers = sorted(_listing() - before)
+    return _format(messages, n_readers, config, elapsed, reports, leftovers)
+
+
+def _format(messages: int, n_readers: int, config: ShmqConfig, elapsed: float, reports: list[ProcessReport],
+            leftovers: list[str]) -> str:
+    mib = 1 << 20
+    lost = sum(r.lost for r in reports)
+    lines = [
+        f"shmq bench --soak: {messages:,} small messages to {n_readers} readers ({config.label}); {machine_line()}",
+        "",
+        f"msgs/s: {messages / elapsed:,.0f} ({elapsed:.1f} s); lost: {lost}; "
+        f"left in {' or '.join(WATCHED_DIRS)}: {', '.join(leftovers) if leftovers else 'nothing'}",
+        "",
+        "| process | pid | RSS start MiB | RSS end MiB | growth MiB | received | lost | error |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        lines.append(f"| {r.role} | {r.pid} | {r.rss_start / mib:.1f} | {r.rss_end / mib:.1f} | "
+                     f"{(r.rss_end - r.rss_start) / mib:+.1f} | {r.received:,} | {r.lost} | {r.error} |")
+    return "\n".join(lines)

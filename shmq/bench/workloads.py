@@ -1,0 +1,110 @@
+"""What is sent in a benchmark row, to how many readers, and how much of each measurement phase."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+KINDS = ("small", "large", "huge")
+DEFAULT_WORKLOADS = "small-1,small-4,small-8,large-1,huge-1"
+MiB = 1 << 20
+
+_TOKENS = list(range(1000, 1048))  # with seq and timestamp: a 200-byte pickle
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One kind of message sent to `n_readers` readers."""
+
+    kind: str  #: small (a ~200 B dict), large (a 1 MiB numpy array), huge (16 MiB: the multi-slot path)
+    n_readers: int  #: readers, each receiving every message
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.n_readers}"
+
+    @property
+    def array_bytes(self) -> int:
+        """Bytes of the numpy array in each message; 0 for small messages."""
+        return {"small": 0, "large": MiB, "huge": 16 * MiB}[self.kind]
+
+    @property
+    def payload_bytes(self) -> int:
+        """What one message carries, for GB/s: the array, or the pickled size of a small dict."""
+        return self.array_bytes or 200
+
+    def maker(self):
+        """A function seq -> message, stamping the send time as late as possible.
+
+        Every call builds a new dict: multiprocessing.Queue pickles in a feeder
+        thread after put() returns, so a reused dict would be sent mutated.
+        """
+        if self.kind == "small":
+            tokens = _TOKENS
+            return lambda seq: {"seq": seq, "t": time.perf_counter_ns(), "op": "step", "tokens": tokens}
+        data = np.arange(self.array_bytes, dtype=np.uint8)
+        return lambda seq: {"seq": seq, "t": time.perf_counter_ns(), "data": data}
+
+    def queue_geometry(self) -> tuple[int, int]:
+        """(chunk_bytes, n_chunks) that the shmq rows use unless a --compare spec sets them.
+
+        Small messages get many small slots, so a burst fills the ring only after
+        1024 messages; a 1 MiB array (plus its pickle header) fits one slot; a
+        16 MiB array streams through 1 MiB slots.
+        """
+        if self.kind == "small":
+            return 1024, 1024
+        if self.kind == "large":
+            return MiB + 4096, 8
+        return MiB, 16
+
+
+def parse_workloads(text: str) -> list[Workload]:
+    """``small-1,small-4,large-1`` -> workloads; raises ValueError naming the bad entry."""
+    workloads = []
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        kind, _, readers = entry.partition("-")
+        if kind not in KINDS or not readers.isdigit() or not 1 <= int(readers) <= 64:
+            raise ValueError(f"--workloads: {entry!r} is not KIND-N with KIND in {KINDS} and N in 1..64")
+        workloads.append(Workload(kind, int(readers)))
+    return workloads
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How many messages each measurement phase sends, and its time limits."""
+
+    throughput: int  #: messages sent back to back; msgs/s and GB/s
+    latency: int  #: messages sent one at a time, each after every reader acknowledged the previous
+    wake: int  #: ack-paced messages sent after a pause, to readers that have parked
+    wake_gap_s: float  #: the pause before each wake-up message
+    idle_s: float  #: how long readers wait on an empty queue while their CPU time is measured
+    stall_s: float  #: a reader or writer that sees no progress for this long gives up (and reports loss)
+
+
+def plan_for(workload: Workload, *, quick: bool, idle_s: float, scale: float = 1.0) -> Plan:
+    """Message counts sized so a row takes seconds (or a fraction of one with `quick`).
+
+    Idle CPU and wake-up are measured on small-message rows only: they do not
+    depend on the message size, and each costs `idle_s` plus the pauses.
+    """
+    counts = {
+        ("small", False): (50_000 if workload.n_readers <= 4 else 20_000, 2000, 40),
+        ("small", True): (2000, 200, 5),
+        ("large", False): (2000, 200, 0),
+        ("large", True): (60, 20, 0),
+        ("huge", False): (150, 30, 0),
+        ("huge", True): (6, 4, 0),
+    }
+    throughput, latency, wake = counts[workload.kind, quick]
+    small = workload.kind == "small"
+    return Plan(
+        throughput=max(1, int(throughput * scale)),
+        latency=max(1, int(latency * scale)),
+        wake=int(wake * scale) if small else 0,
+        wake_gap_s=0.005 if quick else 0.02,
+        idle_s=idle_s if small else 0.0,
+        stall_s=5.0 if quick else 15.0,
+    )
