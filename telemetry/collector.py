@@ -1,0 +1,245 @@
+"""Prometheus metrics for shmq queues, read from shared memory at scrape time.
+
+``ShmqCollector`` is a custom collector in the manner of client_python's
+``MultiProcessCollector``: queues only store numbers in their participant
+records, and the collector maps the segments read-only and turns a
+``shmq.stats`` snapshot into metric families when Prometheus scrapes. Nothing on
+the hot path touches prometheus_client, and its multiprocess mode (which cannot
+run custom collectors and needs a directory wiped between runs) is not used.
+
+It watches either the queues it is given, or every shmq segment in the shm
+directory: each scrape lists the directory, maps segments that appeared and
+drops segments that were unlinked, so one sidecar exports every process's
+queues. A segment it cannot read (corrupt, foreign, another layout version) is
+skipped and counted in ``shmq_exporter_errors_total``; the scrape goes on.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Callable, Iterable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from shmq import layout as L
+from shmq.errors import ShmqError
+from shmq.handle import Handle
+from shmq.segment import PREFIX, SHM_DIR, Segment
+from shmq.stats import ParticipantStats, QueueStats, QueueView
+
+from . import names as N
+
+log = logging.getLogger("shmq.telemetry")
+
+#: A file this young that fails to open may be a segment its creator is still
+#: writing (the version word comes last); it is retried, not yet counted as an error.
+CREATION_GRACE_S = 2.0
+
+_PARTICIPANT = (N.LABEL_QUEUE, N.LABEL_ROLE, N.LABEL_READER)
+_QUEUE = (N.LABEL_QUEUE,)
+_ROLE = {L.Role.WRITER: "writer", L.Role.READER: "reader"}
+_STATES = tuple((state, state.name.lower()) for state in L.ParticipantState)
+_BUCKET_BOUNDS = tuple(floatToGoString(bound) for bound in L.HISTOGRAM_UPPER_BOUNDS_S) + ("+Inf",)
+
+# Counter family, the ParticipantStats field it reads, the scale to base units, and its help text.
+_COUNTERS = (
+    (N.MESSAGES, "messages", 1, "Messages sent (writer) or received (reader)."),
+    (N.BYTES, "bytes", 1, "Payload bytes sent or received, framing included."),
+    (N.OVERFLOW_MESSAGES, "overflow_messages", 1, "Messages larger than a slot, streamed through several slots."),
+    (N.SPINS, "spins", 1, "Busy-poll iterations while waiting."),
+    (N.YIELDS, "yields", 1, "sched_yield calls while waiting."),
+    (N.BACKOFF_SLEEPS, "backoff_sleeps", 1, "Sleeps taken by the Backoff wait strategy."),
+    (N.BACKOFF_SLEEP_SECONDS, "backoff_sleep_ns", 1e-9, "Time spent in Backoff sleeps."),
+    (N.PARKS, "parks", 1, "Futex parks (or fallback sleeps) while waiting."),
+    (N.WAKEUPS, "wakeups", 1, "Futex wake calls issued to parked peers."),
+    (N.TIMEOUTS, "timeouts", 1, "put() or get() calls that timed out."),
+)
+_UNITS = {N.BYTES: "bytes", N.BACKOFF_SLEEP_SECONDS: "seconds"}
+
+
+class ShmqCollector(Collector):
+    """Exports shmq queues to Prometheus, reading their shared-memory stats at scrape time.
+
+    `queues` selects what to export; None means every shmq segment in `shm_dir`,
+    including those created later. Otherwise it is an iterable of:
+
+    - a ``shmq.Handle``, a handle string or a ``shmq-...`` shm name: that segment;
+    - a logical queue name: every segment holding a queue of that name;
+    - a ``shmq.stats.QueueView`` the caller opened (and closes).
+
+    Handles and names are resolved at each scrape, so a queue may appear after
+    the collector starts, and an unlinked segment stops being exported.
+    """
+
+    def __init__(self, queues: Iterable[Handle | str | QueueView] | None = None, *, shm_dir: str = SHM_DIR,
+                 host: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        self._shm_dir = shm_dir
+        self._host = socket.gethostname() if host is None else host
+        self._clock = clock
+        self._given_views: list[QueueView] = []
+        self._shm_names: set[str] = set()
+        self._queue_names: set[str] = set()
+        self._everything = queues is None
+        for queue in queues or ():
+            if isinstance(queue, QueueView):
+                self._given_views.append(queue)
+            elif isinstance(queue, Handle) or str(queue).startswith("shmq://"):
+                self._shm_names.add(Handle.coerce(queue).shm_name)
+            elif str(queue).startswith(PREFIX):
+                self._shm_names.add(str(queue))
+            else:
+                self._queue_names.add(str(queue))
+        self._lock = threading.Lock()  # scrapes may run in several HTTP threads at once
+        self._views: dict[str, QueueView] = {}  # segments this collector mapped, by shm name
+        self._skipped: dict[str, tuple[int, int, int]] = {}  # unreadable segments -> file identity when counted
+        self._errors = 0
+
+    # -- the Collector protocol ------------------------------------------------------
+    def describe(self) -> Iterator:
+        """The family names, without touching shared memory (registration calls this)."""
+        return iter([*_Families(self._host).all(), _errors_family(0)])
+
+    def collect(self) -> Iterator:
+        with self._lock:
+            snapshots = self._snapshots()
+            errors = self._errors
+        families = _Families(self._host)
+        for queue_label, snapshot in _queue_labels(snapshots):
+            families.add_queue(queue_label, snapshot)
+        yield from families.all()
+        yield _errors_family(errors)
+
+    def close(self) -> None:
+        """Unmap the segments this collector mapped (not the views it was given)."""
+        with self._lock:
+            for view in self._views.values():
+                view.close()
+            self._views.clear()
+
+    # -- discovery ---------------------------------------------------------------------
+    def _snapshots(self) -> list[QueueStats]:
+        self._discover()
+        snapshots = []
+        for view in [*self._given_views, *filter(self._selects, self._views.values())]:
+            try:
+                snapshots.append(view.snapshot())
+            except (ShmqError, ValueError, OSError) as e:  # a record with impossible values, or a closed view
+                self._errors += 1
+                log.warning("shmq exporter: skipped a snapshot of %s: %s", view.shm_name, e)
+        return snapshots
+
+    def _selects(self, view: QueueView) -> bool:
+        return self._everything or view.shm_name in self._shm_names or view.name in self._queue_names
+
+    def _discover(self) -> None:
+        """Map segments that appeared in the directory; unmap those that were unlinked."""
+        try:
+            present = {n for n in os.listdir(self._shm_dir) if n.startswith(PREFIX)}
+        except FileNotFoundError:
+            present = set()
+        for shm_name in self._views.keys() - present:
+            self._views.pop(shm_name).close()
+        for shm_name in self._skipped.keys() - present:
+            del self._skipped[shm_name]
+        if not (self._everything or self._queue_names):
+            present &= self._shm_names  # only logical names need every header read
+        for shm_name in sorted(present - self._views.keys()):
+            self._open(shm_name)
+
+    def _open(self, shm_name: str) -> None:
+        path = os.path.join(self._shm_dir, shm_name)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return  # unlinked while we looked
+        identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._skipped.get(shm_name) == identity:
+            return  # already counted, and unchanged since
+        try:
+            segment = Segment.open(shm_name, writable=False, shm_dir=self._shm_dir, ready_timeout_s=0)
+        except FileNotFoundError:
+            return
+        except (ShmqError, OSError) as e:
+            if self._clock() - max(st.st_mtime, st.st_ctime) < CREATION_GRACE_S:
+                return  # possibly still being created: look again at the next scrape
+            self._skipped[shm_name] = identity
+            self._errors += 1
+            log.warning("shmq exporter: skipped %s: %s", path, e)
+            return
+        self._skipped.pop(shm_name, None)
+        self._views[shm_name] = QueueView(segment)
+
+
+def _errors_family(errors: int) -> CounterMetricFamily:
+    return CounterMetricFamily(N.EXPORTER_ERRORS, "Segments or snapshots the exporter skipped because it could not "
+                               "read them (corrupt, foreign or another layout version).", value=errors)
+
+
+def _queue_labels(snapshots: list[QueueStats]) -> Iterator[tuple[str, QueueStats]]:
+    """The `queue` label of each snapshot: its logical name, plus the shm name when two segments share it."""
+    counts = collections.Counter(s.name for s in snapshots)
+    for snapshot in snapshots:
+        yield (snapshot.name if counts[snapshot.name] == 1 else f"{snapshot.name}/{snapshot.shm_name}"), snapshot
+
+
+class _Families:
+    """The metric families of one scrape; queues add their samples to them."""
+
+    def __init__(self, host: str) -> None:
+        self._host = host
+        self.counters = [(CounterMetricFamily(name, help_, labels=_PARTICIPANT, unit=_UNITS.get(name, "")),
+                          field, scale) for name, field, scale, help_ in _COUNTERS]
+        self.wait = HistogramMetricFamily(
+            N.WAIT_SECONDS, "Time put() waited for a free slot (writer) or get() for a message (reader), per wait; "
+            "buckets double from 1 us.", labels=_PARTICIPANT, unit="seconds")
+        self.capacity = GaugeMetricFamily(N.RING_CAPACITY, "Ring slots: messages the ring holds.", labels=_QUEUE)
+        self.occupancy = GaugeMetricFamily(
+            N.RING_OCCUPANCY, "Slots published that the slowest attached reader has not consumed.", labels=_QUEUE)
+        self.lag = GaugeMetricFamily(N.READER_LAG, "Messages published that this reader has not consumed.",
+                                     labels=_PARTICIPANT)
+        self.progress = GaugeMetricFamily(
+            N.LAST_PROGRESS, "Unix time the participant's cursor last moved (heartbeat resolution, 0.1 s).",
+            labels=_PARTICIPANT, unit="seconds")
+        self.state = GaugeMetricFamily(N.PARTICIPANT_STATE, "1 for the state the participant is in, 0 for the others.",
+                                       labels=(*_PARTICIPANT, N.LABEL_STATE))
+        self.info = InfoMetricFamily(N.PARTICIPANT_INFO, "The process behind a participant.", labels=_PARTICIPANT)
+
+    def all(self) -> list:
+        return [*(family for family, _, _ in self.counters), self.wait, self.capacity, self.occupancy, self.lag,
+                self.progress, self.state, self.info]
+
+    def add_queue(self, queue: str, snapshot: QueueStats) -> None:
+        self.capacity.add_metric([queue], snapshot.n_chunks)
+        self.occupancy.add_metric([queue], snapshot.occupancy)
+        gating = {r.index for r in snapshot.gating_readers}
+        for participant in (snapshot.writer, *snapshot.readers):
+            labels = [queue, _ROLE[participant.role], "" if participant.role == L.Role.WRITER else str(participant.index)]
+            self._add_participant(labels, participant, snapshot)
+            if participant.role == L.Role.READER and participant.index in gating:
+                self.lag.add_metric(labels, snapshot.lag(participant))
+
+    def _add_participant(self, labels: list[str], p: ParticipantStats, snapshot: QueueStats) -> None:
+        for state, state_label in _STATES:
+            self.state.add_metric([*labels, state_label], 1 if p.state == state else 0)
+        if p.pid:  # a reader slot nobody has attached to yet has no process and no progress time
+            self.info.add_metric(labels, {N.LABEL_PID: str(p.pid), N.LABEL_HOST: self._host})
+            self.progress.add_metric(labels, snapshot.wall_time_s(p.progress_ns))
+        if not snapshot.stats_enabled:
+            return  # counters are not kept: exporting zeros would claim the queue is idle
+        for family, field, scale in self.counters:
+            family.add_metric(labels, getattr(p, field) * scale)
+        # The record's buckets are per-bucket counts, the last one +Inf; Prometheus wants them cumulative,
+        # and _count (the +Inf bucket) is their sum, so the histogram is consistent even if a wait
+        # finished while the record was being copied.
+        cumulative, buckets = 0, []
+        for bound, count in zip(_BUCKET_BOUNDS, p.histogram):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        self.wait.add_metric(labels, buckets, sum_value=p.wait_ns / 1e9)

@@ -1,0 +1,87 @@
+"""The Prometheus exporter: ``telemetry.serve()`` in a process, or ``shmq exporter`` as a sidecar.
+
+Both serve a ``ShmqCollector`` on their own registry over HTTP. They bind to
+loopback unless told otherwise: listening on another address is an explicit
+choice (``--addr 0.0.0.0``), since the metrics name processes and hosts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from shmq.handle import Handle
+from shmq.segment import SHM_DIR
+from shmq.stats import QueueView
+
+from .collector import ShmqCollector
+
+DEFAULT_ADDR = "127.0.0.1"
+DEFAULT_PORT = 9464
+
+
+class Exporter:
+    """A running metrics server; ``close()`` stops it. Made by ``serve``."""
+
+    def __init__(self, collector: ShmqCollector, port: int, addr: str) -> None:
+        self.collector = collector
+        self.registry = CollectorRegistry()
+        self.registry.register(collector)
+        self._server, self._thread = start_http_server(port, addr, registry=self.registry)
+        self.addr = addr
+        self.port = self._server.server_port  # the real one when `port` was 0
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.addr}]" if ":" in self.addr else self.addr
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+        self.collector.close()
+
+    def __enter__(self) -> Exporter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def serve(port: int = DEFAULT_PORT, addr: str = DEFAULT_ADDR, *,
+          queues: Iterable[Handle | str | QueueView] | None = None, shm_dir: str = SHM_DIR) -> Exporter:
+    """Serve shmq metrics at http://addr:port/metrics from a background thread.
+
+    `queues` is what ``ShmqCollector`` takes: None exports every shmq segment on
+    the host; otherwise handles, shm names, queue names or views. Port 0 picks a
+    free port (read it back from ``.port``).
+    """
+    return Exporter(ShmqCollector(queues, shm_dir=shm_dir), port, addr)
+
+
+# -- shmq exporter ------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--addr", default=DEFAULT_ADDR,
+                        help="address to listen on (default %(default)s; anything else exposes the metrics)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on, 0 for any (default %(default)s)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--queue", action="append", metavar="NAME",
+                       help="export this queue (logical name, shm name or handle); repeat for more")
+    which.add_argument("--all", action="store_true", help="export every shmq segment on the host (the default)")
+    parser.add_argument("--shm-dir", default=SHM_DIR, help="where POSIX shared memory lives (default %(default)s)")
+
+
+def main(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with serve(args.port, args.addr, queues=args.queue, shm_dir=args.shm_dir) as exporter:
+        what = ", ".join(args.queue) if args.queue else f"every shmq segment in {args.shm_dir}"
+        print(f"shmq exporter: serving {exporter.url} for {what}", flush=True)
+        stop.wait()
+    return 0
