@@ -167,7 +167,7 @@ class ShmqCollector(Collector):
         except FileNotFoundError:
             return
         except (ShmqError, OSError) as e:
-            if self._clock() - max(st.st_mtime, st.st_ctime) < CREATION_GRACE_S:
+            if self._clock() - st.st_mtime < CREATION_GRACE_S:
                 return  # possibly still being created: look again at the next scrape
             self._skipped[shm_name] = identity
             self._errors += 1
