@@ -7,6 +7,7 @@ import dataclasses
 import json
 import statistics
 import sys
+import time
 
 from . import configs, limits, peers, soak, trial, workloads
 from .table import Row, machine_line, markdown
@@ -74,14 +75,15 @@ def main(args: argparse.Namespace) -> int:
     row_timeout = args.row_timeout or (60.0 if args.quick else 300.0)
     print(f"shmq bench{' --quick' if args.quick else ''}: {machine_line()}", flush=True)
     rows: list[Row] = []
-    for workload in chosen:
-        plan = workloads.plan_for(workload, quick=args.quick, idle_s=idle_s, scale=args.scale)
-        candidates = _candidates(args, compared, workload)
-        runs = [[trial.run_row(p, workload, plan, row_timeout) for p in candidates] for _ in range(args.repeat)]
-        for i, peer in enumerate(candidates):
-            row = _median_row([run[i] for run in runs])
-            rows.append(row)
-            print(f"  {workload.name:<8} {peer.label:<32} {_progress(row)}", file=sys.stderr, flush=True)
+    iceoryx2_before = peers.iceoryx2_global_state()
+    try:
+        for workload in chosen:
+            plan = workloads.plan_for(workload, quick=args.quick, idle_s=idle_s, scale=args.scale)
+            candidates = _candidates(args, compared, workload)
+            runs = [[_timed_row(p, workload, plan, row_timeout) for p in candidates] for _ in range(args.repeat)]
+            rows.extend(_median_row([run[i] for run in runs]) for i in range(len(candidates)))
+    finally:
+        peers.remove_iceoryx2_global_state(iceoryx2_before)
     if not compared and not args.no_limits:
         rows.extend(limits.limit_rows(quick=args.quick))
     print()
@@ -121,7 +123,11 @@ def _median_row(runs: list[Row]) -> Row:
                                note="; ".join(sorted({r.note for r in runs if r.note})))
 
 
-def _progress(row: Row) -> str:
-    if row.msgs_per_s is None:
-        return row.note
-    return f"{row.msgs_per_s:>10,.0f} msgs/s  lost {row.lost}  {row.note}"
+def _timed_row(peer: peers.Peer, workload: workloads.Workload, plan: workloads.Plan, timeout_s: float) -> Row:
+    """Run one row, with a progress line on stderr (the table goes to stdout)."""
+    start = time.monotonic()
+    row = trial.run_row(peer, workload, plan, timeout_s)
+    rate = f"{row.msgs_per_s:>10,.0f} msgs/s  lost {row.lost}" if row.msgs_per_s is not None else ""
+    print(f"  {workload.name:<8} {peer.label:<32} {time.monotonic() - start:5.1f} s {rate}  {row.note}",
+          file=sys.stderr, flush=True)
+    return row

@@ -17,12 +17,14 @@ seen one, and readers skip them.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import multiprocessing
 import os
 import pickle
 import queue as queue_module
+import shutil
 import struct
 import time
 
@@ -460,6 +462,35 @@ class _Iceoryx2Receiver(Receiver):
     def close(self) -> None:
         self._listener.delete()
         self._subscriber.delete()
+
+
+_ICEORYX2_ROOT = "/tmp/iceoryx2"  # its default config: node and service records live here
+
+
+def iceoryx2_global_state() -> set[str]:
+    """The files iceoryx2 keeps between runs: its /tmp/iceoryx2 tree and its /dev/shm management objects."""
+    found = {_ICEORYX2_ROOT} if os.path.isdir(_ICEORYX2_ROOT) else set()
+    try:
+        found.update(os.path.join("/dev/shm", n) for n in os.listdir("/dev/shm") if n.startswith("iox2_"))
+    except OSError:
+        pass
+    return found
+
+
+def remove_iceoryx2_global_state(before: set[str]) -> None:
+    """Leave the machine as found: remove iceoryx2's global files if this run created them and no node is left."""
+    created = iceoryx2_global_state() - before
+    if not created:
+        return
+    for sub in ("nodes", "services"):
+        if os.listdir(os.path.join(_ICEORYX2_ROOT, sub)) if os.path.isdir(os.path.join(_ICEORYX2_ROOT, sub)) else []:
+            return  # a node or service still exists (another user, or one we could not close)
+    for path in created:
+        if path == _ICEORYX2_ROOT:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def peer_rows(*, mpq: bool, zmq: bool, faster_fifo: bool, iceoryx2: bool) -> list[Peer]:

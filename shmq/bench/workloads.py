@@ -90,9 +90,10 @@ def plan_for(workload: Workload, *, quick: bool, idle_s: float, scale: float = 1
     Idle CPU and wake-up are measured on small-message rows only: they do not
     depend on the message size, and each costs `idle_s` plus the pauses.
     """
+    few_readers = workload.n_readers <= 2  # more readers than cores: every ack-paced message waits for all
     counts = {
-        ("small", False): (50_000 if workload.n_readers <= 4 else 20_000, 2000, 40),
-        ("small", True): (2000, 200, 5),
+        ("small", False): (50_000 if workload.n_readers <= 4 else 20_000, 2000 if few_readers else 500, 40),
+        ("small", True): (2000, 100 if few_readers else 30, 3),
         ("large", False): (2000, 200, 0),
         ("large", True): (60, 20, 0),
         ("huge", False): (150, 30, 0),

@@ -1,0 +1,136 @@
+"""`shmq bench` runs end to end: every row is in the table, nothing is lost, a hung row is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+import shmq
+from shmq import procs
+from shmq.bench import configs, peers, trial, workloads
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEER_LABELS = [p.label for p in peers.peer_rows(mpq=True, zmq=True, faster_fifo=True, iceoryx2=True)]
+STRATEGY_LABELS = [c.label for c in configs.strategy_rows()]
+LIMIT_LABELS = ["numpy memcpy 1 MiB", "shm ping-pong, 2 processes", "futex wake (ctypes)"]
+
+
+def run_bench(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def dead_bench_segments() -> list[str]:
+    """Segments of benchmark queues whose creator is gone: what a run left behind."""
+    return [s.shm_name for s in shmq.list_segments()
+            if s.name.startswith(("bench-", "soak-")) and not procs.is_alive(s.creator_pid, 0)]
+
+
+@pytest.mark.timeout(150)
+def test_quick_benchmark_has_every_row_and_loses_nothing(tmp_path):
+    report = tmp_path / "bench.json"
+    leftovers_before = set(dead_bench_segments())
+    done = run_bench("shmq", "bench", "--quick", "--idle-seconds", "0.1", "--json", str(report), timeout=140)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(report.read_text())["rows"]
+
+    expected = set()
+    for w in workloads.parse_workloads(workloads.DEFAULT_WORKLOADS):
+        labels = STRATEGY_LABELS + ([configs.LEASE.label] if w.kind == "large" else []) + PEER_LABELS
+        expected |= {(w.kind, w.n_readers, label) for label in labels}
+    expected |= {("limit", 0, label) for label in LIMIT_LABELS}
+    assert {(r["workload"], r["n_readers"], r["transport"]) for r in rows} == expected
+    assert len(rows) == len(expected)
+
+    for r in rows:
+        if r["note"].startswith("skipped"):
+            continue  # an optional peer that is not installed here
+        assert not r["note"].startswith(("failed", "timeout", "stalled")), r
+        if r["workload"] == "limit":
+            continue
+        assert r["lost"] == 0, r
+        assert r["msgs_per_s"] > 0 and r["p50_us"] > 0 and r["p99_us"] >= r["p50_us"], r
+        if r["workload"] == "small":
+            assert r["idle_cpu_pct"] is not None and r["wake_p50_us"] > 0, r
+    # The markdown table on stdout carries the same rows.
+    table_lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert len(table_lines) == 1 + len(expected)
+    assert set(dead_bench_segments()) <= leftovers_before
+
+
+@pytest.mark.timeout(60)
+def test_compare_runs_each_configuration_side_by_side(tmp_path):
+    report = tmp_path / "compare.json"
+    done = run_bench("shmq.bench", "--quick", "--workloads", "small-1", "--idle-seconds", "0.1", "--repeat", "2",
+                     "--compare", "stats=on,stats=off+wait=Yield", "--json", str(report), timeout=50)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(report.read_text())["rows"]
+    assert [r["transport"] for r in rows] == ["shmq stats=on", "shmq stats=off+wait=Yield"]
+    assert all(r["lost"] == 0 and r["msgs_per_s"] > 0 for r in rows)
+    assert "median of 2 interleaved runs" in done.stdout
+
+
+def test_compare_specs_parse_into_configurations():
+    on, off = configs.parse_specs("stats=on, wait=BusySpin+stats=off+n_chunks=64")
+    assert (on.stats, on.wait) == (True, "SpinYieldPark")
+    assert (off.stats, off.wait, off.n_chunks) == (False, "BusySpin", 64)
+    assert configs.parse_spec("hooks=off").hooks == ""
+    for bad in ("stats=maybe", "wait=Sleepy", "colour=red", "stats", "n_chunks=many", "hooks=nocolon"):
+        with pytest.raises(ValueError, match="--compare"):
+            configs.parse_spec(bad)
+
+
+class _HangingPeer(peers.Peer):
+    """A transport whose readers never receive: the row must be cut off, not wait forever."""
+
+    label = "hangs"
+
+    def __init__(self, pid_dir) -> None:
+        self.pid_dir = pid_dir
+
+    def open(self, workload, workdir):
+        return _HangingLink(self.pid_dir)
+
+
+class _HangingLink(peers.Link):
+    def __init__(self, pid_dir) -> None:
+        self.pid_dir = pid_dir
+
+    def sender(self):
+        return _SilentSender()
+
+    def receiver(self, index):
+        (self.pid_dir / str(os.getpid())).touch()
+        time.sleep(3600)
+
+
+class _SilentSender(peers.Sender):
+    def send(self, message):
+        pass
+
+
+@pytest.mark.timeout(30)
+def test_a_hung_row_is_killed_with_its_readers(tmp_path):
+    plan = workloads.Plan(throughput=10, latency=1, wake=0, wake_gap_s=0, idle_s=0, stall_s=60)
+    start = time.monotonic()
+    row = trial.run_row(_HangingPeer(tmp_path), workloads.Workload("small", 2), plan, timeout_s=2)
+    assert row.note.startswith("timeout"), row
+    assert time.monotonic() - start < 15
+    reader_pids = [int(p.name) for p in tmp_path.iterdir()]
+    assert len(reader_pids) == 2
+    time.sleep(0.2)  # SIGKILL is delivered asynchronously
+    assert [pid for pid in reader_pids if procs.run_state(pid) not in (None, "Z")] == []
+
+
+@pytest.mark.timeout(60)
+def test_soak_reports_memory_of_every_process_and_no_loss():
+    done = run_bench("shmq.bench", "--soak", "--soak-messages", "3000", "--soak-readers", "2", timeout=50)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "lost: 0;" in done.stdout
+    process_rows = [line for line in done.stdout.splitlines() if line.startswith(("| writer", "| reader"))]
+    assert len(process_rows) == 3
+    assert all("| 3,000 | 0 |" in line for line in process_rows), done.stdout
