@@ -134,10 +134,12 @@ def watchdog_panels() -> list:
 
 
 def alert_annotation() -> db.AnnotationQuery:
-    """Marks each raise and clear of a watchdog alert on every time-series panel."""
-    changed = f"changes({Q.series(N.WATCHDOG_ALERT, QUEUES)}[$__interval]) > 0"
-    return (db.AnnotationQuery().name("Watchdog alert raised or cleared").datasource(P.DATASOURCE)
-            .enable(True).icon_color("red").expr(changed))
+    """Each watchdog alert as a region on every time-series panel, from its raise to its clear.
+
+    (A ``changes()`` query would miss the first raise: the series is born at 1.)
+    """
+    return (db.AnnotationQuery().name("Watchdog alerts, raise to clear").datasource(P.DATASOURCE)
+            .enable(True).icon_color("red").expr(Q.series(N.WATCHDOG_ALERT, QUEUES) + " == 1"))
 
 
 def build() -> db.Dashboard:

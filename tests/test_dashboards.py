@@ -90,7 +90,7 @@ def test_overview_has_queue_and_reader_variables_and_every_required_panel():
     assert [t["format"] for p in heatmaps for t in p["targets"]] == ["heatmap"]
     assert N.bucket(N.WAIT_SECONDS) in heatmaps[0]["targets"][0]["expr"]
     [annotation] = dashboard["annotations"]["list"]
-    assert annotation["expr"].startswith(f"changes({N.WATCHDOG_ALERT}")
+    assert annotation["expr"] == f'{N.WATCHDOG_ALERT}{{queue=~"$queue"}} == 1'
 
 
 def test_why_stuck_puts_progress_age_lag_state_and_spin_rate_side_by_side():

@@ -42,10 +42,6 @@ from telemetry import names as N
 BINARIES = {name: shutil.which(name) for name in ("prometheus", "promtool", "prometheus-alertmanager")}
 pytestmark = [
     pytest.mark.slow,
-    # TEMPORARY until `shmq watchdog` lands (issue 5): remove this mark then.
-    pytest.mark.skipif(not hasattr(__import__("importlib").util.find_spec("telemetry.watchdog") and
-                                   __import__("telemetry.watchdog", fromlist=["x"]), "add_arguments"),
-                       reason="`shmq watchdog` (telemetry.watchdog) is not built yet"),
     pytest.mark.skipif(not all(BINARIES.values()),
                        reason="needs Debian's prometheus and prometheus-alertmanager packages (missing: "
                               f"{', '.join(n for n, p in BINARIES.items() if not p)}); .ci/run installs them"),
@@ -56,7 +52,6 @@ TEST_HOLD_S = 2  # every `for:` longer than this is shrunk to it
 TEST_THRESHOLDS = alerts.Thresholds(
     hold_s={rule.name: min(rule.hold_s, TEST_HOLD_S) for rule in alerts.all_rules()},
     no_progress_s=3, target_down_s=TEST_HOLD_S)
-WATCHDOG_STALL_S = 1.0
 FORK = multiprocessing.get_context("fork")
 
 
@@ -313,8 +308,7 @@ class Stack:
 
 
 def watchdog_argv(queue: str) -> list[str]:
-    return [sys.executable, "-m", "shmq", "watchdog", "--queue", queue, "--port", "0",
-            "--stall-after", str(WATCHDOG_STALL_S)]
+    return [sys.executable, "-m", "shmq", "watchdog", "--queue", queue, "--port", "0", "--stall", "1"]
 
 
 @pytest.fixture
@@ -339,22 +333,36 @@ def dashboard_expressions(values: dict[str, str]) -> list[tuple[str, str]]:
     return found
 
 
+def evaluate_dashboards(stack: Stack, values: dict[str, str]) -> list[tuple[str, str]]:
+    """Evaluate every dashboard query (errors fail the test); returns those without data, with their queries."""
+    return [(where, expr) for where, expr in dashboard_expressions(values) if not stack.query(expr)]
+
+
+def template_values(stack: Stack, window: str) -> dict[str, str]:
+    """Grafana's variables as it would fill them for this queue and both readers selected."""
+    return {"queue": stack.queue, "reader": "(0|1)", "datasource": "prometheus",
+            "__rate_interval": "4s", "__interval": window, "__range": window}
+
+
+def wait_for_scrapes(stack: Stack) -> None:
+    """Rates need two scrapes inside their window: wait for a message rate and a watchdog poll rate."""
+    queue = Q.eq(N.LABEL_QUEUE, stack.queue)
+    wait_for("a message rate", lambda: len(stack.query(f"rate({Q.series(N.total(N.MESSAGES), queue)}[4s]) > 0")) == 3,
+             20)
+    wait_for("a watchdog poll rate",
+             lambda: stack.query(f"rate({Q.series(N.WATCHDOG_POLL_SECONDS + '_count')}[4s]) > 0"), 20)
+
+
 @pytest.mark.timeout(60)
 def test_every_dashboard_and_rule_expression_evaluates_and_core_series_have_data(stack):
-    # Rates need two scrapes inside their window: wait until the message rate is there.
-    messages = f"rate({N.total(N.MESSAGES)}{{{Q.eq(N.LABEL_QUEUE, stack.queue)}}}[4s])"
-    wait_for("a message rate", lambda: len(stack.query(f"{messages} > 0")) == 3, 20)
-    values = {"queue": stack.queue, "reader": "(0|1)", "datasource": "prometheus",
-              "__rate_interval": "4s", "__interval": "2s", "__range": "1m"}
-    empty = []
-    for where, expr in dashboard_expressions(values):
-        if not stack.query(expr):
-            empty.append(where)
+    wait_for_scrapes(stack)
+    values = template_values(stack, "2s")
     for rule in alerts.all_rules(TEST_THRESHOLDS):
         stack.query(rule.expr)  # alert expressions are mostly empty while healthy; they must still evaluate
-    # Only alert-only and annotation queries may be empty on a healthy queue.
-    assert not [w for w in empty if "annotation" not in w and "Watchdog alerts" not in w], \
-        f"dashboard queries without data: {empty}"
+    without_data = evaluate_dashboards(stack, values)
+    # Only the watchdog's alert series may be missing: they appear with the first alert ever raised.
+    assert not [where for where, expr in without_data if N.WATCHDOG_ALERT not in expr], \
+        f"dashboard queries without data: {without_data}"
 
     for path in generate.DASHBOARDS:
         for variable in inspect.label_values_queries(json.loads((generate.ROOT / path).read_text())):
@@ -409,6 +417,8 @@ def test_a_stopped_reader_fires_alerts_that_reach_alertmanager_and_resolve_when_
         assert in_alertmanager["labels"][N.LABEL_READER] == reader
         assert in_alertmanager["status"]["state"] == "active"
         assert "runbook" in in_alertmanager["annotations"]
+        # With an alert raised, the dashboards' alert panels and annotation have data too.
+        assert not evaluate_dashboards(stack, template_values(stack, "1m"))
         wait_for("the firing notification at the webhook", lambda: notified(stack, "firing", "ShmqReaderStalled"), 15)
         # The fallback rule fires too, and Alertmanager inhibits it while the watchdog's alert is active.
         watch_until_firing(stack, "ShmqReaderNoProgress", reader, 30)
