@@ -37,7 +37,11 @@ _HEADER_RE = re.compile(r"# shmq stack dumps: pid=(\d+) start_time=(\d+) signal=
 
 
 def default_stack_dir() -> str:
-    """Where participants write stack dumps unless told otherwise: one directory per user."""
+    """Where participants write stack dumps unless told otherwise: one directory per user.
+
+    A watchdog in another container must see it: deploy/ shares /tmp between the
+    application and the watchdog sidecar for this.
+    """
     return f"/tmp/shmq-stacks-{os.getuid()}"
 
 
@@ -124,18 +128,26 @@ def release() -> None:
         reg.point_at_devnull()
         try:
             os.unlink(path)
-        except FileNotFoundError:
+            if os.path.dirname(path) == default_stack_dir():  # ours to tidy; a directory the caller named is not
+                os.rmdir(os.path.dirname(path))  # fails while another process has a file there
+        except OSError:
             pass
 
 
 def _open_stack_file(directory: str) -> tuple[int, str]:
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    if os.stat(directory).st_uid != os.getuid():
-        raise PermissionError(f"{directory} belongs to another user")
-    _remove_stale_files(directory)
     pid = os.getpid()
     path = stack_file(pid, directory)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    for attempt in (1, 2):  # another process's release may remove the directory between makedirs and open
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if os.stat(directory).st_uid != os.getuid():
+            raise PermissionError(f"{directory} belongs to another user")
+        _remove_stale_files(directory)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
     header = _HEADER.format(pid=pid, start_time=procs.start_time(pid) or 0, signal=STACK_SIGNAL.name)
     os.write(fd, header.encode())
     return fd, path

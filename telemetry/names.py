@@ -56,6 +56,16 @@ RULE_LIVELOCK = "livelock"
 RULE_FREEZE_RISK = "freeze_risk"
 RULES = (RULE_DEAD, RULE_READER_STALLED, RULE_WRITER_BLOCKED, RULE_LIVELOCK, RULE_FREEZE_RISK)
 
+# Alertmanager alertname of each watchdog rule: the watchdog's --alertmanager posts and the
+# Prometheus rules over shmq_watchdog_alert share them, so one set of inhibitions covers both.
+ALERTNAMES = {
+    RULE_DEAD: "ShmqParticipantDead",
+    RULE_READER_STALLED: "ShmqReaderStalled",
+    RULE_WRITER_BLOCKED: "ShmqWriterBlocked",
+    RULE_LIVELOCK: "ShmqLivelock",
+    RULE_FREEZE_RISK: "ShmqFreezeRisk",
+}
+
 
 def total(counter: str) -> str:
     """The exposed sample name of a counter family."""

@@ -1,0 +1,306 @@
+"""The watchdog's rules: from a queue's successive snapshots to findings (what is wrong now, and why).
+
+``dead`` is exact: the pid is gone or belongs to another process now, as
+iceoryx2 detects dead nodes. The others compare progress against time and hold
+only after a threshold (``Thresholds``); ``AlertBook`` turns findings into
+alerts that are raised once and cleared once.
+
+A monitor keeps per-participant history: when its cursor last moved (as seen by
+the watchdog, or by the owner's heartbeat thread, whichever is later) and since
+when data has been pending for it. Rates (occupancy growth, spins) are
+differences between the newest snapshot and the oldest one inside a window.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import math
+from typing import Callable
+
+from shmq.layout import ParticipantState as State
+from shmq.layout import Role
+from shmq.stats import ParticipantStats, QueueStats
+
+from .. import names as N
+
+#: States in which a process owns the record (a dead owner is a fault); PENDING has none, CLOSED and EVICTED left.
+ATTACHED = (State.IDLE, State.BUSY, State.WAITING_READ, State.WAITING_WRITE)
+#: /proc states of a process that runs no code: stopped, traced, uninterruptible sleep.
+HALTED_RUN_STATES = ("T", "t", "D")
+
+
+class Cause(str, enum.Enum):
+    """Why a rule holds; the `cause` field of an event."""
+
+    EXITED = "exited"  #: dead: the pid no longer exists (or is a zombie)
+    PID_REUSED = "pid_reused"  #: dead: the pid runs another process now
+    WAITING_WITH_DATA = "waiting_with_data"  #: inside get() although data is there: lost wake-up or livelock
+    BUSY = "busy"  #: outside the queue, in application code: a slow consumer
+    FROZEN = "frozen"  #: heartbeat stale or process halted: SIGSTOP, a C call holding the GIL, D state
+    NOT_ATTACHED = "not_attached"  #: a reader slot nobody attached to, which still holds the writer back
+    SPINNING_WITH_DATA = "spinning_with_data"  #: livelock of a reader: spins while messages wait for it
+    SPINNING_WITH_SPACE = "spinning_with_space"  #: livelock of the writer: spins while the ring has room
+    WAITING_WITH_SPACE = "waiting_with_space"  #: the writer waits although no reader holds the ring full
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """Every knob of the rules. Defaults are justified by measurement in the README (section watchdog)."""
+
+    stall_s: float = 1.0  #: T: no progress this long with work pending is a stall (reader_stalled, writer_blocked, livelock)
+    heartbeat_stale_s: float = 0.5  #: a heartbeat older than this means the process runs no Python (5 missed beats)
+    spin_rate: float = 1000.0  #: spins+yields per second that count as spinning, for livelock
+    freeze_occupancy: float = 0.75  #: freeze_risk needs the ring at least this full ...
+    freeze_horizon_s: float = 5.0  #: ... and projected to be full within this many seconds
+    freeze_hold_occupancy: float = 0.5  #: once raised, freeze_risk holds while the ring is at least this full
+    freeze_polls: int = 2  #: polls in a row the freeze_risk condition must hold before it is raised
+    rate_window_s: float = 1.0  #: window for the fill rate behind time-to-full
+    clear_after_s: float = 2.0  #: an alert clears after its condition has been false this long
+
+    def __post_init__(self) -> None:
+        if not 0 < self.freeze_hold_occupancy <= self.freeze_occupancy <= 1:
+            raise ValueError("need 0 < freeze_hold_occupancy <= freeze_occupancy <= 1")
+        for name in ("stall_s", "heartbeat_stale_s", "freeze_horizon_s", "rate_window_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocker:
+    """A reader that holds the minimum cursor, named in writer_blocked and freeze_risk findings."""
+
+    reader: int
+    pid: int
+    state: str
+    lag: int
+    cause: Cause
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One rule holding for one participant (or, for freeze_risk, the queue's writer) at one poll."""
+
+    rule: str  #: one of names.RULES
+    role: str  #: "writer" or "reader"
+    reader: int  #: the reader index; -1 for the writer
+    cause: Cause
+    pid: int  #: the process the finding is about (0 for a slot nobody attached to)
+    start_time: int  #: its start time, to ask it for stacks without hitting a reused pid
+    state: str  #: its participant state
+    lag: int  #: messages pending for it (readers) or in the ring (writer)
+    occupancy: int  #: ring slots in use
+    capacity: int  #: ring slots
+    stalled_s: float  #: seconds without progress while work was pending
+    spin_rate: float  #: its spins+yields per second
+    time_to_full_s: float  #: projected seconds until the ring is full (inf: not filling)
+    blockers: tuple[Blocker, ...] = ()  #: readers that hold the minimum cursor (writer_blocked, freeze_risk)
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return self.rule, self.role, self.reader
+
+    @property
+    def label(self) -> str:
+        return "writer" if self.reader < 0 else f"reader {self.reader}"
+
+
+class _Track:
+    """What the watchdog remembers about one record between polls."""
+
+    __slots__ = ("owner", "cursor", "moved_ns", "pending_since_ns")
+
+    def __init__(self, p: ParticipantStats, now_ns: int) -> None:
+        self.owner = (p.pid, p.start_time)
+        self.cursor = p.cursor
+        self.moved_ns = min(p.progress_ns, now_ns) if p.progress_ns else now_ns
+        self.pending_since_ns = now_ns  # unknown before we looked: count from the first look
+
+
+class QueueMonitor:
+    """Applies the rules to one queue, one snapshot at a time.
+
+    `is_alive(pid, start_time)` and `run_state(pid)` are injected (see
+    ``liveness.PidWatch`` and ``shmq.procs.run_state``) so the rules can be
+    tested on made-up snapshots.
+    """
+
+    def __init__(self, thresholds: Thresholds, *, is_alive: Callable[[int, int], bool],
+                 run_state: Callable[[int], str | None]) -> None:
+        self.t = thresholds
+        self._is_alive = is_alive
+        self._run_state = run_state
+        self._tracks: dict[int, _Track] = {}  # record number (0 = writer, 1 + i = reader i) -> track
+        self._history: collections.deque[QueueStats] = collections.deque()
+        self._freeze_streak = 0
+        self.time_to_full_s = math.inf  #: the latest projection, for the time-to-full gauge
+
+    def observe(self, snap: QueueStats, active: set[tuple[str, str, int]]) -> list[Finding]:
+        """Findings for this snapshot. `active` holds the keys of alerts already raised (for hysteresis)."""
+        now = snap.monotonic_ns
+        records = (snap.writer, *snap.readers)
+        for number, p in enumerate(records):
+            self._track(number, p, snap, now)
+        self._remember(snap)
+        findings: list[Finding] = []
+        dead = set()
+        for number, p in enumerate(records):
+            if p.state in ATTACHED and p.pid and not self._is_alive(p.pid, p.start_time):
+                dead.add(number)
+                findings.append(self._dead(p, snap))
+        occupancy = snap.occupancy
+        self.time_to_full_s = self._time_to_full(snap, occupancy)
+        for i, p in enumerate(snap.readers):
+            if 1 + i not in dead and p.state < State.CLOSED:
+                finding = self._reader_stalled(p, snap, now, occupancy)
+                if finding is not None:
+                    findings.append(finding)
+        if 0 not in dead:
+            for finding in (self._writer_blocked(snap, now, occupancy),
+                            self._freeze_risk(snap, occupancy, (N.RULE_FREEZE_RISK, "writer", -1) in active)):
+                if finding is not None:
+                    findings.append(finding)
+        findings.extend(self._livelock(snap, now, occupancy, dead))
+        return findings
+
+    # -- history ---------------------------------------------------------------------------
+    def _track(self, number: int, p: ParticipantStats, snap: QueueStats, now: int) -> None:
+        track = self._tracks.get(number)
+        if track is None or track.owner != (p.pid, p.start_time):
+            track = self._tracks[number] = _Track(p, now)
+        if p.cursor != track.cursor:
+            track.cursor = p.cursor
+            track.moved_ns = now
+        elif p.progress_ns > track.moved_ns:
+            track.moved_ns = min(p.progress_ns, now)  # the owner's heartbeat saw a move we missed
+        if number and snap.writer_cursor <= p.cursor:
+            track.pending_since_ns = None
+        elif track.pending_since_ns is None:
+            track.pending_since_ns = now
+
+    def _remember(self, snap: QueueStats) -> None:
+        history = self._history
+        history.append(snap)
+        keep_ns = int(max(self.t.rate_window_s, self.t.stall_s) * 1e9) + 200_000_000
+        while len(history) > 2 and snap.monotonic_ns - history[1].monotonic_ns >= keep_ns:
+            history.popleft()
+
+    def _past(self, window_s: float) -> QueueStats:
+        """The oldest remembered snapshot not older than `window_s` (the newest one if none is)."""
+        limit = self._history[-1].monotonic_ns - int(window_s * 1e9)
+        for snap in self._history:
+            if snap.monotonic_ns >= limit:
+                return snap
+        return self._history[-1]
+
+    def _stalled_ns(self, number: int, now: int) -> int:
+        track = self._tracks[number]
+        if track.pending_since_ns is None:
+            return 0
+        return now - max(track.moved_ns, track.pending_since_ns)
+
+    def _spin_rate(self, number: int, snap: QueueStats, window_s: float) -> float:
+        then = self._past(window_s)
+        seconds = (snap.monotonic_ns - then.monotonic_ns) / 1e9
+        if seconds <= 0:
+            return 0.0
+        now_p = snap.writer if number == 0 else snap.readers[number - 1]
+        then_p = then.writer if number == 0 else then.readers[number - 1]
+        if now_p.pid != then_p.pid:
+            return 0.0
+        return max(0, (now_p.spins + now_p.yields) - (then_p.spins + then_p.yields)) / seconds
+
+    # -- classification ---------------------------------------------------------------------
+    def classify(self, p: ParticipantStats, now: int) -> Cause:
+        """Why a reader with pending data does not move."""
+        if p.state == State.PENDING:
+            return Cause.NOT_ATTACHED
+        if now - p.heartbeat_ns > self.t.heartbeat_stale_s * 1e9 or self._run_state(p.pid) in HALTED_RUN_STATES:
+            return Cause.FROZEN
+        if p.state == State.WAITING_READ:
+            return Cause.WAITING_WITH_DATA
+        return Cause.BUSY
+
+    def _blockers(self, snap: QueueStats, now: int) -> tuple[Blocker, ...]:
+        gating = snap.gating_readers
+        if not gating:
+            return ()
+        lowest = min(r.cursor for r in gating)
+        return tuple(Blocker(r.index, r.pid, r.state.name.lower(), snap.lag(r), self.classify(r, now))
+                     for r in gating if r.cursor == lowest)
+
+    # -- rules -------------------------------------------------------------------------------
+    def _finding(self, rule: str, p: ParticipantStats, cause: Cause, snap: QueueStats, occupancy: int,
+                 stalled_ns: int = 0, spin_rate: float = 0.0, blockers: tuple[Blocker, ...] = ()) -> Finding:
+        writer = p.role == Role.WRITER
+        return Finding(
+            rule=rule, role="writer" if writer else "reader", reader=-1 if writer else p.index, cause=cause,
+            pid=p.pid, start_time=p.start_time, state=p.state.name.lower(),
+            lag=occupancy if writer else snap.lag(p), occupancy=occupancy, capacity=snap.n_chunks,
+            stalled_s=round(stalled_ns / 1e9, 3), spin_rate=round(spin_rate, 1),
+            time_to_full_s=self.time_to_full_s, blockers=blockers,
+        )
+
+    def _dead(self, p: ParticipantStats, snap: QueueStats) -> Finding:
+        cause = Cause.EXITED if self._run_state(p.pid) in (None, "Z") else Cause.PID_REUSED
+        return self._finding(N.RULE_DEAD, p, cause, snap, snap.occupancy)
+
+    def _reader_stalled(self, p: ParticipantStats, snap: QueueStats, now: int, occupancy: int) -> Finding | None:
+        stalled = self._stalled_ns(1 + p.index, now)
+        if stalled < self.t.stall_s * 1e9:
+            return None
+        return self._finding(N.RULE_READER_STALLED, p, self.classify(p, now), snap, occupancy, stalled,
+                             self._spin_rate(1 + p.index, snap, self.t.stall_s))
+
+    def _writer_blocked(self, snap: QueueStats, now: int, occupancy: int) -> Finding | None:
+        w = snap.writer
+        if w.state != State.WAITING_WRITE or now - w.state_since_ns < self.t.stall_s * 1e9:
+            return None
+        blockers = self._blockers(snap, now)
+        cause = blockers[0].cause if blockers and occupancy >= snap.n_chunks else Cause.WAITING_WITH_SPACE
+        return self._finding(N.RULE_WRITER_BLOCKED, w, cause, snap, occupancy, now - w.state_since_ns,
+                             self._spin_rate(0, snap, self.t.stall_s), blockers)
+
+    def _time_to_full(self, snap: QueueStats, occupancy: int) -> float:
+        if occupancy >= snap.n_chunks:
+            return 0.0
+        then = self._past(self.t.rate_window_s)
+        seconds = (snap.monotonic_ns - then.monotonic_ns) / 1e9
+        growth = occupancy - then.occupancy
+        if seconds < self.t.rate_window_s / 4 or growth <= 0:
+            return math.inf  # too little history for a rate, or not filling
+        return (snap.n_chunks - occupancy) / (growth / seconds)
+
+    def _freeze_risk(self, snap: QueueStats, occupancy: int, raised: bool) -> Finding | None:
+        t, capacity, ttf = self.t, snap.n_chunks, self.time_to_full_s
+        if raised:  # hysteresis: hold at a lower occupancy, as long as the ring still fills (or is full)
+            holds = occupancy >= t.freeze_hold_occupancy * capacity and ttf < 2 * t.freeze_horizon_s
+        else:
+            holds = occupancy >= t.freeze_occupancy * capacity and ttf < t.freeze_horizon_s
+        self._freeze_streak = self._freeze_streak + 1 if holds else 0
+        if not (raised and holds) and self._freeze_streak < t.freeze_polls:
+            return None
+        blockers = self._blockers(snap, snap.monotonic_ns)  # not empty: occupancy > 0 needs a gating reader
+        return self._finding(N.RULE_FREEZE_RISK, snap.writer, blockers[0].cause, snap, occupancy, blockers=blockers)
+
+    def _livelock(self, snap: QueueStats, now: int, occupancy: int, dead: set[int]) -> list[Finding]:
+        """Participants that spin although what they wait for is there, while no cursor in the queue moves."""
+        quiet_ns = now - max(track.moved_ns for track in self._tracks.values())
+        if quiet_ns < self.t.stall_s * 1e9:
+            return []
+        findings = []
+        waiting = [(0, snap.writer, occupancy < snap.n_chunks and snap.writer.state == State.WAITING_WRITE,
+                    Cause.SPINNING_WITH_SPACE)]
+        waiting += [(1 + r.index, r, r.state == State.WAITING_READ and snap.lag(r) > 0, Cause.SPINNING_WITH_DATA)
+                    for r in snap.readers]
+        for number, p, satisfiable, cause in waiting:
+            if not satisfiable or number in dead:
+                continue
+            rate = self._spin_rate(number, snap, self.t.stall_s)
+            if rate >= self.t.spin_rate:
+                findings.append(self._finding(N.RULE_LIVELOCK, p, cause, snap, occupancy, quiet_ns, rate))
+        return findings
