@@ -12,22 +12,15 @@ binaries are absent; .ci/run installs them.
 from __future__ import annotations
 
 import copy
-import http.server
-import multiprocessing
 import json
+import multiprocessing
 import os
-import re
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -38,8 +31,11 @@ from dashboards import alerts, generate, inspect
 from dashboards import promql as Q
 from telemetry import names as N
 
+from .loopback import ALERTMANAGER, PROMETHEUS, PROMTOOL, Server, Webhook, get_json, start_alertmanager, \
+    start_prometheus, wait_for
+from .loopback import free_port  # noqa: F401 - tests/test_watchdog_outputs.py imports it from here
 
-BINARIES = {name: shutil.which(name) for name in ("prometheus", "promtool", "prometheus-alertmanager")}
+BINARIES = {"prometheus": PROMETHEUS, "promtool": PROMTOOL, "prometheus-alertmanager": ALERTMANAGER}
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not all(BINARIES.values()),
@@ -53,88 +49,6 @@ TEST_THRESHOLDS = alerts.Thresholds(
     hold_s={rule.name: min(rule.hold_s, TEST_HOLD_S) for rule in alerts.all_rules()},
     no_progress_s=3, target_down_s=TEST_HOLD_S)
 FORK = multiprocessing.get_context("fork")
-
-
-# -- small helpers ------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url: str, **params) -> dict | list:
-    query = urllib.parse.urlencode(params, doseq=True)
-    with urllib.request.urlopen(f"{url}?{query}" if query else url, timeout=10) as response:
-        return json.load(response)
-
-
-def wait_for(what: str, check, timeout_s: float, interval_s: float = 0.25):
-    """Poll `check` until it returns something truthy; fail with `what` after the timeout."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
-
-
-class Server:
-    """A subprocess whose output goes to a log file, shown when a test fails."""
-
-    def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
-        self._log = self.log_path.open("w")
-        # From the repository root, so `python -m shmq` finds the package even when it is not installed.
-        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=generate.ROOT)
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def wait_for_line(self, pattern: str, timeout_s: float) -> re.Match:
-        def find():
-            if self.process.poll() is not None:
-                pytest.fail(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-            return re.search(pattern, self.log_path.read_text(errors="replace"))
-        return wait_for(f"{self.name} to print {pattern!r}", find, timeout_s, 0.05)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._log.close()
-
-
-class Webhook:
-    """An Alertmanager webhook receiver: records (status, alertname, labels) of every notified alert."""
-
-    def __init__(self) -> None:
-        received = self.received = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                received.extend((a["status"], a["labels"]["alertname"], a["labels"]) for a in body["alerts"])
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 # -- the workload -------------------------------------------------------------------------------------------
@@ -232,6 +146,7 @@ class Stack:
         self.servers: list[Server] = []
         self.webhook: Webhook | None = None
         self.workload: Workload | None = None
+        self.watchdog: Server | None = None
         self.prometheus = self.alertmanager = ""
 
     def start(self) -> None:
@@ -244,39 +159,21 @@ class Stack:
         exporter_url = exporter.wait_for_line(r"http://(127\.0\.0\.1:\d+)/metrics", 20).group(1)
         watchdog_url = self.watchdog.wait_for_line(r"http://(127\.0\.0\.1:\d+)/", 20).group(1)
 
-        am_port, prom_port = free_port(), free_port()
-        (workdir / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config_for(self.webhook.url)))
-        self._start("alertmanager", [
-            BINARIES["prometheus-alertmanager"], f"--config.file={workdir / 'alertmanager.yml'}",
-            f"--storage.path={workdir / 'am-data'}", f"--web.listen-address=127.0.0.1:{am_port}",
-            "--cluster.listen-address="])
+        alertmanager = start_alertmanager(alertmanager_config_for(self.webhook.url), workdir)
+        self.servers.append(alertmanager)
         rules = workdir / "shmq.rules.yml"
         rules.write_text(alerts.render(TEST_THRESHOLDS, interval_s=1))
-        config = workdir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(scrape_config_for(exporter_url, watchdog_url, f"127.0.0.1:{am_port}", rules)))
-        check = subprocess.run([BINARIES["promtool"], "check", "config", str(config)], capture_output=True,
-                               text=True, timeout=60)
-        assert check.returncode == 0, check.stdout + check.stderr
-        self._start("prometheus", [
-            BINARIES["prometheus"], f"--config.file={config}", f"--storage.tsdb.path={workdir / 'prom-data'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}"])
-        self.prometheus = f"http://127.0.0.1:{prom_port}"
-        self.alertmanager = f"http://127.0.0.1:{am_port}"
-        for url in (self.prometheus, self.alertmanager):
-            wait_for(f"{url} to be ready", lambda url=url: self._ready(url), 30)
+        prometheus = start_prometheus(
+            scrape_config_for(exporter_url, watchdog_url, alertmanager.url.removeprefix("http://"), rules), workdir)
+        self.servers.append(prometheus)
+        self.prometheus, self.alertmanager = prometheus.url, alertmanager.url
+        prometheus.wait_ready()
+        alertmanager.wait_ready()
 
     def _start(self, name: str, argv: list[str]) -> Server:
         server = Server(name, argv, self.workdir)
         self.servers.append(server)
         return server
-
-    @staticmethod
-    def _ready(url: str) -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
 
     def query(self, expr: str) -> list[dict]:
         """Evaluate PromQL now; an error fails the test with Prometheus's message."""
