@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as db
-from grafana_foundation_sdk.models import dashboard as dm
 
 from telemetry import names as N
 
 from . import panels as P
 from . import promql as Q
-from .states import ALERT_CODES, STATE_CODES
+from . import shared as S
+from .states import STATE_CODES
 
 UID = "shmq-overview"
 TITLE = "shmq / overview"
@@ -43,12 +43,8 @@ def throughput_panels() -> list:
 
 
 def ring_panels() -> list:
-    occupancy = P.timeseries_panel(
-        "Ring occupancy against capacity", "Slots published that the slowest gating reader has not consumed. "
-        "When occupancy reaches capacity, the writer blocks.", "short",
-        [P.query(Q.by("max", (N.LABEL_QUEUE,), Q.series(N.RING_OCCUPANCY, QUEUES)), "{{queue}} occupancy"),
-         P.query(Q.by("max", (N.LABEL_QUEUE,), Q.series(N.RING_CAPACITY, QUEUES)), "{{queue}} capacity")],
-        width=8).override_by_regexp(".* capacity", P.DASHED_LIMIT)
+    occupancy = S.ring_panel(QUEUES, "Slots published that the slowest gating reader has not consumed. When "
+                             "occupancy reaches capacity, the writer blocks.", width=8)
     lag = P.timeseries_panel(
         "Reader lag", "Messages published that each reader has not consumed yet. A lag that grows while the "
         "reader's msgs/s is flat names the slow or stuck reader.", "short",
@@ -106,10 +102,7 @@ def participant_panels() -> list:
             "Participant states", "Where each participant is: busy in application code, waiting to read, waiting "
             "for a free slot (writer), closed or evicted. A reader stuck in busy or waiting_read while its lag "
             "grows is the culprit.", [P.query(Q.state_code(*PARTICIPANTS), WHO)], STATE_CODES),
-        P.state_timeline_panel(
-            "Watchdog alerts", "Alerts the watchdog holds per participant and rule (0 = clear, 1 = raised).",
-            [P.query(Q.by("max", Q.PARTICIPANT + (N.LABEL_RULE,), Q.series(N.WATCHDOG_ALERT, QUEUES)),
-                     f"{WHO} {{{{rule}}}}")], ALERT_CODES),
+        S.watchdog_alerts_panel(QUEUES, "Alerts the watchdog holds per participant and rule.", WHO),
     ]
 
 
@@ -144,17 +137,11 @@ def alert_annotation() -> db.AnnotationQuery:
 
 def build() -> db.Dashboard:
     dashboard = (
-        db.Dashboard(TITLE).uid(UID).tags(["shmq"]).editable().refresh("10s").time("now-30m", "now")
-        .timezone("browser").tooltip(dm.DashboardCursorSync.CROSSHAIR)
-        .description("Traffic, ring, waiting and faults of shmq queues, from shmq exporter and shmq watchdog.")
-        .with_variable(P.datasource_variable())
-        .with_variable(P.label_variable("queue", "Queue", f"label_values({N.RING_CAPACITY}, {N.LABEL_QUEUE})",
-                                        multi=True))
+        S.frame(UID, TITLE, "Traffic, ring, waiting and faults of shmq queues, from shmq exporter and shmq watchdog.",
+                refresh="10s", since="now-30m", many_queues=True, link="Why is it stuck?")
         .with_variable(P.label_variable(
             "reader", "Reader", f"label_values({Q.series(N.READER_LAG, QUEUES)}, {N.LABEL_READER})", multi=True))
         .annotation(alert_annotation())
-        .link(db.DashboardLink("Why is it stuck?").type(dm.DashboardLinkType.DASHBOARDS).tags(["shmq"])
-              .include_vars(True).keep_time(True).as_dropdown(False))
     )
     sections = [("Throughput", throughput_panels()), ("Ring", ring_panels()), ("Waiting", waiting_panels()),
                 ("Faults", fault_panels()), ("Participants and watchdog", participant_panels() + watchdog_panels())]

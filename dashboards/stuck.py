@@ -15,7 +15,8 @@ from telemetry import names as N
 
 from . import panels as P
 from . import promql as Q
-from .states import ALERT_CODES, STATE_CODES
+from . import shared as S
+from .states import STATE_CODES
 
 UID = "shmq-why-stuck"
 TITLE = "shmq / why is it stuck"
@@ -86,28 +87,15 @@ def history_panels() -> list:
         P.timeseries_panel(
             "Spins per second", "Busy-poll iterations while waiting. Spinning with no progress is a livelock.",
             "ops", [P.query(Q.participant_rate(N.SPINS, (QUEUE,), "$__rate_interval"), WHO)]),
-        P.timeseries_panel(
-            "Ring occupancy against capacity", "When occupancy meets capacity the writer blocks.", "short",
-            [P.query(Q.by("max", (N.LABEL_QUEUE,), Q.series(N.RING_OCCUPANCY, QUEUE)), "occupancy"),
-             P.query(Q.by("max", (N.LABEL_QUEUE,), Q.series(N.RING_CAPACITY, QUEUE)), "capacity")],
-        ).override_by_name("capacity", P.DASHED_LIMIT),
-        P.state_timeline_panel(
-            "Watchdog alerts", "The watchdog's verdict per participant and rule.",
-            [P.query(Q.by("max", Q.PARTICIPANT + (N.LABEL_RULE,), Q.series(N.WATCHDOG_ALERT, QUEUE)),
-                     f"{WHO} {{{{rule}}}}")], ALERT_CODES),
+        S.ring_panel(QUEUE, "When occupancy meets capacity the writer blocks."),
+        S.watchdog_alerts_panel(QUEUE, "The watchdog's verdict per participant and rule.", WHO),
     ]
 
 
 def build() -> db.Dashboard:
     dashboard = (
-        db.Dashboard(TITLE).uid(UID).tags(["shmq"]).editable().refresh("5s").time("now-15m", "now")
-        .timezone("browser").tooltip(dm.DashboardCursorSync.CROSSHAIR)
-        .description("Drill-down for one shmq queue: which participant holds it up, and why.")
-        .with_variable(P.datasource_variable())
-        .with_variable(P.label_variable("queue", "Queue", f"label_values({N.RING_CAPACITY}, {N.LABEL_QUEUE})",
-                                        multi=False))
-        .link(db.DashboardLink("Overview").type(dm.DashboardLinkType.DASHBOARDS).tags(["shmq"])
-              .include_vars(True).keep_time(True).as_dropdown(False))
+        S.frame(UID, TITLE, "Drill-down for one shmq queue: which participant holds it up, and why.",
+                refresh="5s", since="now-15m", many_queues=False, link="Overview")
         .with_row(db.Row("Now")).with_panel(culprit_table())
         .with_row(db.Row("How it got there"))
     )
