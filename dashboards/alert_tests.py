@@ -52,14 +52,15 @@ def raised(rule: str, who: dict[str, str], values: str) -> Series:
     return Series(N.WATCHDOG_ALERT, {**who, N.LABEL_RULE: rule, **WATCHDOG}, values)
 
 
-def watchdog_cases(alert: str, rule: str, who: dict[str, str], other_rule: str, hold_s: int) -> list[Case]:
+def watchdog_cases(rule: str, who: dict[str, str], other_rule: str, hold_s: dict[str, int]) -> list[Case]:
+    alert = N.ALERTNAMES[rule]
     cases = [
         Case(alert, f"fires while the watchdog holds {rule} raised", (raised(rule, who, "0 1x12"),),
              fires=({**who, N.LABEL_RULE: rule, **WATCHDOG},)),
         Case(alert, f"stays silent when {rule} is clear and only {other_rule} is raised",
              (raised(rule, who, "0x12"), raised(other_rule, who, "1x12"))),
     ]
-    if hold_s:  # a single raised sample is shorter than the rule's `for`
+    if hold_s[alert]:  # a single raised sample is shorter than the rule's `for`
         cases.append(Case(alert, f"stays silent on a {rule} raise shorter than its `for`",
                           (raised(rule, who, "0 1 0x10"),), eval_at=INTERVAL))
     return cases
@@ -84,15 +85,14 @@ def up(target: dict[str, str], values: str) -> Series:
 def cases() -> list[Case]:
     hold = {rule.name: rule.hold_s for rule in alerts.all_rules()}
     reader1, reader2, writer = participant("reader", "1"), participant("reader", "2"), participant("writer")
-    watchdog_driven = [
-        ("ShmqReaderStalled", N.RULE_READER_STALLED, reader1, N.RULE_FREEZE_RISK),
-        ("ShmqWriterBlocked", N.RULE_WRITER_BLOCKED, writer, N.RULE_FREEZE_RISK),
-        ("ShmqParticipantDead", N.RULE_DEAD, reader2, N.RULE_READER_STALLED),
-        ("ShmqFreezeRisk", N.RULE_FREEZE_RISK, writer, N.RULE_WRITER_BLOCKED),
-        ("ShmqLivelock", N.RULE_LIVELOCK, reader1, N.RULE_READER_STALLED),
+    watchdog_driven = [  # (rule, who it is about, another rule raised meanwhile)
+        (N.RULE_READER_STALLED, reader1, N.RULE_FREEZE_RISK),
+        (N.RULE_WRITER_BLOCKED, writer, N.RULE_FREEZE_RISK),
+        (N.RULE_DEAD, reader2, N.RULE_READER_STALLED),
+        (N.RULE_FREEZE_RISK, writer, N.RULE_WRITER_BLOCKED),
+        (N.RULE_LIVELOCK, reader1, N.RULE_READER_STALLED),
     ]
-    result = [case for alert, rule, who, other in watchdog_driven
-              for case in watchdog_cases(alert, rule, who, other, hold[alert])]
+    result = [case for rule, who, other in watchdog_driven for case in watchdog_cases(rule, who, other, hold)]
     # Progress timestamps are Unix seconds; "0x20" never moves, "0+15x20" moves every scrape.
     result += [
         Case("ShmqReaderNoProgress", "fires for a reader with lag whose cursor has not moved for minutes",

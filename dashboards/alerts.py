@@ -64,8 +64,10 @@ class Thresholds:
         return self.hold_s.get(alert, default_s)
 
 
-def _watchdog_rule(name: str, rule: str, hold_s: int, severity: str, what: str, runbook: str,
+def _watchdog_rule(rule: str, hold_s: int, severity: str, what: str, runbook: str,
                    thresholds: Thresholds) -> AlertRule:
+    """The alert on one watchdog rule; its name is the one the watchdog itself posts to Alertmanager."""
+    name = N.ALERTNAMES[rule]
     return AlertRule(name, Q.watchdog_alert(rule), thresholds.hold(name, hold_s), severity,
                      f"shmq watchdog: {what} ({WHERE})", runbook)
 
@@ -73,7 +75,7 @@ def _watchdog_rule(name: str, rule: str, hold_s: int, severity: str, what: str, 
 def watchdog_rules(t: Thresholds) -> list[AlertRule]:
     return [
         _watchdog_rule(
-            "ShmqReaderStalled", N.RULE_READER_STALLED, 15, "critical",
+            N.RULE_READER_STALLED, 15, "critical",
             "reader has data pending but its cursor does not move",
             f"Open {EVENTS}; its cause says which case: waiting_with_data = a lost wake-up or livelock inside "
             "get(); busy = slow application code in the reader (profile it); frozen = the process is stopped "
@@ -81,25 +83,25 @@ def watchdog_rules(t: Thresholds) -> list[AlertRule]:
             f"dashboard ({STUCK_PATH}) shows the reader's lag, state and spin rate; `shmq top --once` shows the same "
             "from the host.", t),
         _watchdog_rule(
-            "ShmqWriterBlocked", N.RULE_WRITER_BLOCKED, 15, "critical",
+            N.RULE_WRITER_BLOCKED, 15, "critical",
             "writer waits for a free slot: the ring is full",
             f"The writer is the victim. Read {EVENTS}: it names the readers that hold the minimum cursor; "
             "look at those readers (their own ShmqReaderStalled alert, state and stack). If they are "
             "only slow, the ring is too small for the burst (raise n_chunks) or a reader needs more workers.", t),
         _watchdog_rule(
-            "ShmqParticipantDead", N.RULE_DEAD, 0, "critical",
+            N.RULE_DEAD, 0, "critical",
             "participant process is gone (or its pid was reused)",
             "Find why the process died (OOM killer: `dmesg`, `journalctl -k`; a crash: the app's logs and exit "
             "code). A dead reader blocks the writer unless the queue was created with on_dead_reader='evict'. "
             "Restart the process; `shmq cleanup` unlinks segments whose creator died.", t),
         _watchdog_rule(
-            "ShmqFreezeRisk", N.RULE_FREEZE_RISK, 0, "warning",
+            N.RULE_FREEZE_RISK, 0, "warning",
             "ring is filling and will be full within the watchdog's horizon",
             "The writer is about to block. On the overview dashboard compare the writer's msgs/s with the slowest "
             "reader's and look at time-to-full; the reader with the largest lag is the one falling behind. "
             "Transient under a burst; sustained means the readers are too slow for the write rate.", t),
         _watchdog_rule(
-            "ShmqLivelock", N.RULE_LIVELOCK, 15, "critical",
+            N.RULE_LIVELOCK, 15, "critical",
             "participants spin without any cursor moving",
             f"CPU is burning with no progress. Read {EVENTS}: it names the spinning participant and its "
             f"stack; the spins/s panel ({STUCK_PATH}) shows who spins. Suspect a wait strategy that never "
