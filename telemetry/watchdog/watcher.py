@@ -15,6 +15,7 @@ from typing import Callable
 
 from shmq import procs
 from shmq.errors import ShmqError
+from shmq.stats import QueueStats
 
 from .alerts import Alert, AlertBook, QueueId, Transition
 from .discovery import Segments
@@ -51,6 +52,7 @@ class Watchdog:
         self._active: tuple[Alert, ...] = ()  # published after each poll, for other threads
         self._last_poll_ns: int | None = None
         self.polls = 0
+        self.latest: dict[str, QueueStats] = {}  #: each watched queue's snapshot from the last poll, by shm name
 
     # -- one poll -------------------------------------------------------------------------
     def poll(self) -> list[Transition]:
@@ -70,6 +72,7 @@ class Watchdog:
                     log.warning("shmq watchdog: cannot read %s: %s", shm_name, e)
                 continue
             self._unreadable.discard(shm_name)
+            self.latest[shm_name] = snap
             monitor = self._monitors.get(shm_name)
             if monitor is None:
                 monitor = self._monitors[shm_name] = QueueMonitor(self.thresholds, is_alive=self._pids.alive,
@@ -89,6 +92,7 @@ class Watchdog:
 
     def _forget(self, queue: QueueId) -> list[Transition]:
         self._monitors.pop(queue.shm_name, None)
+        self.latest.pop(queue.shm_name, None)
         self._unreadable.discard(queue.shm_name)
         if self._metrics is not None:
             self._metrics.forget(queue.label)
@@ -120,6 +124,10 @@ class Watchdog:
     def active(self) -> tuple[Alert, ...]:
         """The alerts raised and not cleared, as of the last poll."""
         return self._active
+
+    def time_to_full(self) -> dict[str, float]:
+        """Each watched queue's projected seconds until its ring is full (inf: not filling), by shm name."""
+        return {shm_name: monitor.time_to_full_s for shm_name, monitor in self._monitors.items()}
 
     def health(self) -> tuple[bool, dict]:
         """For /healthz: healthy when the loop polls and no alert is active."""

@@ -1,0 +1,124 @@
+"""Stack dumps on request (shmq.diagnostics): what the watchdog may signal, and what it gets back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+import shmq
+from shmq import diagnostics, procs
+
+from .watchdog_harness import ROOT
+
+
+@pytest.fixture
+def stack_dir():
+    with tempfile.TemporaryDirectory(prefix="watchdog-stacks-") as path:
+        yield path
+
+
+class Participant:
+    """A fresh interpreter (no inherited signal handlers) that runs `before`, attaches reader 0, and waits."""
+
+    def __init__(self, handle: str, stack_dumps, before: str = "") -> None:
+        code = "\n".join([
+            "import signal, sys",
+            "import shmq",
+            before,
+            f"reader = shmq.attach({handle!r}, reader=0, stack_dumps={stack_dumps!r})",
+            "def waiting_in_here():",
+            "    print('ready', flush=True)",
+            "    sys.stdin.read()",
+            "waiting_in_here()",
+        ])
+        self.process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout.readline() == "ready\n"
+        self.pid = self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(10)
+        self.process.stdout.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_registered_process_dumps_the_function_it_is_in(writer, stack_dir):
+    p = Participant(str(writer.handle), stack_dir, "")
+    try:
+        dump = diagnostics.request_dump(p.pid, procs.start_time(p.pid), directory=stack_dir)
+        assert dump.note == "" and dump.path == os.path.join(stack_dir, f"{p.pid}.txt")
+        assert "in waiting_in_here" in dump.text and "shmq-heartbeat" not in dump.text  # faulthandler names no threads
+        assert dump.text.count("(most recent call first)") >= 2, "all threads: the main one and the heartbeat"
+        assert p.alive()
+    finally:
+        p.stop()
+    assert not os.path.exists(dump.path), "closing the last participant removes the file"
+
+
+@pytest.mark.timeout(30)
+def test_a_process_that_did_not_register_is_never_signalled_even_with_a_forged_file(writer, stack_dir):
+    p = Participant(str(writer.handle), False, "")
+    try:
+        assert diagnostics.request_dump(p.pid, procs.start_time(p.pid), directory=stack_dir).note.startswith(
+            f"pid {p.pid} has no stack-dump registration")
+        # A file that claims the pid (left by an earlier process, say) is not enough: the handler must be there.
+        with open(os.path.join(stack_dir, f"{p.pid}.txt"), "w") as f:
+            f.write(f"# shmq stack dumps: pid={p.pid} start_time={procs.start_time(p.pid)} signal=SIGUSR2\n")
+        dump = diagnostics.request_dump(p.pid, procs.start_time(p.pid), directory=stack_dir)
+        assert "does not handle SIGUSR2" in dump.note and dump.text == ""
+        time.sleep(0.1)
+        assert p.alive(), "SIGUSR2's default action would have killed it"
+    finally:
+        p.stop()
+        os.unlink(os.path.join(stack_dir, f"{p.pid}.txt"))
+
+
+@pytest.mark.timeout(30)
+def test_a_file_left_by_an_earlier_process_with_the_same_pid_is_not_trusted(writer, stack_dir):
+    p = Participant(str(writer.handle), stack_dir, "")
+    try:
+        dump = diagnostics.request_dump(p.pid, procs.start_time(p.pid) + 1, directory=stack_dir)
+        assert "belongs to an earlier process" in dump.note and dump.text == ""
+    finally:
+        p.stop()
+
+
+@pytest.mark.timeout(30)
+def test_an_application_handler_for_the_signal_is_left_alone(writer, stack_dir):
+    p = Participant(str(writer.handle), stack_dir,
+                    before="signal.signal(signal.SIGUSR2, lambda *_: print('the application', flush=True))")
+    try:
+        assert not os.path.exists(os.path.join(stack_dir, f"{p.pid}.txt"))
+        os.kill(p.pid, signal.SIGUSR2)
+        assert p.process.stdout.readline() == "the application\n"
+    finally:
+        p.stop()
+
+
+def sleep_quietly() -> None:
+    time.sleep(30)
+
+
+@pytest.mark.timeout(30)
+def test_a_forked_child_never_writes_into_its_parents_file(queue_name, children, stack_dir):
+    with shmq.create(1, name=queue_name, chunk_bytes=256, n_chunks=4, stack_dumps=stack_dir):
+        own = os.path.join(stack_dir, f"{os.getpid()}.txt")
+        size = os.path.getsize(own)
+        child = children(sleep_quietly)
+        time.sleep(0.2)
+        os.kill(child.pid, diagnostics.STACK_SIGNAL)  # it inherited our handler, now aimed at /dev/null
+        time.sleep(0.2)
+        assert child.is_alive()
+        assert os.path.getsize(own) == size
+        assert sorted(os.listdir(stack_dir)) == [f"{os.getpid()}.txt"]
+    assert os.listdir(stack_dir) == []

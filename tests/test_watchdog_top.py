@@ -1,0 +1,58 @@
+"""``shmq top --once``: one plain table of every participant, for scripts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import shmq
+
+from .conftest import FORK
+from .watchdog_harness import ROOT, drain
+
+
+def top_once(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "shmq", "top", "--once", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def read_after(handle: str, index: int, go) -> None:
+    with shmq.attach(handle, reader=index, stack_dumps=False) as reader:
+        go.wait(30)
+        drain(reader)
+
+
+@pytest.mark.timeout(40)
+def test_top_once_prints_a_row_per_participant_with_its_lag_and_alerts(queue_name, children):
+    go = FORK.Event()
+    with shmq.create(2, name=queue_name, chunk_bytes=256, n_chunks=8, stack_dumps=False) as writer:
+        readers = [children(read_after, str(writer.handle), i, go) for i in range(2)]
+        writer.wait_for_readers(timeout=10)
+        for i in range(5):
+            writer.put(i)
+        out = top_once("--queue", queue_name, "--window", "1.5")
+        go.set()
+    lines = out.splitlines()
+    assert lines[0] == f"queue {queue_name} ({writer.handle.shm_name}): ring 5/8"
+    assert lines[1].split() == ["role", "pid", "state", "cursor", "lag", "msgs/s", "spins/s", "parks/s", "p50",
+                                "wait", "p99", "wait", "alerts"]
+    rows = {}
+    for line in lines[2:]:
+        fields = line.split()
+        role_words = 2 if fields[0] == "reader" else 1
+        rows[" ".join(fields[:role_words])] = fields[role_words:]
+    assert rows.keys() == {"writer", "reader 0", "reader 1"}
+    assert rows["writer"][:4] == [str(os.getpid()), "idle", "5", "-"]
+    for i, reader in enumerate(readers):
+        assert rows[f"reader {i}"][:4] == [str(reader.pid), "idle", "0", "5"]
+        assert rows[f"reader {i}"][-1] == "reader_stalled:busy", "5 messages pending, none read for over a second"
+
+
+@pytest.mark.timeout(30)
+def test_top_once_with_no_queue_says_so():
+    assert top_once("--queue", "no-such-queue-anywhere", "--window", "0.2") == "no shmq queues\n"
