@@ -19,7 +19,6 @@ import re
 
 import yaml
 
-from shmq.layout import ParticipantState
 from telemetry import names as N
 
 from . import promql as Q
@@ -110,13 +109,10 @@ def watchdog_rules(t: Thresholds) -> list[AlertRule]:
 
 
 def fallback_rules(t: Thresholds) -> list[AlertRule]:
-    reader, writer = Q.eq(N.LABEL_ROLE, Q.ROLE_READER), Q.eq(N.LABEL_ROLE, Q.ROLE_WRITER)
-    reader_has_work = f"{Q.series(N.READER_LAG, reader)} > 0"
-    writer_waits = Q.in_state(ParticipantState.WAITING_WRITE, writer)
+    """The same measure as the why-is-it-stuck table's "Stuck for" column, with a threshold."""
     return [
         AlertRule(
-            "ShmqReaderNoProgress",
-            f"({Q.progress_age(reader)} > {t.no_progress_s}) and on (instance, queue, reader) ({reader_has_work})",
+            "ShmqReaderNoProgress", f"({Q.reader_stuck_age()}) > {t.no_progress_s}",
             t.hold("ShmqReaderNoProgress", 60), "critical",
             f"shmq reader has had data pending and no progress for over {t.no_progress_s}s ({WHERE})",
             "Fallback rule from the exporter's series alone; it fires late and cannot say why. Check first "
@@ -124,8 +120,7 @@ def fallback_rules(t: Thresholds) -> list[AlertRule]:
             "pid and state, `ps -o stat,wchan -p PID` (T = stopped, D = uninterruptible I/O), and "
             "`py-spy dump --pid PID` for its Python stack."),
         AlertRule(
-            "ShmqWriterNoProgress",
-            f"({Q.progress_age(writer)} > {t.no_progress_s}) and on (instance, queue) ({writer_waits})",
+            "ShmqWriterNoProgress", f"({Q.writer_stuck_age()}) > {t.no_progress_s}",
             t.hold("ShmqWriterNoProgress", 60), "critical",
             f"shmq writer has waited for a free slot with no progress for over {t.no_progress_s}s ({WHERE})",
             "Fallback rule from the exporter's series alone. The ring is full: the reader with the largest lag "

@@ -57,6 +57,20 @@ def progress_age(*matchers: str) -> str:
     return f"time() - {series(N.LAST_PROGRESS, *matchers)}"
 
 
+def reader_stuck_age(*matchers: str) -> str:
+    """Seconds since a reader with messages pending last moved; a reader without lag (idle) has no series."""
+    reader = eq(N.LABEL_ROLE, ROLE_READER)
+    return (f"({progress_age(reader, *matchers)}) and on (instance, {N.LABEL_QUEUE}, {N.LABEL_READER}) "
+            f"({series(N.READER_LAG, reader, *matchers)} > 0)")
+
+
+def writer_stuck_age(*matchers: str) -> str:
+    """Seconds since a writer waiting for a free slot last moved; a writer with nothing to send has no series."""
+    writer = eq(N.LABEL_ROLE, ROLE_WRITER)
+    return (f"({progress_age(writer, *matchers)}) and on (instance, {N.LABEL_QUEUE}) "
+            f"({in_state(ParticipantState.WAITING_WRITE, writer, *matchers)})")
+
+
 def state_value(state: ParticipantState) -> str:
     """The ``state`` label value the collector exports for a participant state."""
     return state.name.lower()

@@ -25,13 +25,14 @@ QUEUE = Q.eq(N.LABEL_QUEUE, "$queue")
 WHO = "{{role}} {{reader}}"
 SPIN_WINDOW = "1m"
 
-# Table columns: (header, instant query, unit); every query is aggregated by participant so rows merge.
+# Table columns: (header, instant query); every query is aggregated by participant so rows merge.
 _COLUMNS = (
-    ("No progress for", Q.by("max", Q.PARTICIPANT, Q.progress_age(QUEUE)), "s"),
-    ("Lag", Q.by("max", Q.PARTICIPANT, Q.series(N.READER_LAG, QUEUE)), "short"),
-    ("State", Q.state_code(QUEUE), "none"),
-    ("Spins/s", Q.participant_rate(N.SPINS, (QUEUE,), SPIN_WINDOW), "short"),
-    ("Watchdog alerts", Q.by("sum", Q.PARTICIPANT, Q.series(N.WATCHDOG_ALERT, QUEUE)), "none"),
+    ("Stuck for", Q.by("max", Q.PARTICIPANT, f"{Q.reader_stuck_age(QUEUE)} or {Q.writer_stuck_age(QUEUE)}")),
+    ("No progress for", Q.by("max", Q.PARTICIPANT, Q.progress_age(QUEUE))),
+    ("Lag", Q.by("max", Q.PARTICIPANT, Q.series(N.READER_LAG, QUEUE))),
+    ("State", Q.state_code(QUEUE)),
+    ("Spins/s", Q.participant_rate(N.SPINS, (QUEUE,), SPIN_WINDOW)),
+    ("Watchdog alerts", Q.by("sum", Q.PARTICIPANT, Q.series(N.WATCHDOG_ALERT, QUEUE))),
 )
 
 
@@ -43,8 +44,9 @@ def _column_overrides() -> list[tuple[str, list[dm.DynamicConfigValue]]]:
             "mode": "absolute", "steps": [{"value": v, "color": c} for v, c in steps]})
 
     return [
-        ("No progress for", [dm.DynamicConfigValue(id_val="unit", value="s"), background,
-                             levels((None, "green"), (1, "orange"), (10, "red"))]),
+        ("Stuck for", [dm.DynamicConfigValue(id_val="unit", value="s"), background,
+                       levels((None, "green"), (1, "orange"), (10, "red"))]),
+        ("No progress for", [dm.DynamicConfigValue(id_val="unit", value="s")]),
         ("Lag", [background, levels((None, "green"), (1, "orange"))]),
         ("State", [dm.DynamicConfigValue(id_val="mappings", value=P.value_mappings(STATE_CODES)),
                    dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"})]),
@@ -54,23 +56,24 @@ def _column_overrides() -> list[tuple[str, list[dm.DynamicConfigValue]]]:
 
 
 def culprit_table() -> P.table.Panel:
-    targets = [P.query(expr, instant=True, fmt=pm.PromQueryFormat.TABLE) for _, expr, _ in _COLUMNS]
-    rename = {f"Value #{chr(ord('A') + i)}": header for i, (header, _, _) in enumerate(_COLUMNS)}
+    targets = [P.query(expr, instant=True, fmt=pm.PromQueryFormat.TABLE) for _, expr in _COLUMNS]
+    rename = {f"Value #{chr(ord('A') + i)}": header for i, (header, _) in enumerate(_COLUMNS)}
     return P.table_panel(
         "Who is holding the queue?",
-        "One row per participant, now. The culprit has a long time without progress AND a lag above zero "
-        "(a reader without lag is only idle). Its state says why: busy = slow application code, waiting_read "
+        "One row per participant, now. Stuck for = seconds without progress while it has work (a reader with "
+        "lag, a writer waiting for a slot); an idle participant has none there. The culprit is the largest. "
+        "Its state says why: busy = slow application code, waiting_read "
         "with lag = lost wake-up or livelock, no state change and a stale heartbeat = frozen process (SIGSTOP, "
         "GIL held, D state). The writer in waiting_write is the victim, not the cause.",
         targets,
         transformations=[
             dm.DataTransformerConfig(id_val="merge", options={}),
             dm.DataTransformerConfig(id_val="organize", options={
-                "excludeByName": {"Time": True}, "renameByName": rename,
+                "excludeByName": {"Time": True, N.LABEL_QUEUE: True}, "renameByName": rename,
                 "indexByName": {N.LABEL_ROLE: 0, N.LABEL_READER: 1, **{h: 2 + i for i, h in enumerate(rename.values())}},
             }),
         ],
-        overrides=_column_overrides(), sort_by="No progress for", height=9)
+        overrides=_column_overrides(), sort_by="Stuck for", height=9)
 
 
 def history_panels() -> list:

@@ -104,7 +104,9 @@ def test_why_stuck_puts_progress_age_lag_state_and_spin_rate_side_by_side():
     assert any(f"rate({N.total(N.SPINS)}" in e for e in exprs)
     organize = next(t for t in table["transformations"] if t["id"] == "organize")
     assert set(organize["options"]["renameByName"].values()) == {
-        "No progress for", "Lag", "State", "Spins/s", "Watchdog alerts"}
+        "Stuck for", "No progress for", "Lag", "State", "Spins/s", "Watchdog alerts"}
+    stuck_for = exprs[0]
+    assert f"{N.READER_LAG}" in stuck_for and "waiting_write" in stuck_for, "work pending: lag, or a waiting writer"
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert not variables["queue"]["multi"], "the drill-down is for one queue"
 
