@@ -11,9 +11,10 @@ import pytest
 import shmq
 from shmq import layout as L
 from telemetry import names as N
+from telemetry.watchdog.sidecar import Sidecar
 
 from .telemetry_helpers import corrupt_word, garbage_segment, isolated_shm_dir
-from .watchdog_harness import WatchdogProcess, about
+from .watchdog_harness import about
 
 
 def create_then_die(shm_dir: str) -> None:
@@ -37,7 +38,7 @@ def test_watching_everything_follows_new_queues_forgets_unlinked_ones_and_surviv
         first = shmq.create(1, name="first", chunk_bytes=256, n_chunks=4, shm_dir=shm_dir, stack_dumps=False)
         if os.getuid() == 0:
             foreign_copy(shm_dir, os.path.join(shm_dir, first.handle.shm_name))
-        with WatchdogProcess("--all", "--shm-dir", shm_dir, "--no-stacks") as watchdog:
+        with Sidecar("--all", "--shm-dir", shm_dir, "--no-stacks") as watchdog:
             watchdog.wait_until_watching(1)
             second = shmq.create(1, name="second", chunk_bytes=256, n_chunks=4, shm_dir=shm_dir, stack_dumps=False)
             watchdog.wait_until_watching(2)

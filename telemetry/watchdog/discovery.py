@@ -48,7 +48,9 @@ class Segments:
                 self._names.add(item)
         self.views: dict[str, QueueView] = {}
         self.ids: dict[str, QueueId] = {}
-        self._passed: dict[str, tuple[int, int, int]] = {}  # not selected or unreadable, by file identity
+        # Segments passed over: unreadable ones by (inode, size, mtime), looked at again when those change;
+        # ones of other queues by inode alone, since a segment's name never changes.
+        self._passed: dict[str, tuple[int, ...]] = {}
 
     def refresh(self) -> tuple[list[str], list[QueueId]]:
         """Map new segments and unmap unlinked ones. Returns the added shm names and the removed queues."""
@@ -74,7 +76,7 @@ class Segments:
         except FileNotFoundError:
             return False
         identity = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if self._passed.get(shm_name) == identity:
+        if self._passed.get(shm_name) in (identity, identity[:1]):
             return False
         try:
             segment = Segment.open(shm_name, writable=False, shm_dir=self.shm_dir, ready_timeout_s=0)
@@ -87,7 +89,7 @@ class Segments:
             return False
         if self._names is not None and shm_name not in self._shm_names and segment.name not in self._names:
             segment.close()
-            self._passed[shm_name] = identity
+            self._passed[shm_name] = identity[:1]
             return False
         self.views[shm_name] = QueueView(segment)
         return True
