@@ -11,12 +11,15 @@ Configuration is OpenTelemetry's own: an explicit ``TracerProvider``, the global
 one the application set, or else one built from the standard ``OTEL_*``
 environment variables (exporter, sampler, resource).
 
-Cost. A put() with no ambient span is decided here, before any SDK call, at the
-rate the configured sampler starts new traces: a countdown to the next sampled
-message (a geometric draw, the same distribution as a coin per message), so an
-unsampled message costs one call and a few compares. Disabled tracing
-(``OTEL_SDK_DISABLED=true``, ``always_off``) installs no hooks, and the queue is
-back to its one ``is None`` branch.
+Cost. Asking the SDK about every message would cost more than sending it, so a
+put() with no application span active is decided here, before any SDK call, at
+the rate the configured sampler starts new traces (read from the sampler, see
+``root_sampling_rate``): a countdown to the next sampled message, a geometric
+draw, which gives each message the same odds as a coin of that rate. An
+unsampled message costs a call, a context lookup and a decrement. A sampled one
+costs what the SDK charges for a span, in the writer and in each reader.
+Disabled tracing (``OTEL_SDK_DISABLED=true``, ``always_off``) installs no hooks,
+and the queue is back to its one ``is None`` branch.
 """
 
 from __future__ import annotations
@@ -26,17 +29,17 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from importlib.metadata import entry_points
 
 from opentelemetry import context, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Sampler
 from opentelemetry.semconv._incubating.attributes import messaging_attributes as M
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Link, SpanKind, StatusCode, format_span_id, format_trace_id
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shmq import hooks
 
@@ -54,7 +57,7 @@ EVENT_DURATION_SECONDS = "shmq.duration.seconds"
 _SEND = M.MessagingOperationTypeValues.SEND.value
 _RECEIVE = M.MessagingOperationTypeValues.RECEIVE.value
 _TRACE_ID_SPACE = 1 << 64  # ratio samplers decide on the low 64 bits of the trace id
-_PROPAGATOR = TraceContextTextMapPropagator()
+_TRACEPARENT = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
 class ShmqTracing:
@@ -78,13 +81,11 @@ class ShmqTracing:
 
     # -- MessageHooks ---------------------------------------------------------------------
     def start_send(self, queue: str) -> _SendSpan | None:
-        if context.get_current():  # an application span may be active: its sampling decision counts
-            return self._start_send_in_context(queue)
-        if self._countdown:
+        ambient = context.get_current()
+        if not ambient and self._countdown:  # the common case: no application span, not this message's turn
             self._countdown -= 1
             return None
-        self._countdown = self._next_countdown()
-        return self._start_send(self._root_tracer(), queue)
+        return self._start_send(self._send_tracer(ambient), queue)
 
     def received(self, *, queue: str, reader: int, message_id: int, body_size: int, traceparent: bytes,
                  wait_start_ns: int, wait_ns: int, spins: int, events: list[hooks.IdleEvent]) -> None:
@@ -134,10 +135,14 @@ class ShmqTracing:
             self._recording.sampler = ALWAYS_ON
         return self._recording
 
-    def _start_send_in_context(self, queue: str) -> _SendSpan | None:
-        if _has_valid_span(context.get_current()):
-            return self._start_send(self._tracer, queue)  # the sampler follows the ambient span
-        return self._start_send(self._root_tracer(), queue)
+    def _send_tracer(self, ambient: context.Context) -> trace.Tracer | None:
+        if _has_valid_span(ambient):
+            return self._tracer  # the configured sampler follows the application's span
+        if self._countdown:
+            self._countdown -= 1
+            return None
+        self._countdown = self._next_countdown()
+        return self._root_tracer()
 
     @staticmethod
     def _start_send(tracer: trace.Tracer | None, queue: str) -> _SendSpan | None:
@@ -181,12 +186,12 @@ class _SendSpan:
 
 
 def producer_context(traceparent: bytes) -> trace.SpanContext | None:
-    """The producer span a slot's traceparent names, or None if it is not a valid W3C traceparent."""
-    try:
-        carrier = {"traceparent": traceparent.decode("ascii")}
-    except UnicodeDecodeError:
+    """The producer span a slot's W3C traceparent names; None if it is not a valid version-00 traceparent."""
+    found = _TRACEPARENT.fullmatch(traceparent)
+    if found is None:
         return None
-    producer = trace.get_current_span(_PROPAGATOR.extract(carrier, context=context.Context())).get_span_context()
+    trace_id, span_id, flags = (int(field, 16) for field in found.groups())
+    producer = trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(flags))
     return producer if producer.is_valid else None
 
 
