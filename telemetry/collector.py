@@ -99,6 +99,7 @@ class ShmqCollector(Collector):
         self._lock = threading.Lock()  # scrapes may run in several HTTP threads at once
         self._views: dict[str, QueueView] = {}  # segments this collector mapped, by shm name
         self._skipped: dict[str, tuple[int, int, int]] = {}  # unreadable segments -> file identity when counted
+        self._unreadable_snapshots: set[str] = set()  # logged once each
         self._errors = 0
 
     # -- the Collector protocol ------------------------------------------------------
@@ -132,7 +133,9 @@ class ShmqCollector(Collector):
                 snapshots.append(view.snapshot())
             except (ShmqError, ValueError, OSError) as e:  # a record with impossible values, or a closed view
                 self._errors += 1
-                log.warning("shmq exporter: skipped a snapshot of %s: %s", view.shm_name, e)
+                if view.shm_name not in self._unreadable_snapshots:
+                    self._unreadable_snapshots.add(view.shm_name)
+                    log.warning("shmq exporter: skipping snapshots of %s: %s", view.shm_name, e)
         return snapshots
 
     def _selects(self, view: QueueView) -> bool:
