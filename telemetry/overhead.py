@@ -108,7 +108,7 @@ class Config:
 CONFIGS = (
     Config("stats=off", stats=False),
     Config("stats=on", baseline="stats=off", target=0.95),
-    Config("tracing disabled", hooks=tracing_disabled, baseline="stats=on", target=0.99),
+    Config("tracing disabled (no hooks)", hooks=tracing_disabled, baseline="stats=on", target=0.99),
     Config("tracing installed, never sampling", hooks=tracing_never_sampling, baseline="stats=on", target=0.99),
     Config("tracing 1% sampler", hooks=tracing_1_percent, baseline="stats=on", target=0.95),
     Config("tracing 1% sampler, no exporter", hooks=tracing_1_percent_no_exporter, baseline="stats=on"),
