@@ -1,0 +1,121 @@
+"""Cleanup on every exit path, the stats record, and the framing across sizes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import shmq
+from shmq import layout as L
+
+CREATE_AND_REPORT = """
+import shmq, sys
+writer = shmq.create(1, name="exit-test", chunk_bytes=4096, n_chunks=2)
+print(writer.handle.shm_name, flush=True)
+{then}
+"""
+
+
+def run_child(then: str) -> tuple[subprocess.Popen, str]:
+    child = subprocess.Popen([sys.executable, "-c", CREATE_AND_REPORT.format(then=then)],
+                             stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    shm_name = child.stdout.readline().strip()
+    assert shm_name.startswith("shmq-"), shm_name
+    return child, shm_name
+
+
+@pytest.mark.timeout(30)
+def test_interpreter_exit_leaves_nothing_in_dev_shm():
+    child, shm_name = run_child("pass")
+    assert child.wait(20) == 0
+    assert not os.path.exists(os.path.join("/dev/shm", shm_name))
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_in_a_blocked_put_leaves_nothing_in_dev_shm():
+    # No reader ever attaches, so the third put blocks until Ctrl-C.
+    child, shm_name = run_child("writer.put(1); writer.put(2); print('blocking', flush=True); writer.put(3)")
+    assert child.stdout.readline().strip() == "blocking"
+    time.sleep(0.3)
+    child.send_signal(signal.SIGINT)
+    assert child.wait(20) != 0
+    assert not os.path.exists(os.path.join("/dev/shm", shm_name))
+
+
+@pytest.mark.timeout(30)
+def test_cleanup_unlinks_segments_of_dead_creators_only(writer):
+    child, shm_name = run_child("import time; time.sleep(60)")
+    child.kill()
+    child.wait(10)
+    listed = {s.shm_name: s for s in shmq.list_segments()}
+    assert listed[shm_name].name == "exit-test" and not listed[shm_name].creator_alive
+    assert listed[writer.handle.shm_name].creator_alive
+    assert shm_name in shmq.cleanup()
+    assert not os.path.exists(os.path.join("/dev/shm", shm_name))
+    assert os.path.exists(os.path.join("/dev/shm", writer.handle.shm_name))
+
+
+def test_stats_record_counts_exactly_what_happened(queue_name):
+    with shmq.create(2, name=queue_name, chunk_bytes=256, n_chunks=8) as writer:
+        with shmq.attach(writer.handle, 0) as reader, shmq.attach(writer.handle, 1) as idle:
+            for i in range(3):
+                writer.put_bytes(b"x" * 100)
+                reader.get_bytes()
+            writer.put_bytes(b"y" * 600)  # spans three 256-byte slots
+            reader.get_bytes()
+            with pytest.raises(shmq.QueueTimeout):
+                reader.get(timeout=0.05)
+            snap = shmq.stats.open(writer.handle).snapshot()
+    frame = L.ONE_SEGMENT.size
+    assert snap.writer.messages == 4 and snap.readers[0].messages == 4 and snap.readers[1].messages == 0
+    assert snap.writer.bytes == snap.readers[0].bytes == 3 * (100 + frame) + 600 + frame
+    assert snap.writer.overflow_messages == snap.readers[0].overflow_messages == 1
+    assert snap.writer_cursor == 6 and snap.readers[0].cursor == 6 and snap.readers[1].cursor == 0
+    assert snap.occupancy == 6 and snap.lag(snap.readers[1]) == 6
+    assert snap.readers[0].timeouts == 1
+    assert snap.readers[0].waits == sum(snap.readers[0].histogram) == 1  # the timed-out get waited once
+    assert snap.readers[0].histogram[L.wait_bucket(snap.readers[0].wait_ns)] == 1
+    assert snap.readers[0].pid == os.getpid() and snap.readers[0].alive
+    assert snap.readers[1].state == shmq.ParticipantState.IDLE
+
+
+def test_histogram_buckets_are_log2_microseconds():
+    assert [L.wait_bucket(ns) for ns in (0, 1000, 1001, 2000, 2001, 1_000_000)] == [0, 0, 1, 1, 2, 10]
+    assert L.wait_bucket(10**12) == L.HIST_FINITE_BUCKETS  # +Inf
+    assert L.HISTOGRAM_UPPER_BOUNDS_S[0] == 1e-6 and 60 < L.HISTOGRAM_UPPER_BOUNDS_S[-1] < 70
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunk_bytes=st.integers(64, 700), n_chunks=st.integers(2, 6), data=st.data())
+def test_any_bytes_come_back_identical_whatever_the_chunk_size(chunk_bytes, n_chunks, data):
+    capacity = chunk_bytes * n_chunks - L.ONE_SEGMENT.size  # a single thread cannot wait on itself
+    bodies = data.draw(st.lists(st.binary(max_size=capacity), min_size=1, max_size=6))
+    with shmq.create(1, name="hypothesis", chunk_bytes=chunk_bytes, n_chunks=n_chunks) as writer:
+        with shmq.attach(writer.handle, 0) as reader:
+            for body in bodies:
+                writer.put_bytes(body)
+                assert reader.get_bytes() == body
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(0, 12), min_size=1, max_size=3),
+       dtype=st.sampled_from(["u1", "<i4", "<f8", "<c16"]), extra=st.binary(max_size=100))
+def test_arrays_with_out_of_band_buffers_round_trip_across_slots(shape, dtype, extra):
+    array = np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape)
+    # Up to 2 x 28 kB of arrays through 512-byte slots, always within the 64 kB ring.
+    with shmq.create(1, name="hypothesis", chunk_bytes=512, n_chunks=128) as writer:
+        with shmq.attach(writer.handle, 0) as reader:
+            writer.put((extra, array, array[::-1].copy()))
+            got_extra, got, reversed_ = reader.get()
+            assert got_extra == extra
+            np.testing.assert_array_equal(got, array)
+            np.testing.assert_array_equal(reversed_, array[::-1])
+            assert got.dtype == array.dtype
