@@ -10,6 +10,7 @@ a Linux host); ``QueueStats.wall_time_s`` converts them.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import time
 
 from . import layout as L
@@ -96,7 +97,17 @@ class QueueStats:
         return (self.time_ns - (self.monotonic_ns - monotonic_ns)) / 1e9
 
 
-_R = {name: L.word(offset) for name, offset in L.COUNTER_FIELDS}
+# Word indexes, resolved once: the watchdog takes a snapshot of every queue ten times a second.
+_COUNTER_NAMES = tuple(name for name, _ in L.COUNTER_FIELDS)
+_counter_values = operator.itemgetter(*(L.word(offset) for _, offset in L.COUNTER_FIELDS))
+_PID, _START_TIME, _ROLE, _STATE, _STATE_SINCE, _HEARTBEAT, _PROGRESS, _CURSOR = (L.word(offset) for offset in (
+    L.REC_PID, L.REC_START_TIME, L.REC_ROLE, L.REC_STATE, L.REC_STATE_SINCE_NS, L.REC_HEARTBEAT_NS,
+    L.REC_PROGRESS_NS, L.REC_CURSOR))
+_HISTOGRAM = L.word(L.REC_HISTOGRAM)
+_RECORD_WORDS = L.RECORD_BYTES // L.WORD
+_WRITER_CURSOR = L.word(L.OFF_WRITER_CURSOR)
+_STATES = {state.value: state for state in State}
+_ROLES = {role.value: role for role in L.Role}
 
 
 class QueueView:
@@ -110,35 +121,41 @@ class QueueView:
     def snapshot(self) -> QueueStats:
         seg = self._segment
         w = seg.words
-        writer_cursor = w[L.word(L.OFF_WRITER_CURSOR)]
-        records = [self._record(w, p) for p in range(1 + seg.n_readers)]
-        writer = dataclasses.replace(records[0], cursor=writer_cursor, index=-1)
+        writer_cursor = w[_WRITER_CURSOR]
+        writer = self._record(w, 0, cursor=writer_cursor)  # the writer publishes its cursor in the header
+        readers = tuple(self._record(w, p) for p in range(1, 1 + seg.n_readers))
         return QueueStats(
             shm_name=seg.shm_name, name=seg.name, creator_pid=seg.creator_pid, created_ns=seg.created_ns,
             n_readers=seg.n_readers, n_chunks=seg.n_chunks, chunk_bytes=seg.chunk_bytes,
             stats_enabled=bool(seg.flags & L.FLAG_STATS), endpoint=seg.endpoint, writer_cursor=writer_cursor,
-            monotonic_ns=time.monotonic_ns(), time_ns=time.time_ns(), writer=writer, readers=tuple(records[1:]),
+            monotonic_ns=time.monotonic_ns(), time_ns=time.time_ns(), writer=writer, readers=readers,
         )
 
     @staticmethod
-    def _record(w: memoryview, participant: int) -> ParticipantStats:
+    def _record(w: memoryview, participant: int, cursor: int | None = None) -> ParticipantStats:
         base = L.word(L.record_offset(participant))
-        r = w[base : base + L.RECORD_BYTES // L.WORD].tolist()  # one copy, so fields are close in time
-        histogram = tuple(r[L.word(L.REC_HISTOGRAM) : L.word(L.REC_HISTOGRAM) + L.HIST_BUCKETS])
-        role = r[L.word(L.REC_ROLE)]
-        return ParticipantStats(
-            role=L.Role(role) if role else (L.Role.WRITER if participant == 0 else L.Role.READER),
+        r = w[base : base + _RECORD_WORDS].tolist()  # one copy, so fields are close in time
+        role = _ROLES.get(r[_ROLE]) if r[_ROLE] else (L.Role.WRITER if participant == 0 else L.Role.READER)
+        if role is None:
+            role = L.Role(r[_ROLE])  # raises: a corrupt record
+        fields = dict(zip(_COUNTER_NAMES, _counter_values(r)))
+        fields.update(
+            role=role,
             index=participant - 1,
-            pid=r[L.word(L.REC_PID)],
-            start_time=r[L.word(L.REC_START_TIME)],
-            state=State(r[L.word(L.REC_STATE)]) if r[L.word(L.REC_STATE)] in State._value2member_map_ else State.PENDING,
-            state_since_ns=r[L.word(L.REC_STATE_SINCE_NS)],
-            heartbeat_ns=r[L.word(L.REC_HEARTBEAT_NS)],
-            progress_ns=r[L.word(L.REC_PROGRESS_NS)],
-            cursor=r[L.word(L.REC_CURSOR)],
-            histogram=histogram,
-            **{name: r[i] for name, i in _R.items()},
+            pid=r[_PID],
+            start_time=r[_START_TIME],
+            state=_STATES.get(r[_STATE], State.PENDING),
+            state_since_ns=r[_STATE_SINCE],
+            heartbeat_ns=r[_HEARTBEAT],
+            progress_ns=r[_PROGRESS],
+            cursor=r[_CURSOR] if cursor is None else cursor,
+            histogram=tuple(r[_HISTOGRAM : _HISTOGRAM + L.HIST_BUCKETS]),
         )
+        # Every field is set here, so the frozen dataclass's __init__ (one object.__setattr__ per
+        # field, most of a snapshot's cost) is skipped; the result is equal to what it builds.
+        record = object.__new__(ParticipantStats)
+        record.__dict__.update(fields)
+        return record
 
     def close(self) -> None:
         self._segment.close()

@@ -75,6 +75,7 @@ def test_healthz_flips_to_503_and_back_and_alertmanager_gets_the_alert_and_its_r
         assert metrics[N.total(N.WATCHDOG_ALERTS), ((N.LABEL_QUEUE, queue_name),
                                                     (N.LABEL_RULE, N.RULE_READER_STALLED))] == 1
         assert metrics[N.WATCHDOG_POLL_SECONDS + "_count", ()] > 0
+        assert metrics[N.WATCHDOG_TIME_TO_FULL, ((N.LABEL_QUEUE, queue_name),)] == float("inf"), "4 of 8, not filling"
         assert metrics[N.READER_LAG, ((N.LABEL_QUEUE, queue_name), (N.LABEL_READER, "0"),
                                       (N.LABEL_ROLE, "reader"))] == 4, "the collector's series are there too"
 

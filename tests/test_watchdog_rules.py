@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+import shmq
 from shmq.layout import HIST_BUCKETS, ParticipantState as State, Role
 from shmq.stats import ParticipantStats, QueueStats
 from telemetry import names as N
@@ -252,3 +253,15 @@ def test_clear_events_say_how_long_the_alert_lasted():
     event = event_fields(h.cleared[0])
     assert event["event"] == "clear" and event["rule"] == N.RULE_READER_STALLED and event["reader"] == 1
     assert event["duration_s"] > 0.5 and event["message"].startswith("resolved after")
+
+
+def test_a_snapshot_record_is_exactly_the_dataclass_its_fields_describe(writer):
+    # shmq.stats builds records without calling __init__ (the watchdog snapshots every queue ten times a second)
+    with shmq.attach(writer.handle, 0) as reader, shmq.stats.open(writer.handle) as view:
+        writer.put("one")
+        reader.get()
+        snap = view.snapshot()
+    for record in (snap.writer, *snap.readers):
+        assert vars(record).keys() == {f.name for f in dataclasses.fields(ParticipantStats)}
+        assert record == ParticipantStats(**vars(record))
+    assert (snap.writer.index, snap.writer.cursor, snap.readers[0].cursor, snap.readers[0].messages) == (-1, 1, 1, 1)

@@ -51,13 +51,26 @@ class Segments:
         # Segments passed over: unreadable ones by (inode, size, mtime), looked at again when those change;
         # ones of other queues by inode alone, since a segment's name never changes.
         self._passed: dict[str, tuple[int, ...]] = {}
+        self._listed: tuple[int, float] | None = None  # (directory mtime, monotonic time) of the last listing
+        self._retry = False  # a segment that may still be being created waits for the next refresh
 
     def refresh(self) -> tuple[list[str], list[QueueId]]:
-        """Map new segments and unmap unlinked ones. Returns the added shm names and the removed queues."""
+        """Map new segments and unmap unlinked ones. Returns the added shm names and the removed queues.
+
+        The directory is listed only when its mtime changed (a segment was created or
+        unlinked), or a second has passed since the last listing: mtimes are kept at
+        the kernel's coarse clock, so two changes a few ms apart may share one.
+        """
         try:
+            mtime = os.stat(self.shm_dir).st_mtime_ns
+            now = time.monotonic()
+            if not self._retry and self._listed is not None and self._listed[0] == mtime and now - self._listed[1] < 1:
+                return [], []
+            self._listed = (mtime, now)
             present = {n for n in os.listdir(self.shm_dir) if n.startswith(PREFIX)}
         except FileNotFoundError:
             present = set()
+        self._retry = False
         if self._names is not None and not self._names:
             present &= self._shm_names  # only logical names need every header read
         removed = [self.ids[shm_name] for shm_name in sorted(self.views.keys() - present)]
@@ -83,7 +96,9 @@ class Segments:
         except FileNotFoundError:
             return False
         except (ShmqError, OSError, ValueError) as e:
-            if time.time() - max(st.st_mtime, st.st_ctime) >= CREATION_GRACE_S:  # else: maybe still being made
+            if time.time() - max(st.st_mtime, st.st_ctime) < CREATION_GRACE_S:
+                self._retry = True  # maybe still being made
+            else:
                 log.warning("shmq watchdog: not watching %s: %s", shm_name, e)
                 self._passed[shm_name] = identity
             return False

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from .. import names as N
 from .alerts import Alert
@@ -22,8 +24,8 @@ class WatchdogMetrics:
                            (N.LABEL_QUEUE, N.LABEL_ROLE, N.LABEL_READER, N.LABEL_RULE), registry=registry)
         self.alerts = Counter(N.WATCHDOG_ALERTS, "Alerts the watchdog raised.", (N.LABEL_QUEUE, N.LABEL_RULE),
                               registry=registry)
-        self.time_to_full = Gauge(N.WATCHDOG_TIME_TO_FULL, "Projected seconds until the ring is full at the current "
-                                  "fill rate; +Inf while it is not filling.", (N.LABEL_QUEUE,), registry=registry)
+        self.time_to_full: dict[str, float] = {}  #: by queue label; the poll loop stores, scrapes read
+        registry.register(_TimeToFull(self.time_to_full))
         self.poll_seconds = Histogram(N.WATCHDOG_POLL_SECONDS, "Time one watchdog poll of every watched queue took.",
                                       buckets=POLL_BUCKETS, registry=registry)
         self._series: dict[str, set[tuple[str, str, str, str]]] = {}  # queue label -> alert label sets
@@ -41,7 +43,18 @@ class WatchdogMetrics:
         """Drop the series of a queue that is no longer watched."""
         for labels in self._series.pop(queue, ()):
             self.alert.remove(*labels)
-        try:
-            self.time_to_full.remove(queue)
-        except KeyError:
-            pass  # never set
+        self.time_to_full.pop(queue, None)
+
+
+class _TimeToFull(Collector):
+    """The projection of every queue, read at scrape time: the poll loop only stores a float per queue."""
+
+    def __init__(self, values: dict[str, float]) -> None:
+        self._values = values
+
+    def collect(self):
+        family = GaugeMetricFamily(N.WATCHDOG_TIME_TO_FULL, "Projected seconds until the ring is full at the "
+                                   "current fill rate; +Inf while it is not filling.", labels=(N.LABEL_QUEUE,))
+        for queue, seconds in list(self._values.items()):
+            family.add_metric([queue], seconds)
+        yield family

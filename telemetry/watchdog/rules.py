@@ -17,7 +17,7 @@ import collections
 import dataclasses
 import enum
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from shmq.layout import ParticipantState as State
 from shmq.layout import Role
@@ -26,7 +26,7 @@ from shmq.stats import ParticipantStats, QueueStats
 from .. import names as N
 
 #: States in which a process owns the record (a dead owner is a fault); PENDING has none, CLOSED and EVICTED left.
-ATTACHED = (State.IDLE, State.BUSY, State.WAITING_READ, State.WAITING_WRITE)
+ATTACHED = frozenset((State.IDLE, State.BUSY, State.WAITING_READ, State.WAITING_WRITE))
 #: /proc states of a process that runs no code: stopped, traced, uninterruptible sleep.
 HALTED_RUN_STATES = ("T", "t", "D")
 
@@ -109,16 +109,44 @@ class Finding:
         return "writer" if self.reader < 0 else f"reader {self.reader}"
 
 
-class _Track:
-    """What the watchdog remembers about one record between polls."""
+class _Sample(NamedTuple):
+    """A past poll, for the fill rate; two ints, so a window of them costs little to keep."""
 
-    __slots__ = ("owner", "cursor", "moved_ns", "pending_since_ns")
+    monotonic_ns: int
+    occupancy: int
+
+
+class _Track:
+    """What the watchdog remembers about one record between polls.
+
+    Spins are counted from a reference point that moves with the cursor and when
+    work starts pending, so the spin rate of a stalled participant is its rate
+    while stalled, not diluted by an idle wait before.
+    """
+
+    __slots__ = ("owner", "cursor", "moved_ns", "pending_since_ns", "spins_ref", "ref_ns")
 
     def __init__(self, p: ParticipantStats, now_ns: int) -> None:
         self.owner = (p.pid, p.start_time)
         self.cursor = p.cursor
         self.moved_ns = min(p.progress_ns, now_ns) if p.progress_ns else now_ns
-        self.pending_since_ns = now_ns  # unknown before we looked: count from the first look
+        self.pending_since_ns: int | None = now_ns  # unknown before we looked: count from the first look
+        self.restart_spins(p, now_ns)
+
+    def restart_spins(self, p: ParticipantStats, now_ns: int) -> None:
+        self.spins_ref = p.spins + p.yields
+        self.ref_ns = now_ns
+
+    def spin_rate(self, p: ParticipantStats, now_ns: int) -> float:
+        """Spins plus yields per second since the reference point."""
+        seconds = (now_ns - self.ref_ns) / 1e9
+        return max(0, p.spins + p.yields - self.spins_ref) / seconds if seconds > 0 else 0.0
+
+    def stalled_ns(self, now_ns: int) -> int:
+        """How long work has been pending without the cursor moving (0 with nothing pending)."""
+        if self.pending_since_ns is None:
+            return 0
+        return now_ns - max(self.moved_ns, self.pending_since_ns)
 
 
 class QueueMonitor:
@@ -134,31 +162,27 @@ class QueueMonitor:
         self.t = thresholds
         self._is_alive = is_alive
         self._run_state = run_state
+        self._stall_ns = int(thresholds.stall_s * 1e9)
         self._tracks: dict[int, _Track] = {}  # record number (0 = writer, 1 + i = reader i) -> track
-        self._history: collections.deque[QueueStats] = collections.deque()
+        self._history: collections.deque[_Sample] = collections.deque()
         self._freeze_streak = 0
         self.time_to_full_s = math.inf  #: the latest projection, for the time-to-full gauge
 
     def observe(self, snap: QueueStats, active: set[tuple[str, str, int]]) -> list[Finding]:
         """Findings for this snapshot. `active` holds the keys of alerts already raised (for hysteresis)."""
         now = snap.monotonic_ns
-        records = (snap.writer, *snap.readers)
-        for number, p in enumerate(records):
-            self._track(number, p, snap, now)
-        self._remember(snap)
+        occupancy = snap.occupancy
+        self._remember(snap, occupancy)
+        self.time_to_full_s = self._time_to_full(snap, occupancy)
         findings: list[Finding] = []
         dead = set()
-        for number, p in enumerate(records):
+        for number, p in enumerate((snap.writer, *snap.readers)):
+            track = self._track(number, p, snap.writer_cursor, now)
             if p.state in ATTACHED and p.pid and not self._is_alive(p.pid, p.start_time):
                 dead.add(number)
                 findings.append(self._dead(p, snap))
-        occupancy = snap.occupancy
-        self.time_to_full_s = self._time_to_full(snap, occupancy)
-        for i, p in enumerate(snap.readers):
-            if 1 + i not in dead and p.state < State.CLOSED:
-                finding = self._reader_stalled(p, snap, now, occupancy)
-                if finding is not None:
-                    findings.append(finding)
+            elif number and p.state < State.CLOSED and track.stalled_ns(now) >= self._stall_ns:
+                findings.append(self._reader_stalled(p, snap, now, occupancy, track.stalled_ns(now)))
         if 0 not in dead:
             for finding in (self._writer_blocked(snap, now, occupancy),
                             self._freeze_risk(snap, occupancy, (N.RULE_FREEZE_RISK, "writer", -1) in active)):
@@ -168,51 +192,39 @@ class QueueMonitor:
         return findings
 
     # -- history ---------------------------------------------------------------------------
-    def _track(self, number: int, p: ParticipantStats, snap: QueueStats, now: int) -> None:
+    def _track(self, number: int, p: ParticipantStats, writer_cursor: int, now: int) -> _Track:
         track = self._tracks.get(number)
         if track is None or track.owner != (p.pid, p.start_time):
             track = self._tracks[number] = _Track(p, now)
         if p.cursor != track.cursor:
             track.cursor = p.cursor
             track.moved_ns = now
+            track.restart_spins(p, now)
         elif p.progress_ns > track.moved_ns:
             track.moved_ns = min(p.progress_ns, now)  # the owner's heartbeat saw a move we missed
-        if number and snap.writer_cursor <= p.cursor:
+            track.restart_spins(p, now)
+        if number and writer_cursor <= p.cursor:
             track.pending_since_ns = None
         elif track.pending_since_ns is None:
             track.pending_since_ns = now
+            track.restart_spins(p, now)
+        return track
 
-    def _remember(self, snap: QueueStats) -> None:
+    def _remember(self, snap: QueueStats, occupancy: int) -> None:
         history = self._history
-        history.append(snap)
-        keep_ns = int(max(self.t.rate_window_s, self.t.stall_s) * 1e9) + 200_000_000
+        history.append(_Sample(snap.monotonic_ns, occupancy))
+        keep_ns = int(self.t.rate_window_s * 1e9) + 200_000_000
         while len(history) > 2 and snap.monotonic_ns - history[1].monotonic_ns >= keep_ns:
             history.popleft()
 
-    def _past(self, window_s: float) -> QueueStats:
-        """The oldest remembered snapshot not older than `window_s` (the newest one if none is)."""
+    def _past(self, window_s: float) -> _Sample:
+        """The oldest remembered sample not older than `window_s` (the newest if none is)."""
         limit = self._history[-1].monotonic_ns - int(window_s * 1e9)
-        for snap in self._history:
-            if snap.monotonic_ns >= limit:
-                return snap
+        for sample in self._history:
+            if sample.monotonic_ns >= limit:
+                return sample
         return self._history[-1]
 
-    def _stalled_ns(self, number: int, now: int) -> int:
-        track = self._tracks[number]
-        if track.pending_since_ns is None:
-            return 0
-        return now - max(track.moved_ns, track.pending_since_ns)
-
-    def _spin_rate(self, number: int, snap: QueueStats, window_s: float) -> float:
-        then = self._past(window_s)
-        seconds = (snap.monotonic_ns - then.monotonic_ns) / 1e9
-        if seconds <= 0:
-            return 0.0
-        now_p = snap.writer if number == 0 else snap.readers[number - 1]
-        then_p = then.writer if number == 0 else then.readers[number - 1]
-        if now_p.pid != then_p.pid:
-            return 0.0
-        return max(0, (now_p.spins + now_p.yields) - (then_p.spins + then_p.yields)) / seconds
 
     # -- classification ---------------------------------------------------------------------
     def classify(self, p: ParticipantStats, now: int) -> Cause:
@@ -249,21 +261,19 @@ class QueueMonitor:
         cause = Cause.EXITED if self._run_state(p.pid) in (None, "Z") else Cause.PID_REUSED
         return self._finding(N.RULE_DEAD, p, cause, snap, snap.occupancy)
 
-    def _reader_stalled(self, p: ParticipantStats, snap: QueueStats, now: int, occupancy: int) -> Finding | None:
-        stalled = self._stalled_ns(1 + p.index, now)
-        if stalled < self.t.stall_s * 1e9:
-            return None
+    def _reader_stalled(self, p: ParticipantStats, snap: QueueStats, now: int, occupancy: int,
+                        stalled: int) -> Finding:
         return self._finding(N.RULE_READER_STALLED, p, self.classify(p, now), snap, occupancy, stalled,
-                             self._spin_rate(1 + p.index, snap, self.t.stall_s))
+                             self._tracks[1 + p.index].spin_rate(p, now))
 
     def _writer_blocked(self, snap: QueueStats, now: int, occupancy: int) -> Finding | None:
         w = snap.writer
-        if w.state != State.WAITING_WRITE or now - w.state_since_ns < self.t.stall_s * 1e9:
+        if w.state != State.WAITING_WRITE or now - w.state_since_ns < self._stall_ns:
             return None
         blockers = self._blockers(snap, now)
         cause = blockers[0].cause if blockers and occupancy >= snap.n_chunks else Cause.WAITING_WITH_SPACE
         return self._finding(N.RULE_WRITER_BLOCKED, w, cause, snap, occupancy, now - w.state_since_ns,
-                             self._spin_rate(0, snap, self.t.stall_s), blockers)
+                             self._tracks[0].spin_rate(w, now), blockers)
 
     def _time_to_full(self, snap: QueueStats, occupancy: int) -> float:
         if occupancy >= snap.n_chunks:
@@ -290,7 +300,7 @@ class QueueMonitor:
     def _livelock(self, snap: QueueStats, now: int, occupancy: int, dead: set[int]) -> list[Finding]:
         """Participants that spin although what they wait for is there, while no cursor in the queue moves."""
         quiet_ns = now - max(track.moved_ns for track in self._tracks.values())
-        if quiet_ns < self.t.stall_s * 1e9:
+        if quiet_ns < self._stall_ns:
             return []
         findings = []
         waiting = [(0, snap.writer, occupancy < snap.n_chunks and snap.writer.state == State.WAITING_WRITE,
@@ -300,7 +310,7 @@ class QueueMonitor:
         for number, p, satisfiable, cause in waiting:
             if not satisfiable or number in dead:
                 continue
-            rate = self._spin_rate(number, snap, self.t.stall_s)
+            rate = self._tracks[number].spin_rate(p, now)
             if rate >= self.t.spin_rate:
                 findings.append(self._finding(N.RULE_LIVELOCK, p, cause, snap, occupancy, quiet_ns, rate))
         return findings

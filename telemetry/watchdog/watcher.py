@@ -80,7 +80,7 @@ class Watchdog:
             findings = monitor.observe(snap, self._book.active_keys(shm_name))
             transitions += self._book.update(queue, findings, snap.monotonic_ns)
             if self._metrics is not None:
-                self._metrics.time_to_full.labels(queue.label).set(monitor.time_to_full_s)
+                self._metrics.time_to_full[queue.label] = monitor.time_to_full_s
         self._pids.end()
         self._publish(transitions)
         self._active = tuple(self._book.active())
