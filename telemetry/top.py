@@ -87,7 +87,8 @@ class Window:
             while len(history) > 2 and snap.monotonic_ns - history[1].monotonic_ns >= self.window_ns:
                 history.popleft()
 
-    def rows(self, ids: dict[str, QueueId], alerts: tuple[Alert, ...], time_to_full: dict[str, float]) -> list[QueueRow]:
+    def rows(self, ids: dict[str, QueueId], alerts: tuple[Alert, ...],
+             time_to_full: dict[str, float]) -> list[QueueRow]:
         table = []
         for shm_name, history in sorted(self._snapshots.items(), key=lambda item: ids[item[0]].label):
             first, last = history[0], history[-1]
@@ -189,7 +190,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--all", action="store_true", help="show every shmq segment on the host (the default)")
     parser.add_argument("--window", type=float, default=2.0, metavar="S",
                         help="seconds over which rates and wait percentiles are taken (default %(default)s)")
-    parser.add_argument("--refresh", type=float, default=1.0, metavar="S", help="seconds between redraws (default %(default)s)")
+    parser.add_argument("--refresh", type=float, default=1.0, metavar="S",
+                        help="seconds between redraws (default %(default)s)")
     parser.add_argument("--once", action="store_true", help="watch for one window, print a plain table, and exit")
     parser.add_argument("--shm-dir", default=SHM_DIR, help="where POSIX shared memory lives (default %(default)s)")
 

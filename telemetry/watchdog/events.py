@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import threading
 from typing import Callable, TextIO
 
@@ -24,15 +25,20 @@ log = logging.getLogger("shmq.watchdog")
 
 #: Rules about a process that is stuck: their raise carries that process's stacks.
 STACK_RULES = (N.RULE_READER_STALLED, N.RULE_WRITER_BLOCKED, N.RULE_LIVELOCK)
-#: The first lines of a dump go into the event; the whole dump stays in the file.
+#: The first lines of a dump go into the event (main thread first); the whole dump stays in the file.
 STACK_EXCERPT_LINES = 80
 
 
+_THREAD_HEADER = re.compile(r"^(?=(?:Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):$)", re.M)
+
+
 def excerpt(text: str) -> str:
-    lines = text.splitlines()
+    """The dump with the main thread first (faulthandler lists it last), cut to STACK_EXCERPT_LINES lines."""
+    threads = [block.strip("\n") for block in _THREAD_HEADER.split(text) if block.strip()]
+    lines = "\n\n".join([threads[-1], *threads[:-1]] if threads else [text]).splitlines()
     if len(lines) <= STACK_EXCERPT_LINES:
-        return text
-    return "\n".join(lines[:STACK_EXCERPT_LINES] + [f"... {len(lines) - STACK_EXCERPT_LINES} more lines"])
+        return "\n".join(lines)
+    return "\n".join(lines[:STACK_EXCERPT_LINES] + [f"... {len(lines) - STACK_EXCERPT_LINES} more lines in the file"])
 
 
 class EventWriter:

@@ -52,7 +52,7 @@ class Cause(str, enum.Enum):
 class Thresholds:
     """Every knob of the rules. Defaults are justified by measurement in the README (section watchdog)."""
 
-    stall_s: float = 1.0  #: T: no progress this long with work pending is a stall (reader_stalled, writer_blocked, livelock)
+    stall_s: float = 1.0  #: T: this long without progress while work is pending is a stall (3 rules use it)
     heartbeat_stale_s: float = 0.5  #: a heartbeat older than this means the process runs no Python (5 missed beats)
     spin_rate: float = 1000.0  #: spins+yields per second that count as spinning, for livelock
     freeze_occupancy: float = 0.75  #: freeze_risk needs the ring at least this full ...
@@ -228,9 +228,11 @@ class QueueMonitor:
 
     # -- classification ---------------------------------------------------------------------
     def classify(self, p: ParticipantStats, now: int) -> Cause:
-        """Why a reader with pending data does not move."""
+        """Why a reader with pending data does not move (dead ones are reported by the dead rule)."""
         if p.state == State.PENDING:
             return Cause.NOT_ATTACHED
+        if not self._is_alive(p.pid, p.start_time):
+            return Cause.EXITED  # a dead reader holding the minimum cursor, until the writer evicts it
         if now - p.heartbeat_ns > self.t.heartbeat_stale_s * 1e9 or self._run_state(p.pid) in HALTED_RUN_STATES:
             return Cause.FROZEN
         if p.state == State.WAITING_READ:
