@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -174,9 +175,11 @@ def livelock_latency(stack_dir: str) -> float:
 
 
 # -- freeze_risk lead time --------------------------------------------------------------------------
-def lead_times(stack_dir: str, rate_hz: float, n_chunks: int) -> tuple[float | None, float | None]:
+def lead_times(stack_dir: str, rate_hz: float, n_chunks: int,
+               interval_s: float) -> tuple[float | None, float | None]:
     """(freeze_risk, reader_stalled) lead before the first blocked put; None if never raised."""
-    with Scenario("bench-lead", read_all, 2, stack_dir=stack_dir, n_chunks=n_chunks) as s:
+    with Scenario("bench-lead", read_all, 2, stack_dir=stack_dir, n_chunks=n_chunks,
+                  watchdog_args=("--interval", str(interval_s))) as s:
         os.kill(s.readers[1].pid, signal.SIGSTOP)
         blocked = put_until_blocked(s.writer, rate_hz)
         time.sleep(1.5)  # the alerts that come after the block, too
@@ -185,6 +188,75 @@ def lead_times(stack_dir: str, rate_hz: float, n_chunks: int) -> tuple[float | N
             events = [e for e in s.watchdog.events if e["event"] == "raise" and e["rule"] == rule]
             leads.append(blocked - events[0]["time"] if events else None)
         return leads[0], leads[1]
+
+
+# -- margins in a healthy workload -------------------------------------------------------------
+def work_per_item(handle: str, index: int, stack_dir: str, seconds: float = 0.001) -> None:
+    """A healthy consumer: pure-Python work on every message (it holds the GIL, as real work does)."""
+    with shmq.attach(handle, reader=index, stack_dumps=stack_dir) as reader:
+        with contextlib.suppress(shmq.QueueClosed):
+            while True:
+                reader.get(timeout=120)
+                end = time.perf_counter() + seconds
+                while time.perf_counter() < end:
+                    sum(range(200))
+
+
+def healthy_margins(stack_dir: str, seconds: float) -> dict:
+    """Bursts up to 1.5 rings at full speed into 4 readers doing 1 ms of work each per message, sampled at
+    10 Hz: the largest values the thresholds must stay above (no-progress-while-pending, heartbeat age,
+    writer wait) and how often the ring was >= 75% full on two polls in a row."""
+    capacity = 32
+    worst = dict.fromkeys(("stall_s", "heartbeat_s", "writer_wait_s", "occupancy"), 0.0)
+    worst["high_twice"] = 0
+    stop = threading.Event()
+    with Scenario("bench-healthy", work_per_item, 4, stack_dir=stack_dir, n_chunks=capacity) as s:
+        def bursts() -> None:
+            rng = random.Random(1)
+            while not stop.is_set():
+                for _ in range(rng.randint(1, capacity + capacity // 2)):
+                    s.writer.put(b"x" * 512, timeout=10)
+                time.sleep(rng.uniform(0.0, 0.3))
+        writer = threading.Thread(target=bursts, daemon=True)
+        writer.start()
+        moved: dict[int, tuple[int, int]] = {}  # reader -> (cursor, since when it has had data pending unmoved)
+        high = False
+        with shmq.stats.open(s.writer.handle) as view:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                snap = view.snapshot()
+                now = snap.monotonic_ns
+                for r in snap.readers:
+                    cursor, since = moved.get(r.index, (r.cursor, now))
+                    if r.cursor != cursor or snap.lag(r) == 0:
+                        since = now
+                    moved[r.index] = (r.cursor, since)
+                    worst["stall_s"] = max(worst["stall_s"], (now - since) / 1e9)
+                    worst["heartbeat_s"] = max(worst["heartbeat_s"], (now - r.heartbeat_ns) / 1e9)
+                if snap.writer.state == shmq.ParticipantState.WAITING_WRITE:
+                    worst["writer_wait_s"] = max(worst["writer_wait_s"], (now - snap.writer.state_since_ns) / 1e9)
+                worst["occupancy"] = max(worst["occupancy"], snap.occupancy / capacity)
+                worst["high_twice"] += high and snap.occupancy >= 0.75 * capacity
+                high = snap.occupancy >= 0.75 * capacity
+                time.sleep(0.1)
+        stop.set()
+        writer.join(10)
+        worst["alerts"] = ", ".join(e["rule"] for e in s.watchdog.events if e["event"] == "raise") or "none"
+    return worst
+
+
+def margins_table(stack_dir: str, seconds: float) -> None:
+    m = healthy_margins(stack_dir, seconds)
+    print(f"\n## A healthy bursty workload, {seconds:g} s (4 readers x 1 ms of work per message, bursts up to "
+          f"1.5 rings)\n")
+    print("| measure | worst seen | default threshold |\n|---|---|---|")
+    print(f"| no progress while data pending | {m['stall_s'] * 1000:.0f} ms | stall 1 s |")
+    print(f"| heartbeat age | {m['heartbeat_s'] * 1000:.0f} ms | heartbeat-stale 0.5 s |")
+    print(f"| writer wait for a slot | {m['writer_wait_s'] * 1000:.0f} ms | stall 1 s |")
+    print(f"| ring occupancy | {m['occupancy'] * 100:.0f} % | freeze-occupancy 75 % |")
+    print(f"| polls >= 75 % full twice in a row | {m['high_twice']:.0f} | freeze_risk needs this and time-to-full "
+          f"< 5 s |")
+    print(f"| alerts raised by the watchdog | {m['alerts']} | none |")
 
 
 # -- CPU -----------------------------------------------------------------------------------------
@@ -287,10 +359,12 @@ def latency_table(stack_dir: str, trials: int) -> None:
 def lead_table(stack_dir: str, trials: int) -> None:
     n_chunks = 32
     print(f"\n## Lead time before the writer's first blocked put (reader SIGSTOPped, ring of {n_chunks})\n")
-    print("| write rate | ring fills in | freeze_risk lead | reader_stalled lead |\n|---|---|---|---|")
-    for rate in (5, 10, 20, 40, 80, 160, 320):
-        runs = [lead_times(stack_dir, rate, n_chunks) for _ in range(trials)]
-        print(f"| {rate}/s | {n_chunks / rate:.2f} s | {leads([r[0] for r in runs])} | {leads([r[1] for r in runs])} |")
+    print("| poll interval | write rate | ring fills in | freeze_risk lead | reader_stalled lead |\n|---|---|---|---|---|")
+    for interval, rates in ((0.1, (5, 10, 20, 40, 80, 160, 320)), (0.025, (80, 160, 320))):
+        for rate in rates:
+            runs = [lead_times(stack_dir, rate, n_chunks, interval) for _ in range(trials)]
+            print(f"| {interval:g} s | {rate}/s | {n_chunks / rate:.2f} s | {leads([r[0] for r in runs])} | "
+                  f"{leads([r[1] for r in runs])} |")
 
 
 def leads(values: list[float | None]) -> str:
@@ -309,15 +383,17 @@ def cpu_table(stack_dir: str, seconds: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m telemetry.watchdog_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer trials and a shorter CPU run")
-    parser.add_argument("--only", choices=("latency", "lead", "cpu"), action="append",
+    parser.add_argument("--only", choices=("latency", "lead", "margins", "cpu"), action="append",
                         help="run only this part (repeat for more)")
     args = parser.parse_args()
-    parts = set(args.only or ("latency", "lead", "cpu"))
+    parts = set(args.only or ("latency", "lead", "margins", "cpu"))
     with tempfile.TemporaryDirectory(prefix="watchdog-bench-stacks-") as stack_dir:
         if "latency" in parts:
             latency_table(stack_dir, 3 if args.quick else 8)
         if "lead" in parts:
             lead_table(stack_dir, 1 if args.quick else 2)
+        if "margins" in parts:
+            margins_table(stack_dir, 10 if args.quick else 30)
         if "cpu" in parts:
             cpu_table(stack_dir, 10 if args.quick else 30)
 

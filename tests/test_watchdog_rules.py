@@ -168,6 +168,31 @@ def test_freeze_risk_is_raised_on_the_second_poll_above_three_quarters_while_fil
     assert [b.reader for b in finding.blockers] == [0]
 
 
+def run_ring(h: Harness, steps: list[tuple[int, int]], n_chunks: int = 16) -> list:
+    """Each poll the writer and reader 0 advance by the given steps; returns the freeze_risk findings per poll."""
+    wc = rc = 0
+    out = []
+    for write, read in steps:
+        h.now += TICK
+        wc, rc = wc + write, rc + read
+        reader = record(0, cursor=rc, state=State.BUSY, heartbeat_ns=h.now, progress_ns=h.now)
+        out.append(freeze(h.poll(snapshot(h.now, wc, [reader], n_chunks=n_chunks))))
+    return out
+
+
+def test_bursts_that_fill_the_ring_while_the_reader_keeps_reading_are_no_freeze_risk():
+    # Caught high on two polls in a row, but the slowest reader moved and the ring drained in between.
+    cycle = [(13, 0), (3, 4), (12, 12), (0, 8), (0, 4)]  # occupancy 13, 12, 12, 4, 0
+    polls = run_ring(Harness(), cycle * 6)
+    assert not any(polls)
+
+
+def test_a_reader_slower_than_the_writer_raises_freeze_risk_after_three_rising_polls():
+    polls = run_ring(Harness(), [(3, 1)] * 16, n_chunks=32)  # occupancy 2, 4, ... 24 (75 %) at poll 12, 26, 28
+    assert [bool(p) for p in polls] == [False] * 13 + [True] * 3
+    assert polls[13][0].cause == Cause.BUSY and polls[13][0].occupancy == 28
+
+
 def test_a_ring_that_is_high_but_no_longer_filling_has_no_freeze_risk():
     h = Harness()
     polls = fill(h, [2] * 6 + [0] * 30)  # jumps to 12 of 16 and stays there

@@ -58,13 +58,15 @@ class Thresholds:
     freeze_occupancy: float = 0.75  #: freeze_risk needs the ring at least this full ...
     freeze_horizon_s: float = 5.0  #: ... and projected to be full within this many seconds
     freeze_hold_occupancy: float = 0.5  #: once raised, freeze_risk holds while the ring is at least this full
-    freeze_polls: int = 2  #: polls in a row the freeze_risk condition must hold before it is raised
+    freeze_polls: int = 3  #: polls in a row of a high ring that does not drain (2 if the slowest reader stands still)
     rate_window_s: float = 1.0  #: window for the fill rate behind time-to-full
     clear_after_s: float = 2.0  #: an alert clears after its condition has been false this long
 
     def __post_init__(self) -> None:
         if not 0 < self.freeze_hold_occupancy <= self.freeze_occupancy <= 1:
             raise ValueError("need 0 < freeze_hold_occupancy <= freeze_occupancy <= 1")
+        if self.freeze_polls < 2:
+            raise ValueError("freeze_polls must be at least 2")
         for name in ("stall_s", "heartbeat_stale_s", "freeze_horizon_s", "rate_window_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -165,7 +167,7 @@ class QueueMonitor:
         self._stall_ns = int(thresholds.stall_s * 1e9)
         self._tracks: dict[int, _Track] = {}  # record number (0 = writer, 1 + i = reader i) -> track
         self._history: collections.deque[_Sample] = collections.deque()
-        self._freeze_streak = 0
+        self._high: collections.deque[tuple[int, int]] = collections.deque(maxlen=thresholds.freeze_polls)
         self.time_to_full_s = math.inf  #: the latest projection, for the time-to-full gauge
 
     def observe(self, snap: QueueStats, active: set[tuple[str, str, int]]) -> list[Finding]:
@@ -288,14 +290,32 @@ class QueueMonitor:
         return (snap.n_chunks - occupancy) / (growth / seconds)
 
     def _freeze_risk(self, snap: QueueStats, occupancy: int, raised: bool) -> Finding | None:
+        """Raised when the ring is high and filling on consecutive polls, in one of two shapes:
+
+        - 2 polls while the slowest reader has not moved at all (a stall in the making), or
+        - `freeze_polls` polls while the occupancy never fell (a consumer slower than the writer).
+
+        A healthy burst fills the ring too, but its slowest reader keeps moving and
+        the ring drains between bursts, so it matches neither. It is raised only
+        while the ring is not yet full (it warns before the writer blocks); once
+        raised it holds while the ring stays at least half full and filling or full.
+        """
         t, capacity, ttf = self.t, snap.n_chunks, self.time_to_full_s
+        high = self._high
         if raised:  # hysteresis: hold at a lower occupancy, as long as the ring still fills (or is full)
+            high.clear()
             holds = occupancy >= t.freeze_hold_occupancy * capacity and ttf < 2 * t.freeze_horizon_s
-        else:
-            holds = occupancy >= t.freeze_occupancy * capacity and ttf < t.freeze_horizon_s
-        self._freeze_streak = self._freeze_streak + 1 if holds else 0
-        if not (raised and holds) and self._freeze_streak < t.freeze_polls:
+            return self._freeze_finding(snap, occupancy) if holds else None
+        if not t.freeze_occupancy * capacity <= occupancy < capacity or ttf >= t.freeze_horizon_s:
+            high.clear()  # a full ring is writer_blocked's business: this rule is the warning before it
             return None
+        high.append((occupancy, snap.writer_cursor - occupancy))  # (occupancy, the slowest reader's cursor)
+        recent = list(high)
+        standing = len(recent) >= 2 and recent[-1][1] == recent[-2][1]
+        climbing = len(recent) == t.freeze_polls and all(a[0] <= b[0] for a, b in zip(recent, recent[1:]))
+        return self._freeze_finding(snap, occupancy) if standing or climbing else None
+
+    def _freeze_finding(self, snap: QueueStats, occupancy: int) -> Finding:
         blockers = self._blockers(snap, snap.monotonic_ns)  # not empty: occupancy > 0 needs a gating reader
         return self._finding(N.RULE_FREEZE_RISK, snap.writer, blockers[0].cause, snap, occupancy, blockers=blockers)
 
