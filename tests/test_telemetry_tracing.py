@@ -101,11 +101,14 @@ def test_every_reader_receive_span_links_to_the_producer_span_of_its_message(que
         assert send.attributes["messaging.operation.type"] == "send"
         assert send.attributes["messaging.destination.name"] == queue_name
         assert send.attributes["messaging.message.body.size"] > 0
+    message_of = {(s.context.trace_id, s.context.span_id): message_id for message_id, s in sends.items()}
     for index, spans in spans_by_reader.items():  # -1 is the remote reader, over ZeroMQ
         assert len(spans) == count, f"reader {index}"
         for span in spans:
-            send = sends[int(span["attributes"]["messaging.message.id"])]
-            assert span["links"] == [(send.context.trace_id, send.context.span_id)]
+            message_id = int(span["attributes"]["messaging.message.id"])
+            send = sends[message_id]
+            assert [message_of.get(link) for link in span["links"]] == [message_id], \
+                f"reader {index}: the receive span of message {message_id} links to another producer span"
             assert span["parent"] is None, "a receive span links to the producer; it is not its child"
             assert span["trace_id"] != send.context.trace_id
             assert span["name"] == f"receive {queue_name}" and span["kind"] == "CONSUMER"
@@ -269,3 +272,19 @@ def test_a_valid_slot_traceparent_names_the_remote_producer_span():
     producer = tracing.producer_context(b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01")
     assert (producer.trace_id, producer.span_id, producer.is_remote) == (int("a" * 32, 16), int("b" * 16, 16), True)
     assert producer.trace_flags.sampled
+
+
+@pytest.mark.timeout(60)
+def test_a_message_spanning_several_slots_links_to_its_own_producer_span(queue_name, children):
+    count = 20
+    provider, exporter = in_memory_provider()
+    tracing.install(provider)
+    with shmq.create(1, name=queue_name, n_chunks=2, chunk_bytes=1024) as writer:
+        pipes = start_readers(children, writer, count, indexes=(0,))
+        writer.wait_for_readers(timeout=15)
+        for i in range(count):  # three slots each, through a ring of two: the writer reuses slots at once
+            writer.put_bytes(bytes([i]) * 3000, timeout=30)
+        (spans,) = receive_spans(pipes).values()
+    sends = {s.attributes["messaging.message.id"]: s.context for s in exporter.get_finished_spans()}
+    links = {s["attributes"]["messaging.message.id"]: s["links"] for s in spans}
+    assert links == {message_id: [(ctx.trace_id, ctx.span_id)] for message_id, ctx in sends.items()}
