@@ -78,7 +78,10 @@ def value(samples: dict, name: str, **labels) -> float:
 
 @contextlib.contextmanager
 def exporter_process(*args: str, start_timeout_s: float = 15.0) -> Iterator[str]:
-    """Run ``shmq exporter --port 0 ARGS`` as a subprocess; yields its metrics URL; kills it afterwards."""
+    """Run ``shmq exporter --port 0 ARGS`` as a subprocess; yields its metrics URL; stops it afterwards.
+
+    It must exit with status 0 on SIGTERM; it is killed if it takes more than 5 s.
+    """
     process = subprocess.Popen([sys.executable, "-m", "shmq", "exporter", "--port", "0", *args], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -100,6 +103,7 @@ def exporter_process(*args: str, start_timeout_s: float = 15.0) -> Iterator[str]
                 process.wait()
         process.stdout.close()
         process.stderr.close()
+    assert process.returncode == 0, f"the exporter exited with {process.returncode} when asked to stop (SIGTERM)"
 
 
 def scrape(url: str, *, openmetrics: bool = False) -> dict:
