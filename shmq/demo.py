@@ -100,11 +100,11 @@ def worker(handle: str, index: int, result_handles, config: DemoConfig, fault) -
                 results.put({"batch": batch["batch"], "worker": index, "answers": answers})
 
 
-def blind_while(reader: Reader, fault) -> None:
-    """Fault injection: while `fault` is set the reader's view of the writer cursor goes stale, as with a
-    missing fence, so get() spins without consuming although messages wait for it."""
+def blind_while(reader: Reader, fault=None) -> None:
+    """Fault injection: while `fault` (an Event; None: for good) is set the reader's view of the writer
+    cursor goes stale, as with a missing fence, so get() spins without consuming although messages wait."""
     see = reader._load_available
-    reader._load_available = lambda: reader._available if fault.is_set() else see()
+    reader._load_available = lambda: reader._available if fault is None or fault.is_set() else see()
 
 
 class Injector(threading.Thread):

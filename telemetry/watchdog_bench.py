@@ -34,6 +34,7 @@ import urllib.request
 
 import shmq
 from shmq import wait
+from shmq.demo import blind_while
 from shmq.segment import SHM_DIR
 
 from . import names as N
@@ -62,7 +63,7 @@ def read_one_then_work(handle: str, index: int, stack_dir: str) -> None:
 def read_blind(handle: str, index: int, stack_dir: str) -> None:
     """Spins in get() without ever seeing new messages (a stale view of the writer cursor)."""
     with shmq.attach(handle, reader=index, stack_dumps=stack_dir, wait=wait.BusySpin()) as reader:
-        reader._load_available = lambda: reader._available  # fault injection
+        blind_while(reader)
         with contextlib.suppress(shmq.QueueTimeout):
             reader.get(timeout=60)
 
