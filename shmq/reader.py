@@ -24,6 +24,8 @@ from .serialization import BytesSerializer, Serializer, resolve
 _SLOT_HEAD = L.SLOT_HEAD
 _ONE_SEGMENT = L.ONE_SEGMENT
 _HEADER_BYTES = L.SLOT_HEADER_BYTES
+_SLOT_AND_TABLE = L.SLOT_HEAD_AND_TABLE
+_FRAGMENT = L.SLOT_FRAGMENT
 _WRITER_RECORD = L.word(L.record_offset(0))
 
 
@@ -89,18 +91,19 @@ class Reader(Participant):
         """
         c, waited, wait_start = self._await_message(timeout)
         base = self._slot_base[c % self._n]
-        seq, frame, total, flags = _SLOT_HEAD.unpack_from(self._segment.buf, base)
+        seq, frame, total, flags, count, first_len = _SLOT_AND_TABLE.unpack_from(self._segment.buf, base)
         self._check_slot(c, seq)
-        if flags & L.SLOT_FRAGMENT:
+        if flags & _FRAGMENT:
             yield self._receive_pieces(c, frame, total, flags, waited, wait_start, raw=False)
             return
+        traceparent = self._traceparent(base, flags)
         try:
-            stream, buffers = self._frame(base + _HEADER_BYTES, frame, c, copy=False)
+            stream, buffers = self._frame(base, frame, count, first_len, c, copy=False)
             yield self._decode(stream, buffers, flags, raw=False)
         finally:
             stream = buffers = None  # drop our views of the slot before releasing it
             self._advance(c + 1)
-            self._after_message(c, total, flags, base, waited, wait_start)
+            self._after_message(c, total, traceparent, waited, wait_start)
 
     def _receive(self, timeout: float | None, raw: bool) -> Any:
         c = self._cursor
@@ -108,19 +111,21 @@ class Reader(Participant):
             waited = wait_start = 0
         else:
             c, waited, wait_start = self._await_message(timeout)
-        buf = self._segment.buf
         base = self._slot_base[c % self._n]
-        seq, frame, total, flags = _SLOT_HEAD.unpack_from(buf, base)
-        self._check_slot(c, seq)
-        if flags & L.SLOT_FRAGMENT:
+        seq, frame, total, flags, count, first_len = _SLOT_AND_TABLE.unpack_from(self._segment.buf, base)
+        if seq != c:  # checks are inlined where they pass, and the methods raise
+            self._check_slot(c, seq)
+        if flags & _FRAGMENT:
             return self._receive_pieces(c, frame, total, flags, waited, wait_start, raw)
+        traceparent = self._traceparent(base, flags)
         try:
-            stream, buffers = self._frame(base + _HEADER_BYTES, frame, c, copy=True)
+            stream, buffers = self._frame(base, frame, count, first_len, c, copy=True)
             message = self._decode(stream, buffers, flags, raw)
-            self._check_unchanged(base, c)
+            if self._w[(base + L.SLOT_SEQ) // L.WORD] != c:
+                self._check_unchanged(base, c)
         finally:
             self._advance(c + 1)
-        self._after_message(c, total, flags, base, waited, wait_start)
+        self._after_message(c, total, traceparent, waited, wait_start)
         return message
 
     def _load_available(self) -> int:
@@ -155,7 +160,8 @@ class Reader(Participant):
         """Assemble a message that spans slots, releasing each slot as soon as it is copied."""
         whole = bytearray(total)
         filled = 0
-        first, first_flags, first_base = c, flags, self._slot_base[c % self._n]
+        first, first_flags = c, flags
+        traceparent = self._traceparent(self._slot_base[c % self._n], flags)
         buf = self._segment.buf
         while True:
             base = self._slot_base[c % self._n]
@@ -179,14 +185,18 @@ class Reader(Participant):
             raise LayoutMismatch(f"queue {self.queue_name!r}: message {first} ended after {filled} of {total} bytes")
         stream, buffers = self._frame_in(memoryview(whole), 0, total, first)
         message = self._decode(stream, buffers, first_flags, raw)
-        self._after_message(first, total, first_flags, first_base, waited, wait_start, overflow=True)
+        self._after_message(first, total, traceparent, waited, wait_start, overflow=True)
         return message
 
     # -- frames --------------------------------------------------------------------------
-    def _frame(self, offset: int, length: int, c: int, copy: bool) -> tuple[memoryview, list]:
-        """The frame's stream and buffers: buffers copied out, or read-only views of the slot for a lease."""
+    def _frame(self, base: int, length: int, count: int, first_len: int, c: int,
+               copy: bool) -> tuple[memoryview, list]:
+        """The frame's stream and buffers: buffers copied out, or read-only views of the slot for a lease.
+
+        `count` and `first_len` are the frame table's first two words, read with the slot header.
+        """
         buf = self._segment.buf if copy else self._readonly
-        count, first_len = _ONE_SEGMENT.unpack_from(buf, offset)
+        offset = base + _HEADER_BYTES
         if count == 1 and first_len + _ONE_SEGMENT.size == length:
             return buf[offset + _ONE_SEGMENT.size : offset + length], []
         stream, views = self._frame_in(buf, offset, length, c)
@@ -243,17 +253,22 @@ class Reader(Participant):
             if self._stats:
                 w[self._rec + R_WAKEUPS] += 1
 
-    def _after_message(self, c: int, total: int, flags: int, base: int, waited: int, wait_start: int,
+    def _traceparent(self, base: int, flags: int) -> bytes | None:
+        """The producer's traceparent, copied while the slot is still ours (None if untraced)."""
+        if flags & L.SLOT_TRACED and self._hooks is not None:
+            field = self._segment.buf[base + L.SLOT_TRACEPARENT : base + L.SLOT_TRACEPARENT + L.TRACEPARENT_BYTES]
+            return bytes(field).rstrip(b"\x00")
+        return None
+
+    def _after_message(self, c: int, total: int, traceparent: bytes | None, waited: int, wait_start: int,
                        overflow: bool = False) -> None:
         self._count_message(total)
         if overflow and self._stats:
             self._w[self._rec + L.word(L.REC_OVERFLOW)] += 1
-        if flags & L.SLOT_TRACED and self._hooks is not None:
-            buf = self._segment.buf
-            traceparent = bytes(buf[base + L.SLOT_TRACEPARENT : base + L.SLOT_TRACEPARENT + L.TRACEPARENT_BYTES])
+        if traceparent is not None:
             events, self._events = self._events or [], None
             self._hooks.received(queue=self.queue_name, reader=self.index, message_id=c, body_size=total,
-                                 traceparent=traceparent.rstrip(b"\x00"), wait_start_ns=wait_start,
+                                 traceparent=traceparent, wait_start_ns=wait_start,
                                  wait_ns=waited, spins=self._last_wait_spins if waited else 0, events=events)
         else:
             self._events = None

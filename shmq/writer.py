@@ -25,8 +25,10 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 31
 ON_DEAD_READER = ("raise", "evict")
 
 _SLOT_HEAD = L.SLOT_HEAD
+_SLOT_AND_TABLE = L.SLOT_HEAD_AND_TABLE
 _ONE_SEGMENT = L.ONE_SEGMENT
 _HEADER_BYTES = L.SLOT_HEADER_BYTES
+_BODY = _HEADER_BYTES + _ONE_SEGMENT.size  # where a one-segment message's bytes start in its slot
 _TRACEPARENT = L.SLOT_TRACEPARENT
 _GATING = State.CLOSED  # states below this hold the writer back; CLOSED and EVICTED do not
 
@@ -108,12 +110,10 @@ class Writer(Participant):
                     waited = self._claim(s, timeout)
                 buf = self._segment.buf
                 base = self._slot_base[s % self._n]
-                _SLOT_HEAD.pack_into(buf, base, s, total, total, flags)
-                if trace is not None:
+                _SLOT_AND_TABLE.pack_into(buf, base, s, total, total, flags, 1, body_len)
+                if trace is not None:  # after the pack, which zeroes the traceparent field
                     buf[base + _TRACEPARENT : base + _TRACEPARENT + len(trace.traceparent)] = trace.traceparent
-                payload = base + _HEADER_BYTES
-                _ONE_SEGMENT.pack_into(buf, payload, 1, body_len)
-                buf[payload + _ONE_SEGMENT.size : payload + total] = body
+                buf[base + _BODY : base + _HEADER_BYTES + total] = body
                 self._publish(s + 1)
             else:
                 waited = self._send_slots(segments, total, flags, trace, timeout)
