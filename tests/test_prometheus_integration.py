@@ -33,7 +33,6 @@ from telemetry import names as N
 
 from .loopback import ALERTMANAGER, PROMETHEUS, PROMTOOL, Server, Webhook, get_json, start_alertmanager, \
     start_prometheus, wait_for
-from .loopback import free_port  # noqa: F401 - tests/test_watchdog_outputs.py imports it from here
 
 BINARIES = {"prometheus": PROMETHEUS, "promtool": PROMTOOL, "prometheus-alertmanager": ALERTMANAGER}
 pytestmark = [
