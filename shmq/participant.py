@@ -130,6 +130,7 @@ class Participant:
         self._events: list | None = None  # idle events of a traced operation
         self._deadline_ns: int | None = None
         self._last_wait_spins = 0
+        self._idle = True  # no message handled yet
         self._cancelled = False
         self._closed = False
         self._heartbeat: Heartbeat | None = None
@@ -159,6 +160,9 @@ class Participant:
         w[rec + R_STATE] = state
 
     def _count_message(self, nbytes: int) -> None:
+        if self._idle:  # the first message: from now on, outside the queue means busy in the application
+            self._idle = False
+            self._set_state(State.BUSY)
         if self._stats:
             w, rec = self._w, self._rec
             w[rec + R_MESSAGES] += 1

@@ -114,7 +114,7 @@ class RemoteReader:
         else:
             message = self._serializer.decode(stream, [bytearray(f.buffer) for f in frames[2:]])
         if traceparent and self._hooks is not None:
-            body = sum(len(f.buffer) for f in frames[1:])
+            body = L.segment_layout([len(f.buffer) for f in frames[1:]])[1]  # as local readers count it
             self._hooks.received(queue=self.queue_name, reader=self.index, message_id=seq, body_size=body,
                                  traceparent=traceparent, wait_start_ns=start, wait_ns=waited, spins=0, events=[])
         return message

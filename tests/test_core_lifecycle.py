@@ -101,7 +101,7 @@ def test_any_bytes_come_back_identical_whatever_the_chunk_size(chunk_bytes, n_ch
     with shmq.create(1, name="hypothesis", chunk_bytes=chunk_bytes, n_chunks=n_chunks) as writer:
         with shmq.attach(writer.handle, 0) as reader:
             for body in bodies:
-                writer.put_bytes(body)
+                writer.put_bytes(body, timeout=5)  # a sizing mistake fails fast instead of hanging
                 assert reader.get_bytes() == body
 
 
@@ -113,7 +113,7 @@ def test_arrays_with_out_of_band_buffers_round_trip_across_slots(shape, dtype, e
     # Up to 2 x 28 kB of arrays through 512-byte slots, always within the 64 kB ring.
     with shmq.create(1, name="hypothesis", chunk_bytes=512, n_chunks=128) as writer:
         with shmq.attach(writer.handle, 0) as reader:
-            writer.put((extra, array, array[::-1].copy()))
+            writer.put((extra, array, array[::-1].copy()), timeout=5)
             got_extra, got, reversed_ = reader.get()
             assert got_extra == extra
             np.testing.assert_array_equal(got, array)
