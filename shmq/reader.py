@@ -29,7 +29,26 @@ _FRAGMENT = L.SLOT_FRAGMENT
 _WRITER_RECORD = L.word(L.record_offset(0))
 
 
-class Reader(Participant):
+class Receiving:
+    """The get() API that local and remote readers share; each implements ``_receive(timeout, raw)``."""
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        """The next message. Blocks until one arrives; `timeout` in seconds."""
+        return self._receive(timeout, raw=False)
+
+    def get_nowait(self) -> Any:
+        """The next message, or WouldBlock at once if there is none."""
+        return self._receive(0, raw=False)
+
+    def get_bytes(self, *, timeout: float | None = None) -> bytes:
+        """The next message, which must have been sent with put_bytes() or to a serializer='bytes' queue."""
+        return self._receive(timeout, raw=True)
+
+    def _receive(self, timeout: float | None, raw: bool) -> Any:
+        raise NotImplementedError
+
+
+class Reader(Receiving, Participant):
     """Local reader `index` of a queue. Made by ``shmq.attach``."""
 
     _role = L.Role.READER
@@ -70,18 +89,6 @@ class Reader(Participant):
         return cursor
 
     # -- receiving ------------------------------------------------------------------------
-    def get(self, *, timeout: float | None = None) -> Any:
-        """The next message. Blocks until one arrives; `timeout` in seconds."""
-        return self._receive(timeout, raw=False)
-
-    def get_nowait(self) -> Any:
-        """The next message, or WouldBlock at once if there is none."""
-        return self._receive(0, raw=False)
-
-    def get_bytes(self, *, timeout: float | None = None) -> bytes:
-        """The next message, which must have been sent with put_bytes() or to a serializer='bytes' queue."""
-        return self._receive(timeout, raw=True)
-
     @contextlib.contextmanager
     def lease(self, *, timeout: float | None = None) -> Iterator[Any]:
         """Zero-copy access: the message's buffers alias the ring slot until the block exits.

@@ -20,6 +20,7 @@ from zmq.utils.monitor import recv_monitor_message
 from . import hooks as hooks_module
 from .errors import BadHandle, QueueClosed, QueueTimeout, ShmqError, WouldBlock, WriterDead
 from .handle import Handle
+from .reader import Receiving
 from . import layout as L
 from .serialization import BytesSerializer, resolve
 
@@ -61,7 +62,7 @@ class RemotePublisher:
         self._context.term()
 
 
-class RemoteReader:
+class RemoteReader(Receiving):
     """A reader on another host. Same get() API as a local Reader; made by ``shmq.attach_remote``."""
 
     def __init__(self, handle: Handle | str, *, endpoint: str | None = None, serializer=None,
@@ -84,15 +85,6 @@ class RemoteReader:
         self._connected = False
         self._cancelled = False
         self._closed = False
-
-    def get(self, *, timeout: float | None = None) -> Any:
-        return self._receive(timeout, raw=False)
-
-    def get_nowait(self) -> Any:
-        return self._receive(0, raw=False)
-
-    def get_bytes(self, *, timeout: float | None = None) -> bytes:
-        return self._receive(timeout, raw=True)
 
     def _receive(self, timeout: float | None, raw: bool) -> Any:
         start = time.monotonic_ns()
