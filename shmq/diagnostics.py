@@ -32,6 +32,7 @@ from . import procs
 log = logging.getLogger("shmq")
 
 STACK_SIGNAL = signal.SIGUSR2
+STALE_HEADERLESS_S = 60.0  #: a stack file with no header yet this old is garbage
 _HEADER = "# shmq stack dumps: pid={pid} start_time={start_time} signal={signal}\n"
 _HEADER_RE = re.compile(r"# shmq stack dumps: pid=(\d+) start_time=(\d+) signal=(\w+)\n")
 
@@ -154,17 +155,24 @@ def _open_stack_file(directory: str) -> tuple[int, str]:
 
 
 def _remove_stale_files(directory: str) -> None:
-    """Files of processes that died without closing (SIGKILL, os._exit) would otherwise pile up."""
+    """Files of processes that died without closing (SIGKILL, os._exit) would otherwise pile up.
+
+    A file without a header may be one another process is creating right now, so it is
+    left alone unless it is old.
+    """
     for name in os.listdir(directory):
-        stem, dot, ext = name.partition(".")
+        stem, _, ext = name.partition(".")
+        path = os.path.join(directory, name)
         if ext != "txt" or not stem.isdigit():
             continue
-        header = _read_header(os.path.join(directory, name))
-        if header is None or not procs.is_alive(header[0], header[1]):
-            try:
-                os.unlink(os.path.join(directory, name))
-            except FileNotFoundError:
-                pass
+        header = _read_header(path)
+        try:
+            stale = (not procs.is_alive(*header) if header is not None
+                     else time.time() - os.stat(path).st_mtime > STALE_HEADERLESS_S)
+            if stale:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 # -- the watchdog's side ------------------------------------------------------------------

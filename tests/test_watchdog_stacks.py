@@ -122,3 +122,15 @@ def test_a_forked_child_never_writes_into_its_parents_file(queue_name, children,
         assert os.path.getsize(own) == size
         assert sorted(os.listdir(stack_dir)) == [f"{os.getpid()}.txt"]
     assert os.listdir(stack_dir) == []
+
+
+def test_registering_sweeps_the_files_of_dead_processes_but_not_one_being_created(queue_name, stack_dir):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    with open(os.path.join(stack_dir, f"{dead_pid}.txt"), "w") as f:
+        f.write(f"# shmq stack dumps: pid={dead_pid} start_time=1 signal=SIGUSR2\n")
+    being_created = os.path.join(stack_dir, "999999999.txt")
+    open(being_created, "w").close()
+    with shmq.create(1, name=queue_name, chunk_bytes=256, n_chunks=4, stack_dumps=stack_dir):
+        assert sorted(os.listdir(stack_dir)) == sorted([f"{os.getpid()}.txt", "999999999.txt"])
+    os.unlink(being_created)
