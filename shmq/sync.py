@@ -9,8 +9,10 @@ Ordering argument, used by every publish in writer.py and reader.py:
 * x86-64 *does* let a load pass an earlier store (the store buffer). The park
   protocol is a Dekker handshake ("I parked" then "is there data?" against
   "data published" then "is anyone parked?"), so both sides need a full fence:
-  ``full_fence`` takes and drops a ``threading.Lock``, whose acquire and release
-  are ``lock``-prefixed instructions, each a full barrier on x86-64.
+  ``full_fence`` runs ``lock or qword [rsp], 0``, a ``lock``-prefixed instruction
+  and so a full barrier on x86-64 (the idiom of Linux's ``smp_mb()``). Where the
+  system refuses executable memory it takes and drops a ``threading.Lock``
+  instead, whose acquire and release are ``lock``-prefixed instructions too.
 * aarch64 reorders freely, so all three fences execute ``dmb ish`` there.
 """
 
@@ -40,28 +42,38 @@ def _noop() -> None:
 ORDERED_STORES: bool
 
 
-def _dmb_function():
-    """A two-instruction function, ``dmb ish; ret``, for the aarch64 barrier."""
-    code = (0xD5033BBF).to_bytes(4, "little") + (0xD65F03C0).to_bytes(4, "little")
+def _machine_code(code: bytes):
+    """A function made of `code`, which must end in ``ret``, callable from Python without arguments."""
     page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
     page.write(code)
     address = ctypes.addressof(ctypes.c_char.from_buffer(page))
-    function = ctypes.CFUNCTYPE(None)(address)
+    # PYFUNCTYPE keeps the GIL across the call: releasing and retaking it would cost
+    # more than the barrier itself (the full fence runs once per message on each side).
+    function = ctypes.PYFUNCTYPE(None)(address)
     function._page = page  # keep the code mapped as long as the function lives
     return function
 
 
+_fence_lock = threading.Lock()
+
+
+def _lock_fence() -> None:
+    _fence_lock.acquire()
+    _fence_lock.release()
+
+
 if _MACHINE in ("x86_64", "amd64", "i386", "i686"):
-    _fence_lock = threading.Lock()
-
-    def full_fence() -> None:
-        _fence_lock.acquire()
-        _fence_lock.release()
-
+    full_fence = _lock_fence
+    if _MACHINE in ("x86_64", "amd64"):
+        try:
+            full_fence = _machine_code(bytes.fromhex("f0 48 83 0c 24 00 c3"))  # lock or qword [rsp], 0; ret
+        except OSError:
+            pass  # writable executable pages refused (SELinux execmem, PaX): keep the lock
     publish_fence = acquire_fence = _noop
     ORDERED_STORES = True
 elif _MACHINE in ("aarch64", "arm64"):
-    full_fence = publish_fence = acquire_fence = _dmb_function()
+    full_fence = publish_fence = acquire_fence = _machine_code(
+        (0xD5033BBF).to_bytes(4, "little") + (0xD65F03C0).to_bytes(4, "little"))  # dmb ish; ret
     ORDERED_STORES = False
 else:  # pragma: no cover - no other architecture has been tested
     raise ImportError(f"shmq has no memory-ordering argument for {_MACHINE!r}")
