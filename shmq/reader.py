@@ -26,6 +26,7 @@ _ONE_SEGMENT = L.ONE_SEGMENT
 _HEADER_BYTES = L.SLOT_HEADER_BYTES
 _SLOT_AND_TABLE = L.SLOT_HEAD_AND_TABLE
 _FRAGMENT = L.SLOT_FRAGMENT
+_TRACED = L.SLOT_TRACED
 _WRITER_RECORD = L.word(L.record_offset(0))
 
 
@@ -124,7 +125,7 @@ class Reader(Receiving, Participant):
             self._check_slot(c, seq)
         if flags & _FRAGMENT:
             return self._receive_pieces(c, frame, total, flags, waited, wait_start, raw)
-        traceparent = self._traceparent(base, flags)
+        traceparent = self._traceparent(base, flags) if flags & _TRACED else None  # no call when untraced
         try:
             stream, buffers = self._frame(base, frame, count, first_len, c, copy=True)
             message = self._decode(stream, buffers, flags, raw)
