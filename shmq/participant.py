@@ -154,9 +154,9 @@ class Participant:
             self._stack_dumps = diagnostics.acquire(stack_dumps if isinstance(stack_dumps, str) else None)
         _open_participants.add(self)
 
-    def _set_state(self, state: State) -> None:
+    def _set_state(self, state: State, now_ns: int | None = None) -> None:
         w, rec = self._w, self._rec
-        w[rec + R_STATE_SINCE] = time.monotonic_ns()
+        w[rec + R_STATE_SINCE] = time.monotonic_ns() if now_ns is None else now_ns
         w[rec + R_STATE] = state
 
     def _count_message(self, nbytes: int) -> None:
@@ -171,12 +171,17 @@ class Participant:
     def _flush_counters(self) -> None:
         c = self._counters
         if self._stats:
+            # Most waits only spin: skip the zero counters (each shared add costs a load and a store).
             w, rec = self._w, self._rec
-            w[rec + R_SPINS] += c.spins
-            w[rec + R_YIELDS] += c.yields
-            w[rec + R_BACKOFF_SLEEPS] += c.backoff_sleeps
-            w[rec + R_BACKOFF_SLEEP_NS] += c.backoff_sleep_ns
-            w[rec + R_PARKS] += c.parks
+            if c.spins:
+                w[rec + R_SPINS] += c.spins
+            if c.yields:
+                w[rec + R_YIELDS] += c.yields
+            if c.backoff_sleeps:
+                w[rec + R_BACKOFF_SLEEPS] += c.backoff_sleeps
+                w[rec + R_BACKOFF_SLEEP_NS] += c.backoff_sleep_ns
+            if c.parks:
+                w[rec + R_PARKS] += c.parks
         c.clear()
 
     # -- the one wait loop ----------------------------------------------------------
@@ -191,7 +196,7 @@ class Participant:
         start = time.monotonic_ns()
         deadline = None if timeout is None else start + int(timeout * 1e9)
         self._deadline_ns = deadline
-        self._set_state(waiting)
+        self._set_state(waiting, start)
         strategy = self._strategy
         strategy.reset()
         housekeeping = start + HOUSEKEEPING_NS
@@ -200,9 +205,11 @@ class Participant:
         spins_flushed = 0
         try:
             while not ready():
-                strategy.idle(0)
                 now = time.monotonic_ns()
                 if now < housekeeping:
+                    # Idle only now: a park that ends because the message came leaves the loop
+                    # at once, with no housekeeping between the wake-up and the message.
+                    strategy.idle(0)
                     continue
                 housekeeping = now + HOUSEKEEPING_NS
                 spins_flushed += self._counters.spins
@@ -223,7 +230,8 @@ class Participant:
                     log.warning("%s has waited %.1f s: %s", self._describe(), (now - start) / 1e9,
                                 self._blockers(now - start))
         finally:
-            waited = time.monotonic_ns() - start
+            end = time.monotonic_ns()
+            waited = end - start
             self._last_wait_spins = spins_flushed + self._counters.spins
             self._flush_counters()
             if self._stats:
@@ -232,7 +240,7 @@ class Participant:
                 w[rec + R_WAITS] += 1
                 w[rec + R_WAIT_NS] += waited
             if not self._closed:
-                self._set_state(State.BUSY)
+                self._set_state(State.BUSY, end)
         return waited
 
     def _park_timeout(self, timeout_s: float) -> float:
