@@ -166,7 +166,10 @@ class Reader(Receiving, Participant):
     def _receive_pieces(self, c: int, frame: int, total: int, flags: int, waited: int, wait_start: int,
                         raw: bool) -> Any:
         """Assemble a message that spans slots, releasing each slot as soon as it is copied."""
-        whole = bytearray(total)
+        import numpy  # only multi-slot messages need it
+
+        # Not bytearray(total): that zero-fills every page first, which costs as much as the copy.
+        whole = memoryview(numpy.empty(total, dtype=numpy.uint8))
         filled = 0
         first, first_flags = c, flags
         traceparent = self._traceparent(self._slot_base[c % self._n], flags)
@@ -191,7 +194,7 @@ class Reader(Receiving, Participant):
             self._check_slot(c, seq)
         if filled != total:
             raise LayoutMismatch(f"queue {self.queue_name!r}: message {first} ended after {filled} of {total} bytes")
-        stream, buffers = self._frame_in(memoryview(whole), 0, total, first)
+        stream, buffers = self._frame_in(whole, 0, total, first)
         message = self._decode(stream, buffers, first_flags, raw)
         self._after_message(first, total, traceparent, waited, wait_start, overflow=True)
         return message
