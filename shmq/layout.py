@@ -70,9 +70,10 @@ OFF_NAME = 2 * CACHE_LINE
 OFF_ENDPOINT = OFF_NAME + NAME_BYTES
 # -- line 4: the writer cursor, alone on its line (read by every reader) -------
 OFF_WRITER_CURSOR = OFF_ENDPOINT + ENDPOINT_BYTES
-# -- line 5: one "I am parked" byte per reader ---------------------------------
+# -- line 5: one "I am parked" byte per reader (0, or parked_mark(its cursor)) --
 OFF_READER_PARKED = OFF_WRITER_CURSOR + CACHE_LINE
-# -- line 6: the writer's park flag and the word it sleeps on ------------------
+# -- line 6: the writer's park word (0, or the reader cursor that frees the slot
+#    it waits for) and the word it sleeps on -----------------------------------
 OFF_WRITER_PARKED = OFF_READER_PARKED + CACHE_LINE
 OFF_WRITER_WAKE = OFF_WRITER_PARKED + WORD
 HEADER_BYTES = OFF_WRITER_PARKED + 2 * CACHE_LINE
@@ -202,6 +203,15 @@ def segment_layout(lengths: list[int] | tuple[int, ...]) -> tuple[list[int], int
         offsets.append(position)
         position += n
     return offsets, position
+
+
+def parked_mark(cursor: int) -> int:
+    """A parked reader's byte: bit 7 set, and the low 7 bits of the cursor it waits past.
+
+    It tells the writer which message the reader sleeps for, so the writer wakes it
+    once, for that message, rather than on every message until it runs again.
+    """
+    return 0x80 | (cursor & 0x7F)
 
 
 def align(n: int, to: int = CACHE_LINE) -> int:

@@ -255,9 +255,10 @@ class Reader(Receiving, Participant):
         if not sync.ORDERED_STORES:
             sync.publish_fence()
         w[self._rec + R_CURSOR] = cursor
-        # Dekker handshake with Writer.park(): cursor, full fence, then its parked flag.
+        # Dekker handshake with Writer.park(): cursor, full fence, then its parked word, which
+        # holds the cursor that frees the writer's slot: only the reader reaching it wakes it.
         sync.full_fence()
-        if w[W_WRITER_PARKED]:
+        if w[W_WRITER_PARKED] == cursor:
             # Any new value makes a writer that is about to sleep return at once.
             w[W_WRITER_WAKE] = ((cursor & 0xFFFFFF) << 8) | self.index
             sync.futex_wake(self._wake_address, 1)
@@ -287,7 +288,7 @@ class Reader(Receiving, Participant):
     # -- waiting -----------------------------------------------------------------------------
     def park(self, timeout_s: float) -> None:
         parked = self._segment.parked
-        parked[self.index] = 1
+        parked[self.index] = L.parked_mark(self._cursor)
         sync.full_fence()  # the Dekker handshake with Writer._publish: flag, fence, then re-check
         available = self._w[W_WRITER_CURSOR]
         if available > self._cursor or self._cancelled:

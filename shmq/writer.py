@@ -54,6 +54,7 @@ class Writer(Participant):
         parked_words = L.align(segment.n_readers, L.WORD) // L.WORD
         self._parked = segment.parked[: parked_words * L.WORD].cast("Q")
         self._one_parked_word = parked_words == 1
+        self._reader_parked = segment.parked[: segment.n_readers]  # one byte per reader
         self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
         self._wake_address = segment.address + L.OFF_WRITER_WAKE
         self._cursor = 0
@@ -193,7 +194,11 @@ class Writer(Participant):
         # flags; a parking reader stores its flag then loads the cursor. With a full
         # fence on both sides at least one sees the other, so no wake-up is lost.
         sync.full_fence()
-        if self._parked[0] if self._one_parked_word else any(self._parked):
+        # Wake only readers that sleep for this message (cursor - 1 is the one they had):
+        # a reader woken by an earlier message may wait for a core for milliseconds, and
+        # waking it again on every message meanwhile would be one syscall per message.
+        if (self._parked[0] if self._one_parked_word else any(self._parked)) and \
+                L.parked_mark(cursor - 1) in self._reader_parked:
             sync.futex_wake(self._cursor_address)
             if self._stats:
                 w[self._rec + R_WAKEUPS] += 1
@@ -223,7 +228,9 @@ class Writer(Participant):
 
     def park(self, timeout_s: float) -> None:
         w = self._w
-        w[W_WRITER_PARKED] = 1
+        # Not just "parked": the reader cursor that frees our slot (>= 1, as the ring is full), so
+        # only the reader reaching it wakes us, not every reader on every message meanwhile.
+        w[W_WRITER_PARKED] = self._cursor - self._n + 1
         sync.full_fence()  # the Dekker handshake with Reader._advance: flag, fence, then re-check
         expected = w[W_WRITER_WAKE]
         if self._slot_free(self._cursor) or self._closed:
@@ -306,6 +313,7 @@ class Writer(Participant):
             self._remote.close(self._cursor)
         self._stop_heartbeat()
         self._parked.release()
+        self._reader_parked.release()
         self._segment.unlink()
         self._segment.close()
 
