@@ -27,6 +27,8 @@ _HEADER_BYTES = L.SLOT_HEADER_BYTES
 _SLOT_AND_TABLE = L.SLOT_HEAD_AND_TABLE
 _FRAGMENT = L.SLOT_FRAGMENT
 _TRACED = L.SLOT_TRACED
+_RAW = L.SLOT_RAW
+_BODY = _HEADER_BYTES + _ONE_SEGMENT.size  # where a one-segment message's stream starts in its slot
 _WRITER_RECORD = L.word(L.record_offset(0))
 
 
@@ -63,6 +65,8 @@ class Reader(Receiving, Participant):
         self.index = index
         self._cursor = self._take_record()
         self._serializer = BytesSerializer() if segment.flags & L.FLAG_RAW_ONLY else serializer
+        self._raw_only = self._serializer.raw
+        self._loads = self._serializer.decode  # bound once: get() calls it per message
         self._n = segment.n_chunks
         self._slot_base = [L.slot_offset(segment.n_readers, segment.chunk_bytes, i) for i in range(self._n)]
         self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
@@ -127,13 +131,22 @@ class Reader(Receiving, Participant):
             return self._receive_pieces(c, frame, total, flags, waited, wait_start, raw)
         traceparent = self._traceparent(base, flags) if flags & _TRACED else None  # no call when untraced
         try:
-            stream, buffers = self._frame(base, frame, count, first_len, c, copy=True)
-            message = self._decode(stream, buffers, flags, raw)
+            if count == 1 and first_len + _ONE_SEGMENT.size == frame and not (flags & _RAW or raw or self._raw_only):
+                # The usual message, one pickle stream and no out-of-band buffers, is decoded
+                # here: _frame and _decode below would add two calls to every get().
+                message = self._loads(self._segment.buf[base + _BODY : base + _HEADER_BYTES + frame], [])
+            else:
+                stream, buffers = self._frame(base, frame, count, first_len, c, copy=True)
+                message = self._decode(stream, buffers, flags, raw)
             if self._w[(base + L.SLOT_SEQ) // L.WORD] != c:
                 self._check_unchanged(base, c)
         finally:
             self._advance(c + 1)
-        self._after_message(c, total, traceparent, waited, wait_start)
+        if traceparent is None:  # untraced: what _after_message does, without the call
+            self._count_message(total)
+            self._events = None
+        else:
+            self._after_message(c, total, traceparent, waited, wait_start)
         return message
 
     def _load_available(self) -> int:
