@@ -116,7 +116,7 @@ def _median_row(runs: list[Row]) -> Row:
         values = [getattr(r, name) for r in runs if getattr(r, name) is not None]
         return statistics.median(values) if values else None
 
-    figures = ("msgs_per_s", "gb_per_s", "p50_us", "p99_us", "idle_cpu_pct", "wake_p50_us")
+    figures = ("msgs_per_s", "gb_per_s", "cpu_us_per_msg", "p50_us", "p99_us", "idle_cpu_pct", "wake_p50_us")
     lost = [r.lost for r in runs if r.lost is not None]
     return dataclasses.replace(runs[0], **{name: median(name) for name in figures},
                                lost=sum(lost) if lost else None,

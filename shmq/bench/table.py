@@ -19,6 +19,7 @@ class Row:
     is_shmq: bool = False
     msgs_per_s: float | None = None  #: first send until the last reader had every message
     gb_per_s: float | None = None  #: payload bytes per second delivered to each reader (1 GB = 1e9 B)
+    cpu_us_per_msg: float | None = None  #: CPU time of the writer and all readers in the throughput phase, per message
     p50_us: float | None = None  #: ack-paced one-way latency, median
     p99_us: float | None = None  #: ack-paced one-way latency, 99th percentile
     idle_cpu_pct: float | None = None  #: CPU of the busiest reader waiting on an empty queue, % of a core
@@ -31,8 +32,8 @@ class Row:
         return self.note.startswith(("skipped", "failed", "timeout", "stalled"))
 
 
-HEADER = ("workload", "N", "transport", "msgs/s", "vs best peer", "GB/s per reader", "p50 µs", "p99 µs",
-          "idle CPU %", "wake p50 µs", "lost", "note")
+HEADER = ("workload", "N", "transport", "msgs/s", "vs best peer", "GB/s per reader", "CPU µs/msg", "p50 µs",
+          "p99 µs", "idle CPU %", "wake p50 µs", "lost", "note")
 
 
 def best_peer_rate(rows: list[Row], workload: str, n_readers: int) -> float | None:
@@ -48,7 +49,8 @@ def markdown(rows: list[Row]) -> str:
         best = best_peer_rate(rows, r.workload, r.n_readers) if r.is_shmq else None
         ratio = f"{r.msgs_per_s / best:.2f}x" if best and r.msgs_per_s else ""
         cells = (r.workload, str(r.n_readers) if r.n_readers else "", r.transport, _number(r.msgs_per_s, 0),
-                 ratio, _number(r.gb_per_s, 2 if (r.gb_per_s or 0) >= 0.1 else 4), _number(r.p50_us, 1),
+                 ratio, _number(r.gb_per_s, 2 if (r.gb_per_s or 0) >= 0.1 else 4), _number(r.cpu_us_per_msg, 1),
+                 _number(r.p50_us, 1),
                  _number(r.p99_us, 1), _number(r.idle_cpu_pct, 1), _number(r.wake_p50_us, 1),
                  "" if r.lost is None else str(r.lost), r.note)
         lines.append("| " + " | ".join(cells) + " |")

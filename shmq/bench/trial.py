@@ -62,6 +62,7 @@ class ReaderReport:
     received: int = 0
     lost: int = 0  #: gaps, duplicates, wrong sizes and messages that never came
     done_ns: int = 0  #: when it had the last throughput message
+    throughput_cpu_s: float = 0.0  #: process CPU time (all threads) spent in the throughput phase
     latencies_ns: tuple = ()
     wakes_ns: tuple = ()
     idle_cpu_s: float = 0.0
@@ -100,6 +101,7 @@ def _read_phases(receiver, index: int, workload: Workload, plan: Plan, board: Bo
     # 1. throughput: count gaps and surprises, stamp the moment the last message is in.
     end = plan.throughput
     expect = received = lost = 0
+    cpu0 = time.process_time()
     while expect < end:
         got = take(stall)
         if got is None:
@@ -112,6 +114,7 @@ def _read_phases(receiver, index: int, workload: Workload, plan: Plan, board: Bo
             lost += 1 if seq < expect or nbytes != expected_bytes else seq - expect
         expect = max(expect, seq + 1)
     done_ns = time.perf_counter_ns()
+    throughput_cpu = time.process_time() - cpu0
     lost += end - expect
     acked[index] = end
 
@@ -141,8 +144,9 @@ def _read_phases(receiver, index: int, workload: Workload, plan: Plan, board: Bo
         if take(plan.idle_s) is not None:
             lost += 1  # nothing was sent, so this is a duplicate or a stray
         idle_cpu, idle_wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    return ReaderReport(index, received=received, lost=lost, done_ns=done_ns, latencies_ns=samples["latency"],
-                        wakes_ns=samples["wake"], idle_cpu_s=idle_cpu, idle_wall_s=idle_wall)
+    return ReaderReport(index, received=received, lost=lost, done_ns=done_ns, throughput_cpu_s=throughput_cpu,
+                        latencies_ns=samples["latency"], wakes_ns=samples["wake"], idle_cpu_s=idle_cpu,
+                        idle_wall_s=idle_wall)
 
 
 # -- trial process (the writer) ---------------------------------------------------------------------
@@ -173,7 +177,7 @@ def _run_trial(peer: Peer, workload: Workload, plan: Plan, workdir: str) -> Row:
             readers.append(p)
         sender = link.sender()
         try:
-            t0, note = _write_phases(sender, workload, plan, board)
+            t0, writer_cpu, note = _write_phases(sender, workload, plan, board)
             reports = _collect(pipes, readers, plan)
         finally:
             sender.close()
@@ -184,27 +188,30 @@ def _run_trial(peer: Peer, workload: Workload, plan: Plan, workdir: str) -> Row:
                 p.kill()
                 p.join()
         link.close()
-    return _summarize(peer, workload, plan, t0, reports, note)
+    return _summarize(peer, workload, plan, t0, writer_cpu, reports, note)
 
 
-def _write_phases(sender, workload: Workload, plan: Plan, board: Board) -> tuple[int, str]:
+def _write_phases(sender, workload: Workload, plan: Plan, board: Board) -> tuple[int, float, str]:
+    """Send every phase; returns the first send's time, the throughput phase's CPU time and a note."""
     ready, acked = board.views()
     n = workload.n_readers
     deadline = time.monotonic() + plan.stall_s
     while sum(ready) < n:
         if time.monotonic() > deadline:
-            return 0, f"stalled: {n - sum(ready)} readers never became ready"
+            return 0, 0.0, f"stalled: {n - sum(ready)} readers never became ready"
         if sender.probe:
             sender.send(PROBE)
         time.sleep(0.001)
 
     make, send = workload.maker(), sender.send
+    cpu0 = time.process_time()
     t0 = time.perf_counter_ns()
     for seq in range(plan.throughput):
         send(make(seq))
+    cpu = time.process_time() - cpu0  # what sending cost; waiting for the readers below is not counted
     seq = plan.throughput
     if not _await_acks(acked, seq, plan.stall_s, sleep_s=0.0005):
-        return t0, "stalled after the throughput phase"
+        return t0, cpu, "stalled after the throughput phase"
     for count, gap in ((plan.latency, 0.0), (plan.wake, plan.wake_gap_s)):
         for _ in range(count):
             if gap:
@@ -212,8 +219,8 @@ def _write_phases(sender, workload: Workload, plan: Plan, board: Board) -> tuple
             send(make(seq))
             seq += 1
             if not _await_acks(acked, seq, plan.stall_s, sleep_s=0.0):
-                return t0, f"stalled: no acknowledgement of message {seq - 1}"
-    return t0, ""
+                return t0, cpu, f"stalled: no acknowledgement of message {seq - 1}"
+    return t0, cpu, ""
 
 
 def _await_acks(acked: memoryview, target: int, stall_s: float, sleep_s: float) -> bool:
@@ -249,8 +256,8 @@ def _percentile(sorted_values: list, q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def _summarize(peer: Peer, workload: Workload, plan: Plan, t0: int, reports: list[ReaderReport],
-               note: str) -> Row:
+def _summarize(peer: Peer, workload: Workload, plan: Plan, t0: int, writer_cpu_s: float,
+               reports: list[ReaderReport], note: str) -> Row:
     errors = [r.error for r in reports if r.error]
     if errors:
         note = "; ".join(filter(None, [note, *errors]))[:200]
@@ -263,6 +270,8 @@ def _summarize(peer: Peer, workload: Workload, plan: Plan, t0: int, reports: lis
     return Row(
         workload.kind, workload.n_readers, peer.label, is_shmq=peer.is_shmq,
         msgs_per_s=plan.throughput / elapsed_ns * 1e9 if elapsed_ns > 0 else None,
+        cpu_us_per_msg=(writer_cpu_s + sum(r.throughput_cpu_s for r in reports)) / plan.throughput * 1e6
+        if elapsed_ns > 0 else None,
         gb_per_s=plan.throughput * workload.payload_bytes / elapsed_ns if elapsed_ns > 0 else None,
         p50_us=_percentile(latencies, 0.5) / 1e3 if latencies else None,
         p99_us=_percentile(latencies, 0.99) / 1e3 if latencies else None,
