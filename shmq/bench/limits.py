@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import sync
 from .table import Row
+from .trial import reap
 from .workloads import MiB
 
 _fork = multiprocessing.get_context("fork")
@@ -77,10 +78,7 @@ def ping_pong_row(rounds: int, timeout_s: float = 30.0) -> Row:
             one_way.append((time.perf_counter_ns() - sent) / 2)
         elapsed = time.perf_counter_ns() - start
     finally:
-        child.join(timeout=5)
-        if child.is_alive():
-            child.kill()
-            child.join()
+        reap(child, 5)
         words.release()
         mm.close()
     one_way.sort()
@@ -124,10 +122,7 @@ def futex_row(rounds: int, gap_s: float) -> Row:
         if receive_end.poll(10):
             wakes = sorted(receive_end.recv())
     finally:
-        child.join(timeout=5)
-        if child.is_alive():
-            child.kill()
-            child.join()
+        reap(child, 5)
         receive_end.close()
         del anchor
         words.release()
@@ -180,10 +175,7 @@ def ring_copy_row(count: int, copy_out: bool, timeout_s: float = 30.0) -> Row:
             pass
         elapsed = time.perf_counter_ns() - start
     finally:
-        child.join(timeout=5)
-        if child.is_alive():
-            child.kill()
-            child.join()
+        reap(child, 5)
         del ring
         words.release()
         mm.close()

@@ -262,16 +262,23 @@ class _ZmqLink(Link):
         return _ZmqReceiver(self._endpoint, self._zero_copy)
 
 
+def _zmq_socket(kind: str, **options):
+    """A pyzmq socket of `kind` with `options`, in a context of its own (made after the fork), and that context."""
+    import zmq
+
+    context = zmq.Context()
+    socket = context.socket(getattr(zmq, kind))
+    socket.setsockopt(zmq.LINGER, 0)  # closing never waits for a reader that is gone
+    for name, value in options.items():
+        socket.setsockopt(getattr(zmq, name), value)
+    return context, socket
+
+
 class _ZmqSender(Sender):
     probe = True
 
     def __init__(self, endpoint: str, zero_copy: bool) -> None:
-        import zmq
-
-        self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.PUB)
-        self._socket.setsockopt(zmq.SNDHWM, 0)
-        self._socket.setsockopt(zmq.LINGER, 0)
+        self._context, self._socket = _zmq_socket("PUB", SNDHWM=0)
         self._socket.bind(endpoint)
         self._zero_copy = zero_copy  # pyzmq: copying beats zero-copy below ~64 kB
 
@@ -289,11 +296,7 @@ class _ZmqReceiver(Receiver):
     def __init__(self, endpoint: str, zero_copy: bool) -> None:
         import zmq
 
-        self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.SUB)
-        self._socket.setsockopt(zmq.RCVHWM, 0)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self._context, self._socket = _zmq_socket("SUB", RCVHWM=0, SUBSCRIBE=b"")
         self._socket.connect(endpoint)
         self._again = zmq.Again
         self._rcvtimeo = zmq.RCVTIMEO

@@ -17,6 +17,7 @@ import shmq
 
 from .configs import ShmqConfig
 from .table import machine_line
+from .trial import reap
 from .workloads import Workload
 
 _fork = multiprocessing.get_context("fork")
@@ -111,10 +112,7 @@ def run_soak(messages: int, n_readers: int, config: ShmqConfig, stall_s: float =
         reports.insert(0, ProcessReport("writer", os.getpid(), writer_rss_start, writer_rss_end, messages))
     finally:
         for p in readers:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join()
+            reap(p, 5)
         writer.close()
     time.sleep(0.2)  # let exited processes' files (if any) show up before we look
     leftovers = sorted(_listing() - before)

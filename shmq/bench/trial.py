@@ -183,10 +183,7 @@ def _run_trial(peer: Peer, workload: Workload, plan: Plan, workdir: str) -> Row:
             sender.close()
     finally:
         for p in readers:
-            p.join(timeout=2)
-            if p.is_alive():
-                p.kill()
-                p.join()
+            reap(p, 2)
         link.close()
     return _summarize(peer, workload, plan, t0, writer_cpu, reports, note)
 
@@ -282,6 +279,14 @@ def _summarize(peer: Peer, workload: Workload, plan: Plan, t0: int, writer_cpu_s
 
 
 # -- supervisor --------------------------------------------------------------------------------------
+def reap(process, grace_s: float) -> None:
+    """Join a child process, killing it if it still runs after `grace_s`: a hung peer must not hang the run."""
+    process.join(timeout=grace_s)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
 def run_row(peer: Peer, workload: Workload, plan: Plan, timeout_s: float) -> Row:
     """Run one row in its own process group; kill it and clean up after it if it overruns."""
     missing = peer.missing()
