@@ -80,7 +80,10 @@ def test_compare_specs_parse_into_configurations():
     assert (on.stats, on.wait) == (True, "SpinYieldPark")
     assert (off.stats, off.wait, off.n_chunks) == (False, "BusySpin", 64)
     assert configs.parse_spec("hooks=off").hooks == ""
-    for bad in ("stats=maybe", "wait=Sleepy", "colour=red", "stats", "n_chunks=many", "hooks=nocolon"):
+    tuned = configs.parse_spec("wait=SpinYieldPark:spins=50:park_timeout_s=0.02").strategy()
+    assert (tuned.spins, tuned.yields, tuned.park_timeout_s) == (50, 20, 0.02)
+    for bad in ("stats=maybe", "wait=Sleepy", "colour=red", "stats", "n_chunks=many", "hooks=nocolon",
+                "wait=SpinYieldPark:colour=1", "wait=Backoff:sleep_s=soon"):
         with pytest.raises(ValueError, match="--compare"):
             configs.parse_spec(bad)
 

@@ -21,10 +21,10 @@ then the limits of this machine. A peer that is not installed shows as skipped.
 peers and limits, e.g. to measure the cost of counters or tracing:
 
   shmq bench --compare stats=on,stats=off --repeat 5 --workloads small-1,small-4
-  shmq bench --compare wait=BusySpin,wait=SpinYieldPark
+  shmq bench --compare wait=BusySpin,wait=SpinYieldPark,wait=SpinYieldPark:spins=50:yields=100
   shmq bench --compare hooks=off,hooks=telemetry.tracing:bench_hooks
 
-A configuration is key=value options joined by '+': wait=NAME, stats=on|off,
+A configuration is key=value options joined by '+': wait=NAME[:ARG=VALUE...], stats=on|off,
 lease=on|off, hooks=MODULE:CALLABLE (called in every process, its result passed
 to shmq.hooks.install; hooks=off installs none), chunk_bytes=INT, n_chunks=INT.
 """

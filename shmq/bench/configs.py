@@ -4,7 +4,8 @@ A spec is one configuration: ``key=value`` options joined by ``+``, for example
 ``wait=BusySpin+stats=off``. Several specs are separated by commas:
 ``--compare stats=on,stats=off``. Keys:
 
-    wait=NAME            BusySpin | Yield | Backoff | SpinYieldPark (the default)
+    wait=NAME[:K=V...]   BusySpin | Yield | Backoff | SpinYieldPark (the default), with
+                         constructor arguments, e.g. wait=SpinYieldPark:spins=50:yields=100
     stats=on|off         per-participant counters (shmq.create(stats=...))
     lease=on|off         readers take messages with reader.lease() (zero-copy) instead of get()
     hooks=MODULE:NAME    NAME() is called in the writer and in every reader process and its
@@ -29,7 +30,7 @@ class ShmqConfig:
     """One shmq configuration: a row label and the arguments it gives create() and attach()."""
 
     label: str  #: what the table's peer column shows
-    wait: str = "SpinYieldPark"  #: name of a strategy in shmq.wait.ALL
+    wait: str = "SpinYieldPark"  #: name of a strategy in shmq.wait.ALL, then ":key=value" arguments
     stats: bool = True  #: shmq.create(stats=...)
     lease: bool = False  #: read with reader.lease() instead of reader.get()
     hooks: str = ""  #: "module:callable" returning MessageHooks, or "" for none
@@ -37,7 +38,8 @@ class ShmqConfig:
     n_chunks: int | None = None  #: None: the workload's default geometry
 
     def strategy(self) -> wait_module.WaitStrategy:
-        return wait_module.ALL[self.wait]()
+        name, *arguments = self.wait.split(":")
+        return wait_module.ALL[name](**dict(_strategy_argument(a) for a in arguments))
 
     def install_hooks(self) -> None:
         """Install this configuration's hooks in the calling process (each process has its own)."""
@@ -71,8 +73,13 @@ def parse_specs(text: str) -> list[ShmqConfig]:
 
 def _parse_value(key: str, value: str, spec: str):
     if key == "wait":
-        if value not in wait_module.ALL:
-            raise ValueError(f"--compare {spec!r}: wait must be one of {', '.join(wait_module.ALL)}, not {value!r}")
+        name, *arguments = value.split(":")
+        if name not in wait_module.ALL:
+            raise ValueError(f"--compare {spec!r}: wait must be one of {', '.join(wait_module.ALL)}, not {name!r}")
+        try:
+            wait_module.ALL[name](**dict(_strategy_argument(a) for a in arguments))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--compare {spec!r}: {name} does not take {':'.join(arguments)!r} ({e})") from None
         return value
     if key in ("stats", "lease"):
         if value.lower() not in _SWITCH:
@@ -90,6 +97,13 @@ def _parse_value(key: str, value: str, spec: str):
         except ValueError:
             raise ValueError(f"--compare {spec!r}: {key} must be an integer, not {value!r}") from None
     raise ValueError(f"--compare {spec!r}: unknown key {key!r} (use wait, stats, lease, hooks, chunk_bytes, n_chunks)")
+
+
+def _strategy_argument(text: str) -> tuple[str, float]:
+    """``spins=50`` -> ("spins", 50): integers stay integers, anything else is a float."""
+    key, _, value = text.partition("=")
+    number = float(value)
+    return key, int(number) if number.is_integer() and "." not in value else number
 
 
 def strategy_rows() -> list[ShmqConfig]:
