@@ -50,11 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--no-{peer}", action="store_true", help=f"leave out the {peer} rows")
     parser.add_argument("--no-strategies", action="store_true",
                         help="only the default strategy (and the lease row), not one row per wait strategy")
-    parser.add_argument("--no-limits", action="store_true", help="leave out the memcpy, ping-pong and futex rows")
+    parser.add_argument("--no-limits", action="store_true",
+                        help="leave out the limit rows (memcpy, 1 MiB ring, ping-pong, futex wake)")
     parser.add_argument("--json", metavar="PATH", help="also write every row's figures to PATH as JSON")
     parser.add_argument("--soak", action="store_true",
                         help="instead: send --soak-messages to --soak-readers readers and report msgs/s, RSS of "
-                             "every process at start and end, leftover files in /dev/shm and /tmp, and loss")
+                             "every process at start and end, leftover files in /dev/shm and /tmp, and loss "
+                             "(with --compare, in its first configuration); exits 1 on loss or leftovers")
     parser.add_argument("--soak-messages", type=int, default=1_000_000, metavar="N")
     parser.add_argument("--soak-readers", type=int, default=8, metavar="N")
 
@@ -68,8 +70,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.soak:
         config = compared[0] if compared else configs.ShmqConfig(label="shmq SpinYieldPark")
-        print(soak.run_soak(args.soak_messages, args.soak_readers, config))
-        return 0
+        report, clean = soak.run_soak(args.soak_messages, args.soak_readers, config)
+        print(report)
+        return 0 if clean else 1
 
     idle_s = args.idle_seconds if args.idle_seconds is not None else (0.3 if args.quick else 3.0)
     row_timeout = args.row_timeout or (60.0 if args.quick else 300.0)

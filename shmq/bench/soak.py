@@ -82,8 +82,8 @@ def _listing() -> set[str]:
     return found
 
 
-def run_soak(messages: int, n_readers: int, config: ShmqConfig, stall_s: float = 30.0) -> str:
-    """Run the soak and return its report as markdown."""
+def run_soak(messages: int, n_readers: int, config: ShmqConfig, stall_s: float = 30.0) -> tuple[str, bool]:
+    """Run the soak; returns its report as markdown, and whether nothing was lost or left behind."""
     before = _listing()
     workload = Workload("small", n_readers)
     chunk_bytes, n_chunks = workload.queue_geometry()
@@ -124,7 +124,8 @@ def run_soak(messages: int, n_readers: int, config: ShmqConfig, stall_s: float =
         writer.close()
     time.sleep(0.2)  # let exited processes' files (if any) show up before we look
     leftovers = sorted(_listing() - before)
-    return _format(messages, n_readers, config, elapsed, reports, leftovers)
+    clean = not leftovers and all(r.lost == 0 and not r.error for r in reports) and len(reports) == n_readers + 1
+    return _format(messages, n_readers, config, elapsed, reports, leftovers), clean
 
 
 def _format(messages: int, n_readers: int, config: ShmqConfig, elapsed: float, reports: list[ProcessReport],
