@@ -2,8 +2,12 @@
 
 Each process reports its resident set size after attaching, after the first 10 %
 of the messages (the ring's pages and the interpreter's caches are in by then, so
-end minus warm is the growth that matters) and after the last message; the run lists what appeared in /dev/shm and /tmp while it ran (other
-programs on the machine may add entries there too; each is listed by name).
+end minus warm is the growth that matters) and after the last message.
+
+Afterwards it lists what is new in /dev/shm, /tmp and shmq's stack-dump directory.
+What this run left is a shmq segment one of its processes created, or a stack-dump
+file named after one of its pids; anything else new came from other programs on
+the machine and is listed separately, without failing the soak.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import traceback
 
 import shmq
 
+from .. import diagnostics
 from .configs import ShmqConfig
 from .table import machine_line
 from .trial import reap
 from .workloads import Workload
 
 _fork = multiprocessing.get_context("fork")
-WATCHED_DIRS = ("/dev/shm", "/tmp")
+WATCHED_DIRS = ("/dev/shm", "/tmp", diagnostics.default_stack_dir())
 
 
 def rss_bytes() -> int:
@@ -123,20 +128,29 @@ def run_soak(messages: int, n_readers: int, config: ShmqConfig, stall_s: float =
             reap(p, 5)
         writer.close()
     time.sleep(0.2)  # let exited processes' files (if any) show up before we look
-    leftovers = sorted(_listing() - before)
-    clean = not leftovers and all(r.lost == 0 and not r.error for r in reports) and len(reports) == n_readers + 1
-    return _format(messages, n_readers, config, elapsed, reports, leftovers), clean
+    new = _listing() - before
+    ours = _left_by(new, {r.pid for r in reports} | {p.pid for p in readers})
+    clean = not ours and all(r.lost == 0 and not r.error for r in reports) and len(reports) == n_readers + 1
+    return _format(messages, n_readers, config, elapsed, reports, sorted(ours), sorted(new - ours)), clean
+
+
+def _left_by(paths: set[str], pids: set[int]) -> set[str]:
+    """The paths among `paths` that the processes `pids` made: their segments and their stack-dump files."""
+    segments = {info.shm_name for info in shmq.list_segments() if info.creator_pid in pids}
+    stack_files = {os.path.basename(diagnostics.stack_file(pid, "")) for pid in pids}
+    return {p for p in paths if os.path.basename(p) in segments | stack_files}
 
 
 def _format(messages: int, n_readers: int, config: ShmqConfig, elapsed: float, reports: list[ProcessReport],
-            leftovers: list[str]) -> str:
+            leftovers: list[str], others: list[str]) -> str:
     mib = 1 << 20
     lost = sum(r.lost for r in reports)
     lines = [
         f"shmq bench --soak: {messages:,} small messages to {n_readers} readers ({config.label}); {machine_line()}",
         "",
         f"msgs/s: {messages / elapsed:,.0f} ({elapsed:.1f} s); lost: {lost}; "
-        f"left in {' or '.join(WATCHED_DIRS)}: {', '.join(leftovers) if leftovers else 'nothing'}",
+        f"left in {', '.join(WATCHED_DIRS)}: {', '.join(leftovers) if leftovers else 'nothing'}"
+        f" ({len(others)} other new entries there came from other programs)",
         "",
         "| process | pid | RSS start MiB | RSS at 10 % MiB | RSS end MiB | end - 10 % MiB | received | lost | error |",
         "|---|---|---|---|---|---|---|---|---|",
