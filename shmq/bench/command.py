@@ -10,7 +10,7 @@ import sys
 import time
 
 from . import configs, limits, peers, soak, trial, workloads
-from .table import Row, machine_line, markdown
+from .table import Row, load_average, machine_line, markdown
 
 EPILOG = """\
 rows: every shmq wait strategy (BusySpin, Yield, Backoff, SpinYieldPark = default),
@@ -77,6 +77,7 @@ def main(args: argparse.Namespace) -> int:
     idle_s = args.idle_seconds if args.idle_seconds is not None else (0.3 if args.quick else 3.0)
     row_timeout = args.row_timeout or (60.0 if args.quick else 300.0)
     print(f"shmq bench{' --quick' if args.quick else ''}: {machine_line()}", flush=True)
+    load_at_start = load_average()
     rows: list[Row] = []
     iceoryx2_before = peers.iceoryx2_global_state()
     try:
@@ -91,6 +92,7 @@ def main(args: argparse.Namespace) -> int:
         rows.extend(limits.limit_rows(quick=args.quick))
     print()
     print(markdown(rows))
+    print(f"\n1-minute load average: {load_at_start} at the start, {load_average()} at the end.")
     if args.repeat > 1:
         print(f"\nEach row is the median of {args.repeat} interleaved runs; lost is their sum.")
     if args.json:

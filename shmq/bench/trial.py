@@ -110,6 +110,8 @@ def _read_phases(receiver, index: int, workload: Workload, plan: Plan, board: Bo
         if seq < 0:
             continue  # a probe still in flight
         received += 1
+        if not received & 255:
+            acked[index] = expect  # progress, so a slow but moving row is not taken for a stalled one
         if seq != expect or nbytes != expected_bytes:
             lost += 1 if seq < expect or nbytes != expected_bytes else seq - expect
         expect = max(expect, seq + 1)
@@ -221,10 +223,16 @@ def _write_phases(sender, workload: Workload, plan: Plan, board: Board) -> tuple
 
 
 def _await_acks(acked: memoryview, target: int, stall_s: float, sleep_s: float) -> bool:
-    """Wait until every reader acknowledged `target` messages. Yields the core: readers may need it."""
+    """Wait until every reader acknowledged `target` messages; False after `stall_s` without progress.
+
+    Yields the core between polls: the readers may need it.
+    """
     deadline = time.monotonic() + stall_s
+    progress = min(acked)
     polls = 0
-    while min(acked) < target:
+    while (slowest := min(acked)) < target:
+        if slowest > progress:  # a slow row that moves is not stalled: restart the clock
+            progress, deadline = slowest, time.monotonic() + stall_s
         if sleep_s:
             time.sleep(sleep_s)
         else:
