@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from telemetry.watchdog.sidecar import terminate
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -89,13 +91,7 @@ class Server:
         wait_for(f"{self.name} at {self.url} to be ready", ready, timeout_s, 0.1)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process)
         self._log.close()
 
 

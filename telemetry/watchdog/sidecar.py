@@ -108,13 +108,7 @@ class Sidecar:
             return response.read().decode()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process)
         for thread in getattr(self, "_threads", ()):
             thread.join(5)
         self.process.stdout.close()
@@ -125,3 +119,14 @@ class Sidecar:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def terminate(process: subprocess.Popen, grace_s: float = 5) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within `grace_s`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(grace_s)
