@@ -53,6 +53,8 @@ def _ping_pong_child(words: memoryview, rounds: int, deadline: float) -> None:
             words[1] = value  # pong
             continue
         polls += 1
+        if not polls % 1024:
+            os.sched_yield()  # a third process must not starve the peer we wait for
         if polls % 65536 == 0 and time.monotonic() > deadline:
             return
 
@@ -73,6 +75,8 @@ def ping_pong_row(rounds: int, timeout_s: float = 30.0) -> Row:
             polls = 0
             while words[1] != k:
                 polls += 1
+                if not polls % 1024:
+                    os.sched_yield()  # a third process must not starve the peer we wait for
                 if polls % 65536 == 0 and time.monotonic() > deadline:
                     return Row("limit", 0, "shm ping-pong, 2 processes", note="timeout: the child stopped answering")
             one_way.append((time.perf_counter_ns() - sent) / 2)
@@ -144,6 +148,8 @@ def _copy_out_child(mm: mmap.mmap, count: int, copy_out: bool, deadline: float) 
         polls = 0
         while words[0] <= k:
             polls += 1
+            if not polls % 1024:
+                os.sched_yield()  # a third process must not starve the peer we wait for
             if polls % 65536 == 0 and time.monotonic() > deadline:
                 return
         if copy_out:
@@ -167,6 +173,8 @@ def ring_copy_row(count: int, copy_out: bool, timeout_s: float = 30.0) -> Row:
             polls = 0
             while k - words[8] >= _RING_SLOTS:
                 polls += 1
+                if not polls % 1024:
+                    os.sched_yield()  # a third process must not starve the peer we wait for
                 if polls % 65536 == 0 and time.monotonic() > deadline:
                     return Row("limit", 0, label, note="timeout: the child stopped copying")
             np.copyto(ring[k % _RING_SLOTS], src)
