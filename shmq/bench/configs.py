@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+from .. import hooks as hooks_module
 from .. import wait as wait_module
 
 _SWITCH = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
@@ -45,8 +46,6 @@ class ShmqConfig:
         """Install this configuration's hooks in the calling process (each process has its own)."""
         if not self.hooks:
             return
-        from .. import hooks as hooks_module
-
         module_name, _, attr = self.hooks.partition(":")
         factory = getattr(importlib.import_module(module_name), attr)
         hooks_module.install(factory())

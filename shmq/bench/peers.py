@@ -28,6 +28,8 @@ import shutil
 import struct
 import time
 
+import shmq
+
 from .configs import ShmqConfig
 from .workloads import MiB, Workload
 
@@ -106,8 +108,6 @@ class ShmqPeer(Peer):
         self.label = config.label
 
     def open(self, workload: Workload, workdir: str) -> Link:
-        import shmq
-
         chunk_bytes, n_chunks = workload.queue_geometry()
         self.config.install_hooks()
         writer = shmq.create(
@@ -127,8 +127,6 @@ class _ShmqLink(Link):
         return _ShmqSender(self._writer)
 
     def receiver(self, index: int) -> Receiver:
-        import shmq
-
         self._config.install_hooks()
         reader = shmq.attach(self._handle, reader=index, wait=self._config.strategy())
         return _ShmqLeaseReceiver(reader) if self._config.lease else _ShmqReceiver(reader)
@@ -147,16 +145,13 @@ class _ShmqSender(Sender):
 
 class _ShmqReceiver(Receiver):
     def __init__(self, reader) -> None:
-        from shmq import QueueTimeout
-
         self._reader = reader
         self._get = reader.get
-        self._timeout_error = QueueTimeout
 
     def take(self, timeout: float):
         try:
             return fields(self._get(timeout=timeout))
-        except self._timeout_error:
+        except shmq.QueueTimeout:
             return None
 
     def close(self) -> None:
@@ -170,7 +165,7 @@ class _ShmqLeaseReceiver(_ShmqReceiver):
         try:
             with self._reader.lease(timeout=timeout) as message:
                 return fields(message)
-        except self._timeout_error:
+        except shmq.QueueTimeout:
             return None
 
 
