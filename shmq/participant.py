@@ -159,13 +159,13 @@ class Participant:
         w[rec + R_STATE_SINCE] = time.monotonic_ns() if now_ns is None else now_ns
         w[rec + R_STATE] = state
 
-    def _count_message(self, nbytes: int) -> None:
+    def _count_message(self, nbytes: int, messages: int = 1) -> None:
         if self._idle:  # the first message: from now on, outside the queue means busy in the application
             self._idle = False
             self._set_state(State.BUSY)
         if self._stats:
             w, rec = self._w, self._rec
-            w[rec + R_MESSAGES] += 1
+            w[rec + R_MESSAGES] += messages
             w[rec + R_BYTES] += nbytes
 
     def _flush_counters(self) -> None:

@@ -57,6 +57,7 @@ class Writer(Participant):
         self._reader_parked = segment.parked[: segment.n_readers]  # one byte per reader
         self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
         self._wake_address = segment.address + L.OFF_WRITER_WAKE
+        self._buf = segment.buf
         self._cursor = 0
         self._min_reader = 0  # cached minimum reader cursor: the Disruptor's gating sequence
         self._remote = None
@@ -109,7 +110,7 @@ class Writer(Participant):
             if single and total <= self._cap:
                 if s - self._min_reader >= self._n:
                     waited = self._claim(s, timeout)
-                buf = self._segment.buf
+                buf = self._buf
                 base = self._slot_base[s % self._n]
                 _SLOT_AND_TABLE.pack_into(buf, base, s, total, total, flags, 1, body_len)
                 if trace is not None:  # after the pack, which zeroes the traceparent field
@@ -155,7 +156,7 @@ class Writer(Participant):
             flags |= L.SLOT_FRAGMENT
             if self._stats:
                 self._w[self._rec + R_OVERFLOW] += 1
-        buf = self._segment.buf
+        buf = self._buf
         source, offset = 0, 0
         waited = 0
         for piece in range(n_slots):

@@ -47,6 +47,31 @@ def test_put_on_a_full_ring_times_out_and_names_the_slow_reader(writer):
             assert view.snapshot().writer.timeouts == 1
 
 
+def test_a_reader_with_a_backlog_publishes_in_batches_and_wakes_the_parked_writer_once(queue_name):
+    # 64 slots: a reader with a backlog publishes its cursor every 4 messages, so the cursor
+    # the parked writer waits for (1) is jumped over, not landed on.
+    never_spin = wait.SpinYieldPark(spins=0, yields=0)
+    with shmq.create(1, name=queue_name, chunk_bytes=256, n_chunks=64, wait=never_spin) as writer, \
+            shmq.attach(writer.handle, 0) as reader, shmq.stats.open(writer.handle) as view:
+        fill(writer, 64)
+        blocked = threading.Thread(target=writer.put, args=("one more",), kwargs={"timeout": 10})
+        blocked.start()
+        deadline = time.monotonic() + 5
+        while view.snapshot().writer.parks == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert reader.get() == 0
+        assert view.snapshot().readers[0].cursor == 0  # a backlog: the first message is not published yet
+        assert [reader.get() for _ in range(3)] == [1, 2, 3]
+        blocked.join(timeout=5)
+        assert not blocked.is_alive()
+        snap = view.snapshot()
+        assert snap.readers[0].cursor == 4 and snap.readers[0].messages == 4
+        assert snap.readers[0].wakeups == 1  # the batch crossing the writer's mark woke it
+        assert [reader.get() for _ in range(61)] == list(range(4, 64)) + ["one more"]
+        snap = view.snapshot()  # caught up: cursor and counts are published at once
+        assert snap.readers[0].cursor == snap.writer_cursor == 65 and snap.readers[0].messages == 65
+
+
 def test_cancel_wakes_a_blocked_get_which_raises_queue_closed(writer):
     with shmq.attach(writer.handle, 0) as reader:
         outcome = []

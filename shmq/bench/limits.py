@@ -3,7 +3,8 @@
 * numpy memcpy of 1 MiB: the ceiling for a safe copy (each reader copies every byte once);
 * a two-process ping-pong over one shared-memory word, in pure Python: the floor
   of one-way latency for any Python queue, and its message rate;
-* a futex wake through ctypes: the floor of waking a parked reader;
+* a futex wake through ctypes, bare and carrying the pickled small message: the
+  floor of waking a parked reader, after the same pause as the wake-up phase;
 * 1 MiB arrays through a 4-slot ring between two processes, numpy copies and a
   spin on two shared counters only: the ceiling of a 1 MiB row, with the reader
   copying each array out (safe copy) or not (what a lease costs at best).
@@ -15,6 +16,7 @@ import ctypes
 import mmap
 import multiprocessing
 import os
+import pickle
 import time
 
 import numpy as np
@@ -22,7 +24,7 @@ import numpy as np
 from .. import sync
 from .table import Row
 from .trial import reap
-from .workloads import MiB
+from .workloads import MiB, Workload, plan_for
 
 _fork = multiprocessing.get_context("fork")
 
@@ -91,26 +93,42 @@ def ping_pong_row(rounds: int, timeout_s: float = 30.0) -> Row:
                note="pure-Python spin on one shared word; p50/p99 are half a round trip")
 
 
-def _futex_child(words: memoryview, address: int, rounds: int, conn) -> None:
+_MESSAGE_AT = 64  # where the pickled message sits in the shared page, after the control words
+
+
+def _futex_child(mm: mmap.mmap, address: int, rounds: int, carry: bool, conn) -> None:
+    words = memoryview(mm).cast("q")
+    message = memoryview(mm)[_MESSAGE_AT:]
     wakes = []
     for k in range(1, rounds + 1):
         words[2] = k  # "about to wait for k"
         while words[0] < k:
             sync.futex_wait(address, words[0], 1.0)
-        wakes.append(time.perf_counter_ns() - words[1])
+        sent_ns = pickle.loads(message[: words[3]])["t"] if carry else words[1]
+        wakes.append(time.perf_counter_ns() - sent_ns)
+    del message, words
     conn.send(wakes)
 
 
-def futex_row(rounds: int, gap_s: float) -> Row:
-    """A parked process woken by a futex wake; the waker stamps the time just before the syscall."""
+def futex_row(rounds: int, gap_s: float, carry: bool) -> Row:
+    """A parked process woken by a futex wake after `gap_s` of quiet.
+
+    Without `carry` the waker stamps the time just before the syscall; with it, the
+    waker builds the small benchmark message (which stamps it), pickles it into the
+    shared page and wakes, and the woken process unpickles it: the least any Python
+    queue that pickles does for a wake-up, on CPUs that the pause let go cold.
+    """
+    label = "futex wake + pickled small message (ctypes)" if carry else "futex wake (ctypes)"
     if not sync.HAVE_FUTEX:
-        return Row("limit", 0, "futex wake (ctypes)", note="skipped: no futex on this platform")
+        return Row("limit", 0, label, note="skipped: no futex on this platform")
     mm = mmap.mmap(-1, mmap.PAGESIZE)
     words = memoryview(mm).cast("q")
+    message = memoryview(mm)[_MESSAGE_AT:]
     anchor = ctypes.c_char.from_buffer(mm)
     address = ctypes.addressof(anchor)  # word 0 is the futex word (its low 32 bits)
+    make = Workload("small", 1).maker()
     receive_end, send_end = _fork.Pipe(duplex=False)
-    child = _fork.Process(target=_futex_child, args=(words, address, rounds, send_end), daemon=True)
+    child = _fork.Process(target=_futex_child, args=(mm, address, rounds, carry, send_end), daemon=True)
     child.start()
     send_end.close()
     wakes = None
@@ -120,7 +138,12 @@ def futex_row(rounds: int, gap_s: float) -> Row:
             while words[2] < k and time.monotonic() < deadline:
                 time.sleep(0.0005)
             time.sleep(gap_s)  # long enough for the child to be asleep in the kernel
-            words[1] = time.perf_counter_ns()
+            if carry:
+                data = pickle.dumps(make(k), protocol=5)
+                message[: len(data)] = data
+                words[3] = len(data)
+            else:
+                words[1] = time.perf_counter_ns()
             words[0] = k
             sync.futex_wake(address)
         if receive_end.poll(10):
@@ -129,12 +152,14 @@ def futex_row(rounds: int, gap_s: float) -> Row:
         reap(child, 5)
         receive_end.close()
         del anchor
+        message.release()
         words.release()
         mm.close()
     if not wakes:
-        return Row("limit", 0, "futex wake (ctypes)", note="failed: the child sent no samples")
-    return Row("limit", 0, "futex wake (ctypes)", wake_p50_us=wakes[len(wakes) // 2] / 1e3,
-               note="parked process, FUTEX_WAKE through ctypes")
+        return Row("limit", 0, label, note="failed: the child sent no samples")
+    note = ("pickle, copy into shared memory, FUTEX_WAKE; unpickle" if carry
+            else "parked process, FUTEX_WAKE through ctypes") + f"; {gap_s * 1e3:g} ms pauses"
+    return Row("limit", 0, label, wake_p50_us=wakes[len(wakes) // 2] / 1e3, note=note)
 
 
 _RING_SLOTS = 4
@@ -193,10 +218,15 @@ def ring_copy_row(count: int, copy_out: bool, timeout_s: float = 30.0) -> Row:
 
 def limit_rows(*, quick: bool) -> list[Row]:
     arrays = 100 if quick else 3000
+    # The wake-up floors pause as long as the benchmark's wake-up phase does: a longer pause
+    # lets the CPUs go colder, and everything after it runs slower.
+    wake_plan = plan_for(Workload("small", 1), quick=quick, idle_s=0.0)
+    wake_rounds, wake_gap_s = max(10, wake_plan.wake), wake_plan.wake_gap_s
     return [
         memcpy_row(0.2 if quick else 1.0),
         ring_copy_row(arrays, copy_out=True),
         ring_copy_row(arrays, copy_out=False),
         ping_pong_row(2000 if quick else 50_000),
-        futex_row(10 if quick else 100, 0.005),
+        futex_row(wake_rounds, wake_gap_s, carry=False),
+        futex_row(wake_rounds, wake_gap_s, carry=True),
     ]
