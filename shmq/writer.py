@@ -94,7 +94,8 @@ class Writer(Participant):
             body_len = len(body)
             total = _ONE_SEGMENT.size + body_len
         else:
-            total = L.segment_layout([len(s) for s in segments])[1]
+            lengths = [len(s) for s in segments]
+            offsets, total = L.segment_layout(lengths)
         if total > self._max:
             raise MessageTooLarge(f"a {total:,}-byte message exceeds max_message_bytes={self._max:,} of queue "
                                   f"{self.queue_name!r}")
@@ -118,7 +119,9 @@ class Writer(Participant):
                 buf[base + _BODY : base + _HEADER_BYTES + total] = body
                 self._publish(s + 1)
             else:
-                waited = self._send_slots(segments, total, flags, trace, timeout)
+                if single:
+                    lengths, offsets = [body_len], [_ONE_SEGMENT.size]
+                waited = self._send_slots(segments, lengths, offsets, total, flags, trace, timeout)
         except BaseException as e:
             if trace is not None:
                 self._finish_trace(trace, s, total, waited, e)
@@ -134,29 +137,40 @@ class Writer(Participant):
         trace.finish(message_id=message_id, body_size=total, wait_ns=waited,
                      spins=self._last_wait_spins if waited else 0, events=events, error=error)
 
-    def _send_slots(self, segments: list, total: int, flags: int, trace, timeout: float | None) -> int:
+    def _send_slots(self, segments: list, lengths: list, offsets: list, total: int, flags: int, trace,
+                    timeout: float | None) -> int:
         """The general path: several segments (out-of-band buffers), or a message spanning slots.
 
-        A message larger than a chunk is streamed through consecutive slots, each
-        published as soon as it is full, so readers copy piece k while the writer
-        fills piece k+1 and a message may be larger than the whole ring. Only the
-        first slot honours `timeout`: once a piece is published the rest must follow.
+        `offsets` are where each segment starts in the frame (L.segment_layout). A message
+        larger than a chunk is streamed through consecutive slots, each published as soon
+        as it is full, so readers copy piece k while the writer fills piece k+1 and a
+        message may be larger than the whole ring. Only the first slot honours `timeout`:
+        once a piece is published the rest must follow.
         """
-        lengths = [len(s) for s in segments]
         table = struct.pack(f"<{1 + len(segments)}Q", len(segments), *lengths)
+        n_slots = -(-total // self._cap)
+        buf = self._buf
+        if n_slots == 1:  # segments straight to their offsets; alignment padding keeps old bytes
+            s = self._cursor
+            waited = self._claim(s, timeout) if s - self._min_reader >= self._n else 0
+            base = self._slot_base[s % self._n]
+            self._write_slot_head(buf, base, s, total, total, flags, trace)
+            frame = base + _HEADER_BYTES
+            buf[frame : frame + len(table)] = table
+            for offset, segment, n in zip(offsets, segments, lengths):
+                buf[frame + offset : frame + offset + n] = segment
+            self._publish(s + 1)
+            return waited
         sources = [memoryview(table)]
         position = len(table)
-        for offset, segment in zip(L.segment_layout(lengths)[0], segments):
+        for offset, segment in zip(offsets, segments):
             if offset > position:
                 sources.append(memoryview(bytes(offset - position)))  # alignment padding
             sources.append(segment if isinstance(segment, memoryview) else memoryview(segment))
             position = offset + len(segment)
-        n_slots = -(-total // self._cap)
-        if n_slots > 1:
-            flags |= L.SLOT_FRAGMENT
-            if self._stats:
-                self._w[self._rec + R_OVERFLOW] += 1
-        buf = self._buf
+        flags |= L.SLOT_FRAGMENT
+        if self._stats:
+            self._w[self._rec + R_OVERFLOW] += 1
         source, offset = 0, 0
         waited = 0
         for piece in range(n_slots):
@@ -164,11 +178,9 @@ class Writer(Participant):
             if s - self._min_reader >= self._n:
                 waited += self._claim(s, timeout if piece == 0 else None)
             frame = min(self._cap, total - piece * self._cap)
-            last = L.SLOT_LAST if piece == n_slots - 1 and n_slots > 1 else 0
+            last = L.SLOT_LAST if piece == n_slots - 1 else 0
             base = self._slot_base[s % self._n]
-            _SLOT_HEAD.pack_into(buf, base, s, frame, total, flags | last)
-            if trace is not None:
-                buf[base + _TRACEPARENT : base + _TRACEPARENT + len(trace.traceparent)] = trace.traceparent
+            self._write_slot_head(buf, base, s, frame, total, flags | last, trace)
             dest, need = base + _HEADER_BYTES, frame
             while need:
                 view = sources[source]
@@ -181,6 +193,12 @@ class Writer(Participant):
                     source, offset = source + 1, 0
             self._publish(s + 1)
         return waited
+
+    @staticmethod
+    def _write_slot_head(buf, base: int, s: int, frame: int, total: int, flags: int, trace) -> None:
+        _SLOT_HEAD.pack_into(buf, base, s, frame, total, flags)
+        if trace is not None:  # readers look at the field only when flags say SLOT_TRACED
+            buf[base + _TRACEPARENT : base + _TRACEPARENT + len(trace.traceparent)] = trace.traceparent
 
     def _publish(self, cursor: int) -> None:
         self._cursor = cursor

@@ -11,14 +11,15 @@ import time
 import pytest
 
 import shmq
-from shmq import procs
+from shmq import procs, wait
 from shmq.bench import configs, peers, trial, workloads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_LABELS = [p.label for p in peers.peer_rows(mpq=True, zmq=True, faster_fifo=True, iceoryx2=True)]
 STRATEGY_LABELS = [c.label for c in configs.strategy_rows()]
 LIMIT_LABELS = ["numpy memcpy 1 MiB", "1 MiB ring, 2 processes, copy in + copy out",
-                "1 MiB ring, 2 processes, copy in only", "shm ping-pong, 2 processes", "futex wake (ctypes)"]
+                "1 MiB ring, 2 processes, copy in only", "shm ping-pong, 2 processes", "futex wake (ctypes)",
+                "futex wake + pickled small message (ctypes)"]
 
 
 def run_bench(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -81,7 +82,7 @@ def test_compare_specs_parse_into_configurations():
     assert (off.stats, off.wait, off.n_chunks) == (False, "BusySpin", 64)
     assert configs.parse_spec("hooks=off").hooks == ""
     tuned = configs.parse_spec("wait=SpinYieldPark:spins=50:park_timeout_s=0.02").strategy()
-    assert (tuned.spins, tuned.yields, tuned.park_timeout_s) == (50, 20, 0.02)
+    assert (tuned.spins, tuned.yields, tuned.park_timeout_s) == (50, wait.SpinYieldPark().yields, 0.02)
     for bad in ("stats=maybe", "wait=Sleepy", "colour=red", "stats", "n_chunks=many", "hooks=nocolon",
                 "wait=SpinYieldPark:colour=1", "wait=Backoff:sleep_s=soon"):
         with pytest.raises(ValueError, match="--compare"):
