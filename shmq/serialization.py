@@ -11,6 +11,7 @@ writable copies the result may keep.
 from __future__ import annotations
 
 import pickle
+import sys
 from typing import Any, Protocol, Sequence
 
 
@@ -23,17 +24,64 @@ class Serializer(Protocol):
     def decode(self, stream: memoryview, buffers: Sequence[bytearray]) -> Any: ...
 
 
+def _array(buffer, dtype: str, shape: tuple):
+    """An array from its bytes: what readers run for each array that _Pickler sent."""
+    import numpy  # already imported wherever an array was sent from or is used
+
+    return numpy.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+class _Pickler(pickle.Pickler):
+    """Pickle protocol 5, with a shorter reduction for plain numpy arrays.
+
+    numpy pickles an array's dtype as an object with state, which costs more than
+    the rest of a small array's message on both sides (a dict holding a 1 KiB
+    array: dumps 15.6 -> 9.2 us, loads 11.1 -> 7.0 us). A C-contiguous array of a
+    builtin dtype goes as (out-of-band buffer, dtype string, shape) instead; any
+    other array, and any subclass, takes numpy's own reduction.
+    """
+
+    def reducer_override(self, obj):
+        numpy = sys.modules.get("numpy")  # no numpy imported: no array to send
+        if numpy is not None and type(obj) is numpy.ndarray:
+            dtype = obj.dtype
+            if dtype.isbuiltin and not dtype.hasobject and obj.flags.c_contiguous:
+                return _array, (pickle.PickleBuffer(obj), dtype.str, obj.shape)
+        return NotImplemented
+
+
+class _Sink:
+    """The pickler's file: it collects what the pickler writes (its whole output, usually in one write)."""
+
+    def __init__(self) -> None:
+        self.chunks: list = []
+        self.write = self.chunks.append
+
+
 class PickleSerializer:
-    """Pickle protocol 5 with out-of-band buffers."""
+    """Pickle protocol 5 with out-of-band buffers.
+
+    One pickler per serializer, reused: not thread-safe, like the writer or reader
+    that owns it.
+    """
 
     raw = False
 
+    def __init__(self) -> None:
+        self._sink = _Sink()
+        self._buffers: list = []
+        self._pickler = _Pickler(self._sink, protocol=5, buffer_callback=self._buffers.append)
+
     def encode(self, obj: Any) -> list:
-        buffers: list = []
-        stream = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
-        if buffers:
-            return [stream, *(b.raw() for b in buffers)]
-        return [stream]
+        chunks, buffers = self._sink.chunks, self._buffers
+        try:
+            self._pickler.dump(obj)
+            stream = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return [stream, *(b.raw() for b in buffers)] if buffers else [stream]
+        finally:  # also after a failed dump, which may have written part of its output
+            self._pickler.clear_memo()
+            chunks.clear()
+            buffers.clear()
 
     def decode(self, stream: memoryview, buffers: Sequence[bytearray]) -> Any:
         return pickle.loads(stream, buffers=buffers)

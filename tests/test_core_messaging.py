@@ -137,6 +137,37 @@ def test_bytes_queue_refuses_objects_and_never_unpickles(queue_name):
             assert reader.get() == b"payload"
 
 
+ARRAYS = {  # plain arrays of builtin dtypes take shmq's short reduction; the rest numpy's own
+    "bool": np.array([True, False, True]), "int8": np.arange(-4, 4, dtype=np.int8),
+    "float16": np.linspace(0, 1, 5, dtype=np.float16), "complex128": np.arange(6).astype(np.complex128),
+    "2d": np.arange(12.0).reshape(3, 4), "0d": np.array(2.5), "empty": np.zeros((2, 0, 4), dtype=np.uint8),
+    "big-endian": np.arange(5, dtype=">i4"), "datetime64": np.arange(3).astype("M8[ns]"),
+    "unicode": np.array(["ab", "c"]), "structured": np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")]),
+    "object": np.array([1, "x", None], dtype=object), "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+    "strided": np.arange(12)[::3], "masked": np.ma.masked_array([1, 2, 3], mask=[0, 1, 0]),
+}
+
+
+@pytest.mark.parametrize("kind", list(ARRAYS))
+def test_every_kind_of_array_comes_back_equal_with_its_type_dtype_and_layout(writer, kind):
+    sent = ARRAYS[kind]
+    with shmq.attach(writer.handle, 0) as reader, shmq.attach(writer.handle, 1) as leaser:
+        writer.put({"array": sent})
+        got = reader.get()["array"]
+        with leaser.lease() as message:
+            leased = message["array"]
+            assert type(leased) is type(sent) and leased.dtype == sent.dtype and leased.shape == sent.shape
+            assert leased.tolist() == sent.tolist()
+            del leased, message
+    assert type(got) is type(sent) and got.dtype == sent.dtype and got.shape == sent.shape
+    assert got.tolist() == sent.tolist()
+    assert got.flags.writeable
+    if kind == "fortran":
+        assert got.flags.f_contiguous
+    if isinstance(sent, np.ma.MaskedArray):
+        assert got.mask.tolist() == sent.mask.tolist()
+
+
 def test_lease_aliases_the_slot_until_the_block_exits(writer):
     with shmq.attach(writer.handle, 0) as reader, shmq.attach(writer.handle, 1) as other:
         writer.put(np.arange(100, dtype=np.int32))
