@@ -78,31 +78,37 @@ os.register_at_fork(after_in_child=_forget_inherited_participants)
 
 
 class Heartbeat(threading.Thread):
-    """Stamps the owner's heartbeat, and its progress time when its cursor moved, every `interval_s`.
+    """Stamps the owner's heartbeat, and its progress time when its position moved, every `interval_s`.
 
     A thread rather than the hot path: it costs put() and get() nothing, it keeps
     beating while the application is busy, and it stops when the process is
     stopped or a C call holds the GIL, which is what a watchdog needs to tell
-    "busy" from "frozen".
+    "busy" from "frozen". It follows the owner's own cursor, not the published
+    one: a reader working through a backlog publishes only every few messages.
     """
 
-    def __init__(self, words: memoryview, record: int, cursor_word: int, interval_s: float) -> None:
+    def __init__(self, words: memoryview, record: int, owner: Participant, interval_s: float) -> None:
         super().__init__(name=f"shmq-heartbeat-{record}", daemon=True)
         self._words = words
         self._record = record
-        self._cursor_word = cursor_word
+        self._owner = weakref.ref(owner)  # a participant dropped without close() may still be collected
         self._interval_s = interval_s
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         w, rec = self._words, self._record
-        last_cursor = w[self._cursor_word]
+        last_cursor = None
         while not self._stop_event.wait(self._interval_s):
+            owner = self._owner()
+            if owner is None:
+                return
             now = time.monotonic_ns()
             w[rec + R_HEARTBEAT] = now
-            cursor = w[self._cursor_word]
+            cursor = owner._cursor
+            del owner
             if cursor != last_cursor:
-                w[rec + R_PROGRESS] = now
+                if last_cursor is not None:
+                    w[rec + R_PROGRESS] = now
                 last_cursor = cursor
 
     def stop(self) -> None:
@@ -115,6 +121,7 @@ class Participant:
     """Base of Writer and Reader: owns one record of the segment."""
 
     _role: L.Role
+    _cursor: int  #: slots this participant has written or read (a reader publishes it in batches)
 
     def __init__(self, segment: Segment, record: int, *, wait: wait_module.WaitStrategy | None,
                  warn_after_s: float, hooks: hooks_module.MessageHooks | None) -> None:
@@ -137,7 +144,7 @@ class Participant:
         self._stack_dumps = False
 
     # -- record -----------------------------------------------------------------
-    def _register(self, index: int, cursor_word: int, stack_dumps: bool | str = True) -> None:
+    def _register(self, index: int, stack_dumps: bool | str = True) -> None:
         w, rec = self._w, self._rec
         now = time.monotonic_ns()
         w[rec + R_PID] = os.getpid()
@@ -148,7 +155,7 @@ class Participant:
         w[rec + R_PROGRESS] = now
         w[rec + R_ATTACHES] += 1
         self._set_state(State.IDLE)
-        self._heartbeat = Heartbeat(w, rec, cursor_word, HEARTBEAT_INTERVAL_S)
+        self._heartbeat = Heartbeat(w, rec, self, HEARTBEAT_INTERVAL_S)
         self._heartbeat.start()
         if stack_dumps:  # a watchdog can then ask for our Python stacks (shmq.diagnostics)
             self._stack_dumps = diagnostics.acquire(stack_dumps if isinstance(stack_dumps, str) else None)

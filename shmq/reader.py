@@ -80,7 +80,7 @@ class Reader(Receiving, Participant):
         self._unpublished_messages = self._unpublished_bytes = 0
         self._buf = segment.buf
         self._seq_words = [(base + L.SLOT_SEQ) // L.WORD for base in self._slot_base]
-        self._register(index, self._rec + R_CURSOR, stack_dumps)
+        self._register(index, stack_dumps)
         # The writer may scan before our stores above reach it; the fence bounds that, and
         # each slot's sequence number is checked after it is copied (see _check_unchanged).
         sync.full_fence()

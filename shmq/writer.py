@@ -70,7 +70,7 @@ class Writer(Participant):
             shm_name=segment.shm_name, name=segment.name, n_readers=segment.n_readers,
             n_chunks=self._n, chunk_bytes=self._cap, endpoint=segment.endpoint,
         )
-        self._register(0, W_WRITER_CURSOR, stack_dumps)
+        self._register(0, stack_dumps)
 
     # -- sending -----------------------------------------------------------------------
     def put(self, obj, *, timeout: float | None = None) -> None:

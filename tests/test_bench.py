@@ -19,7 +19,7 @@ PEER_LABELS = [p.label for p in peers.peer_rows(mpq=True, zmq=True, faster_fifo=
 STRATEGY_LABELS = [c.label for c in configs.strategy_rows()]
 LIMIT_LABELS = ["numpy memcpy 1 MiB", "1 MiB ring, 2 processes, copy in + copy out",
                 "1 MiB ring, 2 processes, copy in only", "shm ping-pong, 2 processes", "futex wake (ctypes)",
-                "futex wake + pickled small message (ctypes)"]
+                "futex wake + pickled small message (ctypes)", "pickle-only ring, 1 reader", "pickle-only ring, 4 readers"]
 
 
 def run_bench(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -53,6 +53,7 @@ def test_quick_benchmark_has_every_row_and_loses_nothing(tmp_path):
             continue  # an optional peer that is not installed here
         assert not r["note"].startswith(("failed", "timeout", "stalled")), r
         if r["workload"] == "limit":
+            assert r["lost"] in (None, 0), r
             continue
         assert r["lost"] == 0, r
         assert r["msgs_per_s"] > 0 and r["p50_us"] > 0 and r["p99_us"] >= r["p50_us"], r

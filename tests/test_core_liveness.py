@@ -72,6 +72,20 @@ def test_a_reader_with_a_backlog_publishes_in_batches_and_wakes_the_parked_write
         assert snap.readers[0].cursor == snap.writer_cursor == 65 and snap.readers[0].messages == 65
 
 
+def test_a_slow_reader_in_a_backlog_shows_progress_before_it_publishes_its_cursor(queue_name):
+    # A watchdog must not take a reader that publishes every 4 messages, at one message
+    # a second, for a stalled one: its heartbeat stamps progress from its own cursor.
+    with shmq.create(1, name=queue_name, chunk_bytes=256, n_chunks=64) as writer, \
+            shmq.attach(writer.handle, 0) as reader, shmq.stats.open(writer.handle) as view:
+        fill(writer, 20)
+        time.sleep(0.3)
+        before = view.snapshot().readers[0].progress_ns
+        assert reader.get() == 0
+        time.sleep(0.3)  # three heartbeats
+        snap = view.snapshot()
+        assert snap.readers[0].cursor == 0 and snap.readers[0].progress_ns > before
+
+
 def test_cancel_wakes_a_blocked_get_which_raises_queue_closed(writer):
     with shmq.attach(writer.handle, 0) as reader:
         outcome = []

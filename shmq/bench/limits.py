@@ -3,6 +3,8 @@
 * numpy memcpy of 1 MiB: the ceiling for a safe copy (each reader copies every byte once);
 * a two-process ping-pong over one shared-memory word, in pure Python: the floor
   of one-way latency for any Python queue, and its message rate;
+* the small rows' pickling, copying and unpickling alone, through a ring of
+  shared counters, to 1 and 4 readers: what a pure-Python queue could reach;
 * a futex wake through ctypes, bare and carrying the pickled small message: the
   floor of waking a parked reader, after the same pause as the wake-up phase;
 * 1 MiB arrays through a 4-slot ring between two processes, numpy copies and a
@@ -91,6 +93,89 @@ def ping_pong_row(rounds: int, timeout_s: float = 30.0) -> Row:
     return Row("limit", 0, "shm ping-pong, 2 processes", msgs_per_s=2 * rounds / elapsed * 1e9,
                p50_us=one_way[len(one_way) // 2] / 1e3, p99_us=one_way[int(len(one_way) * 0.99)] / 1e3,
                note="pure-Python spin on one shared word; p50/p99 are half a round trip")
+
+
+_SMALL_SLOTS = 1024  # the geometry of the small rows' shmq queue
+_SMALL_SLOT_BYTES = 1024
+
+
+def _pickle_ring_reader(mm: mmap.mmap, index: int, count: int, deadline: float, conn) -> None:
+    words = memoryview(mm).cast("q")  # word 0: messages published; word 8 (1 + i): reader i's count
+    ring = memoryview(mm)[mmap.PAGESIZE:]
+    lengths = ring.cast("q")  # each slot starts with its message's length
+    consumed = 8 * (1 + index)
+    lost = 0
+    cpu0 = time.process_time()
+    for k in range(count):
+        while words[0] <= k:
+            os.sched_yield()  # with more processes than cores, a poll that finds nothing gives the core away
+            if time.monotonic() > deadline:
+                conn.send((time.process_time() - cpu0, count - k))
+                return
+        at = (k % _SMALL_SLOTS) * _SMALL_SLOT_BYTES
+        if pickle.loads(ring[at + 8 : at + 8 + lengths[at // 8]])["seq"] != k:
+            lost += 1
+        words[consumed] = k + 1
+    del ring, lengths, words
+    conn.send((time.process_time() - cpu0, lost))
+
+
+def pickle_ring_row(n_readers: int, count: int, timeout_s: float = 60.0) -> Row:
+    """The small rows' work and nothing else: pickle, copy into a shared ring, unpickle.
+
+    One writer and `n_readers` processes, the small message, 1024 slots of 1 KiB
+    and a shared counter per process; no checks, counters, liveness or parking.
+    What a pure-Python broadcast queue could reach at best on this machine.
+    """
+    label = f"pickle-only ring, {n_readers} reader{'s' if n_readers > 1 else ''}"
+    mm = mmap.mmap(-1, mmap.PAGESIZE + _SMALL_SLOTS * _SMALL_SLOT_BYTES)
+    words = memoryview(mm).cast("q")
+    ring = memoryview(mm)[mmap.PAGESIZE:]
+    lengths = ring.cast("q")
+    deadline = time.monotonic() + timeout_s
+    pipes, children = [], []
+    for i in range(n_readers):
+        receive_end, send_end = _fork.Pipe(duplex=False)
+        child = _fork.Process(target=_pickle_ring_reader, args=(mm, i, count, deadline, send_end), daemon=True)
+        child.start()
+        send_end.close()
+        pipes.append(receive_end)
+        children.append(child)
+    make = Workload("small", n_readers).maker()
+    counts = [8 * (1 + i) for i in range(n_readers)]
+    try:
+        lowest = 0  # cached minimum of the readers' counts, rescanned only when the ring looks full
+        cpu0 = time.process_time()
+        start = time.perf_counter_ns()
+        for k in range(count):
+            while k - lowest >= _SMALL_SLOTS:
+                lowest = min(words[c] for c in counts)
+                if k - lowest >= _SMALL_SLOTS:
+                    os.sched_yield()
+                    if time.monotonic() > deadline:
+                        return Row("limit", 0, label, note="timeout: a reader stopped")
+            data = pickle.dumps(make(k), protocol=5)
+            at = (k % _SMALL_SLOTS) * _SMALL_SLOT_BYTES
+            ring[at + 8 : at + 8 + len(data)] = data
+            lengths[at // 8] = len(data)
+            words[0] = k + 1
+        writer_cpu = time.process_time() - cpu0
+        while min(words[c] for c in counts) < count and time.monotonic() < deadline:
+            os.sched_yield()
+        elapsed = time.perf_counter_ns() - start
+        reports = [conn.recv() if conn.poll(max(0.0, deadline - time.monotonic())) else (0.0, count) for conn in pipes]
+    finally:
+        for child in children:
+            reap(child, 5)
+        for conn in pipes:
+            conn.close()
+        del lengths, ring
+        words.release()
+        mm.close()
+    return Row("limit", 0, label, msgs_per_s=count / elapsed * 1e9,
+               cpu_us_per_msg=(writer_cpu + sum(cpu for cpu, _ in reports)) / count * 1e6,
+               lost=sum(lost for _, lost in reports),
+               note="the small message pickled, copied, unpickled; counters only: no checks, stats, parking")
 
 
 _MESSAGE_AT = 64  # where the pickled message sits in the shared page, after the control words
@@ -222,11 +307,14 @@ def limit_rows(*, quick: bool) -> list[Row]:
     # lets the CPUs go colder, and everything after it runs slower.
     wake_plan = plan_for(Workload("small", 1), quick=quick, idle_s=0.0)
     wake_rounds, wake_gap_s = max(10, wake_plan.wake), wake_plan.wake_gap_s
+    small_messages = plan_for(Workload("small", 4), quick=quick, idle_s=0.0).throughput
     return [
         memcpy_row(0.2 if quick else 1.0),
         ring_copy_row(arrays, copy_out=True),
         ring_copy_row(arrays, copy_out=False),
         ping_pong_row(2000 if quick else 50_000),
+        pickle_ring_row(1, small_messages),
+        pickle_ring_row(4, small_messages),
         futex_row(wake_rounds, wake_gap_s, carry=False),
         futex_row(wake_rounds, wake_gap_s, carry=True),
     ]
