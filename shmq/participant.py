@@ -92,12 +92,13 @@ class Heartbeat(threading.Thread):
         self._words = words
         self._record = record
         self._owner = weakref.ref(owner)  # a participant dropped without close() may still be collected
+        self._registered_cursor = owner._cursor
         self._interval_s = interval_s
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         w, rec = self._words, self._record
-        last_cursor = None
+        last_cursor = self._registered_cursor
         while not self._stop_event.wait(self._interval_s):
             owner = self._owner()
             if owner is None:
@@ -107,8 +108,7 @@ class Heartbeat(threading.Thread):
             cursor = owner._cursor
             del owner
             if cursor != last_cursor:
-                if last_cursor is not None:
-                    w[rec + R_PROGRESS] = now
+                w[rec + R_PROGRESS] = now
                 last_cursor = cursor
 
     def stop(self) -> None:
