@@ -105,6 +105,7 @@ class Heartbeat(threading.Thread):
                 return
             now = time.monotonic_ns()
             w[rec + R_HEARTBEAT] = now
+            owner._publish_behind()
             cursor = owner._cursor
             del owner
             if cursor != last_cursor:
@@ -166,14 +167,13 @@ class Participant:
         w[rec + R_STATE_SINCE] = time.monotonic_ns() if now_ns is None else now_ns
         w[rec + R_STATE] = state
 
-    def _count_message(self, nbytes: int, messages: int = 1) -> None:
-        if self._idle:  # the first message: from now on, outside the queue means busy in the application
-            self._idle = False
-            self._set_state(State.BUSY)
-        if self._stats:
-            w, rec = self._w, self._rec
-            w[rec + R_MESSAGES] += messages
-            w[rec + R_BYTES] += nbytes
+    def _mark_busy(self) -> None:
+        # The first message: from now on, outside the queue means busy in the application.
+        self._idle = False
+        self._set_state(State.BUSY)
+
+    def _publish_behind(self) -> None:
+        """Called by the heartbeat thread: publish progress the calling thread has deferred."""
 
     def _flush_counters(self) -> None:
         c = self._counters

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import threading
 import time
 from typing import Any, Iterator
 
@@ -15,7 +16,7 @@ from . import wait as wait_module
 from .errors import AlreadyAttached, BadHandle, LayoutMismatch, QueueClosed, ShmqError, WriterDead
 from .handle import Handle
 from .participant import (
-    DEFAULT_WARN_AFTER_S, R_CURSOR, R_PID, R_PROGRESS, R_START_TIME, R_STATE, R_WAKEUPS,
+    DEFAULT_WARN_AFTER_S, R_BYTES, R_CURSOR, R_MESSAGES, R_PID, R_PROGRESS, R_START_TIME, R_STATE, R_WAKEUPS,
     W_WRITER_CURSOR, W_WRITER_PARKED, W_WRITER_WAKE, Participant, State,
 )
 from .segment import SHM_DIR, Segment
@@ -74,10 +75,15 @@ class Reader(Receiving, Participant):
         self._readonly = segment.buf.toreadonly()  # leases hand out views the caller cannot write through
         self._available = self._cursor  # writer cursor as last loaded; messages below it are readable
         # get() publishes its cursor (and counts) once per batch while a backlog lasts, and at once
-        # when it catches up: the store, fence and parked check cost a fifth of a small get().
+        # when it catches up: the store, fence and parked check cost a fifth of a small get(). If the
+        # application stops reading mid-batch, the heartbeat thread publishes the rest (_publish_behind).
         self._published = self._cursor
         self._publish_every = max(1, min(64, self._n // 16))  # small rings publish every message
-        self._unpublished_messages = self._unpublished_bytes = 0
+        self._publish_lock = threading.Lock()  # the calling thread and the heartbeat both publish
+        # Totals since attach, counted by the calling thread only; publishing stores them (absolute
+        # values, so whichever thread publishes last can never lose a count).
+        self._received_messages = self._received_bytes = 0
+        self._base_messages, self._base_bytes = self._w[self._rec + R_MESSAGES], self._w[self._rec + R_BYTES]
         self._buf = segment.buf
         self._seq_words = [(base + L.SLOT_SEQ) // L.WORD for base in self._slot_base]
         self._register(index, stack_dumps)
@@ -123,8 +129,8 @@ class Reader(Receiving, Participant):
             yield self._decode(stream, buffers, flags, raw=False)
         finally:
             stream = buffers = None  # drop our views of the slot before releasing it
-            self._unpublished_messages += 1
-            self._unpublished_bytes += total
+            self._received_messages += 1
+            self._received_bytes += total
             self._advance(c + 1)
             self._trace_received(c, total, traceparent, waited, wait_start)
 
@@ -153,8 +159,8 @@ class Reader(Receiving, Participant):
                 message = self._decode(stream, buffers, flags, raw)
             if self._w[self._seq_words[slot]] != c:
                 self._check_unchanged(base, c)
-            self._unpublished_messages += 1
-            self._unpublished_bytes += total
+            self._received_messages += 1
+            self._received_bytes += total
         finally:
             self._cursor = c = c + 1
             if c >= self._available or c - self._published >= self._publish_every:
@@ -227,7 +233,9 @@ class Reader(Receiving, Participant):
             raise LayoutMismatch(f"queue {self.queue_name!r}: message {first} ended after {filled} of {total} bytes")
         stream, buffers = self._frame_in(whole, 0, total, first)
         message = self._decode(stream, buffers, first_flags, raw)
-        self._count_message(total)
+        self._received_messages += 1
+        self._received_bytes += total
+        self._advance(self._cursor)
         if self._stats:
             self._w[self._rec + L.word(L.REC_OVERFLOW)] += 1
         self._trace_received(first, total, traceparent, waited, wait_start)
@@ -282,12 +290,27 @@ class Reader(Receiving, Participant):
 
     # -- publishing our progress -------------------------------------------------------------
     def _advance(self, cursor: int) -> None:
-        """Publish our cursor: the writer may reuse every slot below it."""
-        if self._unpublished_messages:  # counted first: whoever sees the cursor sees these counts
-            self._count_message(self._unpublished_bytes, self._unpublished_messages)
-            self._unpublished_messages = self._unpublished_bytes = 0
-        previous, self._cursor, self._published = self._published, cursor, cursor
+        """Move our cursor and publish it: the writer may reuse every slot below it."""
+        self._cursor = cursor
+        if self._idle:
+            self._mark_busy()
+        with self._publish_lock:
+            self._publish(cursor)
+
+    def _publish_behind(self) -> None:
+        """From the heartbeat: publish what the calling thread read but has not published yet."""
+        if self._published != self._cursor:  # unlocked read: only a hint, checked again under the lock
+            with self._publish_lock:
+                if self._published < self._cursor:
+                    self._publish(self._cursor)
+
+    def _publish(self, cursor: int) -> None:
+        # With the lock held: the cursor never goes back, and no count is stored twice.
         w = self._w
+        if self._stats:  # counts first: whoever sees the cursor sees them
+            w[self._rec + R_MESSAGES] = self._base_messages + self._received_messages
+            w[self._rec + R_BYTES] = self._base_bytes + self._received_bytes
+        previous, self._published = self._published, cursor
         # Our loads of the slot come before this store in program order; x86-64 never lets
         # a store pass an earlier load, so the writer cannot reuse the slot while we copy.
         if not sync.ORDERED_STORES:

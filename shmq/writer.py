@@ -13,7 +13,7 @@ from . import wait as wait_module
 from .errors import MessageTooLarge, QueueClosed, QueueTimeout, ReaderDead
 from .handle import Handle
 from .participant import (
-    R_CURSOR, R_PID, R_PROGRESS, R_START_TIME, R_STATE, R_STATE_SINCE, R_WAKEUPS, R_OVERFLOW,
+    R_BYTES, R_CURSOR, R_MESSAGES, R_PID, R_PROGRESS, R_START_TIME, R_STATE, R_STATE_SINCE, R_WAKEUPS, R_OVERFLOW,
     W_WRITER_CURSOR, W_WRITER_PARKED, W_WRITER_WAKE, DEFAULT_WARN_AFTER_S, Participant, State, log,
 )
 from .segment import SHM_DIR, Segment
@@ -131,6 +131,14 @@ class Writer(Participant):
             self._finish_trace(trace, s, total, waited, None)
         if self._remote is not None:
             self._remote.send(s, self._cursor, flags, trace.traceparent if trace is not None else b"", segments)
+
+    def _count_message(self, nbytes: int) -> None:
+        if self._idle:
+            self._mark_busy()
+        if self._stats:
+            w, rec = self._w, self._rec
+            w[rec + R_MESSAGES] += 1
+            w[rec + R_BYTES] += nbytes
 
     def _finish_trace(self, trace, message_id: int, total: int, waited: int, error) -> None:
         events, self._events = self._events or [], None

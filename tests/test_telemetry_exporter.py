@@ -50,7 +50,13 @@ def test_a_known_workload_is_exported_exactly_per_participant(queue_name, childr
         for index, pipe in pipes.items():
             assert pipe.poll(30), f"reader {index} did not finish"
             pids[index] = pipe.recv()
-        with shmq.stats.open(writer.handle) as view:  # nothing moves now: every reader is holding
+        with shmq.stats.open(writer.handle) as view:
+            # A reader that stops mid-batch has the rest published by its heartbeat (100 ms);
+            # after that nothing moves: every reader is holding.
+            deadline = time.monotonic() + 5
+            while [r.cursor for r in view.snapshot().readers] != [count for count, _ in readers.values()] \
+                    and time.monotonic() < deadline:
+                time.sleep(0.02)
             records = view.snapshot()
         for openmetrics in (False, True):
             samples = scrape(url, openmetrics=openmetrics)
