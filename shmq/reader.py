@@ -20,7 +20,7 @@ from .participant import (
     W_WRITER_CURSOR, W_WRITER_PARKED, W_WRITER_WAKE, Participant, State,
 )
 from .segment import SHM_DIR, Segment
-from .serialization import BytesSerializer, Serializer, resolve
+from .serialization import BytesSerializer, Serializer, resolve, stream_decoder
 
 _SLOT_HEAD = L.SLOT_HEAD
 _ONE_SEGMENT = L.ONE_SEGMENT
@@ -67,7 +67,7 @@ class Reader(Receiving, Participant):
         self._cursor = self._take_record()
         self._serializer = BytesSerializer() if segment.flags & L.FLAG_RAW_ONLY else serializer
         self._raw_only = self._serializer.raw
-        self._loads = self._serializer.decode  # bound once: get() calls it per message
+        self._loads = stream_decoder(self._serializer)  # get() calls it for almost every message
         self._n = segment.n_chunks
         self._slot_base = [L.slot_offset(segment.n_readers, segment.chunk_bytes, i) for i in range(self._n)]
         self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
@@ -153,7 +153,7 @@ class Reader(Receiving, Participant):
             if count == 1 and first_len + _ONE_SEGMENT.size == frame and not (flags & _RAW or raw or self._raw_only):
                 # The usual message, one pickle stream and no out-of-band buffers, is decoded
                 # here: _frame and _decode below would add two calls to every get().
-                message = self._loads(buf[base + _BODY : base + _HEADER_BYTES + frame], [])
+                message = self._loads(buf[base + _BODY : base + _HEADER_BYTES + frame])
             else:
                 stream, buffers = self._frame(base, frame, count, first_len, c, copy=True)
                 message = self._decode(stream, buffers, flags, raw)

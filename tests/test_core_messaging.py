@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -166,6 +167,30 @@ def test_every_kind_of_array_comes_back_equal_with_its_type_dtype_and_layout(wri
         assert got.flags.f_contiguous
     if isinstance(sent, np.ma.MaskedArray):
         assert got.mask.tolist() == sent.mask.tolist()
+
+
+class JsonSerializer:
+    """A serializer of the caller's own: any object with raw, encode and decode."""
+
+    raw = False
+
+    def encode(self, obj):
+        return [json.dumps(obj).encode()]
+
+    def decode(self, stream, buffers):
+        assert not buffers
+        return json.loads(bytes(stream))
+
+
+def test_a_serializer_of_the_callers_own_carries_every_message(queue_name):
+    with shmq.create(1, name=queue_name, chunk_bytes=256, n_chunks=8, serializer=JsonSerializer()) as writer, \
+            shmq.attach(writer.handle, 0, serializer=JsonSerializer()) as reader:
+        sent = [{"seq": i, "text": "x" * (i * 40)} for i in range(20)]  # the last ones span slots
+        received = []
+        for message in sent:
+            writer.put(message)
+            received.append(reader.get())
+        assert received == sent
 
 
 def test_lease_aliases_the_slot_until_the_block_exits(writer):
