@@ -118,7 +118,7 @@ class Reader(Receiving, Participant):
         """
         c, waited, wait_start = self._await_message(timeout)
         base = self._slot_base[c % self._n]
-        seq, frame, total, flags, count, first_len = _SLOT_AND_TABLE.unpack_from(self._segment.buf, base)
+        seq, frame, total, flags, count, first_len = _SLOT_AND_TABLE.unpack_from(self._buf, base)
         self._check_slot(c, seq)
         if flags & _FRAGMENT:
             yield self._receive_pieces(c, frame, total, flags, waited, wait_start, raw=False)
@@ -210,7 +210,7 @@ class Reader(Receiving, Participant):
         filled = 0
         first, first_flags = c, flags
         traceparent = self._traceparent(self._slot_base[c % self._n], flags)
-        buf = self._segment.buf
+        buf = self._buf
         while True:
             base = self._slot_base[c % self._n]
             if filled + frame > total or not flags & L.SLOT_FRAGMENT:
@@ -248,7 +248,7 @@ class Reader(Receiving, Participant):
 
         `count` and `first_len` are the frame table's first two words, read with the slot header.
         """
-        buf = self._segment.buf if copy else self._readonly
+        buf = self._buf if copy else self._readonly
         offset = base + _HEADER_BYTES
         if count == 1 and first_len + _ONE_SEGMENT.size == length:
             return buf[offset + _ONE_SEGMENT.size : offset + length], []
@@ -330,7 +330,7 @@ class Reader(Receiving, Participant):
     def _traceparent(self, base: int, flags: int) -> bytes | None:
         """The producer's traceparent, copied while the slot is still ours (None if untraced)."""
         if flags & L.SLOT_TRACED and self._hooks is not None:
-            field = self._segment.buf[base + L.SLOT_TRACEPARENT : base + L.SLOT_TRACEPARENT + L.TRACEPARENT_BYTES]
+            field = self._buf[base + L.SLOT_TRACEPARENT : base + L.SLOT_TRACEPARENT + L.TRACEPARENT_BYTES]
             return bytes(field).rstrip(b"\x00")
         return None
 

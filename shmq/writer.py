@@ -115,7 +115,7 @@ class Writer(Participant):
                 base = self._slot_base[s % self._n]
                 _SLOT_AND_TABLE.pack_into(buf, base, s, total, total, flags, 1, body_len)
                 if trace is not None:  # after the pack, which zeroes the traceparent field
-                    buf[base + _TRACEPARENT : base + _TRACEPARENT + len(trace.traceparent)] = trace.traceparent
+                    self._write_traceparent(buf, base, trace.traceparent)
                 buf[base + _BODY : base + _HEADER_BYTES + total] = body
                 self._publish(s + 1)
             else:
@@ -202,11 +202,15 @@ class Writer(Participant):
             self._publish(s + 1)
         return waited
 
-    @staticmethod
-    def _write_slot_head(buf, base: int, s: int, frame: int, total: int, flags: int, trace) -> None:
+    @classmethod
+    def _write_slot_head(cls, buf, base: int, s: int, frame: int, total: int, flags: int, trace) -> None:
         _SLOT_HEAD.pack_into(buf, base, s, frame, total, flags)
         if trace is not None:  # readers look at the field only when flags say SLOT_TRACED
-            buf[base + _TRACEPARENT : base + _TRACEPARENT + len(trace.traceparent)] = trace.traceparent
+            cls._write_traceparent(buf, base, trace.traceparent)
+
+    @staticmethod
+    def _write_traceparent(buf, base: int, traceparent: bytes) -> None:
+        buf[base + _TRACEPARENT : base + _TRACEPARENT + len(traceparent)] = traceparent
 
     def _publish(self, cursor: int) -> None:
         self._cursor = cursor
@@ -256,9 +260,9 @@ class Writer(Participant):
     def park(self, timeout_s: float) -> None:
         w = self._w
         # Not just "parked": the reader cursor that frees our slot (>= 1, as the ring is full), so
-        # only the reader reaching it wakes us, not every reader on every message meanwhile.
+        # only the reader crossing it wakes us, not every reader on every message meanwhile.
         w[W_WRITER_PARKED] = self._cursor - self._n + 1
-        sync.full_fence()  # the Dekker handshake with Reader._advance: flag, fence, then re-check
+        sync.full_fence()  # the Dekker handshake with Reader._publish: flag, fence, then re-check
         expected = w[W_WRITER_WAKE]
         if self._slot_free(self._cursor) or self._closed:
             w[W_WRITER_PARKED] = 0

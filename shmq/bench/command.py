@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-strategies", action="store_true",
                         help="only the default strategy (and the lease row), not one row per wait strategy")
     parser.add_argument("--no-limits", action="store_true",
-                        help="leave out the limit rows (memcpy, 1 MiB ring, ping-pong, futex wake)")
+                        help="leave out the limit rows (memcpy, 1 MiB ring, ping-pong, pickle-only ring, futex wake)")
     parser.add_argument("--json", metavar="PATH", help="also write every row's figures to PATH as JSON")
     parser.add_argument("--soak", action="store_true",
                         help="instead: send --soak-messages to --soak-readers readers and report msgs/s, RSS of "
