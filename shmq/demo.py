@@ -103,8 +103,28 @@ def worker(handle: str, index: int, result_handles, config: DemoConfig, fault) -
 def blind_while(reader: Reader, fault=None) -> None:
     """Fault injection: while `fault` (an Event; None: for good) is set the reader's view of the writer
     cursor goes stale, as with a missing fence, so get() spins without consuming although messages wait."""
-    see = reader._load_available
-    reader._load_available = lambda: reader._available if fault is None or fault.is_set() else see()
+    reader._ring = _BlindRing(reader._ring, fault)
+
+
+class _BlindRing:
+    """A reader's ring (shmq/_ring.c) that stops loading the writer cursor while `fault` is set."""
+
+    def __init__(self, ring, fault) -> None:
+        self._ring, self._fault = ring, fault
+        self.publish_reader, self.release = ring.publish_reader, ring.release
+
+    def _blind(self) -> bool:
+        return self._fault is None or self._fault.is_set()
+
+    @property
+    def available(self) -> int:
+        return self._ring.available
+
+    def load_available(self) -> int:
+        return self._ring.available if self._blind() else self._ring.load_available()
+
+    def read_one(self, c: int):
+        return None if self._blind() and c >= self._ring.available else self._ring.read_one(c)
 
 
 class Injector(threading.Thread):

@@ -17,7 +17,7 @@ from .errors import AlreadyAttached, BadHandle, LayoutMismatch, QueueClosed, Shm
 from .handle import Handle
 from .participant import (
     DEFAULT_WARN_AFTER_S, R_BYTES, R_CURSOR, R_MESSAGES, R_PID, R_PROGRESS, R_START_TIME, R_STATE, R_WAKEUPS,
-    W_WRITER_CURSOR, W_WRITER_PARKED, W_WRITER_WAKE, Participant, State,
+    W_WRITER_CURSOR, Participant, State,
 )
 from .segment import SHM_DIR, Segment
 from .serialization import BytesSerializer, Serializer, resolve, stream_decoder
@@ -27,9 +27,6 @@ _ONE_SEGMENT = L.ONE_SEGMENT
 _HEADER_BYTES = L.SLOT_HEADER_BYTES
 _SLOT_AND_TABLE = L.SLOT_HEAD_AND_TABLE
 _FRAGMENT = L.SLOT_FRAGMENT
-_TRACED = L.SLOT_TRACED
-_RAW = L.SLOT_RAW
-_BODY = _HEADER_BYTES + _ONE_SEGMENT.size  # where a one-segment message's stream starts in its slot
 _WRITER_RECORD = L.word(L.record_offset(0))
 
 
@@ -71,9 +68,8 @@ class Reader(Receiving, Participant):
         self._n = segment.n_chunks
         self._slot_base = [L.slot_offset(segment.n_readers, segment.chunk_bytes, i) for i in range(self._n)]
         self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
-        self._wake_address = segment.address + L.OFF_WRITER_WAKE
         self._readonly = segment.buf.toreadonly()  # leases hand out views the caller cannot write through
-        self._available = self._cursor  # writer cursor as last loaded; messages below it are readable
+        self._ring = segment.ring()  # the one-slot fast path, and the writer cursor as last loaded
         # get() publishes its cursor (and counts) once per batch while a backlog lasts, and at once
         # when it catches up: the store, fence and parked check cost a fifth of a small get(). If the
         # application stops reading mid-batch, the heartbeat thread publishes the rest (_publish_behind).
@@ -85,7 +81,7 @@ class Reader(Receiving, Participant):
         self._received_messages = self._received_bytes = 0
         self._base_messages, self._base_bytes = self._w[self._rec + R_MESSAGES], self._w[self._rec + R_BYTES]
         self._buf = segment.buf
-        self._seq_words = [(base + L.SLOT_SEQ) // L.WORD for base in self._slot_base]
+        self._cursor_offset = (self._rec + R_CURSOR) * L.WORD
         self._register(index, stack_dumps)
         # The writer may scan before our stores above reach it; the fence bounds that, and
         # each slot's sequence number is checked after it is copied (see _check_unchanged).
@@ -136,47 +132,45 @@ class Reader(Receiving, Participant):
 
     def _receive(self, timeout: float | None, raw: bool) -> Any:
         c = self._cursor
-        if c < self._available or c < self._load_available():
-            waited = wait_start = 0
-        else:
+        stream = None if raw else self._ring.read_one(c)
+        waited = wait_start = 0
+        if stream is None and not c < self._ring.available:  # nothing published for us yet
             c, waited, wait_start = self._await_message(timeout)
-        slot = c % self._n
-        base = self._slot_base[slot]
-        buf = self._buf
-        seq, frame, total, flags, count, first_len = _SLOT_AND_TABLE.unpack_from(buf, base)
-        if seq != c:  # checks are inlined where they pass, and the methods raise
-            self._check_slot(c, seq)
+            stream = None if raw else self._ring.read_one(c)
+        if stream is None:  # not one plain pickle stream in one slot
+            return self._receive_framed(c, waited, wait_start, raw)
+        try:
+            message = self._loads(stream)
+            self._received_messages += 1
+            self._received_bytes += len(stream) + _ONE_SEGMENT.size
+        finally:
+            self._release_read(c + 1)
+        return message
+
+    def _release_read(self, cursor: int) -> None:
+        """Done with every message below `cursor`: publish now if caught up or a batch is full."""
+        self._cursor = cursor
+        if cursor >= self._ring.available or cursor - self._published >= self._publish_every:
+            self._advance(cursor)
+
+    def _receive_framed(self, c: int, waited: int, wait_start: int, raw: bool) -> Any:
+        """Message `c`, published, read with its frame table: buffers, raw bytes, traced or corrupt."""
+        base = self._slot_base[c % self._n]
+        seq, frame, total, flags, count, first_len = _SLOT_AND_TABLE.unpack_from(self._buf, base)
+        self._check_slot(c, seq)
         if flags & _FRAGMENT:
             return self._receive_pieces(c, frame, total, flags, waited, wait_start, raw)
-        traceparent = self._traceparent(base, flags) if flags & _TRACED else None  # no call when untraced
+        traceparent = self._traceparent(base, flags)
         try:
-            if count == 1 and first_len + _ONE_SEGMENT.size == frame and not (flags & _RAW or raw or self._raw_only):
-                # The usual message, one pickle stream and no out-of-band buffers, is decoded
-                # here: _frame and _decode below would add two calls to every get().
-                message = self._loads(buf[base + _BODY : base + _HEADER_BYTES + frame])
-            else:
-                stream, buffers = self._frame(base, frame, count, first_len, c, copy=True)
-                message = self._decode(stream, buffers, flags, raw)
-            if self._w[self._seq_words[slot]] != c:
-                self._check_unchanged(base, c)
+            stream, buffers = self._frame(base, frame, count, first_len, c, copy=True)
+            message = self._decode(stream, buffers, flags, raw)
+            self._check_unchanged(base, c)
             self._received_messages += 1
             self._received_bytes += total
         finally:
-            self._cursor = c = c + 1
-            if c >= self._available or c - self._published >= self._publish_every:
-                self._advance(c)
-        if traceparent is None:
-            self._events = None
-        else:
-            self._trace_received(c - 1, total, traceparent, waited, wait_start)
+            self._release_read(c + 1)
+        self._trace_received(c, total, traceparent, waited, wait_start)
         return message
-
-    def _load_available(self) -> int:
-        self._available = available = self._w[W_WRITER_CURSOR]
-        # Reads of the slot must not move before this load: free on x86-64 (loads stay in order).
-        if not sync.ORDERED_STORES:
-            sync.acquire_fence()
-        return available
 
     def _await_message(self, timeout: float | None) -> tuple[int, int, int]:
         c = self._cursor
@@ -184,7 +178,7 @@ class Reader(Receiving, Participant):
         waited = 0
         if self._cancelled:
             raise QueueClosed(f"{self._describe()} was cancelled")
-        if not c < self._load_available():
+        if not c < self._ring.load_available():
             if self._published != c:
                 self._advance(c)  # a reader that waits holds no slot it has read
             if self._hooks is not None:
@@ -192,12 +186,12 @@ class Reader(Receiving, Participant):
             waited = self._block(self._message_or_close, timeout, State.WAITING_READ)
         if self._cancelled:
             raise QueueClosed(f"{self._describe()} was cancelled")
-        if not c < self._available:
+        if not c < self._ring.available:
             raise QueueClosed(f"queue {self.queue_name!r} was closed by its writer after {c} messages")
         return c, waited, wait_start
 
     def _message_or_close(self) -> bool:
-        return (self._cursor < self._load_available() or self._cancelled
+        return (self._cursor < self._ring.load_available() or self._cancelled
                 or self._w[_WRITER_RECORD + R_STATE] == State.CLOSED)
 
     def _receive_pieces(self, c: int, frame: int, total: int, flags: int, waited: int, wait_start: int,
@@ -223,7 +217,7 @@ class Reader(Receiving, Participant):
             c += 1
             if flags & L.SLOT_LAST:
                 break
-            if not c < self._available:
+            if not c < self._ring.available:
                 c, more_wait, _ = self._await_message(None)  # once a message has begun, it finishes
                 waited += more_wait
             base = self._slot_base[c % self._n]
@@ -311,21 +305,10 @@ class Reader(Receiving, Participant):
             w[self._rec + R_MESSAGES] = self._base_messages + self._received_messages
             w[self._rec + R_BYTES] = self._base_bytes + self._received_bytes
         previous, self._published = self._published, cursor
-        # Our loads of the slot come before this store in program order; x86-64 never lets
-        # a store pass an earlier load, so the writer cannot reuse the slot while we copy.
-        if not sync.ORDERED_STORES:
-            sync.publish_fence()
-        w[self._rec + R_CURSOR] = cursor
-        # Dekker handshake with Writer.park(): cursor, full fence, then its parked word, which
-        # holds the cursor that frees the writer's slot: only the reader crossing it wakes it.
-        sync.full_fence()
-        parked = w[W_WRITER_PARKED]
-        if parked and previous < parked <= cursor:
-            # Any new value makes a writer that is about to sleep return at once.
-            w[W_WRITER_WAKE] = ((cursor & 0xFFFFFF) << 8) | self.index
-            sync.futex_wake(self._wake_address, 1)
-            if self._stats:
-                w[self._rec + R_WAKEUPS] += 1
+        # The cursor's release store, a full fence, then the writer's parked word, which holds the
+        # cursor that frees its slot: only the reader crossing it wakes it (shmq/_ring.c).
+        if self._ring.publish_reader(self._cursor_offset, cursor, previous, self.index) and self._stats:
+            w[self._rec + R_WAKEUPS] += 1
 
     def _traceparent(self, base: int, flags: int) -> bytes | None:
         """The producer's traceparent, copied while the slot is still ours (None if untraced)."""
@@ -395,6 +378,7 @@ class Reader(Receiving, Participant):
             self._advance(self._cursor)  # the counts of the last batch
         self._set_state(State.CLOSED)
         self._stop_heartbeat()
+        self._ring.release()
         try:
             self._readonly.release()
             self._segment.close()

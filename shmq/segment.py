@@ -18,9 +18,15 @@ import time
 
 from . import layout as L
 from . import procs, sync
+from . import _ring
 from .errors import LayoutMismatch, ShmFull, ShmqError
 
 SHM_DIR = "/dev/shm"
+
+# shmq/_ring.c reads and writes slot headers itself; a stale build must not guess at them.
+if (_ring.SLOT_TRACEPARENT, _ring.TRACEPARENT_BYTES, _ring.TABLE_BYTES) != (
+        L.SLOT_TRACEPARENT, L.TRACEPARENT_BYTES, L.ONE_SEGMENT.size):
+    raise ImportError("shmq/_ring.c and shmq/layout.py disagree on the slot layout: rebuild shmq")
 PREFIX = "shmq-"
 
 
@@ -104,7 +110,7 @@ class Segment:
         mm[L.OFF_NAME : L.OFF_NAME + L.NAME_BYTES] = name_field
         mm[L.OFF_ENDPOINT : L.OFF_ENDPOINT + L.ENDPOINT_BYTES] = endpoint_field
         # Everything above must be visible before the version says "ready".
-        sync.publish_fence()
+        sync.full_fence()
         w[L.word(L.OFF_VERSION)] = L.LAYOUT_VERSION
         w.release()
         return cls(shm_name, path, mm, writable=True)
@@ -140,6 +146,14 @@ class Segment:
             mm.close()
             raise
         return cls(shm_name, path, mm, writable=writable)
+
+    def ring(self) -> _ring.Ring:
+        """A C view of the slots and cursors for the hot path (shmq/_ring.c): release() it before close()."""
+        return _ring.Ring(self.buf, slots_offset=L.slots_offset(self.n_readers), n_slots=self.n_chunks,
+                    slot_stride=L.slot_stride(self.chunk_bytes), header_bytes=L.SLOT_HEADER_BYTES,
+                    chunk_bytes=self.chunk_bytes, writer_cursor_offset=L.OFF_WRITER_CURSOR,
+                    reader_parked_offset=L.OFF_READER_PARKED, n_readers=self.n_readers,
+                    writer_parked_offset=L.OFF_WRITER_PARKED, writer_wake_offset=L.OFF_WRITER_WAKE)
 
     # -- closing ----------------------------------------------------------------
     def close(self) -> None:
@@ -192,7 +206,7 @@ def _validate(mm: mmap.mmap, path: str, file_size: int, ready_timeout_s: float) 
                 raise LayoutMismatch(f"{path} was never made ready: its creator wrote no version within "
                                      f"{ready_timeout_s} s")
             time.sleep(0.001)
-        sync.acquire_fence()
+        sync.full_fence()  # reads of the fields below stay after the version's
         if version != L.LAYOUT_VERSION:
             raise LayoutMismatch(f"{path} has layout version {version}; this shmq reads version {L.LAYOUT_VERSION}")
         declared = words[L.word(L.OFF_SEGMENT_BYTES)]

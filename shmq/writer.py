@@ -14,7 +14,7 @@ from .errors import MessageTooLarge, QueueClosed, QueueTimeout, ReaderDead
 from .handle import Handle
 from .participant import (
     R_BYTES, R_CURSOR, R_MESSAGES, R_PID, R_PROGRESS, R_START_TIME, R_STATE, R_STATE_SINCE, R_WAKEUPS, R_OVERFLOW,
-    W_WRITER_CURSOR, W_WRITER_PARKED, W_WRITER_WAKE, DEFAULT_WARN_AFTER_S, Participant, State, log,
+    W_WRITER_PARKED, W_WRITER_WAKE, DEFAULT_WARN_AFTER_S, Participant, State, log,
 )
 from .segment import SHM_DIR, Segment
 from .serialization import Serializer, resolve
@@ -25,10 +25,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 31
 ON_DEAD_READER = ("raise", "evict")
 
 _SLOT_HEAD = L.SLOT_HEAD
-_SLOT_AND_TABLE = L.SLOT_HEAD_AND_TABLE
 _ONE_SEGMENT = L.ONE_SEGMENT
 _HEADER_BYTES = L.SLOT_HEADER_BYTES
-_BODY = _HEADER_BYTES + _ONE_SEGMENT.size  # where a one-segment message's bytes start in its slot
 _TRACEPARENT = L.SLOT_TRACEPARENT
 _GATING = State.CLOSED  # states below this hold the writer back; CLOSED and EVICTED do not
 
@@ -51,10 +49,7 @@ class Writer(Participant):
         self._max = segment.max_message_bytes
         self._slot_base = [L.slot_offset(segment.n_readers, self._cap, i) for i in range(self._n)]
         self._reader_records = [L.word(L.record_offset(1 + i)) for i in range(segment.n_readers)]
-        parked_words = L.align(segment.n_readers, L.WORD) // L.WORD
-        self._parked = segment.parked[: parked_words * L.WORD].cast("Q")
-        self._one_parked_word = parked_words == 1
-        self._reader_parked = segment.parked[: segment.n_readers]  # one byte per reader
+        self._ring = segment.ring()
         self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
         self._wake_address = segment.address + L.OFF_WRITER_WAKE
         self._buf = segment.buf
@@ -111,13 +106,10 @@ class Writer(Participant):
             if single and total <= self._cap:
                 if s - self._min_reader >= self._n:
                     waited = self._claim(s, timeout)
-                buf = self._buf
-                base = self._slot_base[s % self._n]
-                _SLOT_AND_TABLE.pack_into(buf, base, s, total, total, flags, 1, body_len)
-                if trace is not None:  # after the pack, which zeroes the traceparent field
-                    self._write_traceparent(buf, base, trace.traceparent)
-                buf[base + _BODY : base + _HEADER_BYTES + total] = body
-                self._publish(s + 1)
+                self._cursor = s + 1
+                if self._ring.put_one(s, flags, body, trace.traceparent if trace is not None else None) \
+                        and self._stats:
+                    self._w[self._rec + R_WAKEUPS] += 1
             else:
                 if single:
                     lengths, offsets = [body_len], [_ONE_SEGMENT.size]
@@ -214,25 +206,10 @@ class Writer(Participant):
 
     def _publish(self, cursor: int) -> None:
         self._cursor = cursor
-        w = self._w
-        # The slot's header and payload were stored above, in program order. x86-64
-        # keeps stores in order, so readers that see this cursor see them too; other
-        # CPUs need the fence. Readers read the slot only after they load the cursor.
-        if not sync.ORDERED_STORES:
-            sync.publish_fence()
-        w[W_WRITER_CURSOR] = cursor
-        # Dekker handshake with Reader.park(): we store the cursor then load the parked
-        # flags; a parking reader stores its flag then loads the cursor. With a full
-        # fence on both sides at least one sees the other, so no wake-up is lost.
-        sync.full_fence()
-        # Wake only readers that sleep for this message (cursor - 1 is the one they had):
-        # a reader woken by an earlier message may wait for a core for milliseconds, and
-        # waking it again on every message meanwhile would be one syscall per message.
-        if (self._parked[0] if self._one_parked_word else any(self._parked)) and \
-                L.parked_mark(cursor - 1) in self._reader_parked:
-            sync.futex_wake(self._cursor_address)
-            if self._stats:
-                w[self._rec + R_WAKEUPS] += 1
+        # The slot's stores, the release store of the cursor, a full fence, then a wake for the
+        # readers parked for this message: shmq/_ring.c argues the order.
+        if self._ring.publish(cursor) and self._stats:
+            self._w[self._rec + R_WAKEUPS] += 1
 
     # -- waiting for space --------------------------------------------------------------
     def _claim(self, s: int, timeout: float | None) -> int:
@@ -343,8 +320,7 @@ class Writer(Participant):
         if self._remote is not None:
             self._remote.close(self._cursor)
         self._stop_heartbeat()
-        self._parked.release()
-        self._reader_parked.release()
+        self._ring.release()
         self._segment.unlink()
         self._segment.close()
 

@@ -5,7 +5,7 @@
   of one-way latency for any Python queue, and its message rate;
 * the small rows' pickling, copying and unpickling alone, through a ring of
   shared counters, to 1 and 4 readers: what a pure-Python queue could reach;
-* a futex wake through ctypes, bare and carrying the pickled small message: the
+* a futex wake through shmq's C calls (shmq/_ring.c), bare and carrying the pickled small message: the
   floor of waking a parked reader, after the same pause as the wake-up phase;
 * 1 MiB arrays through a 4-slot ring between two processes, numpy copies and a
   spin on two shared counters only: the ceiling of a 1 MiB row, with the reader
@@ -202,7 +202,7 @@ def futex_row(rounds: int, gap_s: float, carry: bool) -> Row:
     shared page and wakes, and the woken process unpickles it: the least any Python
     queue that pickles does for a wake-up, on CPUs that the pause let go cold.
     """
-    label = "futex wake + pickled small message (ctypes)" if carry else "futex wake (ctypes)"
+    label = "futex wake + pickled small message" if carry else "futex wake"
     if not sync.HAVE_FUTEX:
         return Row("limit", 0, label, note="skipped: no futex on this platform")
     mm = mmap.mmap(-1, mmap.PAGESIZE)
@@ -242,7 +242,7 @@ def futex_row(rounds: int, gap_s: float, carry: bool) -> Row:
     if not wakes:
         return Row("limit", 0, label, note="failed: the child sent no samples")
     note = ("pickle, copy into shared memory, FUTEX_WAKE; unpickle" if carry
-            else "parked process, FUTEX_WAKE through ctypes") + f"; {gap_s * 1e3:g} ms pauses"
+            else "parked process, FUTEX_WAKE") + f"; shmq's C futex calls; {gap_s * 1e3:g} ms pauses"
     return Row("limit", 0, label, wake_p50_us=wakes[len(wakes) // 2] / 1e3, note=note)
 
 

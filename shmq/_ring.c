@@ -1,0 +1,433 @@
+/* The hot path of a one-slot message, and the memory ordering every shmq publish relies on.
+ *
+ * Python's own operations each cost tens of nanoseconds and give no ordering guarantee a
+ * reader of the code can check, so the stores and loads that other processes race on live
+ * here, written with C11 atomics:
+ *
+ *   writer: slot header and payload (plain stores) -> release store of the writer cursor
+ *   reader: acquire load of the writer cursor -> slot header and payload (plain loads)
+ *
+ * A release store is never seen before the stores that precede it, and an acquire load is
+ * never overtaken by the loads that follow it, so a reader that sees cursor s+1 sees slot
+ * s complete. Sleeping peers make it a Dekker handshake, which needs a full fence on both
+ * sides (see publish_writer_cursor and publish_reader_cursor): x86-64 lets a load pass an
+ * earlier store, so without it the writer could miss a reader that just parked, and the
+ * reader could sleep through the message that woke nobody.
+ *
+ * A Ring holds a buffer export of the segment, so the mapping cannot be unmapped under it;
+ * release() drops the export and every later call raises ValueError.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+/* Slot header words (shmq/layout.py: SLOT_SEQ, SLOT_FRAME_LEN, SLOT_TOTAL_LEN, SLOT_FLAGS) and
+ * the first two words of the frame table (segment count, length of segment 0), which start at
+ * header_bytes. A one-segment message's pickle stream follows them. */
+enum { SEQ, FRAME_LEN, TOTAL_LEN, FLAGS };
+#define SLOT_TRACEPARENT (4 * 8) /* after FLAGS: a W3C traceparent, zero-padded */
+#define TRACEPARENT_BYTES 64
+#define TABLE_BYTES 16
+
+/* parked_mark in shmq/layout.py: bit 7 set, and the low 7 bits of the cursor a reader waits past. */
+#define PARKED_MARK(cursor) ((uint8_t)(0x80 | ((cursor) & 0x7F)))
+
+/* -- fences and futexes ----------------------------------------------------------------- */
+static void
+futex_wake_all(void *address, int count)
+{
+#ifdef __linux__
+    syscall(SYS_futex, address, FUTEX_WAKE, count, NULL, NULL, 0);
+#else
+    (void)address;
+    (void)count;
+#endif
+}
+
+static PyObject *
+full_fence(PyObject *module, PyObject *unused)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+futex_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned long long address;
+    unsigned long expected;
+    double timeout_s;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "futex_wait(address, expected, timeout_s)");
+        return NULL;
+    }
+    address = PyLong_AsUnsignedLongLong(args[0]);
+    expected = PyLong_AsUnsignedLongMask(args[1]);
+    timeout_s = PyFloat_AsDouble(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (timeout_s < 0)
+        timeout_s = 0;
+    struct timespec timeout = {(time_t)timeout_s, (long)((timeout_s - (double)(time_t)timeout_s) * 1e9)};
+    Py_BEGIN_ALLOW_THREADS
+#ifdef __linux__
+    syscall(SYS_futex, (void *)(uintptr_t)address, FUTEX_WAIT, (uint32_t)expected, &timeout, NULL, 0);
+#else
+    nanosleep(&timeout, NULL); /* no futex: sleep out the timeout, which callers keep short */
+#endif
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+futex_wake(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "futex_wake(address, count=INT_MAX)");
+        return NULL;
+    }
+    unsigned long long address = PyLong_AsUnsignedLongLong(args[0]);
+    long count = nargs == 2 ? PyLong_AsLong(args[1]) : INT_MAX;
+    if (PyErr_Occurred())
+        return NULL;
+    futex_wake_all((void *)(uintptr_t)address, count > INT_MAX ? INT_MAX : (int)count);
+    Py_RETURN_NONE;
+}
+
+/* -- Ring --------------------------------------------------------------------------------- */
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view; /* view.buf is NULL once released */
+    char *slots;
+    Py_ssize_t n_slots, slot_stride, header_bytes, chunk_bytes;
+    _Atomic uint64_t *writer_cursor;
+    _Atomic uint8_t *reader_parked;
+    Py_ssize_t n_readers;
+    _Atomic uint64_t *writer_parked;
+    _Atomic uint32_t *writer_wake;
+    uint64_t available; /* a reader's last load of the writer cursor: messages below it are readable */
+} Ring;
+
+static int
+ring_init(Ring *self, PyObject *args, PyObject *kwds)
+{
+    static char *keywords[] = {"buffer", "slots_offset", "n_slots", "slot_stride", "header_bytes", "chunk_bytes",
+                               "writer_cursor_offset", "reader_parked_offset", "n_readers",
+                               "writer_parked_offset", "writer_wake_offset", NULL};
+    PyObject *buffer;
+    Py_ssize_t slots_offset, cursor_offset, parked_offset, writer_parked_offset, wake_offset;
+    if (self->view.buf != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Ring is already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Onnnnnnnnnn", keywords, &buffer, &slots_offset, &self->n_slots,
+                                     &self->slot_stride, &self->header_bytes, &self->chunk_bytes, &cursor_offset,
+                                     &parked_offset, &self->n_readers, &writer_parked_offset, &wake_offset))
+        return -1;
+    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0)
+        return -1;
+    char *base = self->view.buf;
+    Py_ssize_t end = slots_offset + self->n_slots * self->slot_stride;
+    if (self->n_slots < 1 || self->header_bytes < SLOT_TRACEPARENT + TRACEPARENT_BYTES || self->chunk_bytes < TABLE_BYTES ||
+        self->slot_stride < self->header_bytes + self->chunk_bytes || end > self->view.len ||
+        cursor_offset % 8 || cursor_offset + 8 > self->view.len || parked_offset + self->n_readers > self->view.len ||
+        writer_parked_offset % 8 || writer_parked_offset + 8 > self->view.len || wake_offset % 4 ||
+        wake_offset + 4 > self->view.len || slots_offset % 8 || self->slot_stride % 8 || self->header_bytes % 8) {
+        PyBuffer_Release(&self->view);
+        self->view.buf = NULL;
+        PyErr_SetString(PyExc_ValueError, "Ring geometry does not fit the buffer");
+        return -1;
+    }
+    self->slots = base + slots_offset;
+    self->writer_cursor = (_Atomic uint64_t *)(base + cursor_offset);
+    self->reader_parked = (_Atomic uint8_t *)(base + parked_offset);
+    self->writer_parked = (_Atomic uint64_t *)(base + writer_parked_offset);
+    self->writer_wake = (_Atomic uint32_t *)(base + wake_offset);
+    self->available = 0;
+    return 0;
+}
+
+static void
+ring_dealloc(Ring *self)
+{
+    if (self->view.buf != NULL)
+        PyBuffer_Release(&self->view);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+check_open(Ring *self)
+{
+    if (self->view.buf == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the ring's segment was released");
+        return -1;
+    }
+    return 0;
+}
+
+static inline _Atomic uint64_t *
+slot_words(Ring *self, uint64_t seq)
+{
+    return (_Atomic uint64_t *)(self->slots + (Py_ssize_t)(seq % (uint64_t)self->n_slots) * self->slot_stride);
+}
+
+/* Store the writer cursor, then wake the readers parked for message cursor - 1. */
+static int
+publish_writer_cursor(Ring *self, uint64_t cursor)
+{
+    atomic_store_explicit(self->writer_cursor, cursor, memory_order_release);
+    /* Dekker handshake with Reader.park (parked byte, fence, cursor load): with a full fence on
+     * both sides at least one of us sees the other's store, so no wake-up is lost. */
+    atomic_thread_fence(memory_order_seq_cst);
+    /* Only readers asleep for this very message: one woken earlier may wait milliseconds for a
+     * core, and waking it again on every message meanwhile would be a syscall per message. */
+    uint8_t mark = PARKED_MARK(cursor - 1);
+    for (Py_ssize_t i = 0; i < self->n_readers; i++) {
+        if (atomic_load_explicit(&self->reader_parked[i], memory_order_relaxed) == mark) {
+            futex_wake_all((void *)self->writer_cursor, INT_MAX);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+ring_publish(Ring *self, PyObject *arg)
+{
+    unsigned long long cursor = PyLong_AsUnsignedLongLong(arg);
+    if ((cursor == (unsigned long long)-1 && PyErr_Occurred()) || check_open(self) < 0)
+        return NULL;
+    return PyBool_FromLong(publish_writer_cursor(self, cursor));
+}
+
+/* put_one(seq, flags, stream, traceparent) -> woke: write a one-segment message into slot seq,
+ * then publish seq + 1. traceparent is bytes or None. */
+static PyObject *
+ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "put_one(seq, flags, stream, traceparent)");
+        return NULL;
+    }
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[0]);
+    unsigned long long flags = PyLong_AsUnsignedLongLong(args[1]);
+    if (PyErr_Occurred() || check_open(self) < 0)
+        return NULL;
+    PyObject *traceparent = args[3];
+    if (traceparent != Py_None && (!PyBytes_Check(traceparent) || PyBytes_GET_SIZE(traceparent) > TRACEPARENT_BYTES)) {
+        PyErr_Format(PyExc_ValueError, "traceparent must be None or at most %d bytes", TRACEPARENT_BYTES);
+        return NULL;
+    }
+    Py_buffer stream;
+    if (PyObject_GetBuffer(args[2], &stream, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint64_t frame = (uint64_t)stream.len + TABLE_BYTES;
+    if (frame > (uint64_t)self->chunk_bytes) {
+        PyBuffer_Release(&stream);
+        PyErr_Format(PyExc_ValueError, "a %zd-byte stream does not fit a %zd-byte slot", stream.len,
+                     self->chunk_bytes);
+        return NULL;
+    }
+    _Atomic uint64_t *slot = slot_words(self, seq);
+    /* Relaxed: the release store of the cursor in publish_writer_cursor orders all of these. */
+    atomic_store_explicit(&slot[SEQ], seq, memory_order_relaxed);
+    atomic_store_explicit(&slot[FRAME_LEN], frame, memory_order_relaxed);
+    atomic_store_explicit(&slot[TOTAL_LEN], frame, memory_order_relaxed);
+    atomic_store_explicit(&slot[FLAGS], flags, memory_order_relaxed);
+    if (traceparent != Py_None) { /* readers look at the field only when flags say SLOT_TRACED */
+        char *field = (char *)slot + SLOT_TRACEPARENT;
+        Py_ssize_t n = PyBytes_GET_SIZE(traceparent);
+        memcpy(field, PyBytes_AS_STRING(traceparent), (size_t)n);
+        memset(field + n, 0, (size_t)(TRACEPARENT_BYTES - n));
+    }
+    /* A reader that was evicted may still be copying this slot; it re-checks the sequence after
+     * its copy, which tells it only if the new sequence is stored before the new payload. */
+    atomic_thread_fence(memory_order_release);
+    uint64_t table[2] = {1, (uint64_t)stream.len};
+    char *frame_start = (char *)slot + self->header_bytes;
+    memcpy(frame_start, table, TABLE_BYTES);
+    memcpy(frame_start + TABLE_BYTES, stream.buf, (size_t)stream.len);
+    PyBuffer_Release(&stream);
+    return PyBool_FromLong(publish_writer_cursor(self, seq + 1));
+}
+
+/* load_available() -> the writer cursor, loaded now (acquire: slot reads stay after it). */
+static PyObject *
+ring_load_available(Ring *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    self->available = atomic_load_explicit(self->writer_cursor, memory_order_acquire);
+    return PyLong_FromUnsignedLongLong(self->available);
+}
+
+/* read_one(c) -> bytes | None: the pickle stream of message c, copied out, if it is published
+ * and is a one-slot, one-segment message with no flags. None otherwise: not yet published, or
+ * anything else (flags, several segments, a wrong sequence), which the Python path handles and
+ * reports. */
+static PyObject *
+ring_read_one(Ring *self, PyObject *arg)
+{
+    unsigned long long c = PyLong_AsUnsignedLongLong(arg);
+    if ((c == (unsigned long long)-1 && PyErr_Occurred()) || check_open(self) < 0)
+        return NULL;
+    if (c >= self->available) {
+        self->available = atomic_load_explicit(self->writer_cursor, memory_order_acquire);
+        if (c >= self->available)
+            Py_RETURN_NONE;
+    }
+    _Atomic uint64_t *slot = slot_words(self, c);
+    uint64_t frame = atomic_load_explicit(&slot[FRAME_LEN], memory_order_relaxed);
+    if (atomic_load_explicit(&slot[SEQ], memory_order_relaxed) != c ||
+        atomic_load_explicit(&slot[FLAGS], memory_order_relaxed) != 0 ||
+        atomic_load_explicit(&slot[TOTAL_LEN], memory_order_relaxed) != frame ||
+        frame > (uint64_t)self->chunk_bytes || frame < TABLE_BYTES)
+        Py_RETURN_NONE;
+    char *frame_start = (char *)slot + self->header_bytes;
+    uint64_t table[2];
+    memcpy(table, frame_start, TABLE_BYTES);
+    if (table[0] != 1 || table[1] + TABLE_BYTES != frame)
+        Py_RETURN_NONE;
+    PyObject *stream = PyBytes_FromStringAndSize(frame_start + TABLE_BYTES, (Py_ssize_t)table[1]);
+    if (stream == NULL)
+        return NULL;
+    /* The copy, then the sequence again: had the writer reused the slot meanwhile (it stores the
+     * new sequence before the new payload), the sequence would differ. */
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&slot[SEQ], memory_order_relaxed) != c) {
+        Py_DECREF(stream);
+        Py_RETURN_NONE;
+    }
+    return stream;
+}
+
+/* publish_reader(cursor_offset, cursor, previous, reader_index) -> woke: store a reader's cursor,
+ * then wake the writer if it sleeps for a cursor in (previous, cursor]. */
+static PyObject *
+ring_publish_reader(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "publish_reader(cursor_offset, cursor, previous, reader_index)");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[0]);
+    unsigned long long cursor = PyLong_AsUnsignedLongLong(args[1]);
+    unsigned long long previous = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long index = PyLong_AsUnsignedLong(args[3]);
+    if (PyErr_Occurred() || check_open(self) < 0)
+        return NULL;
+    if (offset < 0 || offset % 8 || offset + 8 > self->view.len) {
+        PyErr_SetString(PyExc_ValueError, "cursor_offset is outside the segment");
+        return NULL;
+    }
+    _Atomic uint64_t *reader_cursor = (_Atomic uint64_t *)((char *)self->view.buf + offset);
+    /* Release: our loads of the slots come before it, so the writer cannot reuse one we still copy. */
+    atomic_store_explicit(reader_cursor, cursor, memory_order_release);
+    /* Dekker handshake with Writer.park: cursor, full fence, then the writer's parked word. */
+    atomic_thread_fence(memory_order_seq_cst);
+    uint64_t parked = atomic_load_explicit(self->writer_parked, memory_order_relaxed);
+    if (parked && previous < parked && parked <= cursor) {
+        /* Any new value makes a writer that is about to sleep return at once. */
+        atomic_store_explicit(self->writer_wake, (uint32_t)(((cursor & 0xFFFFFF) << 8) | (index & 0xFF)),
+                              memory_order_relaxed);
+        futex_wake_all((void *)self->writer_wake, 1);
+        Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+ring_release(Ring *self, PyObject *unused)
+{
+    if (self->view.buf != NULL) {
+        PyBuffer_Release(&self->view);
+        self->view.buf = NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+ring_get_available(Ring *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->available);
+}
+
+static PyMethodDef ring_methods[] = {
+    {"publish", (PyCFunction)ring_publish, METH_O, "publish(cursor) -> woke: store the writer cursor, wake its sleepers."},
+    {"put_one", (PyCFunction)(void (*)(void))ring_put_one, METH_FASTCALL,
+     "put_one(seq, flags, stream, traceparent) -> woke: write a one-segment message into its slot, publish it."},
+    {"load_available", (PyCFunction)ring_load_available, METH_NOARGS, "load_available() -> the writer cursor now."},
+    {"read_one", (PyCFunction)ring_read_one, METH_O,
+     "read_one(c) -> bytes | None: message c's pickle stream, if it is published and plain."},
+    {"publish_reader", (PyCFunction)(void (*)(void))ring_publish_reader, METH_FASTCALL,
+     "publish_reader(cursor_offset, cursor, previous, reader_index) -> woke the writer."},
+    {"release", (PyCFunction)ring_release, METH_NOARGS, "release(): drop the segment; later calls raise ValueError."},
+    {NULL},
+};
+
+static PyGetSetDef ring_getset[] = {
+    {"available", (getter)ring_get_available, NULL, "the writer cursor as last loaded by this ring", NULL},
+    {NULL},
+};
+
+static PyTypeObject RingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmq._ring.Ring",
+    .tp_doc = PyDoc_STR("One process's view of a queue's ring: the one-slot fast path and every cursor publish."),
+    .tp_basicsize = sizeof(Ring),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)ring_init,
+    .tp_dealloc = (destructor)ring_dealloc,
+    .tp_methods = ring_methods,
+    .tp_getset = ring_getset,
+};
+
+static PyMethodDef module_methods[] = {
+    {"full_fence", full_fence, METH_NOARGS, "A full memory barrier (C11 seq_cst fence)."},
+    {"futex_wait", (PyCFunction)(void (*)(void))futex_wait, METH_FASTCALL,
+     "futex_wait(address, expected, timeout_s): sleep while the 32-bit word at address equals expected."},
+    {"futex_wake", (PyCFunction)(void (*)(void))futex_wake, METH_FASTCALL,
+     "futex_wake(address, count=INT_MAX): wake sleepers on the word at address."},
+    {NULL},
+};
+
+static struct PyModuleDef ring_module = {
+    PyModuleDef_HEAD_INIT, "shmq._ring", "shmq's hot path and memory ordering, in C11 atomics.", -1, module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__ring(void)
+{
+    if (PyType_Ready(&RingType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&ring_module);
+    if (module == NULL)
+        return NULL;
+    Py_INCREF(&RingType);
+    if (PyModule_AddObject(module, "Ring", (PyObject *)&RingType) < 0) {
+        Py_DECREF(&RingType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    PyModule_AddIntConstant(module, "SLOT_TRACEPARENT", SLOT_TRACEPARENT);
+    PyModule_AddIntConstant(module, "TRACEPARENT_BYTES", TRACEPARENT_BYTES);
+    PyModule_AddIntConstant(module, "TABLE_BYTES", TABLE_BYTES);
+    PyModule_AddIntConstant(module, "HAVE_FUTEX",
+#ifdef __linux__
+                            1
+#else
+                            0
+#endif
+    );
+    return module;
+}
