@@ -137,7 +137,8 @@ ring_init(Ring *self, PyObject *args, PyObject *kwds)
         return -1;
     char *base = self->view.buf;
     Py_ssize_t end = slots_offset + self->n_slots * self->slot_stride;
-    if (self->n_slots < 1 || self->header_bytes < SLOT_TRACEPARENT + TRACEPARENT_BYTES || self->chunk_bytes < TABLE_BYTES ||
+    if (slots_offset < 0 || cursor_offset < 0 || parked_offset < 0 || writer_parked_offset < 0 || wake_offset < 0 ||
+        self->n_readers < 0 || self->n_slots < 1 || self->header_bytes < SLOT_TRACEPARENT + TRACEPARENT_BYTES || self->chunk_bytes < TABLE_BYTES ||
         self->slot_stride < self->header_bytes + self->chunk_bytes || end > self->view.len ||
         cursor_offset % 8 || cursor_offset + 8 > self->view.len || parked_offset + self->n_readers > self->view.len ||
         writer_parked_offset % 8 || writer_parked_offset + 8 > self->view.len || wake_offset % 4 ||

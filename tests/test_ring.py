@@ -1,0 +1,107 @@
+"""shmq/_ring.c as a unit, on private memory: the slots it writes are the slots layout.py describes."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+import shmq
+from shmq import _ring
+from shmq import layout as L
+
+N_READERS, N_SLOTS, CHUNK = 3, 4, 256
+
+
+@pytest.fixture
+def memory():
+    return bytearray(L.segment_bytes(N_READERS, N_SLOTS, CHUNK))
+
+
+def ring_on(memory) -> _ring.Ring:
+    return _ring.Ring(memory, slots_offset=L.slots_offset(N_READERS), n_slots=N_SLOTS,
+                      slot_stride=L.slot_stride(CHUNK), header_bytes=L.SLOT_HEADER_BYTES, chunk_bytes=CHUNK,
+                      writer_cursor_offset=L.OFF_WRITER_CURSOR, reader_parked_offset=L.OFF_READER_PARKED,
+                      n_readers=N_READERS, writer_parked_offset=L.OFF_WRITER_PARKED,
+                      writer_wake_offset=L.OFF_WRITER_WAKE)
+
+
+def words(memory) -> memoryview:
+    return memoryview(memory).cast("Q")
+
+
+def test_put_one_writes_the_slot_layout_py_reads_and_publishes_the_cursor(memory):
+    ring = ring_on(memory)
+    stream = pickle.dumps({"seq": 5}, protocol=5)
+    traceparent = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
+    assert ring.put_one(5, L.SLOT_TRACED, stream, traceparent) is False  # nobody parked: no wake
+    base = L.slot_offset(N_READERS, CHUNK, 5 % N_SLOTS)
+    frame = len(stream) + L.ONE_SEGMENT.size
+    assert L.SLOT_HEAD_AND_TABLE.unpack_from(memory, base) == (5, frame, frame, L.SLOT_TRACED, 1, len(stream))
+    field = memory[base + L.SLOT_TRACEPARENT : base + L.SLOT_TRACEPARENT + L.TRACEPARENT_BYTES]
+    assert field == traceparent.ljust(L.TRACEPARENT_BYTES, b"\x00")
+    body = base + L.SLOT_HEADER_BYTES + L.ONE_SEGMENT.size
+    assert memory[body : body + len(stream)] == stream
+    assert words(memory)[L.word(L.OFF_WRITER_CURSOR)] == 6
+
+
+def test_read_one_returns_only_a_published_plain_message(memory):
+    ring = ring_on(memory)
+    stream = pickle.dumps("hello", protocol=5)
+    assert ring.read_one(0) is None  # nothing published
+    ring.put_one(0, 0, stream, None)
+    assert ring.read_one(0) == stream and ring.available == 1
+    ring.put_one(1, L.SLOT_RAW, stream, None)
+    assert ring.read_one(1) is None  # flags: the Python path decides
+    ring.put_one(2, 0, stream, None)
+    assert ring.read_one(2) == stream
+    words(memory)[L.word(L.slot_offset(N_READERS, CHUNK, 2))] = 99  # the slot holds another message now
+    assert ring.read_one(2) is None
+
+
+def test_the_writer_wakes_only_a_reader_parked_for_this_message(memory):
+    ring = ring_on(memory)
+    memory[L.OFF_READER_PARKED + 1] = L.parked_mark(7)  # reader 1 sleeps until message 7 comes
+    assert ring.publish(7) is False
+    assert ring.publish(8) is True
+
+
+def test_a_reader_wakes_the_writer_only_when_it_crosses_its_mark(memory):
+    ring = ring_on(memory)
+    w = words(memory)
+    w[L.word(L.OFF_WRITER_PARKED)] = 10  # the writer sleeps until some reader's cursor reaches 10
+    cursor = L.record_offset(1) + L.REC_CURSOR
+    assert ring.publish_reader(cursor, 9, 5, 0) is False
+    assert ring.publish_reader(cursor, 12, 9, 0) is True
+    assert w[L.word(cursor)] == 12 and w[L.word(L.OFF_WRITER_WAKE)] & 0xFFFFFFFF == (12 << 8) | 0
+    assert ring.publish_reader(cursor, 13, 12, 0) is False  # already past it
+
+
+def test_bad_arguments_are_refused_without_touching_memory(memory):
+    with pytest.raises(ValueError, match="geometry"):
+        _ring.Ring(memory, slots_offset=L.slots_offset(N_READERS), n_slots=N_SLOTS + 1,
+                   slot_stride=L.slot_stride(CHUNK), header_bytes=L.SLOT_HEADER_BYTES, chunk_bytes=CHUNK,
+                   writer_cursor_offset=L.OFF_WRITER_CURSOR, reader_parked_offset=L.OFF_READER_PARKED,
+                   n_readers=N_READERS, writer_parked_offset=L.OFF_WRITER_PARKED,
+                   writer_wake_offset=L.OFF_WRITER_WAKE)
+    ring = ring_on(memory)
+    before = bytes(memory)
+    with pytest.raises(ValueError, match="does not fit"):
+        ring.put_one(0, 0, b"x" * CHUNK, None)
+    with pytest.raises(ValueError, match="traceparent"):
+        ring.put_one(0, 0, b"x", b"t" * (L.TRACEPARENT_BYTES + 1))
+    with pytest.raises(ValueError, match="outside the segment"):
+        ring.publish_reader(len(memory), 1, 0, 0)
+    assert bytes(memory) == before
+    ring.release()
+    with pytest.raises(ValueError, match="released"):
+        ring.read_one(0)
+
+
+def test_a_closed_reader_raises_instead_of_touching_the_unmapped_segment():
+    with shmq.create(1, chunk_bytes=1024, n_chunks=4) as writer:
+        reader = shmq.attach(writer.handle, 0)
+        writer.put("kept")
+        reader.close()
+        with pytest.raises(ValueError):
+            reader.get(timeout=1)
