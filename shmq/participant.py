@@ -21,6 +21,9 @@ from .segment import Segment
 log = logging.getLogger("shmq")
 
 State = L.ParticipantState
+# The states every wait stores, as plain ints: an IntEnum member costs three times as much to
+# look up and to store, and a wait stores two of them.
+BUSY, WAITING_READ, WAITING_WRITE = int(State.BUSY), int(State.WAITING_READ), int(State.WAITING_WRITE)
 
 # Word indexes inside a record (add the record's base word).
 R_PID = L.word(L.REC_PID)
@@ -162,7 +165,7 @@ class Participant:
             self._stack_dumps = diagnostics.acquire(stack_dumps if isinstance(stack_dumps, str) else None)
         _open_participants.add(self)
 
-    def _set_state(self, state: State, now_ns: int | None = None) -> None:
+    def _set_state(self, state: int, now_ns: int | None = None) -> None:
         w, rec = self._w, self._rec
         w[rec + R_STATE_SINCE] = time.monotonic_ns() if now_ns is None else now_ns
         w[rec + R_STATE] = state
@@ -170,7 +173,7 @@ class Participant:
     def _mark_busy(self) -> None:
         # The first message: from now on, outside the queue means busy in the application.
         self._idle = False
-        self._set_state(State.BUSY)
+        self._set_state(BUSY)
 
     def _publish_behind(self) -> None:
         """Called by the heartbeat thread: publish progress the calling thread has deferred."""
@@ -192,7 +195,7 @@ class Participant:
         c.clear()
 
     # -- the one wait loop ----------------------------------------------------------
-    def _block(self, ready: Callable[[], bool], timeout: float | None, waiting: State) -> int:
+    def _block(self, ready: Callable[[], bool], timeout: float | None, waiting: int) -> int:
         """Idle until `ready()` is true. Returns the wait in ns.
 
         Raises WouldBlock for timeout == 0, QueueTimeout when the time runs out,
@@ -203,7 +206,9 @@ class Participant:
         start = time.monotonic_ns()
         deadline = None if timeout is None else start + int(timeout * 1e9)
         self._deadline_ns = deadline
-        self._set_state(waiting, start)
+        w, rec = self._w, self._rec
+        w[rec + R_STATE_SINCE] = start  # _set_state, inline: every get() that waits comes here twice
+        w[rec + R_STATE] = waiting
         strategy = self._strategy
         strategy.reset()
         housekeeping = start + HOUSEKEEPING_NS
@@ -221,7 +226,7 @@ class Participant:
                 housekeeping = now + HOUSEKEEPING_NS
                 spins_flushed += self._counters.spins
                 self._flush_counters()
-                self._w[self._rec + R_HEARTBEAT] = now
+                w[rec + R_HEARTBEAT] = now
                 if self._cancelled or self._closed:
                     raise QueueClosed(f"{self._describe()} was cancelled or closed while waiting")
                 if now >= peer_check:
@@ -229,7 +234,7 @@ class Participant:
                     self._check_peers(now - start)
                 if deadline is not None and now >= deadline:
                     if self._stats:
-                        self._w[self._rec + R_TIMEOUTS] += 1
+                        w[rec + R_TIMEOUTS] += 1
                     raise QueueTimeout(f"{self._describe()} timed out after {timeout} s: "
                                        f"{self._blockers(now - start)}")
                 if now >= warn_at:
@@ -242,12 +247,12 @@ class Participant:
             self._last_wait_spins = spins_flushed + self._counters.spins
             self._flush_counters()
             if self._stats:
-                w, rec = self._w, self._rec
                 w[rec + R_HISTOGRAM + L.wait_bucket(waited)] += 1
                 w[rec + R_WAITS] += 1
                 w[rec + R_WAIT_NS] += waited
             if not self._closed:
-                self._set_state(State.BUSY, end)
+                w[rec + R_STATE_SINCE] = end
+                w[rec + R_STATE] = BUSY
         return waited
 
     def _park_timeout(self, timeout_s: float) -> float:

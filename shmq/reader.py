@@ -17,7 +17,7 @@ from .errors import AlreadyAttached, BadHandle, LayoutMismatch, QueueClosed, Shm
 from .handle import Handle
 from .participant import (
     DEFAULT_WARN_AFTER_S, R_BYTES, R_CURSOR, R_MESSAGES, R_PID, R_PROGRESS, R_START_TIME, R_STATE, R_WAKEUPS,
-    W_WRITER_CURSOR, Participant, State,
+    W_WRITER_CURSOR, WAITING_READ, Participant, State,
 )
 from .segment import SHM_DIR, Segment
 from .serialization import BytesSerializer, Serializer, resolve, stream_decoder
@@ -183,7 +183,7 @@ class Reader(Receiving, Participant):
                 self._advance(c)  # a reader that waits holds no slot it has read
             if self._hooks is not None:
                 self._events = []
-            waited = self._block(self._message_or_close, timeout, State.WAITING_READ)
+            waited = self._block(self._message_or_close, timeout, WAITING_READ)
         if self._cancelled:
             raise QueueClosed(f"{self._describe()} was cancelled")
         if not c < self._ring.available:

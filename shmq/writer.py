@@ -14,7 +14,7 @@ from .errors import MessageTooLarge, QueueClosed, QueueTimeout, ReaderDead
 from .handle import Handle
 from .participant import (
     R_BYTES, R_CURSOR, R_MESSAGES, R_PID, R_PROGRESS, R_START_TIME, R_STATE, R_STATE_SINCE, R_WAKEUPS, R_OVERFLOW,
-    W_WRITER_PARKED, W_WRITER_WAKE, DEFAULT_WARN_AFTER_S, Participant, State, log,
+    W_WRITER_PARKED, W_WRITER_WAKE, WAITING_WRITE, DEFAULT_WARN_AFTER_S, Participant, State, log,
 )
 from .segment import SHM_DIR, Segment
 from .serialization import Serializer, resolve
@@ -216,7 +216,7 @@ class Writer(Participant):
         """Make slot `s` free: rescan the readers, and wait if the slowest still holds it."""
         if self._slot_free(s):
             return 0
-        return self._block(self._cursor_slot_free, timeout, State.WAITING_WRITE)
+        return self._block(self._cursor_slot_free, timeout, WAITING_WRITE)
 
     def _cursor_slot_free(self) -> bool:
         return self._slot_free(self._cursor)
