@@ -115,6 +115,13 @@ typedef struct {
     _Atomic uint64_t *writer_parked;
     _Atomic uint32_t *writer_wake;
     uint64_t available; /* a reader's last load of the writer cursor: messages below it are readable */
+    /* A reader's own state, after bind_reader. It publishes its cursor once per batch of
+     * publish_every messages while a backlog lasts, and at once when it catches up; its totals
+     * are absolute values, stored with each publish. */
+    int is_reader;
+    uint32_t reader_index;
+    uint64_t cursor, published, publish_every, messages, bytes;
+    _Atomic uint64_t *rec_cursor, *rec_messages, *rec_bytes, *rec_wakeups; /* the last three NULL: no stats */
 } Ring;
 
 static int
@@ -271,16 +278,108 @@ ring_load_available(Ring *self, PyObject *unused)
     return PyLong_FromUnsignedLongLong(self->available);
 }
 
-/* read_one(c) -> bytes | None: the pickle stream of message c, copied out, if it is published
- * and is a one-slot, one-segment message with no flags. None otherwise: not yet published, or
- * anything else (flags, several segments, a wrong sequence), which the Python path handles and
- * reports. */
-static PyObject *
-ring_read_one(Ring *self, PyObject *arg)
+/* -- a reader's cursor ------------------------------------------------------------------ */
+static int
+check_reader(Ring *self)
 {
-    unsigned long long c = PyLong_AsUnsignedLongLong(arg);
-    if ((c == (unsigned long long)-1 && PyErr_Occurred()) || check_open(self) < 0)
+    if (check_open(self) < 0)
+        return -1;
+    if (!self->is_reader) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_reader() was not called on this ring");
+        return -1;
+    }
+    return 0;
+}
+
+static inline _Atomic uint64_t *
+record_word(Ring *self, Py_ssize_t offset)
+{
+    return (_Atomic uint64_t *)((char *)self->view.buf + offset);
+}
+
+/* bind_reader(index, record_offset, cursor, publish_every, stats, cursor_field, messages_field, bytes_field,
+ * wakeups_field): make this ring reader `index`'s, starting at `cursor`; the *_field arguments are byte
+ * offsets inside the record. The totals carry on from what the record holds. */
+static PyObject *
+ring_bind_reader(Ring *self, PyObject *args)
+{
+    unsigned int index;
+    Py_ssize_t record, cursor_field, messages_field, bytes_field, wakeups_field;
+    unsigned long long cursor, publish_every;
+    int stats;
+    if (!PyArg_ParseTuple(args, "InKKpnnnn", &index, &record, &cursor, &publish_every, &stats, &cursor_field,
+                          &messages_field, &bytes_field, &wakeups_field) || check_open(self) < 0)
         return NULL;
+    Py_ssize_t fields[] = {cursor_field, messages_field, bytes_field, wakeups_field};
+    for (int i = 0; i < 4; i++) {
+        if (record < 0 || fields[i] < 0 || (record + fields[i]) % 8 || record + fields[i] + 8 > self->view.len) {
+            PyErr_SetString(PyExc_ValueError, "a record field is outside the segment");
+            return NULL;
+        }
+    }
+    if (publish_every < 1) {
+        PyErr_SetString(PyExc_ValueError, "publish_every must be at least 1");
+        return NULL;
+    }
+    self->is_reader = 1;
+    self->reader_index = index;
+    self->cursor = self->published = self->available = cursor;
+    self->publish_every = publish_every;
+    self->rec_cursor = record_word(self, record + cursor_field);
+    self->rec_messages = stats ? record_word(self, record + messages_field) : NULL;
+    self->rec_bytes = stats ? record_word(self, record + bytes_field) : NULL;
+    self->rec_wakeups = stats ? record_word(self, record + wakeups_field) : NULL;
+    self->messages = stats ? atomic_load_explicit(self->rec_messages, memory_order_relaxed) : 0;
+    self->bytes = stats ? atomic_load_explicit(self->rec_bytes, memory_order_relaxed) : 0;
+    Py_RETURN_NONE;
+}
+
+/* Store the totals and the cursor, then wake the writer if it sleeps for a cursor we just crossed.
+ * Runs with the GIL held, so the heartbeat thread's publish_behind never interleaves with it. */
+static void
+publish_reader_cursor(Ring *self)
+{
+    uint64_t previous = self->published, cursor = self->cursor;
+    if (self->rec_messages != NULL) { /* before the cursor: whoever sees the cursor sees them */
+        atomic_store_explicit(self->rec_messages, self->messages, memory_order_relaxed);
+        atomic_store_explicit(self->rec_bytes, self->bytes, memory_order_relaxed);
+    }
+    self->published = cursor;
+    /* Release: our loads of the slots come before it, so the writer cannot reuse one we still copy. */
+    atomic_store_explicit(self->rec_cursor, cursor, memory_order_release);
+    /* Dekker handshake with Writer.park: cursor, full fence, then the writer's parked word, which
+     * holds the cursor that frees its slot: only the reader crossing it wakes it. */
+    atomic_thread_fence(memory_order_seq_cst);
+    uint64_t parked = atomic_load_explicit(self->writer_parked, memory_order_relaxed);
+    if (parked && previous < parked && parked <= cursor) {
+        /* Any new value makes a writer that is about to sleep return at once. */
+        atomic_store_explicit(self->writer_wake, (uint32_t)(((cursor & 0xFFFFFF) << 8) | (self->reader_index & 0xFF)),
+                              memory_order_relaxed);
+        futex_wake_all((void *)self->writer_wake, 1);
+        if (self->rec_wakeups != NULL)
+            atomic_store_explicit(self->rec_wakeups, atomic_load_explicit(self->rec_wakeups, memory_order_relaxed) + 1,
+                                  memory_order_relaxed);
+    }
+}
+
+/* Done with every message below `cursor`: publish at once if caught up or a batch is full. */
+static void
+release_read(Ring *self, uint64_t cursor)
+{
+    self->cursor = cursor;
+    if (cursor >= self->available || cursor - self->published >= self->publish_every)
+        publish_reader_cursor(self);
+}
+
+/* take_one() -> bytes | None: the reader's next message, if it is published and is a one-slot,
+ * one-segment message with no flags: its pickle stream is copied out, counted and released. None
+ * otherwise (not published yet, flags, several segments, a wrong sequence), for the Python path. */
+static PyObject *
+ring_take_one(Ring *self, PyObject *unused)
+{
+    if (check_reader(self) < 0)
+        return NULL;
+    uint64_t c = self->cursor;
     if (c >= self->available) {
         self->available = atomic_load_explicit(self->writer_cursor, memory_order_acquire);
         if (c >= self->available)
@@ -308,42 +407,64 @@ ring_read_one(Ring *self, PyObject *arg)
         Py_DECREF(stream);
         Py_RETURN_NONE;
     }
+    self->messages += 1;
+    self->bytes += frame;
+    release_read(self, c + 1);
     return stream;
 }
 
-/* publish_reader(cursor_offset, cursor, previous, reader_index) -> woke: store a reader's cursor,
- * then wake the writer if it sleeps for a cursor in (previous, cursor]. */
+/* count(nbytes): one more message received, through the Python path. */
 static PyObject *
-ring_publish_reader(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+ring_count(Ring *self, PyObject *arg)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "publish_reader(cursor_offset, cursor, previous, reader_index)");
+    unsigned long long nbytes = PyLong_AsUnsignedLongLong(arg);
+    if ((nbytes == (unsigned long long)-1 && PyErr_Occurred()) || check_reader(self) < 0)
+        return NULL;
+    self->messages += 1;
+    self->bytes += nbytes;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+cursor_method(Ring *self, PyObject *arg, int now)
+{
+    unsigned long long cursor = PyLong_AsUnsignedLongLong(arg);
+    if ((cursor == (unsigned long long)-1 && PyErr_Occurred()) || check_reader(self) < 0)
+        return NULL;
+    if (cursor < self->cursor) {
+        PyErr_SetString(PyExc_ValueError, "a reader's cursor never goes back");
         return NULL;
     }
-    Py_ssize_t offset = PyLong_AsSsize_t(args[0]);
-    unsigned long long cursor = PyLong_AsUnsignedLongLong(args[1]);
-    unsigned long long previous = PyLong_AsUnsignedLongLong(args[2]);
-    unsigned long index = PyLong_AsUnsignedLong(args[3]);
-    if (PyErr_Occurred() || check_open(self) < 0)
-        return NULL;
-    if (offset < 0 || offset % 8 || offset + 8 > self->view.len) {
-        PyErr_SetString(PyExc_ValueError, "cursor_offset is outside the segment");
-        return NULL;
+    if (now) {
+        self->cursor = cursor;
+        publish_reader_cursor(self);
+    } else {
+        release_read(self, cursor);
     }
-    _Atomic uint64_t *reader_cursor = (_Atomic uint64_t *)((char *)self->view.buf + offset);
-    /* Release: our loads of the slots come before it, so the writer cannot reuse one we still copy. */
-    atomic_store_explicit(reader_cursor, cursor, memory_order_release);
-    /* Dekker handshake with Writer.park: cursor, full fence, then the writer's parked word. */
-    atomic_thread_fence(memory_order_seq_cst);
-    uint64_t parked = atomic_load_explicit(self->writer_parked, memory_order_relaxed);
-    if (parked && previous < parked && parked <= cursor) {
-        /* Any new value makes a writer that is about to sleep return at once. */
-        atomic_store_explicit(self->writer_wake, (uint32_t)(((cursor & 0xFFFFFF) << 8) | (index & 0xFF)),
-                              memory_order_relaxed);
-        futex_wake_all((void *)self->writer_wake, 1);
-        Py_RETURN_TRUE;
-    }
-    Py_RETURN_FALSE;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+ring_release_read(Ring *self, PyObject *arg)
+{
+    return cursor_method(self, arg, 0);
+}
+
+static PyObject *
+ring_advance(Ring *self, PyObject *arg)
+{
+    return cursor_method(self, arg, 1);
+}
+
+/* publish_behind(): publish what was read but not published yet (the heartbeat, a wait, close). */
+static PyObject *
+ring_publish_behind(Ring *self, PyObject *unused)
+{
+    if (check_reader(self) < 0)
+        return NULL;
+    if (self->published != self->cursor)
+        publish_reader_cursor(self);
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -362,21 +483,42 @@ ring_get_available(Ring *self, void *closure)
     return PyLong_FromUnsignedLongLong(self->available);
 }
 
+static PyObject *
+ring_get_cursor(Ring *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->cursor);
+}
+
+static PyObject *
+ring_get_published(Ring *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->published);
+}
+
 static PyMethodDef ring_methods[] = {
     {"publish", (PyCFunction)ring_publish, METH_O, "publish(cursor) -> woke: store the writer cursor, wake its sleepers."},
     {"put_one", (PyCFunction)(void (*)(void))ring_put_one, METH_FASTCALL,
      "put_one(seq, flags, stream, traceparent) -> woke: write a one-segment message into its slot, publish it."},
     {"load_available", (PyCFunction)ring_load_available, METH_NOARGS, "load_available() -> the writer cursor now."},
-    {"read_one", (PyCFunction)ring_read_one, METH_O,
-     "read_one(c) -> bytes | None: message c's pickle stream, if it is published and plain."},
-    {"publish_reader", (PyCFunction)(void (*)(void))ring_publish_reader, METH_FASTCALL,
-     "publish_reader(cursor_offset, cursor, previous, reader_index) -> woke the writer."},
+    {"bind_reader", (PyCFunction)ring_bind_reader, METH_VARARGS,
+     "bind_reader(index, record_offset, cursor, publish_every, stats, cursor_field, messages_field, bytes_field, "
+     "wakeups_field): make this ring a reader's."},
+    {"take_one", (PyCFunction)ring_take_one, METH_NOARGS,
+     "take_one() -> bytes | None: the next message's pickle stream, if it is published and plain; it is released."},
+    {"count", (PyCFunction)ring_count, METH_O, "count(nbytes): one more message received by the Python path."},
+    {"release_read", (PyCFunction)ring_release_read, METH_O,
+     "release_read(cursor): done below cursor; publish if caught up or a batch is full."},
+    {"advance", (PyCFunction)ring_advance, METH_O, "advance(cursor): done below cursor; publish now."},
+    {"publish_behind", (PyCFunction)ring_publish_behind, METH_NOARGS,
+     "publish_behind(): publish the cursor and totals if the last publish is behind them."},
     {"release", (PyCFunction)ring_release, METH_NOARGS, "release(): drop the segment; later calls raise ValueError."},
     {NULL},
 };
 
 static PyGetSetDef ring_getset[] = {
     {"available", (getter)ring_get_available, NULL, "the writer cursor as last loaded by this ring", NULL},
+    {"cursor", (getter)ring_get_cursor, NULL, "a reader's cursor: it has read every message below it", NULL},
+    {"published", (getter)ring_get_published, NULL, "a reader's cursor as last published", NULL},
     {NULL},
 };
 
@@ -403,7 +545,11 @@ static PyMethodDef module_methods[] = {
 };
 
 static struct PyModuleDef ring_module = {
-    PyModuleDef_HEAD_INIT, "shmq._ring", "shmq's hot path and memory ordering, in C11 atomics.", -1, module_methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "shmq._ring",
+    .m_doc = "shmq's hot path and memory ordering, in C11 atomics.",
+    .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC

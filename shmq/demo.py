@@ -111,20 +111,18 @@ class _BlindRing:
 
     def __init__(self, ring, fault) -> None:
         self._ring, self._fault = ring, fault
-        self.publish_reader, self.release = ring.publish_reader, ring.release
+
+    def __getattr__(self, name: str):  # everything but the writer cursor goes to the real ring
+        return getattr(self._ring, name)
 
     def _blind(self) -> bool:
         return self._fault is None or self._fault.is_set()
 
-    @property
-    def available(self) -> int:
-        return self._ring.available
-
     def load_available(self) -> int:
         return self._ring.available if self._blind() else self._ring.load_available()
 
-    def read_one(self, c: int):
-        return None if self._blind() and c >= self._ring.available else self._ring.read_one(c)
+    def take_one(self):
+        return None if self._blind() and self._ring.cursor >= self._ring.available else self._ring.take_one()
 
 
 class Injector(threading.Thread):

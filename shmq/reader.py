@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import threading
 import time
 from typing import Any, Iterator
 
@@ -16,7 +15,7 @@ from . import wait as wait_module
 from .errors import AlreadyAttached, BadHandle, LayoutMismatch, QueueClosed, ShmqError, WriterDead
 from .handle import Handle
 from .participant import (
-    DEFAULT_WARN_AFTER_S, R_BYTES, R_CURSOR, R_MESSAGES, R_PID, R_PROGRESS, R_START_TIME, R_STATE, R_WAKEUPS,
+    DEFAULT_WARN_AFTER_S, R_CURSOR, R_PID, R_PROGRESS, R_START_TIME, R_STATE,
     W_WRITER_CURSOR, WAITING_READ, Participant, State,
 )
 from .segment import SHM_DIR, Segment
@@ -24,7 +23,6 @@ from .serialization import BytesSerializer, Serializer, resolve, stream_decoder
 
 _SLOT_HEAD = L.SLOT_HEAD
 _ONE_SEGMENT = L.ONE_SEGMENT
-_TABLE_BYTES = _ONE_SEGMENT.size  # a one-segment frame table: segment count, then the stream's length
 _HEADER_BYTES = L.SLOT_HEADER_BYTES
 _SLOT_AND_TABLE = L.SLOT_HEAD_AND_TABLE
 _FRAGMENT = L.SLOT_FRAGMENT
@@ -62,7 +60,7 @@ class Reader(Receiving, Participant):
             raise BadHandle(f"queue {segment.name!r} has readers 0..{segment.n_readers - 1}; there is no reader {index}")
         super().__init__(segment, 1 + index, wait=wait, warn_after_s=warn_after_s, hooks=hooks)
         self.index = index
-        self._cursor = self._take_record()
+        cursor = self._take_record()
         self._serializer = BytesSerializer() if segment.flags & L.FLAG_RAW_ONLY else serializer
         self._raw_only = self._serializer.raw
         self._loads = stream_decoder(self._serializer)  # get() calls it for almost every message
@@ -70,19 +68,14 @@ class Reader(Receiving, Participant):
         self._slot_base = [L.slot_offset(segment.n_readers, segment.chunk_bytes, i) for i in range(self._n)]
         self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
         self._readonly = segment.buf.toreadonly()  # leases hand out views the caller cannot write through
-        self._ring = segment.ring()  # the one-slot fast path, and the writer cursor as last loaded
-        # get() publishes its cursor (and counts) once per batch while a backlog lasts, and at once
-        # when it catches up: the store, fence and parked check cost a fifth of a small get(). If the
-        # application stops reading mid-batch, the heartbeat thread publishes the rest (_publish_behind).
-        self._published = self._cursor
-        self._publish_every = max(1, min(64, self._n // 16))  # small rings publish every message
-        self._publish_lock = threading.Lock()  # the calling thread and the heartbeat both publish
-        # Totals since attach, counted by the calling thread only; publishing stores them (absolute
-        # values, so whichever thread publishes last can never lose a count).
-        self._received_messages = self._received_bytes = 0
-        self._base_messages, self._base_bytes = self._w[self._rec + R_MESSAGES], self._w[self._rec + R_BYTES]
+        # The ring keeps our cursor and totals and publishes them (shmq/_ring.c): once per batch while
+        # a backlog lasts, and at once when we catch up, as a publish (stores, a full fence, the parked
+        # check) costs a fifth of a small get(). If the application stops reading mid-batch, the
+        # heartbeat thread publishes the rest (_publish_behind).
+        self._ring = segment.ring()
+        self._ring.bind_reader(index, L.record_offset(1 + index), cursor, max(1, min(64, self._n // 16)),
+                               self._stats, L.REC_CURSOR, L.REC_MESSAGES, L.REC_BYTES, L.REC_WAKEUPS)
         self._buf = segment.buf
-        self._cursor_offset = (self._rec + R_CURSOR) * L.WORD
         self._register(index, stack_dumps)
         # The writer may scan before our stores above reach it; the fence bounds that, and
         # each slot's sequence number is checked after it is copied (see _check_unchanged).
@@ -126,37 +119,24 @@ class Reader(Receiving, Participant):
             yield self._decode(stream, buffers, flags, raw=False)
         finally:
             stream = buffers = None  # drop our views of the slot before releasing it
-            self._received_messages += 1
-            self._received_bytes += total
+            self._ring.count(total)
             self._advance(c + 1)
             self._trace_received(c, total, traceparent, waited, wait_start)
 
     def _receive(self, timeout: float | None, raw: bool) -> Any:
-        c = self._cursor
-        stream = None if raw else self._ring.read_one(c)
+        # The usual message, one pickle stream in one slot, is copied out, counted and released in C.
+        stream = None if raw else self._ring.take_one()
         if stream is None:
             waited = wait_start = 0
+            c = self._cursor
             if not c < self._ring.available:  # nothing published for us yet
                 c, waited, wait_start = self._await_message(timeout)
-                stream = None if raw else self._ring.read_one(c)
+                stream = None if raw else self._ring.take_one()
             if stream is None:  # not one plain pickle stream in one slot
                 return self._receive_framed(c, waited, wait_start, raw)
-        try:
-            message = self._loads(stream)
-            self._received_messages += 1
-            self._received_bytes += len(stream) + _TABLE_BYTES
-        finally:
-            # _release_read(c + 1), inlined: a call is a tenth of what get() adds to the unpickling.
-            self._cursor = c = c + 1
-            if c >= self._ring.available or c - self._published >= self._publish_every:
-                self._advance(c)
-        return message
-
-    def _release_read(self, cursor: int) -> None:
-        """Done with every message below `cursor`: publish now if caught up or a batch is full."""
-        self._cursor = cursor
-        if cursor >= self._ring.available or cursor - self._published >= self._publish_every:
-            self._advance(cursor)
+        if self._idle:
+            self._mark_busy()
+        return self._loads(stream)
 
     def _receive_framed(self, c: int, waited: int, wait_start: int, raw: bool) -> Any:
         """Message `c`, published, read with its frame table: buffers, raw bytes, traced or corrupt."""
@@ -170,8 +150,7 @@ class Reader(Receiving, Participant):
             stream, buffers = self._frame(base, frame, count, first_len, c, copy=True)
             message = self._decode(stream, buffers, flags, raw)
             self._check_unchanged(base, c)
-            self._received_messages += 1
-            self._received_bytes += total
+            self._ring.count(total)
         finally:
             self._release_read(c + 1)
         self._trace_received(c, total, traceparent, waited, wait_start)
@@ -184,8 +163,7 @@ class Reader(Receiving, Participant):
         if self._cancelled:
             raise QueueClosed(f"{self._describe()} was cancelled")
         if not c < self._ring.load_available():
-            if self._published != c:
-                self._advance(c)  # a reader that waits holds no slot it has read
+            self._ring.publish_behind()  # a reader that waits holds no slot it has read
             if self._hooks is not None:
                 self._events = []
             waited = self._block(self._message_or_close, timeout, WAITING_READ)
@@ -232,8 +210,7 @@ class Reader(Receiving, Participant):
             raise LayoutMismatch(f"queue {self.queue_name!r}: message {first} ended after {filled} of {total} bytes")
         stream, buffers = self._frame_in(whole, 0, total, first)
         message = self._decode(stream, buffers, first_flags, raw)
-        self._received_messages += 1
-        self._received_bytes += total
+        self._ring.count(total)
         self._advance(self._cursor)
         if self._stats:
             self._w[self._rec + L.word(L.REC_OVERFLOW)] += 1
@@ -288,32 +265,26 @@ class Reader(Receiving, Participant):
                             "copied it (the writer did not see this reader attach in time)")
 
     # -- publishing our progress -------------------------------------------------------------
-    def _advance(self, cursor: int) -> None:
-        """Move our cursor and publish it: the writer may reuse every slot below it."""
-        self._cursor = cursor
+    @property
+    def _cursor(self) -> int:
+        """Every message below it has been read (it is published in batches: see _ring.c)."""
+        return self._ring.cursor
+
+    def _release_read(self, cursor: int) -> None:
+        """Done with every message below `cursor`: publish now if caught up or a batch is full."""
         if self._idle:
             self._mark_busy()
-        with self._publish_lock:
-            self._publish(cursor)
+        self._ring.release_read(cursor)
+
+    def _advance(self, cursor: int) -> None:
+        """Done with every message below `cursor`: publish now, so the writer may reuse their slots."""
+        if self._idle:
+            self._mark_busy()
+        self._ring.advance(cursor)
 
     def _publish_behind(self) -> None:
         """From the heartbeat: publish what the calling thread read but has not published yet."""
-        if self._published != self._cursor:  # unlocked read: only a hint, checked again under the lock
-            with self._publish_lock:
-                if self._published < self._cursor:
-                    self._publish(self._cursor)
-
-    def _publish(self, cursor: int) -> None:
-        # With the lock held: the cursor never goes back, and no count is stored twice.
-        w = self._w
-        if self._stats:  # counts first: whoever sees the cursor sees them
-            w[self._rec + R_MESSAGES] = self._base_messages + self._received_messages
-            w[self._rec + R_BYTES] = self._base_bytes + self._received_bytes
-        previous, self._published = self._published, cursor
-        # The cursor's release store, a full fence, then the writer's parked word, which holds the
-        # cursor that frees its slot: only the reader crossing it wakes it (shmq/_ring.c).
-        if self._ring.publish_reader(self._cursor_offset, cursor, previous, self.index) and self._stats:
-            w[self._rec + R_WAKEUPS] += 1
+        self._ring.publish_behind()
 
     def _traceparent(self, base: int, flags: int) -> bytes | None:
         """The producer's traceparent, copied while the slot is still ours (None if untraced)."""
@@ -379,8 +350,7 @@ class Reader(Receiving, Participant):
             return
         self._closed = True
         self._cancelled = True
-        if self._published != self._cursor:
-            self._advance(self._cursor)  # the counts of the last batch
+        self._ring.publish_behind()  # the cursor and counts of the last batch
         self._set_state(State.CLOSED)
         self._stop_heartbeat()
         self._ring.release()

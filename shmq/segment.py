@@ -51,6 +51,7 @@ class Segment:
         self._mm = mm
         self.writable = writable
         self.buf = memoryview(mm)
+        self._rings: list[_ring.Ring] = []
         self.words = self.buf.cast("Q")
         self.parked = self.buf[L.OFF_READER_PARKED : L.OFF_READER_PARKED + L.MAX_READERS]
         if writable:
@@ -148,17 +149,21 @@ class Segment:
         return cls(shm_name, path, mm, writable=writable)
 
     def ring(self) -> _ring.Ring:
-        """A C view of the slots and cursors for the hot path (shmq/_ring.c): release() it before close()."""
-        return _ring.Ring(self.buf, slots_offset=L.slots_offset(self.n_readers), n_slots=self.n_chunks,
+        """A C view of the slots and cursors for the hot path (shmq/_ring.c); close() releases it."""
+        ring = _ring.Ring(self.buf, slots_offset=L.slots_offset(self.n_readers), n_slots=self.n_chunks,
                     slot_stride=L.slot_stride(self.chunk_bytes), header_bytes=L.SLOT_HEADER_BYTES,
                     chunk_bytes=self.chunk_bytes, writer_cursor_offset=L.OFF_WRITER_CURSOR,
                     reader_parked_offset=L.OFF_READER_PARKED, n_readers=self.n_readers,
                     writer_parked_offset=L.OFF_WRITER_PARKED, writer_wake_offset=L.OFF_WRITER_WAKE)
+        self._rings.append(ring)
+        return ring
 
     # -- closing ----------------------------------------------------------------
     def close(self) -> None:
         if self._mm.closed:
             return
+        for ring in self._rings:  # each holds a buffer export, which would keep the mapping open
+            ring.release()
         self.parked.release()
         self.words.release()
         self.buf.release()

@@ -320,7 +320,6 @@ class Writer(Participant):
         if self._remote is not None:
             self._remote.close(self._cursor)
         self._stop_heartbeat()
-        self._ring.release()
         self._segment.unlink()
         self._segment.close()
 

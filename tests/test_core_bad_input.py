@@ -153,3 +153,11 @@ def test_the_core_never_imports_telemetry():
     code = ("import sys, shmq, shmq.stats, shmq.remote, shmq.admin, shmq.cli;"
             "assert not [m for m in sys.modules if m.split('.')[0] == 'telemetry'], 'telemetry imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_remote_endpoint_that_cannot_be_bound_raises_its_error_and_leaves_no_segment():
+    before = set(os.listdir("/dev/shm"))
+    with pytest.raises(Exception, match="256.0.0.1") as raised:
+        shmq.create(1, n_remote_readers=1, remote_bind="tcp://256.0.0.1:1")
+    assert not isinstance(raised.value, BufferError)  # the ring's export must not keep the mapping open
+    assert set(os.listdir("/dev/shm")) - before == set()

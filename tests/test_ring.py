@@ -1,4 +1,4 @@
-"""shmq/_ring.c as a unit, on private memory: the slots it writes are the slots layout.py describes."""
+"""shmq/_ring.c as a unit, on private memory: the slots and records it writes are the ones layout.py describes."""
 
 from __future__ import annotations
 
@@ -26,8 +26,19 @@ def ring_on(memory) -> _ring.Ring:
                       writer_wake_offset=L.OFF_WRITER_WAKE)
 
 
+def reader_ring_on(memory, index: int = 0, publish_every: int = 1) -> _ring.Ring:
+    ring = ring_on(memory)
+    ring.bind_reader(index, L.record_offset(1 + index), 0, publish_every, True, L.REC_CURSOR, L.REC_MESSAGES,
+                     L.REC_BYTES, L.REC_WAKEUPS)
+    return ring
+
+
 def words(memory) -> memoryview:
     return memoryview(memory).cast("Q")
+
+
+def record_word(memory, index: int, field: int) -> int:
+    return words(memory)[L.word(L.record_offset(1 + index) + field)]
 
 
 def test_put_one_writes_the_slot_layout_py_reads_and_publishes_the_cursor(memory):
@@ -45,18 +56,39 @@ def test_put_one_writes_the_slot_layout_py_reads_and_publishes_the_cursor(memory
     assert words(memory)[L.word(L.OFF_WRITER_CURSOR)] == 6
 
 
-def test_read_one_returns_only_a_published_plain_message(memory):
-    ring = ring_on(memory)
+def test_take_one_returns_only_a_published_plain_message_and_counts_it(memory):
+    writer, reader = ring_on(memory), reader_ring_on(memory)
     stream = pickle.dumps("hello", protocol=5)
-    assert ring.read_one(0) is None  # nothing published
-    ring.put_one(0, 0, stream, None)
-    assert ring.read_one(0) == stream and ring.available == 1
-    ring.put_one(1, L.SLOT_RAW, stream, None)
-    assert ring.read_one(1) is None  # flags: the Python path decides
-    ring.put_one(2, 0, stream, None)
-    assert ring.read_one(2) == stream
+    assert reader.take_one() is None  # nothing published
+    writer.put_one(0, 0, stream, None)
+    assert reader.take_one() == stream and reader.cursor == 1 and reader.available == 1
+    writer.put_one(1, L.SLOT_RAW, stream, None)
+    assert reader.take_one() is None and reader.cursor == 1  # flags: the Python path decides
+    reader.advance(2)
+    writer.put_one(2, 0, stream, None)
     words(memory)[L.word(L.slot_offset(N_READERS, CHUNK, 2))] = 99  # the slot holds another message now
-    assert ring.read_one(2) is None
+    assert reader.take_one() is None and reader.cursor == 2
+    frame = len(stream) + L.ONE_SEGMENT.size
+    assert record_word(memory, 0, L.REC_MESSAGES) == 1 and record_word(memory, 0, L.REC_BYTES) == frame
+    assert record_word(memory, 0, L.REC_CURSOR) == 2
+
+
+def test_a_backlog_is_published_once_per_batch_and_at_once_when_caught_up(memory):
+    writer, reader = ring_on(memory), reader_ring_on(memory, publish_every=2)
+    for seq in range(3):
+        writer.put_one(seq, 0, b"x", None)
+    published = []
+    for _ in range(3):
+        reader.take_one()
+        published.append(record_word(memory, 0, L.REC_CURSOR))
+    assert published == [0, 2, 3]  # the batch of 2, then caught up
+    reader.count(100)  # a message of the Python path: counted, then published with the cursor
+    reader.publish_behind()  # nothing behind: no store
+    assert record_word(memory, 0, L.REC_MESSAGES) == 3
+    reader.advance(3)
+    assert record_word(memory, 0, L.REC_MESSAGES) == 4 and reader.published == 3
+    with pytest.raises(ValueError, match="never goes back"):
+        reader.advance(2)
 
 
 def test_the_writer_wakes_only_a_reader_parked_for_this_message(memory):
@@ -67,14 +99,16 @@ def test_the_writer_wakes_only_a_reader_parked_for_this_message(memory):
 
 
 def test_a_reader_wakes_the_writer_only_when_it_crosses_its_mark(memory):
-    ring = ring_on(memory)
+    reader = reader_ring_on(memory)
     w = words(memory)
     w[L.word(L.OFF_WRITER_PARKED)] = 10  # the writer sleeps until some reader's cursor reaches 10
-    cursor = L.record_offset(1) + L.REC_CURSOR
-    assert ring.publish_reader(cursor, 9, 5, 0) is False
-    assert ring.publish_reader(cursor, 12, 9, 0) is True
-    assert w[L.word(cursor)] == 12 and w[L.word(L.OFF_WRITER_WAKE)] & 0xFFFFFFFF == (12 << 8) | 0
-    assert ring.publish_reader(cursor, 13, 12, 0) is False  # already past it
+    reader.advance(9)
+    assert record_word(memory, 0, L.REC_WAKEUPS) == 0
+    reader.advance(12)  # crosses 10
+    assert record_word(memory, 0, L.REC_WAKEUPS) == 1
+    assert w[L.word(L.OFF_WRITER_WAKE)] & 0xFFFFFFFF == (12 << 8) | 0
+    reader.advance(13)  # already past it
+    assert record_word(memory, 0, L.REC_WAKEUPS) == 1
 
 
 def test_bad_arguments_are_refused_without_touching_memory(memory):
@@ -91,11 +125,13 @@ def test_bad_arguments_are_refused_without_touching_memory(memory):
     with pytest.raises(ValueError, match="traceparent"):
         ring.put_one(0, 0, b"x", b"t" * (L.TRACEPARENT_BYTES + 1))
     with pytest.raises(ValueError, match="outside the segment"):
-        ring.publish_reader(len(memory), 1, 0, 0)
+        ring.bind_reader(0, len(memory), 0, 1, True, L.REC_CURSOR, L.REC_MESSAGES, L.REC_BYTES, L.REC_WAKEUPS)
+    with pytest.raises(RuntimeError, match="bind_reader"):
+        ring.take_one()
     assert bytes(memory) == before
     ring.release()
     with pytest.raises(ValueError, match="released"):
-        ring.read_one(0)
+        ring.put_one(0, 0, b"x", None)
 
 
 def test_a_closed_reader_raises_instead_of_touching_the_unmapped_segment():
