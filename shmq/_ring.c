@@ -104,6 +104,13 @@ futex_wake(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* -- Ring --------------------------------------------------------------------------------- */
+/* The words of a participant's record that the C paths store, in the order bind_record takes
+ * their offsets (shmq/segment.py: RECORD_FIELDS); the histogram is the first of its buckets. */
+enum Field {
+    F_STATE, F_STATE_SINCE, F_CURSOR, F_MESSAGES, F_BYTES, F_SPINS, F_YIELDS, F_BACKOFF_SLEEPS,
+    F_BACKOFF_SLEEP_NS, F_PARKS, F_WAKEUPS, F_WAITS, F_WAIT_NS, F_HISTOGRAM, N_FIELDS
+};
+
 typedef struct {
     PyObject_HEAD
     Py_buffer view; /* view.buf is NULL once released */
@@ -115,13 +122,16 @@ typedef struct {
     _Atomic uint64_t *writer_parked;
     _Atomic uint32_t *writer_wake;
     uint64_t available; /* a reader's last load of the writer cursor: messages below it are readable */
+    /* The participant's record, after bind_record: its words, in the order of enum Field. */
+    _Atomic uint64_t *field[N_FIELDS]; /* all NULL until bind_record */
+    int stats;                          /* counters and histogram kept (the segment's FLAG_STATS) */
+    uint64_t hist_finite_buckets;
     /* A reader's own state, after bind_reader. It publishes its cursor once per batch of
      * publish_every messages while a backlog lasts, and at once when it catches up; its totals
      * are absolute values, stored with each publish. */
     int is_reader;
     uint32_t reader_index;
     uint64_t cursor, published, publish_every, messages, bytes;
-    _Atomic uint64_t *rec_cursor, *rec_messages, *rec_bytes, *rec_wakeups; /* the last three NULL: no stats */
 } Ring;
 
 static int
@@ -188,6 +198,31 @@ slot_words(Ring *self, uint64_t seq)
     return (_Atomic uint64_t *)(self->slots + (Py_ssize_t)(seq % (uint64_t)self->n_slots) * self->slot_stride);
 }
 
+static inline uint64_t
+monotonic_ns(void)
+{
+    struct timespec now; /* the clock of time.monotonic_ns() */
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+
+/* The owner is the only writer of its record's words: a relaxed load and store is an add. */
+static inline void
+add(_Atomic uint64_t *word, uint64_t n)
+{
+    if (n)
+        atomic_store_explicit(word, atomic_load_explicit(word, memory_order_relaxed) + n, memory_order_relaxed);
+}
+
+/* Histogram bucket of a wait: log2 buckets of whole microseconds, 1 us, 2 us, 4 us ..., then +Inf. */
+static uint64_t
+bucket_of(uint64_t wait_ns, uint64_t finite_buckets)
+{
+    uint64_t micros = (wait_ns + 999) / 1000;
+    uint64_t bucket = micros > 1 ? (uint64_t)(64 - __builtin_clzll(micros - 1)) : 0;
+    return bucket < finite_buckets ? bucket : finite_buckets;
+}
+
 /* Store the writer cursor, then wake the readers parked for message cursor - 1. */
 static int
 publish_writer_cursor(Ring *self, uint64_t cursor)
@@ -202,6 +237,8 @@ publish_writer_cursor(Ring *self, uint64_t cursor)
     for (Py_ssize_t i = 0; i < self->n_readers; i++) {
         if (atomic_load_explicit(&self->reader_parked[i], memory_order_relaxed) == mark) {
             futex_wake_all((void *)self->writer_cursor, INT_MAX);
+            if (self->stats)
+                add(self->field[F_WAKEUPS], 1);
             return 1;
         }
     }
@@ -278,11 +315,151 @@ ring_load_available(Ring *self, PyObject *unused)
     return PyLong_FromUnsignedLongLong(self->available);
 }
 
+/* -- the participant's record -------------------------------------------------------------- */
+/* bind_record(record_offset, stats, fields, hist_finite_buckets): `fields` are the byte offsets
+ * inside the record of the words of enum Field, in its order. */
+static PyObject *
+ring_bind_record(Ring *self, PyObject *args)
+{
+    Py_ssize_t record;
+    int stats;
+    PyObject *fields;
+    unsigned long long finite;
+    if (!PyArg_ParseTuple(args, "npO!K", &record, &stats, &PyTuple_Type, &fields, &finite) || check_open(self) < 0)
+        return NULL;
+    if (PyTuple_GET_SIZE(fields) != N_FIELDS) {
+        PyErr_Format(PyExc_ValueError, "bind_record needs %d field offsets", N_FIELDS);
+        return NULL;
+    }
+    for (int i = 0; i < N_FIELDS; i++) {
+        Py_ssize_t at = record + PyLong_AsSsize_t(PyTuple_GET_ITEM(fields, i));
+        Py_ssize_t words = i == F_HISTOGRAM ? (Py_ssize_t)finite + 1 : 1;
+        if (PyErr_Occurred())
+            return NULL;
+        if (record < 0 || at < record || at % 8 || at + 8 * words > self->view.len) {
+            PyErr_SetString(PyExc_ValueError, "a record field is outside the segment");
+            return NULL;
+        }
+        self->field[i] = (_Atomic uint64_t *)((char *)self->view.buf + at);
+    }
+    self->stats = stats;
+    self->hist_finite_buckets = finite;
+    Py_RETURN_NONE;
+}
+
+static int
+check_record(Ring *self)
+{
+    if (check_open(self) < 0)
+        return -1;
+    if (self->field[F_STATE] == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_record() was not called on this ring");
+        return -1;
+    }
+    return 0;
+}
+
+/* set_state(state) -> now: the participant's state, and since when (time.monotonic_ns()). */
+static PyObject *
+ring_set_state(Ring *self, PyObject *arg)
+{
+    unsigned long long state = PyLong_AsUnsignedLongLong(arg);
+    if ((state == (unsigned long long)-1 && PyErr_Occurred()) || check_record(self) < 0)
+        return NULL;
+    uint64_t now = monotonic_ns();
+    atomic_store_explicit(self->field[F_STATE_SINCE], now, memory_order_relaxed);
+    atomic_store_explicit(self->field[F_STATE], state, memory_order_relaxed);
+    return PyLong_FromUnsignedLongLong(now);
+}
+
+static int
+parse_counters(PyObject *const *args, uint64_t counters[5])
+{
+    for (int i = 0; i < 5; i++) {
+        counters[i] = PyLong_AsUnsignedLongLong(args[i]);
+        if (counters[i] == (uint64_t)-1 && PyErr_Occurred())
+            return -1;
+    }
+    return 0;
+}
+
+static void
+add_counters(Ring *self, const uint64_t counters[5])
+{
+    if (!self->stats)
+        return;
+    add(self->field[F_SPINS], counters[0]);
+    add(self->field[F_YIELDS], counters[1]);
+    add(self->field[F_BACKOFF_SLEEPS], counters[2]);
+    add(self->field[F_BACKOFF_SLEEP_NS], counters[3]);
+    add(self->field[F_PARKS], counters[4]);
+}
+
+/* flush_counters(spins, yields, backoff_sleeps, backoff_sleep_ns, parks): add a wait's counters so far. */
+static PyObject *
+ring_flush_counters(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t counters[5];
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "flush_counters(spins, yields, backoff_sleeps, backoff_sleep_ns, parks)");
+        return NULL;
+    }
+    if (parse_counters(args, counters) < 0 || check_record(self) < 0)
+        return NULL;
+    add_counters(self, counters);
+    Py_RETURN_NONE;
+}
+
+/* end_wait(start_ns, state_after, spins, yields, backoff_sleeps, backoff_sleep_ns, parks) -> waited_ns:
+ * the rest of the wait's counters, the wait in the histogram, and the state after it (none if < 0). */
+static PyObject *
+ring_end_wait(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t counters[5];
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "end_wait(start_ns, state_after, spins, yields, backoff_sleeps, backoff_sleep_ns, parks)");
+        return NULL;
+    }
+    unsigned long long start = PyLong_AsUnsignedLongLong(args[0]);
+    long long state_after = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred() || parse_counters(args + 2, counters) < 0 || check_record(self) < 0)
+        return NULL;
+    uint64_t now = monotonic_ns();
+    uint64_t waited = now > start ? now - start : 0;
+    add_counters(self, counters);
+    if (self->stats) {
+        add(self->field[F_HISTOGRAM] + bucket_of(waited, self->hist_finite_buckets), 1);
+        add(self->field[F_WAITS], 1);
+        add(self->field[F_WAIT_NS], waited);
+    }
+    if (state_after >= 0) {
+        atomic_store_explicit(self->field[F_STATE_SINCE], now, memory_order_relaxed);
+        atomic_store_explicit(self->field[F_STATE], (uint64_t)state_after, memory_order_relaxed);
+    }
+    return PyLong_FromUnsignedLongLong(waited);
+}
+
+/* wait_bucket(wait_ns, finite_buckets) -> the histogram bucket end_wait counts the wait in. */
+static PyObject *
+wait_bucket(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "wait_bucket(wait_ns, finite_buckets)");
+        return NULL;
+    }
+    unsigned long long wait_ns = PyLong_AsUnsignedLongLong(args[0]);
+    unsigned long long finite = PyLong_AsUnsignedLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyLong_FromUnsignedLongLong(bucket_of(wait_ns, finite));
+}
+
 /* -- a reader's cursor ------------------------------------------------------------------ */
 static int
 check_reader(Ring *self)
 {
-    if (check_open(self) < 0)
+    if (check_record(self) < 0)
         return -1;
     if (!self->is_reader) {
         PyErr_SetString(PyExc_RuntimeError, "bind_reader() was not called on this ring");
@@ -291,32 +468,15 @@ check_reader(Ring *self)
     return 0;
 }
 
-static inline _Atomic uint64_t *
-record_word(Ring *self, Py_ssize_t offset)
-{
-    return (_Atomic uint64_t *)((char *)self->view.buf + offset);
-}
-
-/* bind_reader(index, record_offset, cursor, publish_every, stats, cursor_field, messages_field, bytes_field,
- * wakeups_field): make this ring reader `index`'s, starting at `cursor`; the *_field arguments are byte
- * offsets inside the record. The totals carry on from what the record holds. */
+/* bind_reader(index, cursor, publish_every): make this ring reader `index`'s, starting at `cursor`;
+ * its totals carry on from what the record holds. */
 static PyObject *
 ring_bind_reader(Ring *self, PyObject *args)
 {
     unsigned int index;
-    Py_ssize_t record, cursor_field, messages_field, bytes_field, wakeups_field;
     unsigned long long cursor, publish_every;
-    int stats;
-    if (!PyArg_ParseTuple(args, "InKKpnnnn", &index, &record, &cursor, &publish_every, &stats, &cursor_field,
-                          &messages_field, &bytes_field, &wakeups_field) || check_open(self) < 0)
+    if (!PyArg_ParseTuple(args, "IKK", &index, &cursor, &publish_every) || check_record(self) < 0)
         return NULL;
-    Py_ssize_t fields[] = {cursor_field, messages_field, bytes_field, wakeups_field};
-    for (int i = 0; i < 4; i++) {
-        if (record < 0 || fields[i] < 0 || (record + fields[i]) % 8 || record + fields[i] + 8 > self->view.len) {
-            PyErr_SetString(PyExc_ValueError, "a record field is outside the segment");
-            return NULL;
-        }
-    }
     if (publish_every < 1) {
         PyErr_SetString(PyExc_ValueError, "publish_every must be at least 1");
         return NULL;
@@ -325,12 +485,8 @@ ring_bind_reader(Ring *self, PyObject *args)
     self->reader_index = index;
     self->cursor = self->published = self->available = cursor;
     self->publish_every = publish_every;
-    self->rec_cursor = record_word(self, record + cursor_field);
-    self->rec_messages = stats ? record_word(self, record + messages_field) : NULL;
-    self->rec_bytes = stats ? record_word(self, record + bytes_field) : NULL;
-    self->rec_wakeups = stats ? record_word(self, record + wakeups_field) : NULL;
-    self->messages = stats ? atomic_load_explicit(self->rec_messages, memory_order_relaxed) : 0;
-    self->bytes = stats ? atomic_load_explicit(self->rec_bytes, memory_order_relaxed) : 0;
+    self->messages = atomic_load_explicit(self->field[F_MESSAGES], memory_order_relaxed);
+    self->bytes = atomic_load_explicit(self->field[F_BYTES], memory_order_relaxed);
     Py_RETURN_NONE;
 }
 
@@ -340,13 +496,13 @@ static void
 publish_reader_cursor(Ring *self)
 {
     uint64_t previous = self->published, cursor = self->cursor;
-    if (self->rec_messages != NULL) { /* before the cursor: whoever sees the cursor sees them */
-        atomic_store_explicit(self->rec_messages, self->messages, memory_order_relaxed);
-        atomic_store_explicit(self->rec_bytes, self->bytes, memory_order_relaxed);
+    if (self->stats) { /* before the cursor: whoever sees the cursor sees them */
+        atomic_store_explicit(self->field[F_MESSAGES], self->messages, memory_order_relaxed);
+        atomic_store_explicit(self->field[F_BYTES], self->bytes, memory_order_relaxed);
     }
     self->published = cursor;
     /* Release: our loads of the slots come before it, so the writer cannot reuse one we still copy. */
-    atomic_store_explicit(self->rec_cursor, cursor, memory_order_release);
+    atomic_store_explicit(self->field[F_CURSOR], cursor, memory_order_release);
     /* Dekker handshake with Writer.park: cursor, full fence, then the writer's parked word, which
      * holds the cursor that frees its slot: only the reader crossing it wakes it. */
     atomic_thread_fence(memory_order_seq_cst);
@@ -356,9 +512,8 @@ publish_reader_cursor(Ring *self)
         atomic_store_explicit(self->writer_wake, (uint32_t)(((cursor & 0xFFFFFF) << 8) | (self->reader_index & 0xFF)),
                               memory_order_relaxed);
         futex_wake_all((void *)self->writer_wake, 1);
-        if (self->rec_wakeups != NULL)
-            atomic_store_explicit(self->rec_wakeups, atomic_load_explicit(self->rec_wakeups, memory_order_relaxed) + 1,
-                                  memory_order_relaxed);
+        if (self->stats)
+            add(self->field[F_WAKEUPS], 1);
     }
 }
 
@@ -500,9 +655,15 @@ static PyMethodDef ring_methods[] = {
     {"put_one", (PyCFunction)(void (*)(void))ring_put_one, METH_FASTCALL,
      "put_one(seq, flags, stream, traceparent) -> woke: write a one-segment message into its slot, publish it."},
     {"load_available", (PyCFunction)ring_load_available, METH_NOARGS, "load_available() -> the writer cursor now."},
+    {"bind_record", (PyCFunction)ring_bind_record, METH_VARARGS,
+     "bind_record(record_offset, stats, fields, hist_finite_buckets): the participant record this ring stores to."},
     {"bind_reader", (PyCFunction)ring_bind_reader, METH_VARARGS,
-     "bind_reader(index, record_offset, cursor, publish_every, stats, cursor_field, messages_field, bytes_field, "
-     "wakeups_field): make this ring a reader's."},
+     "bind_reader(index, cursor, publish_every): make this ring reader index's."},
+    {"set_state", (PyCFunction)ring_set_state, METH_O, "set_state(state) -> now_ns: store the state and since when."},
+    {"flush_counters", (PyCFunction)(void (*)(void))ring_flush_counters, METH_FASTCALL,
+     "flush_counters(spins, yields, backoff_sleeps, backoff_sleep_ns, parks): add a wait's counters."},
+    {"end_wait", (PyCFunction)(void (*)(void))ring_end_wait, METH_FASTCALL,
+     "end_wait(start_ns, state_after, spins, yields, backoff_sleeps, backoff_sleep_ns, parks) -> waited_ns."},
     {"take_one", (PyCFunction)ring_take_one, METH_NOARGS,
      "take_one() -> bytes | None: the next message's pickle stream, if it is published and plain; it is released."},
     {"count", (PyCFunction)ring_count, METH_O, "count(nbytes): one more message received by the Python path."},
@@ -541,6 +702,8 @@ static PyMethodDef module_methods[] = {
      "futex_wait(address, expected, timeout_s): sleep while the 32-bit word at address equals expected."},
     {"futex_wake", (PyCFunction)(void (*)(void))futex_wake, METH_FASTCALL,
      "futex_wake(address, count=INT_MAX): wake sleepers on the word at address."},
+    {"wait_bucket", (PyCFunction)(void (*)(void))wait_bucket, METH_FASTCALL,
+     "wait_bucket(wait_ns, finite_buckets) -> the histogram bucket a wait is counted in."},
     {NULL},
 };
 

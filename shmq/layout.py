@@ -40,6 +40,8 @@ from __future__ import annotations
 import enum
 import struct
 
+from . import _ring
+
 CACHE_LINE = 64
 WORD = 8
 
@@ -141,9 +143,8 @@ COUNTER_FIELDS = (
 
 
 def wait_bucket(wait_ns: int) -> int:
-    """Index of the histogram bucket that holds a wait of `wait_ns`."""
-    micros = (wait_ns + 999) // 1000
-    return min((micros - 1).bit_length() if micros > 1 else 0, HIST_FINITE_BUCKETS)
+    """Index of the histogram bucket that holds a wait of `wait_ns` (shmq/_ring.c counts waits)."""
+    return _ring.wait_bucket(wait_ns, HIST_FINITE_BUCKETS)
 
 
 class Role(enum.IntEnum):

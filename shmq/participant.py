@@ -36,19 +36,10 @@ R_HEARTBEAT = L.word(L.REC_HEARTBEAT_NS)
 R_CURSOR = L.word(L.REC_CURSOR)
 R_MESSAGES = L.word(L.REC_MESSAGES)
 R_BYTES = L.word(L.REC_BYTES)
-R_SPINS = L.word(L.REC_SPINS)
-R_YIELDS = L.word(L.REC_YIELDS)
-R_BACKOFF_SLEEPS = L.word(L.REC_BACKOFF_SLEEPS)
-R_BACKOFF_SLEEP_NS = L.word(L.REC_BACKOFF_SLEEP_NS)
-R_PARKS = L.word(L.REC_PARKS)
-R_WAKEUPS = L.word(L.REC_WAKEUPS)
 R_TIMEOUTS = L.word(L.REC_TIMEOUTS)
 R_OVERFLOW = L.word(L.REC_OVERFLOW)
-R_WAITS = L.word(L.REC_WAITS)
-R_WAIT_NS = L.word(L.REC_WAIT_NS)
 R_ATTACHES = L.word(L.REC_ATTACHES)
 R_PROGRESS = L.word(L.REC_PROGRESS_NS)
-R_HISTOGRAM = L.word(L.REC_HISTOGRAM)
 
 W_WRITER_CURSOR = L.word(L.OFF_WRITER_CURSOR)
 W_WRITER_PARKED = L.word(L.OFF_WRITER_PARKED)
@@ -134,6 +125,7 @@ class Participant:
         self._rec = L.word(L.record_offset(record))
         self.queue_name = segment.name
         self._stats = bool(segment.flags & L.FLAG_STATS)
+        self._ring = segment.ring(record)  # the hot paths and the record's stores, in C
         self._counters = wait_module.WaitCounters()
         self._strategy = (wait or wait_module.default()).bound(self, self._counters)
         self._warn_after_ns = int(warn_after_s * 1e9)
@@ -165,10 +157,9 @@ class Participant:
             self._stack_dumps = diagnostics.acquire(stack_dumps if isinstance(stack_dumps, str) else None)
         _open_participants.add(self)
 
-    def _set_state(self, state: int, now_ns: int | None = None) -> None:
-        w, rec = self._w, self._rec
-        w[rec + R_STATE_SINCE] = time.monotonic_ns() if now_ns is None else now_ns
-        w[rec + R_STATE] = state
+    def _set_state(self, state: int) -> int:
+        """Store our state and since when (returned, time.monotonic_ns())."""
+        return self._ring.set_state(state)
 
     def _mark_busy(self) -> None:
         # The first message: from now on, outside the queue means busy in the application.
@@ -180,18 +171,7 @@ class Participant:
 
     def _flush_counters(self) -> None:
         c = self._counters
-        if self._stats:
-            # Most waits only spin: skip the zero counters (each shared add costs a load and a store).
-            w, rec = self._w, self._rec
-            if c.spins:
-                w[rec + R_SPINS] += c.spins
-            if c.yields:
-                w[rec + R_YIELDS] += c.yields
-            if c.backoff_sleeps:
-                w[rec + R_BACKOFF_SLEEPS] += c.backoff_sleeps
-                w[rec + R_BACKOFF_SLEEP_NS] += c.backoff_sleep_ns
-            if c.parks:
-                w[rec + R_PARKS] += c.parks
+        self._ring.flush_counters(c.spins, c.yields, c.backoff_sleeps, c.backoff_sleep_ns, c.parks)
         c.clear()
 
     # -- the one wait loop ----------------------------------------------------------
@@ -203,12 +183,10 @@ class Participant:
         """
         if timeout is not None and timeout <= 0:
             raise WouldBlock(self._would_block_reason())
-        start = time.monotonic_ns()
+        start = self._ring.set_state(waiting)
         deadline = None if timeout is None else start + int(timeout * 1e9)
         self._deadline_ns = deadline
         w, rec = self._w, self._rec
-        w[rec + R_STATE_SINCE] = start  # _set_state, inline: every get() that waits comes here twice
-        w[rec + R_STATE] = waiting
         strategy = self._strategy
         strategy.reset()
         housekeeping = start + HOUSEKEEPING_NS
@@ -242,17 +220,13 @@ class Participant:
                     log.warning("%s has waited %.1f s: %s", self._describe(), (now - start) / 1e9,
                                 self._blockers(now - start))
         finally:
-            end = time.monotonic_ns()
-            waited = end - start
-            self._last_wait_spins = spins_flushed + self._counters.spins
-            self._flush_counters()
-            if self._stats:
-                w[rec + R_HISTOGRAM + L.wait_bucket(waited)] += 1
-                w[rec + R_WAITS] += 1
-                w[rec + R_WAIT_NS] += waited
-            if not self._closed:
-                w[rec + R_STATE_SINCE] = end
-                w[rec + R_STATE] = BUSY
+            c = self._counters
+            self._last_wait_spins = spins_flushed + c.spins
+            # One C call for the counters, the histogram and the state: this runs on every get()
+            # that waits, between the message's arrival and its return.
+            waited = self._ring.end_wait(start, -1 if self._closed else BUSY, c.spins, c.yields, c.backoff_sleeps,
+                                         c.backoff_sleep_ns, c.parks)
+            c.clear()
         return waited
 
     def _park_timeout(self, timeout_s: float) -> float:

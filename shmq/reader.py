@@ -72,9 +72,7 @@ class Reader(Receiving, Participant):
         # a backlog lasts, and at once when we catch up, as a publish (stores, a full fence, the parked
         # check) costs a fifth of a small get(). If the application stops reading mid-batch, the
         # heartbeat thread publishes the rest (_publish_behind).
-        self._ring = segment.ring()
-        self._ring.bind_reader(index, L.record_offset(1 + index), cursor, max(1, min(64, self._n // 16)),
-                               self._stats, L.REC_CURSOR, L.REC_MESSAGES, L.REC_BYTES, L.REC_WAKEUPS)
+        self._ring.bind_reader(index, cursor, max(1, min(64, self._n // 16)))
         self._buf = segment.buf
         self._register(index, stack_dumps)
         # The writer may scan before our stores above reach it; the fence bounds that, and

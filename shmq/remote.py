@@ -35,9 +35,14 @@ class RemotePublisher:
     def __init__(self, bind: str, n_remote_readers: int) -> None:
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.XPUB)
-        self._socket.setsockopt(zmq.SNDHWM, 0)
-        self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self._socket.bind(bind)
+        try:
+            self._socket.setsockopt(zmq.SNDHWM, 0)
+            self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)
+            self._socket.bind(bind)
+        except BaseException:  # a context left to the garbage collector hangs interpreter exit in term()
+            self._socket.close(linger=0)
+            self._context.term()
+            raise
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._expected = n_remote_readers
         self._subscribed = 0

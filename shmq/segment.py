@@ -23,6 +23,10 @@ from .errors import LayoutMismatch, ShmFull, ShmqError
 
 SHM_DIR = "/dev/shm"
 
+# The record words shmq/_ring.c stores, in the order of its enum Field.
+RECORD_FIELDS = (L.REC_STATE, L.REC_STATE_SINCE_NS, L.REC_CURSOR, L.REC_MESSAGES, L.REC_BYTES, L.REC_SPINS,
+                 L.REC_YIELDS, L.REC_BACKOFF_SLEEPS, L.REC_BACKOFF_SLEEP_NS, L.REC_PARKS, L.REC_WAKEUPS,
+                 L.REC_WAITS, L.REC_WAIT_NS, L.REC_HISTOGRAM)
 # shmq/_ring.c reads and writes slot headers itself; a stale build must not guess at them.
 if (_ring.SLOT_TRACEPARENT, _ring.TRACEPARENT_BYTES, _ring.TABLE_BYTES) != (
         L.SLOT_TRACEPARENT, L.TRACEPARENT_BYTES, L.ONE_SEGMENT.size):
@@ -148,13 +152,16 @@ class Segment:
             raise
         return cls(shm_name, path, mm, writable=writable)
 
-    def ring(self) -> _ring.Ring:
-        """A C view of the slots and cursors for the hot path (shmq/_ring.c); close() releases it."""
+    def ring(self, participant: int) -> _ring.Ring:
+        """Participant `participant`'s C view of the slots, the cursors and its record, for the hot
+        path (shmq/_ring.c); close() releases it."""
         ring = _ring.Ring(self.buf, slots_offset=L.slots_offset(self.n_readers), n_slots=self.n_chunks,
                     slot_stride=L.slot_stride(self.chunk_bytes), header_bytes=L.SLOT_HEADER_BYTES,
                     chunk_bytes=self.chunk_bytes, writer_cursor_offset=L.OFF_WRITER_CURSOR,
                     reader_parked_offset=L.OFF_READER_PARKED, n_readers=self.n_readers,
                     writer_parked_offset=L.OFF_WRITER_PARKED, writer_wake_offset=L.OFF_WRITER_WAKE)
+        ring.bind_record(L.record_offset(participant), bool(self.flags & L.FLAG_STATS), RECORD_FIELDS,
+                         L.HIST_FINITE_BUCKETS)
         self._rings.append(ring)
         return ring
 

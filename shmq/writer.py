@@ -13,7 +13,7 @@ from . import wait as wait_module
 from .errors import MessageTooLarge, QueueClosed, QueueTimeout, ReaderDead
 from .handle import Handle
 from .participant import (
-    R_BYTES, R_CURSOR, R_MESSAGES, R_PID, R_PROGRESS, R_START_TIME, R_STATE, R_STATE_SINCE, R_WAKEUPS, R_OVERFLOW,
+    R_BYTES, R_CURSOR, R_MESSAGES, R_PID, R_PROGRESS, R_START_TIME, R_STATE, R_STATE_SINCE, R_OVERFLOW,
     W_WRITER_PARKED, W_WRITER_WAKE, WAITING_WRITE, DEFAULT_WARN_AFTER_S, Participant, State, log,
 )
 from .segment import SHM_DIR, Segment
@@ -49,7 +49,6 @@ class Writer(Participant):
         self._max = segment.max_message_bytes
         self._slot_base = [L.slot_offset(segment.n_readers, self._cap, i) for i in range(self._n)]
         self._reader_records = [L.word(L.record_offset(1 + i)) for i in range(segment.n_readers)]
-        self._ring = segment.ring()
         self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
         self._wake_address = segment.address + L.OFF_WRITER_WAKE
         self._buf = segment.buf
@@ -107,9 +106,7 @@ class Writer(Participant):
                 if s - self._min_reader >= self._n:
                     waited = self._claim(s, timeout)
                 self._cursor = s + 1
-                if self._ring.put_one(s, flags, body, trace.traceparent if trace is not None else None) \
-                        and self._stats:
-                    self._w[self._rec + R_WAKEUPS] += 1
+                self._ring.put_one(s, flags, body, trace.traceparent if trace is not None else None)
             else:
                 if single:
                     lengths, offsets = [body_len], [_ONE_SEGMENT.size]
@@ -208,8 +205,7 @@ class Writer(Participant):
         self._cursor = cursor
         # The slot's stores, the release store of the cursor, a full fence, then a wake for the
         # readers parked for this message: shmq/_ring.c argues the order.
-        if self._ring.publish(cursor) and self._stats:
-            self._w[self._rec + R_WAKEUPS] += 1
+        self._ring.publish(cursor)
 
     # -- waiting for space --------------------------------------------------------------
     def _claim(self, s: int, timeout: float | None) -> int:

@@ -9,6 +9,7 @@ import pytest
 import shmq
 from shmq import _ring
 from shmq import layout as L
+from shmq.segment import RECORD_FIELDS
 
 N_READERS, N_SLOTS, CHUNK = 3, 4, 256
 
@@ -26,10 +27,15 @@ def ring_on(memory) -> _ring.Ring:
                       writer_wake_offset=L.OFF_WRITER_WAKE)
 
 
-def reader_ring_on(memory, index: int = 0, publish_every: int = 1) -> _ring.Ring:
+def bound_ring_on(memory, participant: int) -> _ring.Ring:
     ring = ring_on(memory)
-    ring.bind_reader(index, L.record_offset(1 + index), 0, publish_every, True, L.REC_CURSOR, L.REC_MESSAGES,
-                     L.REC_BYTES, L.REC_WAKEUPS)
+    ring.bind_record(L.record_offset(participant), True, RECORD_FIELDS, L.HIST_FINITE_BUCKETS)
+    return ring
+
+
+def reader_ring_on(memory, index: int = 0, publish_every: int = 1) -> _ring.Ring:
+    ring = bound_ring_on(memory, 1 + index)
+    ring.bind_reader(index, 0, publish_every)
     return ring
 
 
@@ -91,11 +97,30 @@ def test_a_backlog_is_published_once_per_batch_and_at_once_when_caught_up(memory
         reader.advance(2)
 
 
-def test_the_writer_wakes_only_a_reader_parked_for_this_message(memory):
-    ring = ring_on(memory)
+def test_the_writer_wakes_only_a_reader_parked_for_this_message_and_counts_it(memory):
+    ring = bound_ring_on(memory, 0)
     memory[L.OFF_READER_PARKED + 1] = L.parked_mark(7)  # reader 1 sleeps until message 7 comes
     assert ring.publish(7) is False
     assert ring.publish(8) is True
+    assert words(memory)[L.word(L.record_offset(0) + L.REC_WAKEUPS)] == 1
+
+
+def test_a_wait_ends_with_its_counters_its_histogram_bucket_and_the_next_state(memory):
+    ring = bound_ring_on(memory, 0)
+    start = ring.set_state(L.ParticipantState.WAITING_WRITE)
+    record = L.record_offset(0)
+    assert words(memory)[L.word(record + L.REC_STATE)] == L.ParticipantState.WAITING_WRITE
+    assert words(memory)[L.word(record + L.REC_STATE_SINCE_NS)] == start
+    ring.flush_counters(5, 0, 0, 0, 0)  # housekeeping in the middle of a long wait
+    waited = ring.end_wait(start - 3_000_000, L.ParticipantState.BUSY, 2, 7, 1, 1000, 1)
+    assert waited >= 3_000_000
+    assert [words(memory)[L.word(record + field)] for field in (
+        L.REC_SPINS, L.REC_YIELDS, L.REC_BACKOFF_SLEEPS, L.REC_BACKOFF_SLEEP_NS, L.REC_PARKS, L.REC_WAITS)] == \
+        [7, 7, 1, 1000, 1, 1]
+    assert words(memory)[L.word(record + L.REC_WAIT_NS)] == waited
+    histogram = [words(memory)[L.word(record + L.REC_HISTOGRAM) + i] for i in range(L.HIST_BUCKETS)]
+    assert histogram[L.wait_bucket(waited)] == 1 and sum(histogram) == 1
+    assert words(memory)[L.word(record + L.REC_STATE)] == L.ParticipantState.BUSY
 
 
 def test_a_reader_wakes_the_writer_only_when_it_crosses_its_mark(memory):
@@ -125,9 +150,11 @@ def test_bad_arguments_are_refused_without_touching_memory(memory):
     with pytest.raises(ValueError, match="traceparent"):
         ring.put_one(0, 0, b"x", b"t" * (L.TRACEPARENT_BYTES + 1))
     with pytest.raises(ValueError, match="outside the segment"):
-        ring.bind_reader(0, len(memory), 0, 1, True, L.REC_CURSOR, L.REC_MESSAGES, L.REC_BYTES, L.REC_WAKEUPS)
-    with pytest.raises(RuntimeError, match="bind_reader"):
+        ring.bind_record(len(memory), True, RECORD_FIELDS, L.HIST_FINITE_BUCKETS)
+    with pytest.raises(RuntimeError, match="bind_record"):
         ring.take_one()
+    with pytest.raises(RuntimeError, match="bind_record"):
+        ring.end_wait(0, -1, 0, 0, 0, 0, 0)
     assert bytes(memory) == before
     ring.release()
     with pytest.raises(ValueError, match="released"):
