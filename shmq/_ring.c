@@ -1,7 +1,9 @@
-/* The hot path of a one-slot message, and the memory ordering every shmq publish relies on.
+/* shmq's hot path, and the memory ordering every publish relies on.
  *
- * Python's own operations each cost tens of nanoseconds and give no ordering guarantee a
- * reader of the code can check, so the stores and loads that other processes race on live
+ * A Ring is one participant's view of a queue: it writes and reads messages that fit one
+ * slot, keeps a reader's cursor and publishes it, and does the stores that begin and end a
+ * wait. Python's own operations each cost tens of nanoseconds and give no ordering guarantee
+ * a reader of the code can check, so the stores and loads that other processes race on live
  * here, written with C11 atomics:
  *
  *   writer: slot header and payload (plain stores) -> release store of the writer cursor
@@ -9,13 +11,17 @@
  *
  * A release store is never seen before the stores that precede it, and an acquire load is
  * never overtaken by the loads that follow it, so a reader that sees cursor s+1 sees slot
- * s complete. Sleeping peers make it a Dekker handshake, which needs a full fence on both
- * sides (see publish_writer_cursor and publish_reader_cursor): x86-64 lets a load pass an
- * earlier store, so without it the writer could miss a reader that just parked, and the
- * reader could sleep through the message that woke nobody.
+ * s complete. That holds for the slots Python fills too (out-of-band buffers, messages that
+ * span slots): their stores precede publish() in program order. Sleeping peers make it a
+ * Dekker handshake, which needs a full fence on both sides (see publish_writer_cursor and
+ * publish_reader_cursor): x86-64 lets a load pass an earlier store, so without it the
+ * writer could miss a reader that just parked, and the reader could sleep through the
+ * message that woke nobody.
  *
  * A Ring holds a buffer export of the segment, so the mapping cannot be unmapped under it;
- * release() drops the export and every later call raises ValueError.
+ * release() drops the export and every later call raises ValueError. Every method runs
+ * with the GIL held (only futex_wait lets it go), so the heartbeat thread's publish never
+ * interleaves with the calling thread's.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

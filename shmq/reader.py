@@ -304,7 +304,7 @@ class Reader(Receiving, Participant):
     def park(self, timeout_s: float) -> None:
         parked = self._segment.parked
         parked[self.index] = L.parked_mark(self._cursor)
-        sync.full_fence()  # the Dekker handshake with Writer._publish: flag, fence, then re-check
+        sync.full_fence()  # the Dekker handshake with publish_writer_cursor (_ring.c): flag, fence, re-check
         available = self._w[W_WRITER_CURSOR]
         if available > self._cursor or self._cancelled:
             parked[self.index] = 0

@@ -105,8 +105,8 @@ class Writer(Participant):
             if single and total <= self._cap:
                 if s - self._min_reader >= self._n:
                     waited = self._claim(s, timeout)
-                self._cursor = s + 1
                 self._ring.put_one(s, flags, body, trace.traceparent if trace is not None else None)
+                self._cursor = s + 1  # after: a body put_one refuses (not a buffer) must not take slot s
             else:
                 if single:
                     lengths, offsets = [body_len], [_ONE_SEGMENT.size]
@@ -235,7 +235,7 @@ class Writer(Participant):
         # Not just "parked": the reader cursor that frees our slot (>= 1, as the ring is full), so
         # only the reader crossing it wakes us, not every reader on every message meanwhile.
         w[W_WRITER_PARKED] = self._cursor - self._n + 1
-        sync.full_fence()  # the Dekker handshake with Reader._publish: flag, fence, then re-check
+        sync.full_fence()  # the Dekker handshake with publish_reader_cursor (_ring.c): flag, fence, re-check
         expected = w[W_WRITER_WAKE]
         if self._slot_free(self._cursor) or self._closed:
             w[W_WRITER_PARKED] = 0

@@ -161,3 +161,24 @@ def test_a_remote_endpoint_that_cannot_be_bound_raises_its_error_and_leaves_no_s
         shmq.create(1, n_remote_readers=1, remote_bind="tcp://256.0.0.1:1")
     assert not isinstance(raised.value, BufferError)  # the ring's export must not keep the mapping open
     assert set(os.listdir("/dev/shm")) - before == set()
+
+
+class _StrSerializer:
+    """A broken serializer: its frames are text, not bytes."""
+
+    raw = False
+
+    def encode(self, obj) -> list:
+        return [str(obj)]
+
+    def decode(self, stream, buffers):
+        return bytes(stream).decode()
+
+
+def test_a_serializer_that_returns_no_buffer_fails_cleanly_and_the_stream_goes_on(queue_name):
+    with shmq.create(1, name=queue_name, serializer=_StrSerializer(), chunk_bytes=1024, n_chunks=4) as writer:
+        with shmq.attach(writer.handle, 0) as reader:
+            with pytest.raises(TypeError, match="bytes-like"):
+                writer.put("text")
+            writer.put_bytes(b"after")  # slot 0 was not taken by the failed put
+            assert reader.get_bytes(timeout=5) == b"after"
