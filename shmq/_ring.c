@@ -337,6 +337,10 @@ ring_bind_record(Ring *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "bind_record needs %d field offsets", N_FIELDS);
         return NULL;
     }
+    if (finite < 1 || finite > 63) { /* log2 buckets of a 64-bit count of microseconds */
+        PyErr_SetString(PyExc_ValueError, "hist_finite_buckets must be in 1..63");
+        return NULL;
+    }
     for (int i = 0; i < N_FIELDS; i++) {
         Py_ssize_t at = record + PyLong_AsSsize_t(PyTuple_GET_ITEM(fields, i));
         Py_ssize_t words = i == F_HISTOGRAM ? (Py_ssize_t)finite + 1 : 1;

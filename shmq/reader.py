@@ -76,7 +76,7 @@ class Reader(Receiving, Participant):
         self._buf = segment.buf
         self._register(index, stack_dumps)
         # The writer may scan before our stores above reach it; the fence bounds that, and
-        # each slot's sequence number is checked after it is copied (see _check_unchanged).
+        # each slot's sequence number is checked after it is copied (take_one, _check_unchanged).
         sync.full_fence()
 
     def _take_record(self) -> int:
