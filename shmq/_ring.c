@@ -261,7 +261,7 @@ ring_publish(Ring *self, PyObject *arg)
 }
 
 /* put_one(seq, flags, stream, traceparent) -> woke: write a one-segment message into slot seq,
- * then publish seq + 1. traceparent is bytes or None. */
+ * publish seq + 1, and count it in the writer's record (bind_record). traceparent is bytes or None. */
 static PyObject *
 ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -308,7 +308,12 @@ ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
     memcpy(frame_start, table, TABLE_BYTES);
     memcpy(frame_start + TABLE_BYTES, stream.buf, (size_t)stream.len);
     PyBuffer_Release(&stream);
-    return PyBool_FromLong(publish_writer_cursor(self, seq + 1));
+    int woke = publish_writer_cursor(self, seq + 1);
+    if (self->stats) {
+        add(self->field[F_MESSAGES], 1);
+        add(self->field[F_BYTES], frame);
+    }
+    return PyBool_FromLong(woke);
 }
 
 /* load_available() -> the writer cursor, loaded now (acquire: slot reads stay after it). */

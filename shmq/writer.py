@@ -105,29 +105,27 @@ class Writer(Participant):
             if single and total <= self._cap:
                 if s - self._min_reader >= self._n:
                     waited = self._claim(s, timeout)
+                # Writes, publishes and counts the message.
                 self._ring.put_one(s, flags, body, trace.traceparent if trace is not None else None)
                 self._cursor = s + 1  # after: a body put_one refuses (not a buffer) must not take slot s
             else:
                 if single:
                     lengths, offsets = [body_len], [_ONE_SEGMENT.size]
                 waited = self._send_slots(segments, lengths, offsets, total, flags, trace, timeout)
+                if self._stats:
+                    w, rec = self._w, self._rec
+                    w[rec + R_MESSAGES] += 1
+                    w[rec + R_BYTES] += total
         except BaseException as e:
             if trace is not None:
                 self._finish_trace(trace, s, total, waited, e)
             raise
-        self._count_message(total)
+        if self._idle:
+            self._mark_busy()
         if trace is not None:
             self._finish_trace(trace, s, total, waited, None)
         if self._remote is not None:
             self._remote.send(s, self._cursor, flags, trace.traceparent if trace is not None else b"", segments)
-
-    def _count_message(self, nbytes: int) -> None:
-        if self._idle:
-            self._mark_busy()
-        if self._stats:
-            w, rec = self._w, self._rec
-            w[rec + R_MESSAGES] += 1
-            w[rec + R_BYTES] += nbytes
 
     def _finish_trace(self, trace, message_id: int, total: int, waited: int, error) -> None:
         events, self._events = self._events or [], None

@@ -47,8 +47,8 @@ def record_word(memory, index: int, field: int) -> int:
     return words(memory)[L.word(L.record_offset(1 + index) + field)]
 
 
-def test_put_one_writes_the_slot_layout_py_reads_and_publishes_the_cursor(memory):
-    ring = ring_on(memory)
+def test_put_one_writes_the_slot_layout_py_reads_publishes_the_cursor_and_counts(memory):
+    ring = bound_ring_on(memory, 0)
     stream = pickle.dumps({"seq": 5}, protocol=5)
     traceparent = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
     assert ring.put_one(5, L.SLOT_TRACED, stream, traceparent) is False  # nobody parked: no wake
@@ -60,6 +60,8 @@ def test_put_one_writes_the_slot_layout_py_reads_and_publishes_the_cursor(memory
     body = base + L.SLOT_HEADER_BYTES + L.ONE_SEGMENT.size
     assert memory[body : body + len(stream)] == stream
     assert words(memory)[L.word(L.OFF_WRITER_CURSOR)] == 6
+    record = L.record_offset(0)
+    assert words(memory)[L.word(record + L.REC_MESSAGES)] == 1 and words(memory)[L.word(record + L.REC_BYTES)] == frame
 
 
 def test_take_one_returns_only_a_published_plain_message_and_counts_it(memory):
