@@ -198,6 +198,14 @@ check_open(Ring *self)
     return 0;
 }
 
+/* An argument as a uint64; -1 with a Python error set if it is not a non-negative int. */
+static int
+as_u64(PyObject *arg, uint64_t *out)
+{
+    *out = PyLong_AsUnsignedLongLong(arg);
+    return *out == (uint64_t)-1 && PyErr_Occurred() ? -1 : 0;
+}
+
 static inline _Atomic uint64_t *
 slot_words(Ring *self, uint64_t seq)
 {
@@ -254,8 +262,8 @@ publish_writer_cursor(Ring *self, uint64_t cursor)
 static PyObject *
 ring_publish(Ring *self, PyObject *arg)
 {
-    unsigned long long cursor = PyLong_AsUnsignedLongLong(arg);
-    if ((cursor == (unsigned long long)-1 && PyErr_Occurred()) || check_open(self) < 0)
+    uint64_t cursor;
+    if (as_u64(arg, &cursor) < 0 || check_open(self) < 0)
         return NULL;
     return PyBool_FromLong(publish_writer_cursor(self, cursor));
 }
@@ -374,16 +382,22 @@ check_record(Ring *self)
     return 0;
 }
 
+static void
+store_state(Ring *self, uint64_t state, uint64_t now)
+{
+    atomic_store_explicit(self->field[F_STATE_SINCE], now, memory_order_relaxed);
+    atomic_store_explicit(self->field[F_STATE], state, memory_order_relaxed);
+}
+
 /* set_state(state) -> now: the participant's state, and since when (time.monotonic_ns()). */
 static PyObject *
 ring_set_state(Ring *self, PyObject *arg)
 {
-    unsigned long long state = PyLong_AsUnsignedLongLong(arg);
-    if ((state == (unsigned long long)-1 && PyErr_Occurred()) || check_record(self) < 0)
+    uint64_t state;
+    if (as_u64(arg, &state) < 0 || check_record(self) < 0)
         return NULL;
     uint64_t now = monotonic_ns();
-    atomic_store_explicit(self->field[F_STATE_SINCE], now, memory_order_relaxed);
-    atomic_store_explicit(self->field[F_STATE], state, memory_order_relaxed);
+    store_state(self, state, now);
     return PyLong_FromUnsignedLongLong(now);
 }
 
@@ -391,8 +405,7 @@ static int
 parse_counters(PyObject *const *args, uint64_t counters[5])
 {
     for (int i = 0; i < 5; i++) {
-        counters[i] = PyLong_AsUnsignedLongLong(args[i]);
-        if (counters[i] == (uint64_t)-1 && PyErr_Occurred())
+        if (as_u64(args[i], &counters[i]) < 0)
             return -1;
     }
     return 0;
@@ -448,10 +461,8 @@ ring_end_wait(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         add(self->field[F_WAITS], 1);
         add(self->field[F_WAIT_NS], waited);
     }
-    if (state_after >= 0) {
-        atomic_store_explicit(self->field[F_STATE_SINCE], now, memory_order_relaxed);
-        atomic_store_explicit(self->field[F_STATE], (uint64_t)state_after, memory_order_relaxed);
-    }
+    if (state_after >= 0)
+        store_state(self, (uint64_t)state_after, now);
     return PyLong_FromUnsignedLongLong(waited);
 }
 
@@ -587,8 +598,8 @@ ring_take_one(Ring *self, PyObject *unused)
 static PyObject *
 ring_count(Ring *self, PyObject *arg)
 {
-    unsigned long long nbytes = PyLong_AsUnsignedLongLong(arg);
-    if ((nbytes == (unsigned long long)-1 && PyErr_Occurred()) || check_reader(self) < 0)
+    uint64_t nbytes;
+    if (as_u64(arg, &nbytes) < 0 || check_reader(self) < 0)
         return NULL;
     self->messages += 1;
     self->bytes += nbytes;
@@ -598,8 +609,8 @@ ring_count(Ring *self, PyObject *arg)
 static PyObject *
 cursor_method(Ring *self, PyObject *arg, int now)
 {
-    unsigned long long cursor = PyLong_AsUnsignedLongLong(arg);
-    if ((cursor == (unsigned long long)-1 && PyErr_Occurred()) || check_reader(self) < 0)
+    uint64_t cursor;
+    if (as_u64(arg, &cursor) < 0 || check_reader(self) < 0)
         return NULL;
     if (cursor < self->cursor) {
         PyErr_SetString(PyExc_ValueError, "a reader's cursor never goes back");
