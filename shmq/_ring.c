@@ -11,8 +11,8 @@
  *
  * A release store is never seen before the stores that precede it, and an acquire load is
  * never overtaken by the loads that follow it, so a reader that sees cursor s+1 sees slot
- * s complete. That holds for the slots Python fills too (out-of-band buffers, messages that
- * span slots): their stores precede publish() in program order. Sleeping peers make it a
+ * s complete. That holds for the slots Python fills too (the pieces of a message that spans
+ * slots): their stores precede publish() in program order. Sleeping peers make it a
  * Dekker handshake, which needs a full fence on both sides (see publish_writer_cursor and
  * publish_reader_cursor): x86-64 lets a load pass an earlier store, so without it the
  * writer could miss a reader that just parked, and the reader could sleep through the
@@ -42,7 +42,7 @@
 enum { SEQ, FRAME_LEN, TOTAL_LEN, FLAGS };
 #define SLOT_TRACEPARENT (4 * 8) /* after FLAGS: a W3C traceparent, zero-padded */
 #define TRACEPARENT_BYTES 64
-#define TABLE_BYTES 16
+#define MIN_FRAME_BYTES 16 /* the table of one empty segment */
 
 /* parked_mark in shmq/layout.py: bit 7 set, and the low 7 bits of the cursor a reader waits past. */
 #define PARKED_MARK(cursor) ((uint8_t)(0x80 | ((cursor) & 0x7F)))
@@ -161,7 +161,7 @@ ring_init(Ring *self, PyObject *args, PyObject *kwds)
     char *base = self->view.buf;
     Py_ssize_t end = slots_offset + self->n_slots * self->slot_stride;
     if (slots_offset < 0 || cursor_offset < 0 || parked_offset < 0 || writer_parked_offset < 0 || wake_offset < 0 ||
-        self->n_readers < 0 || self->n_slots < 1 || self->header_bytes < SLOT_TRACEPARENT + TRACEPARENT_BYTES || self->chunk_bytes < TABLE_BYTES ||
+        self->n_readers < 0 || self->n_slots < 1 || self->header_bytes < SLOT_TRACEPARENT + TRACEPARENT_BYTES || self->chunk_bytes < MIN_FRAME_BYTES ||
         self->slot_stride < self->header_bytes + self->chunk_bytes || end > self->view.len ||
         cursor_offset % 8 || cursor_offset + 8 > self->view.len || parked_offset + self->n_readers > self->view.len ||
         writer_parked_offset % 8 || writer_parked_offset + 8 > self->view.len || wake_offset % 4 ||
@@ -268,13 +268,98 @@ ring_publish(Ring *self, PyObject *arg)
     return PyBool_FromLong(publish_writer_cursor(self, cursor));
 }
 
-/* put_one(seq, flags, stream, traceparent) -> woke: write a one-segment message into slot seq,
- * publish seq + 1, and count it in the writer's record (bind_record). traceparent is bytes or None. */
+/* -- frames -------------------------------------------------------------------------------- */
+/* A frame is a table of words (segment count, then each segment's length), segment 0 right after
+ * it, and every later segment SEGMENT_ALIGN-aligned from the frame start, so a leased array is
+ * aligned (shmq/layout.py: segment_layout). Small frames keep their segments' views on the stack. */
+#define SEGMENT_ALIGN 64
+#define LOCAL_SEGMENTS 8
+
+typedef struct {
+    Py_buffer local[LOCAL_SEGMENTS];
+    Py_buffer *views;
+    Py_ssize_t count, got;
+} Segments;
+
+static void
+segments_release(Segments *segments)
+{
+    for (Py_ssize_t i = 0; i < segments->got; i++)
+        PyBuffer_Release(&segments->views[i]);
+    if (segments->views != segments->local)
+        PyMem_Free(segments->views);
+}
+
+/* The buffers of a non-empty list (what a serializer's encode() returns); -1 with an error set. */
+static int
+segments_get(Segments *segments, PyObject *list)
+{
+    segments->got = 0;
+    segments->views = segments->local;
+    if (!PyList_Check(list) || PyList_GET_SIZE(list) < 1) {
+        PyErr_SetString(PyExc_TypeError, "segments must be a non-empty list of buffers");
+        return -1;
+    }
+    segments->count = PyList_GET_SIZE(list);
+    if (segments->count > LOCAL_SEGMENTS) {
+        segments->views = PyMem_Malloc((size_t)segments->count * sizeof(Py_buffer));
+        if (segments->views == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    for (; segments->got < segments->count; segments->got++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(list, segments->got), &segments->views[segments->got],
+                               PyBUF_C_CONTIGUOUS) < 0) {
+            segments_release(segments);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static inline uint64_t
+align_segment(uint64_t position)
+{
+    return (position + SEGMENT_ALIGN - 1) & ~(uint64_t)(SEGMENT_ALIGN - 1);
+}
+
+/* Where segment i starts, given where segment i - 1 ended (`position`). */
+static inline uint64_t
+segment_start(uint64_t position, Py_ssize_t i)
+{
+    return i == 0 ? position : align_segment(position);
+}
+
+static uint64_t
+frame_bytes(const Segments *segments)
+{
+    uint64_t position = 8 * (1 + (uint64_t)segments->count);
+    for (Py_ssize_t i = 0; i < segments->count; i++)
+        position = segment_start(position, i) + (uint64_t)segments->views[i].len;
+    return position;
+}
+
+/* frame_length(segments) -> the bytes of the frame the segments make. */
+static PyObject *
+frame_length(PyObject *module, PyObject *list)
+{
+    Segments segments;
+    if (segments_get(&segments, list) < 0)
+        return NULL;
+    uint64_t length = frame_bytes(&segments);
+    segments_release(&segments);
+    return PyLong_FromUnsignedLongLong(length);
+}
+
+/* put_one(seq, flags, segments, traceparent) -> woke: write a message whose frame fits one slot
+ * into slot seq, publish seq + 1, and count it in the writer's record (bind_record). `segments`
+ * is a serializer's list of buffers; traceparent is bytes or None. */
 static PyObject *
 ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "put_one(seq, flags, stream, traceparent)");
+        PyErr_SetString(PyExc_TypeError, "put_one(seq, flags, segments, traceparent)");
         return NULL;
     }
     unsigned long long seq = PyLong_AsUnsignedLongLong(args[0]);
@@ -286,13 +371,13 @@ ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_ValueError, "traceparent must be None or at most %d bytes", TRACEPARENT_BYTES);
         return NULL;
     }
-    Py_buffer stream;
-    if (PyObject_GetBuffer(args[2], &stream, PyBUF_SIMPLE) < 0)
+    Segments segments;
+    if (segments_get(&segments, args[2]) < 0)
         return NULL;
-    uint64_t frame = (uint64_t)stream.len + TABLE_BYTES;
+    uint64_t frame = frame_bytes(&segments);
     if (frame > (uint64_t)self->chunk_bytes) {
-        PyBuffer_Release(&stream);
-        PyErr_Format(PyExc_ValueError, "a %zd-byte stream does not fit a %zd-byte slot", stream.len,
+        segments_release(&segments);
+        PyErr_Format(PyExc_ValueError, "a %llu-byte frame does not fit a %zd-byte slot", (unsigned long long)frame,
                      self->chunk_bytes);
         return NULL;
     }
@@ -311,11 +396,19 @@ ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
     /* A reader that was evicted may still be copying this slot; it re-checks the sequence after
      * its copy, which tells it only if the new sequence is stored before the new payload. */
     atomic_thread_fence(memory_order_release);
-    uint64_t table[2] = {1, (uint64_t)stream.len};
     char *frame_start = (char *)slot + self->header_bytes;
-    memcpy(frame_start, table, TABLE_BYTES);
-    memcpy(frame_start + TABLE_BYTES, stream.buf, (size_t)stream.len);
-    PyBuffer_Release(&stream);
+    uint64_t word = (uint64_t)segments.count;
+    memcpy(frame_start, &word, 8);
+    uint64_t position = 8 * (1 + word);
+    for (Py_ssize_t i = 0; i < segments.count; i++) { /* alignment padding keeps old bytes */
+        Py_buffer *view = &segments.views[i];
+        word = (uint64_t)view->len;
+        memcpy(frame_start + 8 * (1 + i), &word, 8);
+        position = segment_start(position, i);
+        memcpy(frame_start + position, view->buf, (size_t)view->len);
+        position += (uint64_t)view->len;
+    }
+    segments_release(&segments);
     int woke = publish_writer_cursor(self, seq + 1);
     if (self->stats) {
         add(self->field[F_MESSAGES], 1);
@@ -552,9 +645,57 @@ release_read(Ring *self, uint64_t cursor)
         publish_reader_cursor(self);
 }
 
-/* take_one() -> bytes | None: the reader's next message, if it is published and is a one-slot,
- * one-segment message with no flags: its pickle stream is copied out, counted and released. None
- * otherwise (not published yet, flags, several segments, a wrong sequence), for the Python path. */
+/* The frame of slot `slot` copied out: its stream as bytes, and for several segments a tuple
+ * (stream, [bytearray of each out-of-band buffer]). NULL without an error if the table does not
+ * describe a frame of exactly `frame` bytes (corrupt: the Python path names it). */
+static PyObject *
+copy_frame(const char *frame_start, uint64_t frame)
+{
+    uint64_t count, length;
+    memcpy(&count, frame_start, 8);
+    if (count < 1 || count > (frame - 8) / 8)
+        return NULL;
+    uint64_t position = 8 * (1 + count);
+    memcpy(&length, frame_start + 8, 8);
+    if (length > frame - position)
+        return NULL;
+    PyObject *stream = PyBytes_FromStringAndSize(frame_start + position, (Py_ssize_t)length);
+    if (stream == NULL || count == 1)
+        return stream;
+    position += length;
+    PyObject *buffers = PyList_New((Py_ssize_t)count - 1);
+    PyObject *result = buffers == NULL ? NULL : PyTuple_Pack(2, stream, buffers);
+    Py_DECREF(stream);
+    Py_XDECREF(buffers);
+    if (result == NULL)
+        return NULL;
+    for (uint64_t i = 1; i < count; i++) {
+        memcpy(&length, frame_start + 8 * (1 + i), 8);
+        position = align_segment(position);
+        if (position > frame || length > frame - position) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        /* Not zero-filled first: a bytearray of n bytes is malloc and one memcpy. */
+        PyObject *buffer = PyByteArray_FromStringAndSize(frame_start + position, (Py_ssize_t)length);
+        if (buffer == NULL) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        PyList_SET_ITEM(buffers, (Py_ssize_t)i - 1, buffer);
+        position += length;
+    }
+    if (position != frame) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    return result;
+}
+
+/* take_one() -> bytes | (bytes, [bytearray, ...]) | None: the reader's next message, if it is
+ * published, fits one slot and has no flags: copied out (copy_frame), counted and released. None
+ * otherwise (not published yet, flags, spans slots, a wrong sequence, a corrupt table), for the
+ * Python path. */
 static PyObject *
 ring_take_one(Ring *self, PyObject *unused)
 {
@@ -571,27 +712,25 @@ ring_take_one(Ring *self, PyObject *unused)
     if (atomic_load_explicit(&slot[SEQ], memory_order_relaxed) != c ||
         atomic_load_explicit(&slot[FLAGS], memory_order_relaxed) != 0 ||
         atomic_load_explicit(&slot[TOTAL_LEN], memory_order_relaxed) != frame ||
-        frame > (uint64_t)self->chunk_bytes || frame < TABLE_BYTES)
+        frame > (uint64_t)self->chunk_bytes || frame < MIN_FRAME_BYTES)
         Py_RETURN_NONE;
-    char *frame_start = (char *)slot + self->header_bytes;
-    uint64_t table[2];
-    memcpy(table, frame_start, TABLE_BYTES);
-    if (table[0] != 1 || table[1] + TABLE_BYTES != frame)
+    PyObject *message = copy_frame((char *)slot + self->header_bytes, frame);
+    if (message == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
         Py_RETURN_NONE;
-    PyObject *stream = PyBytes_FromStringAndSize(frame_start + TABLE_BYTES, (Py_ssize_t)table[1]);
-    if (stream == NULL)
-        return NULL;
+    }
     /* The copy, then the sequence again: had the writer reused the slot meanwhile (it stores the
      * new sequence before the new payload), the sequence would differ. */
     atomic_thread_fence(memory_order_acquire);
     if (atomic_load_explicit(&slot[SEQ], memory_order_relaxed) != c) {
-        Py_DECREF(stream);
+        Py_DECREF(message);
         Py_RETURN_NONE;
     }
     self->messages += 1;
     self->bytes += frame;
     release_read(self, c + 1);
-    return stream;
+    return message;
 }
 
 /* count(nbytes): one more message received, through the Python path. */
@@ -679,7 +818,7 @@ ring_get_published(Ring *self, void *closure)
 static PyMethodDef ring_methods[] = {
     {"publish", (PyCFunction)ring_publish, METH_O, "publish(cursor) -> woke: store the writer cursor, wake its sleepers."},
     {"put_one", (PyCFunction)(void (*)(void))ring_put_one, METH_FASTCALL,
-     "put_one(seq, flags, stream, traceparent) -> woke: write a one-segment message into its slot, publish it."},
+     "put_one(seq, flags, segments, traceparent) -> woke: write a message that fits one slot, publish it."},
     {"load_available", (PyCFunction)ring_load_available, METH_NOARGS, "load_available() -> the writer cursor now."},
     {"bind_record", (PyCFunction)ring_bind_record, METH_VARARGS,
      "bind_record(record_offset, stats, fields, hist_finite_buckets): the participant record this ring stores to."},
@@ -691,7 +830,7 @@ static PyMethodDef ring_methods[] = {
     {"end_wait", (PyCFunction)(void (*)(void))ring_end_wait, METH_FASTCALL,
      "end_wait(start_ns, state_after, spins, yields, backoff_sleeps, backoff_sleep_ns, parks) -> waited_ns."},
     {"take_one", (PyCFunction)ring_take_one, METH_NOARGS,
-     "take_one() -> bytes | None: the next message's pickle stream, if it is published and plain; it is released."},
+     "take_one() -> bytes | (bytes, buffers) | None: the next message copied out, if published and plain."},
     {"count", (PyCFunction)ring_count, METH_O, "count(nbytes): one more message received by the Python path."},
     {"release_read", (PyCFunction)ring_release_read, METH_O,
      "release_read(cursor): done below cursor; publish if caught up or a batch is full."},
@@ -728,6 +867,7 @@ static PyMethodDef module_methods[] = {
      "futex_wait(address, expected, timeout_s): sleep while the 32-bit word at address equals expected."},
     {"futex_wake", (PyCFunction)(void (*)(void))futex_wake, METH_FASTCALL,
      "futex_wake(address, count=INT_MAX): wake sleepers on the word at address."},
+    {"frame_length", frame_length, METH_O, "frame_length(segments) -> the bytes of the frame they make."},
     {"wait_bucket", (PyCFunction)(void (*)(void))wait_bucket, METH_FASTCALL,
      "wait_bucket(wait_ns, finite_buckets) -> the histogram bucket a wait is counted in."},
     {NULL},
@@ -757,7 +897,7 @@ PyInit__ring(void)
     }
     PyModule_AddIntConstant(module, "SLOT_TRACEPARENT", SLOT_TRACEPARENT);
     PyModule_AddIntConstant(module, "TRACEPARENT_BYTES", TRACEPARENT_BYTES);
-    PyModule_AddIntConstant(module, "TABLE_BYTES", TABLE_BYTES);
+    PyModule_AddIntConstant(module, "SEGMENT_ALIGN", SEGMENT_ALIGN);
     PyModule_AddIntConstant(module, "HAVE_FUTEX",
 #ifdef __linux__
                             1

@@ -122,19 +122,21 @@ class Reader(Receiving, Participant):
             self._trace_received(c, total, traceparent, waited, wait_start)
 
     def _receive(self, timeout: float | None, raw: bool) -> Any:
-        # The usual message, one pickle stream in one slot, is copied out, counted and released in C.
-        stream = None if raw else self._ring.take_one()
-        if stream is None:
+        # The usual message, one slot with no flags, is copied out, counted and released in C.
+        message = None if raw else self._ring.take_one()
+        if message is None:
             waited = wait_start = 0
             c = self._cursor
             if not c < self._ring.available:  # nothing published for us yet
                 c, waited, wait_start = self._await_message(timeout)
-                stream = None if raw else self._ring.take_one()
-            if stream is None:  # not one plain pickle stream in one slot
+                message = None if raw else self._ring.take_one()
+            if message is None:  # raw, traced, spanning slots, or corrupt
                 return self._receive_framed(c, waited, wait_start, raw)
         if self._idle:
             self._mark_busy()
-        return self._loads(stream)
+        if message.__class__ is tuple:  # (stream, private copies of its out-of-band buffers)
+            return self._serializer.decode(*message)
+        return self._loads(message)
 
     def _receive_framed(self, c: int, waited: int, wait_start: int, raw: bool) -> Any:
         """Message `c`, published, read with its frame table: buffers, raw bytes, traced or corrupt."""

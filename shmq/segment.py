@@ -28,8 +28,8 @@ RECORD_FIELDS = (L.REC_STATE, L.REC_STATE_SINCE_NS, L.REC_CURSOR, L.REC_MESSAGES
                  L.REC_YIELDS, L.REC_BACKOFF_SLEEPS, L.REC_BACKOFF_SLEEP_NS, L.REC_PARKS, L.REC_WAKEUPS,
                  L.REC_WAITS, L.REC_WAIT_NS, L.REC_HISTOGRAM)
 # shmq/_ring.c reads and writes slot headers itself; a stale build must not guess at them.
-if (_ring.SLOT_TRACEPARENT, _ring.TRACEPARENT_BYTES, _ring.TABLE_BYTES) != (
-        L.SLOT_TRACEPARENT, L.TRACEPARENT_BYTES, L.ONE_SEGMENT.size):
+if (_ring.SLOT_TRACEPARENT, _ring.TRACEPARENT_BYTES, _ring.SEGMENT_ALIGN) != (
+        L.SLOT_TRACEPARENT, L.TRACEPARENT_BYTES, L.SEGMENT_ALIGN):
     raise ImportError("shmq/_ring.c and shmq/layout.py disagree on the slot layout: rebuild shmq")
 PREFIX = "shmq-"
 

@@ -17,6 +17,7 @@ from .participant import (
     W_WRITER_PARKED, W_WRITER_WAKE, WAITING_WRITE, DEFAULT_WARN_AFTER_S, Participant, State, log,
 )
 from .segment import SHM_DIR, Segment
+from ._ring import frame_length
 from .serialization import Serializer, resolve
 
 DEFAULT_CHUNK_BYTES = 1 << 20
@@ -25,7 +26,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 31
 ON_DEAD_READER = ("raise", "evict")
 
 _SLOT_HEAD = L.SLOT_HEAD
-_ONE_SEGMENT = L.ONE_SEGMENT
 _HEADER_BYTES = L.SLOT_HEADER_BYTES
 _TRACEPARENT = L.SLOT_TRACEPARENT
 _GATING = State.CLOSED  # states below this hold the writer back; CLOSED and EVICTED do not
@@ -77,19 +77,12 @@ class Writer(Participant):
 
     def put_bytes(self, data, *, timeout: float | None = None) -> None:
         """Send raw bytes; readers get them back unpickled-free with get_bytes() or get()."""
-        self._send([data if isinstance(data, bytes) else memoryview(data).cast("B")], L.SLOT_RAW, timeout)
+        self._send([data], L.SLOT_RAW, timeout)
 
     def _send(self, segments: list, flags: int, timeout: float | None) -> None:
         if self._closed:
             raise QueueClosed(f"{self._describe()} is closed")
-        single = len(segments) == 1
-        if single:
-            body = segments[0]
-            body_len = len(body)
-            total = _ONE_SEGMENT.size + body_len
-        else:
-            lengths = [len(s) for s in segments]
-            offsets, total = L.segment_layout(lengths)
+        total = frame_length(segments)
         if total > self._max:
             raise MessageTooLarge(f"a {total:,}-byte message exceeds max_message_bytes={self._max:,} of queue "
                                   f"{self.queue_name!r}")
@@ -102,16 +95,14 @@ class Writer(Participant):
         s = self._cursor
         waited = 0
         try:
-            if single and total <= self._cap:
+            if total <= self._cap:
                 if s - self._min_reader >= self._n:
                     waited = self._claim(s, timeout)
                 # Writes, publishes and counts the message.
-                self._ring.put_one(s, flags, body, trace.traceparent if trace is not None else None)
-                self._cursor = s + 1  # after: a body put_one refuses (not a buffer) must not take slot s
+                self._ring.put_one(s, flags, segments, trace.traceparent if trace is not None else None)
+                self._cursor = s + 1  # after: segments put_one refuses (not buffers) must not take slot s
             else:
-                if single:
-                    lengths, offsets = [body_len], [_ONE_SEGMENT.size]
-                waited = self._send_slots(segments, lengths, offsets, total, flags, trace, timeout)
+                waited = self._send_slots(segments, total, flags, trace, timeout)
                 if self._stats:
                     w, rec = self._w, self._rec
                     w[rec + R_MESSAGES] += 1
@@ -132,40 +123,28 @@ class Writer(Participant):
         trace.finish(message_id=message_id, body_size=total, wait_ns=waited,
                      spins=self._last_wait_spins if waited else 0, events=events, error=error)
 
-    def _send_slots(self, segments: list, lengths: list, offsets: list, total: int, flags: int, trace,
-                    timeout: float | None) -> int:
-        """The general path: several segments (out-of-band buffers), or a message spanning slots.
+    def _send_slots(self, segments: list, total: int, flags: int, trace, timeout: float | None) -> int:
+        """A message larger than a chunk, in a frame of `total` bytes, streamed through consecutive slots.
 
-        `offsets` are where each segment starts in the frame (L.segment_layout). A message
-        larger than a chunk is streamed through consecutive slots, each published as soon
-        as it is full, so readers copy piece k while the writer fills piece k+1 and a
-        message may be larger than the whole ring. Only the first slot honours `timeout`:
-        once a piece is published the rest must follow.
+        Each slot is published as soon as it is full, so readers copy piece k while
+        the writer fills piece k+1 and a message may be larger than the whole ring.
+        Only the first slot honours `timeout`: once a piece is published the rest must follow.
         """
-        table = struct.pack(f"<{1 + len(segments)}Q", len(segments), *lengths)
-        n_slots = -(-total // self._cap)
-        buf = self._buf
-        if n_slots == 1:  # segments straight to their offsets; alignment padding keeps old bytes
-            s = self._cursor
-            waited = self._claim(s, timeout) if s - self._min_reader >= self._n else 0
-            base = self._slot_base[s % self._n]
-            self._write_slot_head(buf, base, s, total, total, flags, trace)
-            frame = base + _HEADER_BYTES
-            buf[frame : frame + len(table)] = table
-            for offset, segment, n in zip(offsets, segments, lengths):
-                buf[frame + offset : frame + offset + n] = segment
-            self._publish(s + 1)
-            return waited
+        views = [memoryview(segment).cast("B") for segment in segments]
+        offsets, _ = L.segment_layout([len(view) for view in views])
+        table = struct.pack(f"<{1 + len(views)}Q", len(views), *(len(view) for view in views))
         sources = [memoryview(table)]
         position = len(table)
-        for offset, segment in zip(offsets, segments):
+        for offset, view in zip(offsets, views):
             if offset > position:
                 sources.append(memoryview(bytes(offset - position)))  # alignment padding
-            sources.append(segment if isinstance(segment, memoryview) else memoryview(segment))
-            position = offset + len(segment)
+            sources.append(view)
+            position = offset + len(view)
         flags |= L.SLOT_FRAGMENT
         if self._stats:
             self._w[self._rec + R_OVERFLOW] += 1
+        n_slots = -(-total // self._cap)
+        buf = self._buf
         source, offset = 0, 0
         waited = 0
         for piece in range(n_slots):

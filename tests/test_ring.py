@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import struct
 
 import pytest
 
@@ -51,7 +52,7 @@ def test_put_one_writes_the_slot_layout_py_reads_publishes_the_cursor_and_counts
     ring = bound_ring_on(memory, 0)
     stream = pickle.dumps({"seq": 5}, protocol=5)
     traceparent = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
-    assert ring.put_one(5, L.SLOT_TRACED, stream, traceparent) is False  # nobody parked: no wake
+    assert ring.put_one(5, L.SLOT_TRACED, [stream], traceparent) is False  # nobody parked: no wake
     base = L.slot_offset(N_READERS, CHUNK, 5 % N_SLOTS)
     frame = len(stream) + L.ONE_SEGMENT.size
     assert L.SLOT_HEAD_AND_TABLE.unpack_from(memory, base) == (5, frame, frame, L.SLOT_TRACED, 1, len(stream))
@@ -68,12 +69,12 @@ def test_take_one_returns_only_a_published_plain_message_and_counts_it(memory):
     writer, reader = ring_on(memory), reader_ring_on(memory)
     stream = pickle.dumps("hello", protocol=5)
     assert reader.take_one() is None  # nothing published
-    writer.put_one(0, 0, stream, None)
+    writer.put_one(0, 0, [stream], None)
     assert reader.take_one() == stream and reader.cursor == 1 and reader.available == 1
-    writer.put_one(1, L.SLOT_RAW, stream, None)
+    writer.put_one(1, L.SLOT_RAW, [stream], None)
     assert reader.take_one() is None and reader.cursor == 1  # flags: the Python path decides
     reader.advance(2)
-    writer.put_one(2, 0, stream, None)
+    writer.put_one(2, 0, [stream], None)
     words(memory)[L.word(L.slot_offset(N_READERS, CHUNK, 2))] = 99  # the slot holds another message now
     assert reader.take_one() is None and reader.cursor == 2
     frame = len(stream) + L.ONE_SEGMENT.size
@@ -81,10 +82,43 @@ def test_take_one_returns_only_a_published_plain_message_and_counts_it(memory):
     assert record_word(memory, 0, L.REC_CURSOR) == 2
 
 
+def test_out_of_band_buffers_are_laid_out_as_layout_py_says_and_come_back_as_private_copies(memory):
+    writer, reader = ring_on(memory), reader_ring_on(memory)
+    buffers = [b"a" * 7, bytearray(b"b" * 33), memoryview(b"c" * 64), b""]
+    segments = [b"stream", *buffers]
+    lengths = [len(segment) for segment in segments]
+    offsets, frame = L.segment_layout(lengths)
+    assert _ring.frame_length(segments) == frame
+    writer.put_one(0, 0, segments, None)
+    start = L.slot_offset(N_READERS, CHUNK, 0) + L.SLOT_HEADER_BYTES
+    assert struct.unpack_from(f"<{1 + len(segments)}Q", memory, start) == (len(segments), *lengths)
+    for offset, segment in zip(offsets, segments):
+        assert memory[start + offset : start + offset + len(segment)] == bytes(segment)
+    stream, copies = reader.take_one()
+    assert stream == b"stream" and copies == [bytearray(b) for b in buffers]
+    assert all(type(copy) is bytearray for copy in copies)
+    memory[start + offsets[1]] = ord("z")  # the slot is reused: the copies do not change
+    assert copies[0] == b"a" * 7
+    assert record_word(memory, 0, L.REC_BYTES) == frame
+
+
+def test_a_corrupt_frame_table_is_left_to_the_python_path(memory):
+    writer, reader = ring_on(memory), reader_ring_on(memory)
+    start = L.slot_offset(N_READERS, CHUNK, 0) + L.SLOT_HEADER_BYTES
+    writer.put_one(0, 0, [b"stream", b"buffer"], None)
+    table = memoryview(memory)[start : start + 24].cast("Q")
+    for count, first, second in ((0, 6, 6), (3, 6, 6), (2, 6, 7), (2, 6, 5), (2, 50, 6), (2, 2 ** 63, 6), (2, 6, 2 ** 64 - 1)):
+        table[0], table[1], table[2] = count, first, second
+        assert reader.take_one() is None and reader.cursor == 0
+    table[0], table[1], table[2] = 2, 6, 6
+    assert reader.take_one() == (b"stream", [bytearray(b"buffer")])
+    table.release()
+
+
 def test_a_backlog_is_published_once_per_batch_and_at_once_when_caught_up(memory):
     writer, reader = ring_on(memory), reader_ring_on(memory, publish_every=2)
     for seq in range(3):
-        writer.put_one(seq, 0, b"x", None)
+        writer.put_one(seq, 0, [b"x"], None)
     published = []
     for _ in range(3):
         reader.take_one()
@@ -148,9 +182,13 @@ def test_bad_arguments_are_refused_without_touching_memory(memory):
     ring = ring_on(memory)
     before = bytes(memory)
     with pytest.raises(ValueError, match="does not fit"):
-        ring.put_one(0, 0, b"x" * CHUNK, None)
+        ring.put_one(0, 0, [b"x" * CHUNK], None)
+    with pytest.raises(TypeError, match="list of buffers"):
+        ring.put_one(0, 0, [], None)
+    with pytest.raises(TypeError, match="bytes-like"):
+        ring.put_one(0, 0, [b"x", "not a buffer"], None)
     with pytest.raises(ValueError, match="traceparent"):
-        ring.put_one(0, 0, b"x", b"t" * (L.TRACEPARENT_BYTES + 1))
+        ring.put_one(0, 0, [b"x"], b"t" * (L.TRACEPARENT_BYTES + 1))
     with pytest.raises(ValueError, match="outside the segment"):
         ring.bind_record(len(memory), True, RECORD_FIELDS, L.HIST_FINITE_BUCKETS)
     with pytest.raises(RuntimeError, match="bind_record"):
@@ -160,7 +198,7 @@ def test_bad_arguments_are_refused_without_touching_memory(memory):
     assert bytes(memory) == before
     ring.release()
     with pytest.raises(ValueError, match="released"):
-        ring.put_one(0, 0, b"x", None)
+        ring.put_one(0, 0, [b"x"], None)
 
 
 def test_a_closed_reader_raises_instead_of_touching_the_unmapped_segment():
