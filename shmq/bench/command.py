@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
 import sys
@@ -15,7 +16,7 @@ from .table import Row, load_average, machine_line, markdown
 EPILOG = """\
 rows: every shmq wait strategy (BusySpin, Yield, Backoff, SpinYieldPark = default),
 a zero-copy lease row on large messages, then each peer, for every workload;
-then the limits of this machine. A peer that is not installed shows as skipped.
+then the limits of this machine (the 1 MiB ring ones run interleaved with the large rows). A peer that is not installed shows as skipped.
 
 --compare replaces the shmq rows with the given configurations and leaves out
 peers and limits, e.g. to measure the cost of counters or tracing:
@@ -80,16 +81,25 @@ def main(args: argparse.Namespace) -> int:
     load_at_start = load_average()
     rows: list[Row] = []
     iceoryx2_before = peers.iceoryx2_global_state()
+    ring_ceilings = None
     try:
         for workload in chosen:
             plan = workloads.plan_for(workload, quick=args.quick, idle_s=idle_s, scale=args.scale)
-            candidates = _candidates(args, compared, workload)
-            runs = [[_timed_row(p, workload, plan, row_timeout) for p in candidates] for _ in range(args.repeat)]
-            rows.extend(_median_row([run[i] for run in runs]) for i in range(len(candidates)))
+            measures = [functools.partial(_timed_row, p, workload, plan, row_timeout)
+                        for p in _candidates(args, compared, workload)]
+            n_rows = len(measures)
+            if workload.kind == "large" and ring_ceilings is None and not compared and not args.no_limits:
+                # This machine's copy speed moves minute to minute: the ceilings run beside the rows.
+                measures += limits.ring_ceilings(quick=args.quick)
+            runs = [[measure() for measure in measures] for _ in range(args.repeat)]
+            medians = [_median_row([run[i] for run in runs]) for i in range(len(measures))]
+            rows.extend(medians[:n_rows])
+            if len(measures) > n_rows:
+                ring_ceilings = medians[n_rows:]
     finally:
         peers.remove_iceoryx2_global_state(iceoryx2_before)
     if not compared and not args.no_limits:
-        rows.extend(limits.limit_rows(quick=args.quick))
+        rows.extend(limits.limit_rows(quick=args.quick, ring_rows=ring_ceilings))
     print()
     print(markdown(rows))
     print(f"\n1-minute load average: {load_at_start} at the start, {load_average()} at the end.")

@@ -15,11 +15,13 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import multiprocessing
 import os
 import pickle
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -300,8 +302,15 @@ def ring_copy_row(count: int, copy_out: bool, timeout_s: float = 30.0) -> Row:
                note="numpy copies, spinning on two shared counters; no pickle, no Python per byte")
 
 
-def limit_rows(*, quick: bool) -> list[Row]:
+def ring_ceilings(*, quick: bool) -> list[Callable[[], Row]]:
+    """The two 1 MiB ring rows, to run interleaved with the large rows they are the ceiling of."""
     arrays = 100 if quick else 3000
+    return [functools.partial(ring_copy_row, arrays, copy_out=True),
+            functools.partial(ring_copy_row, arrays, copy_out=False)]
+
+
+def limit_rows(*, quick: bool, ring_rows: list[Row] | None = None) -> list[Row]:
+    """Every limit row; `ring_rows` are the 1 MiB ring rows if they were measured beside a large workload."""
     # The wake-up floors pause as long as the benchmark's wake-up phase does: a longer pause
     # lets the CPUs go colder, and everything after it runs slower.
     wake_plan = plan_for(Workload("small", 1), quick=quick, idle_s=0.0)
@@ -309,8 +318,7 @@ def limit_rows(*, quick: bool) -> list[Row]:
     small_messages = plan_for(Workload("small", 4), quick=quick, idle_s=0.0).throughput
     return [
         memcpy_row(0.2 if quick else 1.0),
-        ring_copy_row(arrays, copy_out=True),
-        ring_copy_row(arrays, copy_out=False),
+        *(ring_rows if ring_rows is not None else [measure() for measure in ring_ceilings(quick=quick)]),
         ping_pong_row(2000 if quick else 50_000),
         pickle_ring_row(1, small_messages),
         pickle_ring_row(4, small_messages),
