@@ -352,6 +352,65 @@ frame_length(PyObject *module, PyObject *list)
     return PyLong_FromUnsignedLongLong(length);
 }
 
+/* -- writing a slot ------------------------------------------------------------------------ */
+static int
+check_traceparent(PyObject *traceparent)
+{
+    if (traceparent != Py_None && (!PyBytes_Check(traceparent) || PyBytes_GET_SIZE(traceparent) > TRACEPARENT_BYTES)) {
+        PyErr_Format(PyExc_ValueError, "traceparent must be None or at most %d bytes", TRACEPARENT_BYTES);
+        return -1;
+    }
+    return 0;
+}
+
+/* Store slot seq's header (traceparent: checked bytes, or None); returns where its frame starts. */
+static char *
+write_slot_head(Ring *self, uint64_t seq, uint64_t frame, uint64_t total, uint64_t flags, PyObject *traceparent)
+{
+    _Atomic uint64_t *slot = slot_words(self, seq);
+    /* Relaxed: the release store of the cursor in publish_writer_cursor orders all of these. */
+    atomic_store_explicit(&slot[SEQ], seq, memory_order_relaxed);
+    atomic_store_explicit(&slot[FRAME_LEN], frame, memory_order_relaxed);
+    atomic_store_explicit(&slot[TOTAL_LEN], total, memory_order_relaxed);
+    atomic_store_explicit(&slot[FLAGS], flags, memory_order_relaxed);
+    if (traceparent != Py_None) { /* readers look at the field only when flags say SLOT_TRACED */
+        char *field = (char *)slot + SLOT_TRACEPARENT;
+        Py_ssize_t n = PyBytes_GET_SIZE(traceparent);
+        memcpy(field, PyBytes_AS_STRING(traceparent), (size_t)n);
+        memset(field + n, 0, (size_t)(TRACEPARENT_BYTES - n));
+    }
+    /* A reader that was evicted may still be copying this slot; it re-checks the sequence after
+     * its copy (seq_after_copy), which tells it only if the new sequence is stored before the
+     * new payload. */
+    atomic_thread_fence(memory_order_release);
+    return (char *)slot + self->header_bytes;
+}
+
+/* write_head(seq, frame, total, flags, traceparent): the header of one piece of a message that
+ * spans slots; the caller writes its `frame` bytes after it, then publishes. */
+static PyObject *
+ring_write_head(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "write_head(seq, frame, total, flags, traceparent)");
+        return NULL;
+    }
+    uint64_t words[4];
+    for (int i = 0; i < 4; i++) {
+        if (as_u64(args[i], &words[i]) < 0)
+            return NULL;
+    }
+    if (check_open(self) < 0 || check_traceparent(args[4]) < 0)
+        return NULL;
+    if (words[1] > (uint64_t)self->chunk_bytes) {
+        PyErr_Format(PyExc_ValueError, "a %llu-byte piece does not fit a %zd-byte slot", (unsigned long long)words[1],
+                     self->chunk_bytes);
+        return NULL;
+    }
+    write_slot_head(self, words[0], words[1], words[2], words[3], args[4]);
+    Py_RETURN_NONE;
+}
+
 /* put_one(seq, flags, segments, traceparent) -> woke: write a message whose frame fits one slot
  * into slot seq, publish seq + 1, and count it in the writer's record (bind_record). `segments`
  * is a serializer's list of buffers; traceparent is bytes or None. */
@@ -367,10 +426,8 @@ ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred() || check_open(self) < 0)
         return NULL;
     PyObject *traceparent = args[3];
-    if (traceparent != Py_None && (!PyBytes_Check(traceparent) || PyBytes_GET_SIZE(traceparent) > TRACEPARENT_BYTES)) {
-        PyErr_Format(PyExc_ValueError, "traceparent must be None or at most %d bytes", TRACEPARENT_BYTES);
+    if (check_traceparent(traceparent) < 0)
         return NULL;
-    }
     Segments segments;
     if (segments_get(&segments, args[2]) < 0)
         return NULL;
@@ -381,22 +438,7 @@ ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
                      self->chunk_bytes);
         return NULL;
     }
-    _Atomic uint64_t *slot = slot_words(self, seq);
-    /* Relaxed: the release store of the cursor in publish_writer_cursor orders all of these. */
-    atomic_store_explicit(&slot[SEQ], seq, memory_order_relaxed);
-    atomic_store_explicit(&slot[FRAME_LEN], frame, memory_order_relaxed);
-    atomic_store_explicit(&slot[TOTAL_LEN], frame, memory_order_relaxed);
-    atomic_store_explicit(&slot[FLAGS], flags, memory_order_relaxed);
-    if (traceparent != Py_None) { /* readers look at the field only when flags say SLOT_TRACED */
-        char *field = (char *)slot + SLOT_TRACEPARENT;
-        Py_ssize_t n = PyBytes_GET_SIZE(traceparent);
-        memcpy(field, PyBytes_AS_STRING(traceparent), (size_t)n);
-        memset(field + n, 0, (size_t)(TRACEPARENT_BYTES - n));
-    }
-    /* A reader that was evicted may still be copying this slot; it re-checks the sequence after
-     * its copy, which tells it only if the new sequence is stored before the new payload. */
-    atomic_thread_fence(memory_order_release);
-    char *frame_start = (char *)slot + self->header_bytes;
+    char *frame_start = write_slot_head(self, seq, frame, frame, flags, traceparent);
     uint64_t word = (uint64_t)segments.count;
     memcpy(frame_start, &word, 8);
     uint64_t position = 8 * (1 + word);
@@ -733,6 +775,18 @@ ring_take_one(Ring *self, PyObject *unused)
     return message;
 }
 
+/* seq_after_copy(c) -> the sequence slot c holds now, loaded after every load before this call:
+ * a reader's Python path copies a slot, then compares this with c (see write_slot_head). */
+static PyObject *
+ring_seq_after_copy(Ring *self, PyObject *arg)
+{
+    uint64_t c;
+    if (as_u64(arg, &c) < 0 || check_open(self) < 0)
+        return NULL;
+    atomic_thread_fence(memory_order_acquire);
+    return PyLong_FromUnsignedLongLong(atomic_load_explicit(&slot_words(self, c)[SEQ], memory_order_relaxed));
+}
+
 /* count(nbytes): one more message received, through the Python path. */
 static PyObject *
 ring_count(Ring *self, PyObject *arg)
@@ -819,6 +873,8 @@ static PyMethodDef ring_methods[] = {
     {"publish", (PyCFunction)ring_publish, METH_O, "publish(cursor) -> woke: store the writer cursor, wake its sleepers."},
     {"put_one", (PyCFunction)(void (*)(void))ring_put_one, METH_FASTCALL,
      "put_one(seq, flags, segments, traceparent) -> woke: write a message that fits one slot, publish it."},
+    {"write_head", (PyCFunction)(void (*)(void))ring_write_head, METH_FASTCALL,
+     "write_head(seq, frame, total, flags, traceparent): the header of one piece of a multi-slot message."},
     {"load_available", (PyCFunction)ring_load_available, METH_NOARGS, "load_available() -> the writer cursor now."},
     {"bind_record", (PyCFunction)ring_bind_record, METH_VARARGS,
      "bind_record(record_offset, stats, fields, hist_finite_buckets): the participant record this ring stores to."},
@@ -831,6 +887,8 @@ static PyMethodDef ring_methods[] = {
      "end_wait(start_ns, state_after, spins, yields, backoff_sleeps, backoff_sleep_ns, parks) -> waited_ns."},
     {"take_one", (PyCFunction)ring_take_one, METH_NOARGS,
      "take_one() -> bytes | (bytes, buffers) | None: the next message copied out, if published and plain."},
+    {"seq_after_copy", (PyCFunction)ring_seq_after_copy, METH_O,
+     "seq_after_copy(c) -> the sequence slot c holds, loaded after the copy before this call."},
     {"count", (PyCFunction)ring_count, METH_O, "count(nbytes): one more message received by the Python path."},
     {"release_read", (PyCFunction)ring_release_read, METH_O,
      "release_read(cursor): done below cursor; publish if caught up or a batch is full."},

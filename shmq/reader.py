@@ -149,7 +149,7 @@ class Reader(Receiving, Participant):
         try:
             stream, buffers = self._frame(base, frame, count, first_len, c, copy=True)
             message = self._decode(stream, buffers, flags, raw)
-            self._check_unchanged(base, c)
+            self._check_unchanged(c)
             self._ring.count(total)
         finally:
             self._release_read(c + 1)
@@ -194,7 +194,7 @@ class Reader(Receiving, Participant):
                 raise LayoutMismatch(f"queue {self.queue_name!r}: slot for message {c} breaks a multi-slot "
                                      f"message ({filled + frame} of {total} bytes, flags {flags:#x})")
             whole[filled : filled + frame] = buf[base + _HEADER_BYTES : base + _HEADER_BYTES + frame]
-            self._check_unchanged(base, c)
+            self._check_unchanged(c)
             filled += frame
             self._advance(c + 1)
             c += 1
@@ -258,9 +258,9 @@ class Reader(Receiving, Participant):
             raise LayoutMismatch(f"queue {self.queue_name!r}: the slot for message {c} holds message {seq}; "
                                  "the segment was overwritten by something other than its writer")
 
-    def _check_unchanged(self, base: int, c: int) -> None:
+    def _check_unchanged(self, c: int) -> None:
         # After the copy: had the writer reused the slot meanwhile, the sequence would differ.
-        if self._w[(base + L.SLOT_SEQ) // L.WORD] != c:
+        if self._ring.seq_after_copy(c) != c:
             raise ShmqError(f"queue {self.queue_name!r}: message {c} was overwritten while reader {self.index} "
                             "copied it (the writer did not see this reader attach in time)")
 

@@ -25,9 +25,7 @@ DEFAULT_N_CHUNKS = 16
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 31
 ON_DEAD_READER = ("raise", "evict")
 
-_SLOT_HEAD = L.SLOT_HEAD
 _HEADER_BYTES = L.SLOT_HEADER_BYTES
-_TRACEPARENT = L.SLOT_TRACEPARENT
 _GATING = State.CLOSED  # states below this hold the writer back; CLOSED and EVICTED do not
 
 
@@ -86,10 +84,11 @@ class Writer(Participant):
         if total > self._max:
             raise MessageTooLarge(f"a {total:,}-byte message exceeds max_message_bytes={self._max:,} of queue "
                                   f"{self.queue_name!r}")
-        trace = None
+        trace = traceparent = None
         if self._hooks is not None:
             trace = self._hooks.start_send(self.queue_name)
             if trace is not None:
+                traceparent = trace.traceparent
                 flags |= L.SLOT_TRACED
                 self._events = []
         s = self._cursor
@@ -99,10 +98,10 @@ class Writer(Participant):
                 if s - self._min_reader >= self._n:
                     waited = self._claim(s, timeout)
                 # Writes, publishes and counts the message.
-                self._ring.put_one(s, flags, segments, trace.traceparent if trace is not None else None)
+                self._ring.put_one(s, flags, segments, traceparent)
                 self._cursor = s + 1  # after: segments put_one refuses (not buffers) must not take slot s
             else:
-                waited = self._send_slots(segments, total, flags, trace, timeout)
+                waited = self._send_slots(segments, total, flags, traceparent, timeout)
                 if self._stats:
                     w, rec = self._w, self._rec
                     w[rec + R_MESSAGES] += 1
@@ -116,14 +115,15 @@ class Writer(Participant):
         if trace is not None:
             self._finish_trace(trace, s, total, waited, None)
         if self._remote is not None:
-            self._remote.send(s, self._cursor, flags, trace.traceparent if trace is not None else b"", segments)
+            self._remote.send(s, self._cursor, flags, traceparent or b"", segments)
 
     def _finish_trace(self, trace, message_id: int, total: int, waited: int, error) -> None:
         events, self._events = self._events or [], None
         trace.finish(message_id=message_id, body_size=total, wait_ns=waited,
                      spins=self._last_wait_spins if waited else 0, events=events, error=error)
 
-    def _send_slots(self, segments: list, total: int, flags: int, trace, timeout: float | None) -> int:
+    def _send_slots(self, segments: list, total: int, flags: int, traceparent: bytes | None,
+                    timeout: float | None) -> int:
         """A message larger than a chunk, in a frame of `total` bytes, streamed through consecutive slots.
 
         Each slot is published as soon as it is full, so readers copy piece k while
@@ -154,7 +154,7 @@ class Writer(Participant):
             frame = min(self._cap, total - piece * self._cap)
             last = L.SLOT_LAST if piece == n_slots - 1 else 0
             base = self._slot_base[s % self._n]
-            self._write_slot_head(buf, base, s, frame, total, flags | last, trace)
+            self._ring.write_head(s, frame, total, flags | last, traceparent)
             dest, need = base + _HEADER_BYTES, frame
             while need:
                 view = sources[source]
@@ -167,16 +167,6 @@ class Writer(Participant):
                     source, offset = source + 1, 0
             self._publish(s + 1)
         return waited
-
-    @classmethod
-    def _write_slot_head(cls, buf, base: int, s: int, frame: int, total: int, flags: int, trace) -> None:
-        _SLOT_HEAD.pack_into(buf, base, s, frame, total, flags)
-        if trace is not None:  # readers look at the field only when flags say SLOT_TRACED
-            cls._write_traceparent(buf, base, trace.traceparent)
-
-    @staticmethod
-    def _write_traceparent(buf, base: int, traceparent: bytes) -> None:
-        buf[base + _TRACEPARENT : base + _TRACEPARENT + len(traceparent)] = traceparent
 
     def _publish(self, cursor: int) -> None:
         self._cursor = cursor

@@ -115,6 +115,19 @@ def test_a_corrupt_frame_table_is_left_to_the_python_path(memory):
     table.release()
 
 
+def test_a_piece_of_a_multi_slot_message_gets_its_header_and_the_reader_sees_its_sequence(memory):
+    writer, reader = ring_on(memory), reader_ring_on(memory)
+    traceparent = b"00-" + b"c" * 32 + b"-" + b"d" * 16 + b"-01"
+    writer.write_head(6, CHUNK, 3 * CHUNK, L.SLOT_FRAGMENT, traceparent)
+    base = L.slot_offset(N_READERS, CHUNK, 6 % N_SLOTS)
+    assert L.SLOT_HEAD.unpack_from(memory, base) == (6, CHUNK, 3 * CHUNK, L.SLOT_FRAGMENT)
+    assert memory[base + L.SLOT_TRACEPARENT : base + L.SLOT_TRACEPARENT + len(traceparent)] == traceparent
+    assert words(memory)[L.word(L.OFF_WRITER_CURSOR)] == 0  # the caller fills the piece, then publishes
+    assert reader.seq_after_copy(6) == 6 and reader.seq_after_copy(2) == 6  # slots 2 and 6 are one slot
+    with pytest.raises(ValueError, match="does not fit"):
+        writer.write_head(7, CHUNK + 1, 3 * CHUNK, L.SLOT_FRAGMENT, None)
+
+
 def test_a_backlog_is_published_once_per_batch_and_at_once_when_caught_up(memory):
     writer, reader = ring_on(memory), reader_ring_on(memory, publish_every=2)
     for seq in range(3):
