@@ -112,13 +112,10 @@ class Backoff(WaitStrategy):
 class SpinYieldPark(WaitStrategy):
     """The default: spin, then yield, then park until the peer signals.
 
-    Few spins, then yields: with more processes than cores (8 readers on 2 cores)
+    Few spins and many yields: with more processes than cores (8 readers on 2 cores)
     a spinning poll holds a core the writer or another reader needs, while a yield
     hands it over, and on an idle core returns at once (measured: 4 readers on 2
     cores, p99 929 -> 229 us at the same msgs/s and idle CPU as spins=200, yields=20).
-    But a reader that yields stays runnable and is scheduled against the writer, so
-    it parks after 50 yields rather than 200 (4 readers, 3 interleaved comparisons:
-    +4 to +20 % msgs/s; 1 and 8 readers the same or better).
 
     Parking sleeps on a futex in the segment, woken by the peer only when it sees
     the parked flag (so a busy queue makes no syscall per message). Each park is
@@ -127,7 +124,7 @@ class SpinYieldPark(WaitStrategy):
     `park_timeout_s`.
     """
 
-    def __init__(self, spins: int = 20, yields: int = 50, park_timeout_s: float = 0.05,
+    def __init__(self, spins: int = 20, yields: int = 200, park_timeout_s: float = 0.05,
                  first_sleep_s: float = 20e-6) -> None:
         if not 0 < park_timeout_s <= 0.05:
             raise ValueError(f"park_timeout_s must be in (0, 0.05], got {park_timeout_s}")
