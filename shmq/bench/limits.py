@@ -9,7 +9,8 @@
   floor of waking a parked reader, after the same pause as the wake-up phase;
 * 1 MiB arrays through a 4-slot ring between two processes, numpy copies and a
   spin on two shared counters only: the ceiling of a 1 MiB row, with the reader
-  copying each array out (safe copy) or not (what a lease costs at best).
+  copying each array out (safe copy) or not (what a lease costs at best); and the
+  same with the large rows' message pickled and unpickled beside the copies.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from .. import sync
+from ..serialization import PickleSerializer
 from .table import Row
 from .trial import reap
 from .workloads import MiB, Workload, plan_for
@@ -251,10 +253,11 @@ def futex_row(rounds: int, gap_s: float, carry: bool) -> Row:
 _RING_SLOTS = 4
 
 
-def _copy_out_child(mm: mmap.mmap, count: int, copy_out: bool, deadline: float) -> None:
+def _copy_out_child(mm: mmap.mmap, count: int, copy_out: bool, pickling: bool, deadline: float) -> None:
     words = memoryview(mm).cast("q")  # word 0: arrays published, word 8 (its own line): arrays consumed
     ring = np.frombuffer(mm, dtype=np.uint8, offset=mmap.PAGESIZE).reshape(_RING_SLOTS, MiB)
     out = np.empty(MiB, dtype=np.uint8)
+    stream = PickleSerializer().encode(Workload("large", 1).maker()(0))[0] if pickling else b""
     for k in range(count):
         polls = 0
         while words[0] <= k:
@@ -265,18 +268,26 @@ def _copy_out_child(mm: mmap.mmap, count: int, copy_out: bool, deadline: float) 
                 return
         if copy_out:
             np.copyto(out, ring[k % _RING_SLOTS])
+        if pickling:
+            pickle.loads(stream, buffers=[out])
         words[8] = k + 1
 
 
-def ring_copy_row(count: int, copy_out: bool, timeout_s: float = 30.0) -> Row:
-    """The writer copies a 1 MiB array into the next free slot; the reader copies it out, or just releases it."""
-    label = f"1 MiB ring, 2 processes, {'copy in + copy out' if copy_out else 'copy in only'}"
+def ring_copy_row(count: int, copy_out: bool, pickling: bool = False, timeout_s: float = 30.0) -> Row:
+    """The writer copies a 1 MiB array into the next free slot; the reader copies it out, or just releases it.
+
+    `pickling`: the writer also pickles the large rows' message with shmq's serializer, and the
+    reader unpickles one (the stream's bytes are not sent): the least a queue that pickles adds.
+    """
+    label = (f"1 MiB ring, 2 processes, {'copy in + copy out' if copy_out else 'copy in only'}"
+             f"{' + pickling' if pickling else ''}")
     mm = mmap.mmap(-1, mmap.PAGESIZE + _RING_SLOTS * MiB)
     words = memoryview(mm).cast("q")
     ring = np.frombuffer(mm, dtype=np.uint8, offset=mmap.PAGESIZE).reshape(_RING_SLOTS, MiB)
     src = np.arange(MiB, dtype=np.uint8)
+    make, encode = Workload("large", 1).maker(), PickleSerializer().encode
     deadline = time.monotonic() + timeout_s
-    child = _fork.Process(target=_copy_out_child, args=(mm, count, copy_out, deadline), daemon=True)
+    child = _fork.Process(target=_copy_out_child, args=(mm, count, copy_out, pickling, deadline), daemon=True)
     child.start()
     try:
         start = time.perf_counter_ns()
@@ -288,6 +299,8 @@ def ring_copy_row(count: int, copy_out: bool, timeout_s: float = 30.0) -> Row:
                     os.sched_yield()  # a third process must not starve the peer we wait for
                 if polls % 65536 == 0 and time.monotonic() > deadline:
                     return Row("limit", 0, label, note="timeout: the child stopped copying")
+            if pickling:
+                encode(make(k))
             np.copyto(ring[k % _RING_SLOTS], src)
             words[0] = k + 1
         while words[8] < count and time.monotonic() < deadline:
@@ -298,15 +311,16 @@ def ring_copy_row(count: int, copy_out: bool, timeout_s: float = 30.0) -> Row:
         del ring
         words.release()
         mm.close()
-    return Row("limit", 0, label, msgs_per_s=count / elapsed * 1e9, gb_per_s=count * MiB / elapsed,
-               note="numpy copies, spinning on two shared counters; no pickle, no Python per byte")
+    note = "numpy copies, spinning on two shared counters; " + (
+        "the message pickled and unpickled beside them" if pickling else "no pickle, no Python per byte")
+    return Row("limit", 0, label, msgs_per_s=count / elapsed * 1e9, gb_per_s=count * MiB / elapsed, note=note)
 
 
 def ring_ceilings(*, quick: bool) -> list[Callable[[], Row]]:
-    """The two 1 MiB ring rows, to run interleaved with the large rows they are the ceiling of."""
+    """The 1 MiB ring rows, to run interleaved with the large rows they are the ceiling of."""
     arrays = 100 if quick else 3000
-    return [functools.partial(ring_copy_row, arrays, copy_out=True),
-            functools.partial(ring_copy_row, arrays, copy_out=False)]
+    return [functools.partial(ring_copy_row, arrays, copy_out=copy_out, pickling=pickling)
+            for pickling in (False, True) for copy_out in (True, False)]
 
 
 def limit_rows(*, quick: bool, ring_rows: list[Row] | None = None) -> list[Row]:
