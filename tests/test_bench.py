@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_LABELS = [p.label for p in peers.peer_rows(mpq=True, zmq=True, faster_fifo=True, iceoryx2=True)]
 STRATEGY_LABELS = [c.label for c in configs.strategy_rows()]
 LIMIT_LABELS = ["numpy memcpy 1 MiB", "1 MiB ring, 2 processes, copy in + copy out",
-                "1 MiB ring, 2 processes, copy in only", "shm ping-pong, 2 processes", "futex wake",
+                "1 MiB ring, 2 processes, copy in only", "1 MiB ring, 2 processes, copy in + copy out + pickling",
+                "1 MiB ring, 2 processes, copy in only + pickling", "shm ping-pong, 2 processes", "futex wake",
                 "futex wake + pickled small message", "pickle-only ring, 1 reader", "pickle-only ring, 4 readers"]
 
 
