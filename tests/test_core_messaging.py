@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import json
 import random
 
@@ -127,6 +128,21 @@ def test_bytes_pass_through_without_pickle(writer):
             reader.get_bytes()
         assert [other.get_bytes(), other.get_bytes(), other.get()] == [b"raw \x00 bytes", b"x" * 10_000,
                                                                       {"pickled": True}]
+
+
+def test_put_bytes_sends_every_byte_of_a_buffer_whatever_its_item_size(queue_name):
+    doubles = array.array("d", range(10))  # len() counts 10 items; the buffer holds 80 bytes
+    matrix = np.arange(1000, dtype=np.float64).reshape(10, 100)  # 8000 bytes: spans two 4 KiB slots
+    with shmq.create(1, name=queue_name, chunk_bytes=4096, n_chunks=8) as writer, \
+            shmq.attach(writer.handle, 0) as reader:
+        writer.put_bytes(doubles)
+        writer.put_bytes(matrix)
+        assert reader.get_bytes(timeout=5) == doubles.tobytes()
+        assert reader.get_bytes(timeout=5) == matrix.tobytes()
+        with pytest.raises(ValueError, match="contiguous"):
+            writer.put_bytes(matrix[:, ::2])
+        writer.put_bytes(b"after")  # the refused buffer took no slot
+        assert reader.get_bytes(timeout=5) == b"after"
 
 
 def test_bytes_queue_refuses_objects_and_never_unpickles(queue_name):
