@@ -687,50 +687,133 @@ release_read(Ring *self, uint64_t cursor)
         publish_reader_cursor(self);
 }
 
+/* -- reading a frame ------------------------------------------------------------------------- */
+/* Where each segment of a frame lies: starts (from the frame start) and lengths, read from its
+ * table once and checked against its `frame` bytes, so a table changed under us cannot send a
+ * copy outside the slot. */
+typedef struct {
+    uint64_t local[2 * LOCAL_SEGMENTS];
+    uint64_t *spans; /* start, length of segment i at 2i, 2i + 1 */
+    uint64_t count;
+} FrameSpans;
+
+static void
+frame_spans_free(FrameSpans *spans)
+{
+    if (spans->spans != spans->local)
+        PyMem_Free(spans->spans);
+}
+
+/* 1 if the table at frame_start describes exactly `frame` bytes, 0 if not (corrupt), -1 on
+ * MemoryError; call frame_spans_free after 1. */
+static int
+frame_spans_read(FrameSpans *spans, const char *frame_start, uint64_t frame)
+{
+    uint64_t count, length;
+    spans->spans = spans->local;
+    if (frame < MIN_FRAME_BYTES)
+        return 0;
+    memcpy(&count, frame_start, 8);
+    if (count < 1 || count > (frame - 8) / 8)
+        return 0;
+    if (count > LOCAL_SEGMENTS) {
+        spans->spans = PyMem_Malloc((size_t)count * 2 * sizeof(uint64_t));
+        if (spans->spans == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    spans->count = count;
+    uint64_t position = 8 * (1 + count);
+    for (uint64_t i = 0; i < count; i++) {
+        memcpy(&length, frame_start + 8 * (1 + i), 8);
+        position = segment_start(position, (Py_ssize_t)i);
+        if (position > frame || length > frame - position) {
+            frame_spans_free(spans);
+            return 0;
+        }
+        spans->spans[2 * i] = position;
+        spans->spans[2 * i + 1] = length;
+        position += length;
+    }
+    if (position != frame) {
+        frame_spans_free(spans);
+        return 0;
+    }
+    return 1;
+}
+
+/* frame_spans(buffer, offset, length) -> [(start, stop) of each segment] | None: the segments of
+ * the frame at buffer[offset:offset + length], or None if its table does not describe it. */
+static PyObject *
+frame_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t offset, length;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "frame_spans(buffer, offset, length)");
+        return NULL;
+    }
+    if ((offset = PyLong_AsSsize_t(args[1])) < 0 || (length = PyLong_AsSsize_t(args[2])) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "offset and length must be >= 0");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    FrameSpans spans;
+    int found = 0;
+    if (offset > view.len || length > view.len - offset)
+        PyErr_SetString(PyExc_ValueError, "the frame does not fit the buffer");
+    else
+        found = frame_spans_read(&spans, (const char *)view.buf + offset, (uint64_t)length);
+    if (found == 0 && !PyErr_Occurred())
+        result = Py_NewRef(Py_None);
+    if (found == 1) {
+        result = PyList_New((Py_ssize_t)spans.count);
+        for (uint64_t i = 0; result != NULL && i < spans.count; i++) {
+            uint64_t start = (uint64_t)offset + spans.spans[2 * i];
+            PyObject *span = Py_BuildValue("(KK)", (unsigned long long)start,
+                                           (unsigned long long)(start + spans.spans[2 * i + 1]));
+            if (span == NULL)
+                Py_CLEAR(result);
+            else
+                PyList_SET_ITEM(result, (Py_ssize_t)i, span);
+        }
+        frame_spans_free(&spans);
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
 /* The frame of slot `slot` copied out: its stream as bytes, and for several segments a tuple
  * (stream, [bytearray of each out-of-band buffer]). NULL without an error if the table does not
  * describe a frame of exactly `frame` bytes (corrupt: the Python path names it). */
 static PyObject *
 copy_frame(const char *frame_start, uint64_t frame)
 {
-    uint64_t count, length;
-    memcpy(&count, frame_start, 8);
-    if (count < 1 || count > (frame - 8) / 8)
+    FrameSpans spans;
+    if (frame_spans_read(&spans, frame_start, frame) != 1)
         return NULL;
-    uint64_t position = 8 * (1 + count);
-    memcpy(&length, frame_start + 8, 8);
-    if (length > frame - position)
-        return NULL;
-    PyObject *stream = PyBytes_FromStringAndSize(frame_start + position, (Py_ssize_t)length);
-    if (stream == NULL || count == 1)
-        return stream;
-    position += length;
-    PyObject *buffers = PyList_New((Py_ssize_t)count - 1);
-    PyObject *result = buffers == NULL ? NULL : PyTuple_Pack(2, stream, buffers);
-    Py_DECREF(stream);
-    Py_XDECREF(buffers);
-    if (result == NULL)
-        return NULL;
-    for (uint64_t i = 1; i < count; i++) {
-        memcpy(&length, frame_start + 8 * (1 + i), 8);
-        position = align_segment(position);
-        if (position > frame || length > frame - position) {
-            Py_DECREF(result);
-            return NULL;
+    const uint64_t *span = spans.spans;
+    PyObject *stream = PyBytes_FromStringAndSize(frame_start + span[0], (Py_ssize_t)span[1]);
+    PyObject *result = stream;
+    if (stream != NULL && spans.count > 1) {
+        PyObject *buffers = PyList_New((Py_ssize_t)spans.count - 1);
+        result = buffers == NULL ? NULL : PyTuple_Pack(2, stream, buffers);
+        Py_DECREF(stream);
+        Py_XDECREF(buffers);
+        for (uint64_t i = 1; result != NULL && i < spans.count; i++) {
+            /* Not zero-filled first: a bytearray of n bytes is malloc and one memcpy. */
+            PyObject *buffer = PyByteArray_FromStringAndSize(frame_start + span[2 * i], (Py_ssize_t)span[2 * i + 1]);
+            if (buffer == NULL)
+                Py_CLEAR(result);
+            else
+                PyList_SET_ITEM(buffers, (Py_ssize_t)i - 1, buffer);
         }
-        /* Not zero-filled first: a bytearray of n bytes is malloc and one memcpy. */
-        PyObject *buffer = PyByteArray_FromStringAndSize(frame_start + position, (Py_ssize_t)length);
-        if (buffer == NULL) {
-            Py_DECREF(result);
-            return NULL;
-        }
-        PyList_SET_ITEM(buffers, (Py_ssize_t)i - 1, buffer);
-        position += length;
     }
-    if (position != frame) {
-        Py_DECREF(result);
-        return NULL;
-    }
+    frame_spans_free(&spans);
     return result;
 }
 
@@ -926,6 +1009,8 @@ static PyMethodDef module_methods[] = {
     {"futex_wake", (PyCFunction)(void (*)(void))futex_wake, METH_FASTCALL,
      "futex_wake(address, count=INT_MAX): wake sleepers on the word at address."},
     {"frame_length", frame_length, METH_O, "frame_length(segments) -> the bytes of the frame they make."},
+    {"frame_spans", (PyCFunction)(void (*)(void))frame_spans, METH_FASTCALL,
+     "frame_spans(buffer, offset, length) -> [(start, stop) of each segment] | None if the table is corrupt."},
     {"wait_bucket", (PyCFunction)(void (*)(void))wait_bucket, METH_FASTCALL,
      "wait_bucket(wait_ns, finite_buckets) -> the histogram bucket a wait is counted in."},
     {NULL},

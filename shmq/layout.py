@@ -186,13 +186,8 @@ SLOT_TRACED = 1 << 3  # the traceparent field holds a W3C traceparent
 #   u64 count | u64 len[0] ... u64 len[count-1] | segment 0 | pad | segment 1 | pad | ...
 # Segment 0 is the pickle stream; the rest are pickle-5 out-of-band buffers, each
 # starting SEGMENT_ALIGN-aligned from the frame start so leased arrays are aligned.
-SEGMENT_COUNT = struct.Struct("<Q")
-ONE_SEGMENT = struct.Struct("<QQ")
+ONE_SEGMENT = struct.Struct("<QQ")  # the table of a one-segment frame: count 1, its length
 SEGMENT_ALIGN = CACHE_LINE
-# The slot header, then (after the traceparent field, packed as zeros) the first two words of
-# the frame table: seq, frame_len, total_len, flags, count, len[0]. The hot path reads or
-# writes a one-segment message's metadata with this one struct call instead of two.
-SLOT_HEAD_AND_TABLE = struct.Struct(f"<QQQQ{SLOT_HEADER_BYTES - SLOT_HEAD.size}xQQ")
 
 
 def segment_layout(lengths: list[int] | tuple[int, ...]) -> tuple[list[int], int]:

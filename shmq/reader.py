@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 import time
 from typing import Any, Iterator
 
@@ -18,13 +17,12 @@ from .participant import (
     DEFAULT_WARN_AFTER_S, R_CURSOR, R_PID, R_PROGRESS, R_START_TIME, R_STATE,
     W_WRITER_CURSOR, WAITING_READ, Participant, State,
 )
+from ._ring import frame_spans
 from .segment import SHM_DIR, Segment
 from .serialization import BytesSerializer, Serializer, resolve, stream_decoder
 
 _SLOT_HEAD = L.SLOT_HEAD
-_ONE_SEGMENT = L.ONE_SEGMENT
 _HEADER_BYTES = L.SLOT_HEADER_BYTES
-_SLOT_AND_TABLE = L.SLOT_HEAD_AND_TABLE
 _FRAGMENT = L.SLOT_FRAGMENT
 _WRITER_RECORD = L.word(L.record_offset(0))
 
@@ -106,14 +104,14 @@ class Reader(Receiving, Participant):
         """
         c, waited, wait_start = self._await_message(timeout)
         base = self._slot_base[c % self._n]
-        seq, frame, total, flags, count, first_len = _SLOT_AND_TABLE.unpack_from(self._buf, base)
+        seq, frame, total, flags = _SLOT_HEAD.unpack_from(self._buf, base)
         self._check_slot(c, seq)
         if flags & _FRAGMENT:
             yield self._receive_pieces(c, frame, total, flags, waited, wait_start, raw=False)
             return
         traceparent = self._traceparent(base, flags)
         try:
-            stream, buffers = self._frame(base, frame, count, first_len, c, copy=False)
+            stream, buffers = self._frame(base, frame, c, copy=False)
             yield self._decode(stream, buffers, flags, raw=False)
         finally:
             stream = buffers = None  # drop our views of the slot before releasing it
@@ -141,13 +139,13 @@ class Reader(Receiving, Participant):
     def _receive_framed(self, c: int, waited: int, wait_start: int, raw: bool) -> Any:
         """Message `c`, published, read with its frame table: buffers, raw bytes, traced or corrupt."""
         base = self._slot_base[c % self._n]
-        seq, frame, total, flags, count, first_len = _SLOT_AND_TABLE.unpack_from(self._buf, base)
+        seq, frame, total, flags = _SLOT_HEAD.unpack_from(self._buf, base)
         self._check_slot(c, seq)
         if flags & _FRAGMENT:
             return self._receive_pieces(c, frame, total, flags, waited, wait_start, raw)
         traceparent = self._traceparent(base, flags)
         try:
-            stream, buffers = self._frame(base, frame, count, first_len, c, copy=True)
+            stream, buffers = self._frame(base, frame, c, copy=True)
             message = self._decode(stream, buffers, flags, raw)
             self._check_unchanged(c)
             self._ring.count(total)
@@ -218,31 +216,18 @@ class Reader(Receiving, Participant):
         return message
 
     # -- frames --------------------------------------------------------------------------
-    def _frame(self, base: int, length: int, count: int, first_len: int, c: int,
-               copy: bool) -> tuple[memoryview, list]:
-        """The frame's stream and buffers: buffers copied out, or read-only views of the slot for a lease.
-
-        `count` and `first_len` are the frame table's first two words, read with the slot header.
-        """
-        buf = self._buf if copy else self._readonly
-        offset = base + _HEADER_BYTES
-        if count == 1 and first_len + _ONE_SEGMENT.size == length:
-            return buf[offset + _ONE_SEGMENT.size : offset + length], []
-        stream, views = self._frame_in(buf, offset, length, c)
+    def _frame(self, base: int, length: int, c: int, copy: bool) -> tuple[memoryview, list]:
+        """The frame's stream and buffers: buffers copied out, or read-only views of the slot for a lease."""
+        stream, views = self._frame_in(self._buf if copy else self._readonly, base + _HEADER_BYTES, length, c)
         return stream, [bytearray(v) for v in views] if copy else views
 
     def _frame_in(self, buf: memoryview, offset: int, length: int, c: int) -> tuple[memoryview, list]:
         """Split a frame (table of segment lengths, then segments) into views of `buf`."""
-        count = L.SEGMENT_COUNT.unpack_from(buf, offset)[0]
-        if not 1 <= count <= (length - L.WORD) // L.WORD:
-            raise LayoutMismatch(f"queue {self.queue_name!r}: message {c} has a corrupt frame ({count} segments "
-                                 f"in {length} bytes)")
-        lengths = struct.unpack_from(f"<{count}Q", buf, offset + L.WORD)
-        offsets, framed = L.segment_layout(lengths)
-        if framed != length:
-            raise LayoutMismatch(f"queue {self.queue_name!r}: message {c} has a corrupt frame (segments of "
-                                 f"{sum(lengths)} bytes do not fill a {length}-byte frame)")
-        views = [buf[offset + start : offset + start + n] for start, n in zip(offsets, lengths)]
+        spans = frame_spans(buf, offset, length)
+        if spans is None:
+            raise LayoutMismatch(f"queue {self.queue_name!r}: message {c} has a corrupt frame (its table does not "
+                                 f"describe a {length}-byte frame)")
+        views = [buf[start:stop] for start, stop in spans]
         return views[0], views[1:]
 
     def _decode(self, stream: memoryview, buffers: list, flags: int, raw: bool) -> Any:

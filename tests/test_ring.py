@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import random
 import struct
 
 import pytest
@@ -55,7 +56,8 @@ def test_put_one_writes_the_slot_layout_py_reads_publishes_the_cursor_and_counts
     assert ring.put_one(5, L.SLOT_TRACED, [stream], traceparent) is False  # nobody parked: no wake
     base = L.slot_offset(N_READERS, CHUNK, 5 % N_SLOTS)
     frame = len(stream) + L.ONE_SEGMENT.size
-    assert L.SLOT_HEAD_AND_TABLE.unpack_from(memory, base) == (5, frame, frame, L.SLOT_TRACED, 1, len(stream))
+    assert L.SLOT_HEAD.unpack_from(memory, base) == (5, frame, frame, L.SLOT_TRACED)
+    assert L.ONE_SEGMENT.unpack_from(memory, base + L.SLOT_HEADER_BYTES) == (1, len(stream))
     field = memory[base + L.SLOT_TRACEPARENT : base + L.SLOT_TRACEPARENT + L.TRACEPARENT_BYTES]
     assert field == traceparent.ljust(L.TRACEPARENT_BYTES, b"\x00")
     body = base + L.SLOT_HEADER_BYTES + L.ONE_SEGMENT.size
@@ -100,6 +102,20 @@ def test_out_of_band_buffers_are_laid_out_as_layout_py_says_and_come_back_as_pri
     memory[start + offsets[1]] = ord("z")  # the slot is reused: the copies do not change
     assert copies[0] == b"a" * 7
     assert record_word(memory, 0, L.REC_BYTES) == frame
+
+
+def test_frame_spans_finds_the_segments_layout_py_lays_out_and_refuses_a_corrupt_table():
+    rng = random.Random(3)
+    for count in (1, 2, 9, 20):  # 9 and 20: more segments than _ring.c keeps on its stack
+        lengths = [rng.randrange(0, 300) for _ in range(count)]
+        offsets, frame = L.segment_layout(lengths)
+        buffer = bytearray(8) + struct.pack(f"<{1 + count}Q", count, *lengths) + bytearray(frame)
+        spans = _ring.frame_spans(buffer, 8, frame)
+        assert spans == [(8 + start, 8 + start + n) for start, n in zip(offsets, lengths)]
+        assert _ring.frame_spans(buffer, 8, frame + 1) is None  # the segments do not fill it
+    assert _ring.frame_spans(bytes(16), 0, 16) is None  # zero segments
+    with pytest.raises(ValueError, match="does not fit"):
+        _ring.frame_spans(bytes(16), 8, 16)
 
 
 def test_a_corrupt_frame_table_is_left_to_the_python_path(memory):
