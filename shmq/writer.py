@@ -16,8 +16,8 @@ from .participant import (
     R_BYTES, R_CURSOR, R_MESSAGES, R_PID, R_PROGRESS, R_START_TIME, R_STATE, R_STATE_SINCE, R_OVERFLOW,
     W_WRITER_PARKED, W_WRITER_WAKE, WAITING_WRITE, DEFAULT_WARN_AFTER_S, Participant, State, log,
 )
-from .segment import SHM_DIR, Segment
 from ._ring import frame_length
+from .segment import SHM_DIR, Segment
 from .serialization import Serializer, resolve
 
 DEFAULT_CHUNK_BYTES = 1 << 20
