@@ -1,29 +1,35 @@
 """Python stacks of a live participant, on request from outside the process.
 
-A participant registers ``faulthandler`` on ``STACK_SIGNAL`` (SIGUSR2) with a
-per-pid file ``<stack dir>/<pid>.txt``; a watchdog that sees the process stall
-sends the signal and reads what the handler appended. faulthandler dumps from
-C inside the signal handler, so it works while the main thread is stuck in
-application code, in a blocking call, or in a C call that holds the GIL. A
-stopped process (SIGSTOP) takes the signal when it resumes, so its dump shows
-where it was frozen.
+A participant installs a handler for ``STACK_SIGNAL`` (SIGUSR2) with a per-pid
+file ``<stack dir>/<pid>.txt``; a watchdog that sees the process stall sends
+the signal and reads what the handler appended: every thread's stack, in
+faulthandler's format. The handler is Python, so it runs in the main thread
+between two bytecodes: at once when that thread runs Python or waits in a
+system call (the signal interrupts it), when the call returns if it is stuck in
+C code that holds the GIL. A stopped process (SIGSTOP) takes the signal when it
+resumes, so its dump shows where it was frozen. faulthandler's own
+``register()`` dumps from inside the C signal handler, even while the main thread
+is stuck in C, but it reads frames the interrupted thread may be half-way
+through pushing: readers crashed with SIGSEGV in CPython 3.11's dump_frame
+(Python/traceback.c) under repeated signals, so shmq does not use it.
 
 Sending a signal a process does not handle would kill it, so the watchdog
 signals only when both hold: the file's header names this pid *and* its start
 time, and ``/proc/PID/status`` says the signal is caught. A process never
-uninstalls the handler once installed (the last participant to close points it
-at /dev/null and removes the file), so no race between those checks and the
-``kill`` can turn the signal lethal.
+uninstalls the handler once installed (after the last participant closes it
+writes nothing and the file is removed), so no race between those checks and
+the ``kill`` can turn the signal lethal. Only the main thread can install it: a
+process whose first participant is made in another thread has no stack dumps.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import faulthandler
 import logging
 import os
 import re
 import signal
+import sys
 import threading
 import time
 
@@ -52,20 +58,16 @@ def stack_file(pid: int, directory: str) -> str:
 
 # -- the participant's side: one registration per process ----------------------------
 class _Registration:
-    """Process-wide: faulthandler holds one file per signal, shared by every participant in the process."""
+    """Process-wide: one handler and one stack file, shared by every participant in the process."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.users = 0
-        self.installed = False  # faulthandler owns STACK_SIGNAL in this process (for good, see module doc)
-        self.fd: int | None = None  # the open stack file while users > 0
+        self.installed = False  # our handler owns STACK_SIGNAL in this process (for good, see module doc)
+        self.fd: int | None = None  # the open stack file while users > 0; the handler writes nothing without it
         self.path: str | None = None
-        self.devnull: int | None = None  # where the handler writes while nobody uses it
 
-    def point_at_devnull(self) -> None:
-        if self.devnull is None:
-            self.devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        faulthandler.register(STACK_SIGNAL, file=self.devnull, all_threads=True)
+    def stop_writing(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
         self.fd = None
@@ -74,17 +76,37 @@ class _Registration:
 _registration = _Registration()
 
 
+def _dump_stacks(signum: int, interrupted) -> None:
+    """The STACK_SIGNAL handler: every thread's stack, most recent call first, the main thread last."""
+    fd = _registration.fd
+    if fd is None:
+        return
+    main = threading.get_ident()  # Python runs signal handlers in the main thread
+    frames = sys._current_frames()
+    frames[main] = interrupted  # not this handler's own frame
+    blocks = []
+    for ident in sorted(frames, key=lambda i: i == main):
+        lines = [f"{'Current thread' if ident == main else 'Thread'} 0x{ident:016x} (most recent call first):"]
+        frame = frames[ident]
+        while frame is not None:
+            lines.append(f'  File "{frame.f_code.co_filename}", line {frame.f_lineno} in {frame.f_code.co_name}')
+            frame = frame.f_back
+        blocks.append("\n".join(lines) + "\n")
+    try:
+        os.write(fd, ("\n".join(blocks) + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass  # the file went away under us: a dump is best effort
+
+
 def _after_fork_in_child() -> None:
     # The child inherits the handler and the parent's file descriptor; its dumps must not land in the
     # parent's file. Its own participants register again (they were forgotten at fork, too).
     global _registration
     inherited = _registration
     _registration = _Registration()
-    if inherited.installed:
-        _registration.installed = True
-        _registration.devnull = inherited.devnull
-        _registration.fd = inherited.fd
-        _registration.point_at_devnull()
+    _registration.installed = inherited.installed
+    _registration.fd = inherited.fd
+    _registration.stop_writing()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -105,12 +127,17 @@ def acquire(directory: str | None = None) -> bool:
         if not reg.installed and _signal_caught(os.getpid()):
             log.info("shmq: %s already has a handler in pid %d; stack dumps are off", STACK_SIGNAL.name, os.getpid())
             return False
+        if not reg.installed and threading.current_thread() is not threading.main_thread():
+            log.info("shmq: only the main thread can install the %s handler; stack dumps are off in pid %d",
+                     STACK_SIGNAL.name, os.getpid())
+            return False
         try:
             fd, path = _open_stack_file(directory)
         except OSError as e:
             log.info("shmq: cannot write stack dumps to %s (%s); stack dumps are off", directory, e)
             return False
-        faulthandler.register(STACK_SIGNAL, file=fd, all_threads=True)
+        if not reg.installed:
+            signal.signal(STACK_SIGNAL, _dump_stacks)
         reg.installed = True
         reg.fd, reg.path, reg.users = fd, path, 1
         return True
@@ -126,7 +153,7 @@ def release() -> None:
         if reg.users:
             return
         path, reg.path = reg.path, None
-        reg.point_at_devnull()
+        reg.stop_writing()
         try:
             os.unlink(path)
             if os.path.dirname(path) == default_stack_dir():  # ours to tidy; a directory the caller named is not

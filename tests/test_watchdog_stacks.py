@@ -14,6 +14,7 @@ import pytest
 import shmq
 from shmq import diagnostics, procs
 
+from .conftest import FORK
 from .watchdog_harness import ROOT
 
 
@@ -134,3 +135,34 @@ def test_registering_sweeps_the_files_of_dead_processes_but_not_one_being_create
     with shmq.create(1, name=queue_name, chunk_bytes=256, n_chunks=4, stack_dumps=stack_dir):
         assert sorted(os.listdir(stack_dir)) == sorted([f"{os.getpid()}.txt", "999999999.txt"])
     os.unlink(being_created)
+
+
+def read_in_a_loop(handle: str, stack_dir: str, stop) -> None:
+    with shmq.attach(handle, reader=0, stack_dumps=stack_dir) as reader:
+        while not stop.is_set():
+            try:
+                reader.get_bytes(timeout=0.01)
+            except shmq.QueueTimeout:
+                pass
+
+
+@pytest.mark.timeout(60)
+def test_a_reader_dumping_its_stacks_over_and_over_while_it_works_survives(queue_name, children, stack_dir):
+    # faulthandler's dump, which shmq used before, killed such a reader with SIGSEGV within
+    # a few thousand signals (it read a frame the interrupted thread was half-way through pushing).
+    stop = FORK.Event()
+    with shmq.create(1, name=queue_name, chunk_bytes=1024, n_chunks=16) as writer:
+        reader = children(read_in_a_loop, str(writer.handle), stack_dir, stop)
+        writer.wait_for_readers(timeout=10)
+        dumps = os.path.join(stack_dir, f"{reader.pid}.txt")
+        deadline = time.monotonic() + 10
+        while not os.path.exists(dumps) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for round_ in range(10_000):
+            os.kill(reader.pid, diagnostics.STACK_SIGNAL)
+            if not round_ % 10:
+                writer.put_bytes(b"x" * 100, timeout=5)
+                assert reader.is_alive(), f"the reader died after {round_ + 1} dumps (exit code {reader.exitcode})"
+        stop.set()
+        reader.join(10)
+        assert reader.exitcode == 0
