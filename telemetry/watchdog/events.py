@@ -33,7 +33,7 @@ _THREAD_HEADER = re.compile(r"^(?=(?:Current thread|Thread) 0x[0-9a-f]+ \(most r
 
 
 def excerpt(text: str) -> str:
-    """The dump with the main thread first (faulthandler lists it last), cut to STACK_EXCERPT_LINES lines."""
+    """The dump with the main thread first (the dump lists it last), cut to STACK_EXCERPT_LINES lines."""
     threads = [block.strip("\n") for block in _THREAD_HEADER.split(text) if block.strip()]
     lines = "\n\n".join([threads[-1], *threads[:-1]] if threads else [text]).splitlines()
     if len(lines) <= STACK_EXCERPT_LINES:
