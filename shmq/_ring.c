@@ -206,6 +206,27 @@ as_u64(PyObject *arg, uint64_t *out)
     return *out == (uint64_t)-1 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* The first n arguments as uint64s; -1 with a Python error set at the first that is not one. */
+static int
+as_u64s(PyObject *const *args, int n, uint64_t *out)
+{
+    for (int i = 0; i < n; i++) {
+        if (as_u64(args[i], &out[i]) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* -1 with a TypeError showing `usage` unless a METH_FASTCALL function got exactly `wanted` arguments. */
+static int
+check_nargs(Py_ssize_t nargs, Py_ssize_t wanted, const char *usage)
+{
+    if (nargs == wanted)
+        return 0;
+    PyErr_SetString(PyExc_TypeError, usage);
+    return -1;
+}
+
 static inline _Atomic uint64_t *
 slot_words(Ring *self, uint64_t seq)
 {
@@ -391,16 +412,9 @@ write_slot_head(Ring *self, uint64_t seq, uint64_t frame, uint64_t total, uint64
 static PyObject *
 ring_write_head(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "write_head(seq, frame, total, flags, traceparent)");
-        return NULL;
-    }
     uint64_t words[4];
-    for (int i = 0; i < 4; i++) {
-        if (as_u64(args[i], &words[i]) < 0)
-            return NULL;
-    }
-    if (check_open(self) < 0 || check_traceparent(args[4]) < 0)
+    if (check_nargs(nargs, 5, "write_head(seq, frame, total, flags, traceparent)") < 0 ||
+        as_u64s(args, 4, words) < 0 || check_open(self) < 0 || check_traceparent(args[4]) < 0)
         return NULL;
     if (words[1] > (uint64_t)self->chunk_bytes) {
         PyErr_Format(PyExc_ValueError, "a %llu-byte piece does not fit a %zd-byte slot", (unsigned long long)words[1],
@@ -417,17 +431,12 @@ ring_write_head(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "put_one(seq, flags, segments, traceparent)");
+    uint64_t words[2]; /* seq, flags */
+    if (check_nargs(nargs, 4, "put_one(seq, flags, segments, traceparent)") < 0 || as_u64s(args, 2, words) < 0 ||
+        check_open(self) < 0 || check_traceparent(args[3]) < 0)
         return NULL;
-    }
-    unsigned long long seq = PyLong_AsUnsignedLongLong(args[0]);
-    unsigned long long flags = PyLong_AsUnsignedLongLong(args[1]);
-    if (PyErr_Occurred() || check_open(self) < 0)
-        return NULL;
+    uint64_t seq = words[0], flags = words[1];
     PyObject *traceparent = args[3];
-    if (check_traceparent(traceparent) < 0)
-        return NULL;
     Segments segments;
     if (segments_get(&segments, args[2]) < 0)
         return NULL;
@@ -536,16 +545,6 @@ ring_set_state(Ring *self, PyObject *arg)
     return PyLong_FromUnsignedLongLong(now);
 }
 
-static int
-parse_counters(PyObject *const *args, uint64_t counters[5])
-{
-    for (int i = 0; i < 5; i++) {
-        if (as_u64(args[i], &counters[i]) < 0)
-            return -1;
-    }
-    return 0;
-}
-
 static void
 add_counters(Ring *self, const uint64_t counters[5])
 {
@@ -563,11 +562,8 @@ static PyObject *
 ring_flush_counters(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
     uint64_t counters[5];
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "flush_counters(spins, yields, backoff_sleeps, backoff_sleep_ns, parks)");
-        return NULL;
-    }
-    if (parse_counters(args, counters) < 0 || check_record(self) < 0)
+    if (check_nargs(nargs, 5, "flush_counters(spins, yields, backoff_sleeps, backoff_sleep_ns, parks)") < 0 ||
+        as_u64s(args, 5, counters) < 0 || check_record(self) < 0)
         return NULL;
     add_counters(self, counters);
     Py_RETURN_NONE;
@@ -578,15 +574,12 @@ ring_flush_counters(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 ring_end_wait(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    uint64_t counters[5];
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError,
-                        "end_wait(start_ns, state_after, spins, yields, backoff_sleeps, backoff_sleep_ns, parks)");
+    uint64_t start, counters[5];
+    if (check_nargs(nargs, 7, "end_wait(start_ns, state_after, spins, yields, backoff_sleeps, backoff_sleep_ns, "
+                              "parks)") < 0 || as_u64(args[0], &start) < 0)
         return NULL;
-    }
-    unsigned long long start = PyLong_AsUnsignedLongLong(args[0]);
     long long state_after = PyLong_AsLongLong(args[1]);
-    if (PyErr_Occurred() || parse_counters(args + 2, counters) < 0 || check_record(self) < 0)
+    if (PyErr_Occurred() || as_u64s(args + 2, 5, counters) < 0 || check_record(self) < 0)
         return NULL;
     uint64_t now = monotonic_ns();
     uint64_t waited = now > start ? now - start : 0;
@@ -605,15 +598,10 @@ ring_end_wait(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 wait_bucket(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "wait_bucket(wait_ns, finite_buckets)");
+    uint64_t words[2]; /* wait_ns, finite_buckets */
+    if (check_nargs(nargs, 2, "wait_bucket(wait_ns, finite_buckets)") < 0 || as_u64s(args, 2, words) < 0)
         return NULL;
-    }
-    unsigned long long wait_ns = PyLong_AsUnsignedLongLong(args[0]);
-    unsigned long long finite = PyLong_AsUnsignedLongLong(args[1]);
-    if (PyErr_Occurred())
-        return NULL;
-    return PyLong_FromUnsignedLongLong(bucket_of(wait_ns, finite));
+    return PyLong_FromUnsignedLongLong(bucket_of(words[0], words[1]));
 }
 
 /* -- a reader's cursor ------------------------------------------------------------------ */
@@ -749,10 +737,8 @@ static PyObject *
 frame_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t offset, length;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "frame_spans(buffer, offset, length)");
+    if (check_nargs(nargs, 3, "frame_spans(buffer, offset, length)") < 0)
         return NULL;
-    }
     if ((offset = PyLong_AsSsize_t(args[1])) < 0 || (length = PyLong_AsSsize_t(args[2])) < 0) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "offset and length must be >= 0");
