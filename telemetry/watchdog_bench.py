@@ -34,7 +34,7 @@ import urllib.request
 
 import shmq
 from shmq import wait
-from shmq.demo import blind_while
+from shmq.cli.demo import blind_while
 from shmq.segment import SHM_DIR
 
 from . import names as N

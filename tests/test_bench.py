@@ -12,7 +12,7 @@ import pytest
 
 import shmq
 from shmq import procs, wait
-from shmq.bench import configs, peers, trial, workloads
+from shmq.cli.bench import configs, peers, trial, workloads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_LABELS = [p.label for p in peers.peer_rows(mpq=True, zmq=True, faster_fifo=True, iceoryx2=True)]
@@ -69,7 +69,7 @@ def test_quick_benchmark_has_every_row_and_loses_nothing(tmp_path):
 @pytest.mark.timeout(60)
 def test_compare_runs_each_configuration_side_by_side(tmp_path):
     report = tmp_path / "compare.json"
-    done = run_bench("shmq.bench", "--quick", "--workloads", "small-1", "--idle-seconds", "0.1", "--repeat", "2",
+    done = run_bench("shmq.cli.bench", "--quick", "--workloads", "small-1", "--idle-seconds", "0.1", "--repeat", "2",
                      "--compare", "stats=on,stats=off+wait=Yield", "--json", str(report), timeout=50)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = json.loads(report.read_text())["rows"]
@@ -135,7 +135,7 @@ def test_a_hung_row_is_killed_with_its_readers(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_soak_reports_memory_of_every_process_and_no_loss():
-    done = run_bench("shmq.bench", "--soak", "--soak-messages", "3000", "--soak-readers", "2", timeout=50)
+    done = run_bench("shmq.cli.bench", "--soak", "--soak-messages", "3000", "--soak-readers", "2", timeout=50)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "lost: 0;" in done.stdout
     process_rows = [line for line in done.stdout.splitlines() if line.startswith(("| writer", "| reader"))]

@@ -17,7 +17,7 @@ import pytest
 
 import shmq
 from shmq import wait
-from shmq.demo import blind_while
+from shmq.cli.demo import blind_while
 from telemetry import names as N
 
 from .watchdog_harness import about, consume_in_order, drain, watched_queue

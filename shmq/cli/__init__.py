@@ -1,9 +1,11 @@
-"""The ``shmq`` command (also ``python -m shmq``).
+"""The ``shmq`` command (also ``python -m shmq``): the command-line layer.
 
-This is where the core and the telemetry package are composed: ``shmq`` itself
-never imports ``telemetry``, but the exporter, watchdog and top subcommands live
-there. Each subcommand is a module with ``add_arguments(parser)`` and
-``main(args) -> int``, imported only when that subcommand runs.
+This package is where the core and the telemetry package are composed: the rest
+of ``shmq`` never imports ``telemetry`` (tests/test_layers.py checks it), while
+the demo and the benchmarks here use both, and the exporter, watchdog and top
+subcommands live in ``telemetry``. Each subcommand is a module with
+``add_arguments(parser)`` and ``main(args) -> int``, imported only when that
+subcommand runs.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import importlib
 import sys
 
 COMMANDS = {
-    "demo": ("shmq.demo", "run the engine-and-workers demo"),
-    "bench": ("shmq.bench", "benchmark shmq against its peers side by side"),
-    "list": ("shmq.admin", "list shmq segments in /dev/shm"),
-    "cleanup": ("shmq.admin", "unlink segments whose creator has died"),
+    "demo": ("shmq.cli.demo", "run the engine-and-workers demo"),
+    "bench": ("shmq.cli.bench", "benchmark shmq against its peers side by side"),
+    "list": ("shmq.cli.admin", "list shmq segments in /dev/shm"),
+    "cleanup": ("shmq.cli.admin", "unlink segments whose creator has died"),
     "exporter": ("telemetry.exporter", "serve Prometheus metrics for shmq queues"),
     "watchdog": ("telemetry.watchdog", "flag stalled, dead and livelocked participants"),
     "top": ("telemetry.top", "live view of queues and participants"),

@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
-from .. import hooks as hooks_module
-from .. import wait as wait_module
+from shmq import hooks as hooks_module
+from shmq import wait as wait_module
 
 _SWITCH = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
 

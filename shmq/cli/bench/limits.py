@@ -26,8 +26,9 @@ from typing import Callable
 
 import numpy as np
 
-from .. import sync
-from ..serialization import PickleSerializer
+from shmq import sync
+from shmq.serialization import PickleSerializer
+
 from .table import Row
 from .trial import reap
 from .workloads import MiB, Workload, plan_for

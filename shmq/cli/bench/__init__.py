@@ -1,4 +1,4 @@
-"""``shmq bench`` (also ``python -m shmq.bench``): shmq and its peers side by side, in one markdown table.
+"""``shmq bench`` (also ``python -m shmq.cli.bench``): shmq and its peers side by side, in one markdown table.
 
 Modules: ``workloads`` (what is sent, how much), ``configs`` (shmq configurations
 and the ``--compare`` spec), ``peers`` (every transport behind one interface),

@@ -30,14 +30,14 @@ import time
 
 import numpy as np
 
-from . import layout as L
-from . import stats
-from . import wait as wait_module
-from .errors import QueueClosed, WriterDead
-from .handle import Handle
-from .reader import Reader, attach
-from .segment import SHM_DIR
-from .writer import create
+from shmq import layout as L
+from shmq import stats
+from shmq import wait as wait_module
+from shmq.errors import QueueClosed, WriterDead
+from shmq.handle import Handle
+from shmq.reader import Reader, attach
+from shmq.segment import SHM_DIR
+from shmq.writer import create
 
 _FORK = multiprocessing.get_context("fork")
 INJECTIONS = ("stall", "kill", "slow", "livelock")

@@ -19,8 +19,8 @@ import time
 import traceback
 
 import shmq
+from shmq import diagnostics
 
-from .. import diagnostics
 from .configs import ShmqConfig
 from .table import machine_line
 from .trial import reap

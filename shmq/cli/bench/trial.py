@@ -339,7 +339,7 @@ def _remove_leftovers(trial_pid: int | None, workdir: str) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     if trial_pid is None:
         return
-    from ..segment import SHM_DIR, list_segments
+    from shmq.segment import SHM_DIR, list_segments
 
     for info in list_segments():
         if info.creator_pid == trial_pid:

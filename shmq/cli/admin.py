@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .segment import SHM_DIR, cleanup, list_segments
+from shmq.segment import SHM_DIR, cleanup, list_segments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,75 @@
+"""The layers show in the folders: only the command-line layer (shmq/cli/) may import telemetry.
+
+The core is read from its source, not imported, so an import inside a function
+or behind a condition counts too.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import shmq
+
+PACKAGE = pathlib.Path(shmq.__file__).parent
+COMMAND_LINE = PACKAGE / "cli"
+FORBIDDEN = ("telemetry", "shmq.telemetry")
+
+
+def module_name(path: pathlib.Path, root: pathlib.Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: pathlib.Path, root: pathlib.Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in the file; relative imports are resolved."""
+    name = module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *filter(None, [node.module])])
+            # `from shmq import telemetry` imports the module shmq.telemetry
+            found += [(node.lineno, base)] + [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+    return found
+
+
+def core_modules() -> list[pathlib.Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if COMMAND_LINE not in p.parents)
+
+
+def layer_violations(paths: list[pathlib.Path], root: pathlib.Path = PACKAGE.parent) -> list[str]:
+    """'file:line imports module' for each import of telemetry; `root` holds the package folder."""
+    return [f"{path.relative_to(root)}:{line} imports {module}"
+            for path in paths for line, module in imported_modules(path, root)
+            if any(module == f or module.startswith(f + ".") for f in FORBIDDEN)]
+
+
+def test_no_module_of_shmq_outside_its_command_line_layer_imports_telemetry():
+    paths = core_modules()
+    assert PACKAGE / "writer.py" in paths and PACKAGE / "cli" / "demo.py" not in paths  # the walk sees the core
+    assert layer_violations(paths) == []
+
+
+def test_the_check_sees_every_form_of_import(tmp_path):
+    fake = tmp_path / "shmq"
+    (fake / "sub").mkdir(parents=True)
+    sources = {
+        "plain.py": "import telemetry.top\n",
+        "aliased.py": "import os, telemetry as t\n",
+        "nested.py": "def f():\n    from shmq.telemetry.watchdog import sidecar\n",
+        "named.py": "from shmq import telemetry\n",
+        "sub/relative.py": "from ..telemetry import names\n",
+        "sub/relative_name.py": "from .. import telemetry\n",
+        "clean.py": "import shmq.stats\nfrom . import layout\nimport telemetryish\n",
+    }
+    for relative, text in sources.items():
+        (fake / relative).write_text(text)
+    found = layer_violations(sorted(fake.rglob("*.py")), root=tmp_path)
+    flagged = {line.split(":")[0] for line in found}
+    assert flagged == {f"shmq/{relative}" for relative in sources if relative != "clean.py"}, found
