@@ -182,3 +182,17 @@ def open(handle_or_name: Handle | str, *, shm_dir: str = SHM_DIR) -> QueueView: 
                                 "open one by its shm name")
         shm_name = matches[0]
     return QueueView(Segment.open(shm_name, writable=False, shm_dir=shm_dir, ready_timeout_s=1.0))
+
+
+def histogram_quantile(counts, q: float) -> float | None:
+    """Upper bound in seconds of the bucket that holds quantile `q` of a (non-cumulative) wait histogram:
+    a participant's ``histogram`` or a difference of two. None when it counts no wait; inf for the last bucket."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank, seen = q * total, 0
+    for bound, count in zip((*L.HISTOGRAM_UPPER_BOUNDS_S, float("inf")), counts):
+        seen += count
+        if seen >= rank:
+            return bound
+    return float("inf")

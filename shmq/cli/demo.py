@@ -1,26 +1,30 @@
-"""``shmq demo``: an engine broadcasts batches of requests to worker processes, which reply.
+"""``shmq demo``: the scenario shmq was built for, with a worker that stalls and a watchdog that sees it.
 
-The shape of an LLM server's engine-to-worker channel: every worker sees every
+An engine broadcasts batches of requests to worker processes, which reply: the
+shape of an LLM server's engine-to-worker channel. Every worker sees every
 batch (a broadcast queue, reader i = worker i) and handles its share of the
 items; each worker answers on its own result queue, of which the engine is the
-single reader.
+single reader. The engine sends at a steady rate and does not wait for replies,
+so many batches are in flight and the ring is the only back-pressure: a worker
+that stops reading fills it, and then the engine's put() blocks. That is the
+freeze shmq's watchdog is there to announce before it happens.
 
-``--inject stall|kill|slow|livelock`` breaks the last worker for a few seconds
-while ``shmq watchdog`` (started alongside, with the Prometheus exporter) looks
-on: its events show the fault flagged, the worker named, and the recovery. The
-engine then keeps up to ``--in-flight`` batches outstanding, so a stuck worker
-shows in the broadcast ring rather than only in the engine's wait for replies.
+By default one worker is stopped (SIGSTOP) for a few seconds, long enough for
+the ring to fill, while ``shmq watchdog`` runs alongside as a sidecar. The
+demo prints its alerts (worker, cause, stack) as they come, then a summary:
+throughput, round-trip percentiles, losses, and each alert's lead time before
+the engine's writer blocked. ``--healthy`` runs without a fault, ``--inject``
+picks another one. On a terminal a live view (the data of ``shmq top``) shows
+the ring and the workers; otherwise the output is one line per event.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import dataclasses
 import multiprocessing
 import os
-import queue
 import re
 import signal
 import sys
@@ -33,7 +37,7 @@ import numpy as np
 from shmq import layout as L
 from shmq import stats
 from shmq import wait as wait_module
-from shmq.errors import QueueClosed, WriterDead
+from shmq.errors import QueueClosed, WouldBlock, WriterDead
 from shmq.handle import Handle
 from shmq.reader import Reader, attach
 from shmq.segment import SHM_DIR
@@ -47,34 +51,27 @@ REQUESTS = "demo-requests"
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
     workers: int = 4
-    batches: int = 120
     items: int = 12  #: concurrent items per batch
     tokens: int = 512  #: int32 tokens per item
-    reply_timeout_s: float = 30.0
-    in_flight: int = 1  #: batches sent but not yet answered by every worker
-    rate_hz: float = 0.0  #: batches per second; 0 sends as fast as the workers answer
-    inject: str = ""  #: one of INJECTIONS, done to the last worker
-    fault_at_s: float = 2.0  #: when the fault starts, after the first batch
-    fault_s: float = 4.0  #: how long it lasts
+    seconds: float = 20.0  #: how long the engine sends
+    rate_hz: float = 50.0  #: batches per second, as an engine's steps; a late engine catches up
+    ring: int = 256  #: slots of the request ring: at `rate_hz` a stopped worker fills it in ring / rate_hz s
+    inject: str = "stall"  #: one of INJECTIONS, done to the last worker; "" for a healthy run
+    fault_at_s: float = 5.0  #: when the fault starts, after the first batch
+    fault_s: float = 7.0  #: how long it lasts
     slow_item_s: float = 0.15  #: "slow": seconds the worker sleeps per item of its share
+    reply_timeout_s: float = 30.0
 
     @property
     def victim(self) -> int:
         return self.workers - 1
 
-
-@dataclasses.dataclass(frozen=True)
-class DemoReport:
-    batches: int  #: batches that every worker answered
-    items: int  #: items answered in all
-    seconds: float  #: from the first send to the last reply
-    round_trip_s: tuple[float, ...]  #: per batch: send until the last worker's reply
-    reader_waits: tuple[int, ...]  #: merged wait histogram of the workers (log2 buckets)
-    lost: int  #: items of live workers sent but never answered
-    killed: tuple[int, ...] = ()  #: workers that died during the run
-    unanswered_by_killed: int = 0  #: items that were the killed workers' share
+    @property
+    def batches(self) -> int:
+        return max(1, round(self.seconds * self.rate_hz))
 
 
+# -- the workers (forked processes) ----------------------------------------------------------------
 def worker(handle: str, index: int, result_handles, config: DemoConfig, fault) -> None:
     """Attach as reader `index`, answer the items whose id falls to this worker, until the engine closes.
 
@@ -156,10 +153,154 @@ class Injector(threading.Thread):
         self.join()
 
 
-def run(config: DemoConfig, progress=None, say=print) -> DemoReport:
+# -- the engine ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Batch:
+    sent_s: float  #: perf_counter() when it was sent
+    shares: dict[int, dict[int, int]]  #: worker -> {item id: checksum} of the items it must answer
+    waiting: set[int]  #: workers whose reply has not come
+
+
+class Engine:
+    """The engine's side of the replies: batches in flight, round trips, answers checked, workers lost.
+
+    One thread per worker drains its result queue as replies come, so a round
+    trip ends when the last worker's reply arrives, and a worker that stops
+    answering holds up only its own queue.
+    """
+
+    def __init__(self, config: DemoConfig, results: dict[int, Reader], say) -> None:
+        self._config = config
+        self._say = say
+        self._lock = threading.Condition()
+        self._in_flight: dict[int, _Batch] = {}
+        self.sent = 0
+        self.round_trips: list[float] = []  #: seconds from send to the last live worker's reply, per batch
+        self.answered = 0  #: items answered with the right checksum
+        self.owed = 0  #: items that live workers had to answer
+        self.replies = 0
+        self.killed: set[int] = set()
+        self.unanswered_by_killed = 0
+        self.blocked_at: float | None = None  #: time.time() of the first put that found the ring full
+        self.blocked_s = 0.0  #: seconds the engine's puts spent blocked in all
+        self.blocking_since: float | None = None  #: time.time() since the current put has been blocked
+        self._threads = [threading.Thread(target=self._drain, args=(index, reader), daemon=True,
+                                          name=f"shmq-demo-replies-{index}") for index, reader in results.items()]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def send(self, requests, batch: int, items: list[dict]) -> None:
+        """Put one batch; a put that finds the ring full is timed: that is the freeze the watchdog foresees."""
+        n = self._config.workers
+        shares: dict[int, dict[int, int]] = {}
+        for item in items:
+            shares.setdefault(item["id"] % n, {})[item["id"]] = int(item["tokens"].sum())
+        message = {"batch": batch, "items": items}
+        with self._lock:
+            live = set(range(n)) - self.killed
+            self._in_flight[batch] = _Batch(time.perf_counter(), shares, live)
+            self.sent += 1
+        try:
+            requests.put_nowait(message)
+        except WouldBlock:
+            first = self.blocked_at is None
+            self.blocking_since = time.time()
+            if first:
+                self.blocked_at = self.blocking_since
+                self._say(f"engine: a put found the ring full ({self._config.ring} batches in flight to the slowest "
+                          f"worker): the engine is blocked")
+            requests.put(message, timeout=self._config.reply_timeout_s)
+            blocked_s = time.time() - self.blocking_since
+            self.blocked_s += blocked_s
+            self.blocking_since = None
+            if first:
+                self._say(f"engine: the put went through after {blocked_s:.2f} s blocked")
+
+    def _drain(self, index: int, reader: Reader) -> None:
+        try:
+            while True:
+                reply = reader.get()
+                self._answer(index, reply, time.perf_counter())
+        except WriterDead:  # the worker died: its share of this and later batches goes unanswered
+            self._died(index)
+        except QueueClosed:
+            pass
+
+    def _answer(self, index: int, reply: dict, at: float) -> None:
+        with self._lock:
+            batch = self._in_flight[reply["batch"]]
+            expected = batch.shares.get(index, {})
+            self.owed += len(expected)
+            self.answered += sum(expected.get(a["id"]) == a["checksum"] for a in reply["answers"])
+            self.replies += 1
+            batch.waiting.discard(index)
+            self._finish_if_answered(reply["batch"], batch, at)
+
+    def _died(self, index: int) -> None:
+        with self._lock:
+            self.killed.add(index)
+            at = time.perf_counter()
+            for number, batch in list(self._in_flight.items()):
+                if index in batch.waiting:
+                    batch.waiting.discard(index)
+                    self.unanswered_by_killed += len(batch.shares.get(index, {}))
+                    self._finish_if_answered(number, batch, at)
+
+    def _finish_if_answered(self, number: int, batch: _Batch, at: float) -> None:
+        if not batch.waiting:
+            del self._in_flight[number]
+            self.round_trips.append(at - batch.sent_s)
+            self._lock.notify_all()
+
+    def wait_answered(self, timeout_s: float) -> None:
+        """Until every batch sent is answered by every live worker, or `timeout_s` passed."""
+        with self._lock:
+            self._lock.wait_for(lambda: not self._in_flight, timeout_s)
+
+    def unanswered(self) -> tuple[int, int]:
+        """Items still owed at the end: (by live workers, by killed ones)."""
+        with self._lock:
+            live = killed = 0
+            for batch in self._in_flight.values():
+                for index in batch.waiting:
+                    share = len(batch.shares.get(index, {}))
+                    live, killed = (live, killed + share) if index in self.killed else (live + share, killed)
+            return live, killed
+
+    def join(self) -> None:
+        """After the result queues closed (their workers closed them, or the engine cancelled its readers)."""
+        for thread in self._threads:
+            thread.join(10)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoReport:
+    batches: int  #: batches sent
+    answered_batches: int  #: batches that every live worker answered
+    items: int  #: items answered correctly
+    seconds: float  #: from the first send to the last reply
+    round_trip_s: tuple[float, ...]  #: per answered batch: send until the last worker's reply
+    delivered: int  #: messages taken from shmq queues: batches read by each worker, and replies
+    reader_waits: tuple[int, ...]  #: merged wait histogram of the workers (log2 buckets)
+    lost: int  #: items of live workers sent but not answered, or answered wrong
+    started_at: float  #: time.time() of the first send
+    blocked_at: float | None  #: time.time() of the engine's first put that found the ring full
+    blocked_s: float  #: seconds the engine's puts were blocked in all
+    victim_pid: int = 0
+    killed: tuple[int, ...] = ()  #: workers that died during the run
+    unanswered_by_killed: int = 0  #: items that were the killed workers' share
+
+
+def run(config: DemoConfig, console) -> DemoReport:
+    """The engine and its workers, with the fault injected; `console` shows what happens (see LineLog)."""
     rng = np.random.default_rng(0)
     on_dead = "evict" if config.inject == "kill" else "raise"
-    with create(config.workers, name=REQUESTS, chunk_bytes=256 << 10, n_chunks=16, on_dead_reader=on_dead) as requests:
+    with create(config.workers, name=REQUESTS, chunk_bytes=32 << 10, n_chunks=config.ring,
+                on_dead_reader=on_dead) as requests:
         result_handles = _FORK.Queue()
         fault = _FORK.Event()
         workers = [_FORK.Process(target=worker, args=(str(requests.handle), i, result_handles, config, fault),
@@ -174,30 +315,28 @@ def run(config: DemoConfig, progress=None, say=print) -> DemoReport:
                 results[index] = attach(handle, 0)
                 shm_names[index] = Handle.parse(handle).shm_name
             requests.wait_for_readers(timeout=config.reply_timeout_s)
-            engine = _Engine(config, results)
+            engine = Engine(config, results, console.say)
+            console.follow(engine, requests.handle)
+            console.say(f"engine: {config.rate_hz:g} batches/s of {config.items} items to {config.workers} workers "
+                        f"for {config.seconds:g} s; the ring holds {config.ring} batches")
             if config.inject:
-                injector = Injector(config, workers[config.victim], fault, say)
+                injector = Injector(config, workers[config.victim], fault, console.say)
                 injector.start()
-            start = time.perf_counter()
+            started_at, start = time.time(), time.perf_counter()
             for b in range(config.batches):
-                if config.rate_hz:
-                    time.sleep(max(0.0, start + b / config.rate_hz - time.perf_counter()))
+                time.sleep(max(0.0, start + b / config.rate_hz - time.perf_counter()))
                 items = [{"id": b * config.items + i,
                           "tokens": rng.integers(0, 32_000, size=config.tokens, dtype=np.int32)}
                          for i in range(config.items)]
-                engine.sent(b, {item["id"]: int(item["tokens"].sum()) for item in items})
-                requests.put({"batch": b, "items": items}, timeout=config.reply_timeout_s)
-                while engine.outstanding >= config.in_flight:
-                    engine.collect()
-                if progress:
-                    progress(b + 1, config.batches)
-            while engine.outstanding:
-                engine.collect()
+                engine.send(requests, b, items)
+            engine.wait_answered(config.reply_timeout_s)
             seconds = time.perf_counter() - start
             with stats.open(requests.handle) as view:
                 snapshot = view.snapshot()
             waits = tuple(sum(r.histogram[i] for r in snapshot.readers) for i in range(L.HIST_BUCKETS))
+            taken = sum(r.messages for r in snapshot.readers)
         finally:
+            console.follow(None, None)
             if injector is not None:
                 injector.cancel()
             requests.close()
@@ -214,133 +353,23 @@ def run(config: DemoConfig, progress=None, say=print) -> DemoReport:
         for index in engine.killed:  # its result queue outlived it; nobody else will unlink it
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(SHM_DIR, shm_names[index]))
-    return DemoReport(batches=len(engine.round_trips), items=engine.answered, seconds=seconds,
-                      round_trip_s=tuple(engine.round_trips), reader_waits=waits, lost=engine.owed - engine.answered,
-                      killed=tuple(sorted(engine.killed)),
-                      unanswered_by_killed=config.batches * config.items - engine.owed)
+    unanswered_live, unanswered_killed = engine.unanswered()
+    return DemoReport(
+        batches=engine.sent, answered_batches=len(engine.round_trips), items=engine.answered, seconds=seconds,
+        round_trip_s=tuple(engine.round_trips), delivered=taken + engine.replies, reader_waits=waits,
+        lost=engine.owed + unanswered_live - engine.answered, started_at=started_at, blocked_at=engine.blocked_at,
+        blocked_s=engine.blocked_s, victim_pid=workers[config.victim].pid, killed=tuple(sorted(engine.killed)),
+        unanswered_by_killed=engine.unanswered_by_killed + unanswered_killed)
 
 
-class _Engine:
-    """The engine's side of the replies: batches sent and not yet answered, and which workers still live.
-
-    One thread per worker drains its result queue as replies come, so a worker
-    that stops answering holds up only the engine's bookkeeping, not the other
-    workers' queues.
-    """
-
-    _DIED = object()
-
-    def __init__(self, config: DemoConfig, results: dict[int, Reader]) -> None:
-        self._config = config
-        self._pending: collections.deque = collections.deque()  # (batch, sent at, {item id: checksum})
-        self._replies = {index: queue.SimpleQueue() for index in results}
-        self._threads = [threading.Thread(target=self._drain, args=(reader, self._replies[index]), daemon=True,
-                                          name=f"shmq-demo-replies-{index}") for index, reader in results.items()]
-        for thread in self._threads:
-            thread.start()
-        self.killed: set[int] = set()
-        self.round_trips: list[float] = []
-        self.answered = 0
-        self.owed = 0  #: items that live workers had to answer
-
-    def _drain(self, reader: Reader, replies: queue.SimpleQueue) -> None:
-        try:
-            while True:
-                replies.put(reader.get())
-        except WriterDead:  # the worker died: its share of this and later batches goes unanswered
-            replies.put(self._DIED)
-        except QueueClosed:
-            pass
-
-    @property
-    def outstanding(self) -> int:
-        return len(self._pending)
-
-    def sent(self, batch: int, expected: dict[int, int]) -> None:
-        self._pending.append((batch, time.perf_counter(), expected))
-
-    def collect(self) -> None:
-        """Wait for every live worker's reply to the oldest outstanding batch."""
-        batch, sent, expected = self._pending.popleft()
-        n = self._config.workers
-        for index in sorted(self._replies.keys() - self.killed):
-            reply = self._replies[index].get(timeout=self._config.reply_timeout_s)
-            if reply is self._DIED:
-                self.killed.add(index)
-                continue
-            self.answered += sum(expected[a["id"]] == a["checksum"] for a in reply["answers"])
-        self.owed += sum(1 for item_id in expected if item_id % n not in self.killed)
-        self.round_trips.append(time.perf_counter() - sent)
-
-    def join(self) -> None:
-        """After the result queues closed (their workers closed them, or the engine cancelled its readers)."""
-        for thread in self._threads:
-            thread.join(10)
-
-
-def histogram_quantile(q: float, counts: tuple[int, ...]) -> float:
-    """Upper bound of the log2 bucket that holds quantile `q`, in seconds (inf for the last bucket)."""
-    total = sum(counts)
-    if not total:
-        return 0.0
-    running = 0
-    for bound, count in zip((*L.HISTOGRAM_UPPER_BOUNDS_S, float("inf")), counts):
-        running += count
-        if running >= q * total:
-            return bound
-    return float("inf")
-
-
-def format_report(config: DemoConfig, report: DemoReport) -> str:
-    rt = np.array(report.round_trip_s) * 1e6
-    lines = [
-        f"{report.batches} batches x {config.items} items to {config.workers} workers in {report.seconds:.2f} s: "
-        f"{report.batches / report.seconds:,.0f} batches/s, {report.items / report.seconds:,.0f} items/s, "
-        f"{report.lost} lost",
-        f"batch round trip (send to last reply): p50 {np.percentile(rt, 50):,.0f} us, "
-        f"p99 {np.percentile(rt, 99):,.0f} us, max {rt.max():,.0f} us",
-        f"worker waits in get(): {sum(report.reader_waits)} waits, p50 <= "
-        f"{histogram_quantile(0.5, report.reader_waits) * 1e6:,.0f} us, p99 <= "
-        f"{histogram_quantile(0.99, report.reader_waits) * 1e6:,.0f} us (log2 buckets)",
-    ]
-    if report.killed:
-        lines.append(f"killed workers {list(report.killed)}: {report.unanswered_by_killed} items of their share "
-                     f"went unanswered (not counted as lost: lost counts the live workers' items)")
-    return "\n".join(lines)
-
-
-class Console:
-    """The progress bar, and lines printed above it from any thread (injections, watchdog events)."""
-
-    def __init__(self, stream=sys.stdout, width: int = 40) -> None:
-        self._stream = stream
-        self._width = width
-        self._bar = ""
-        self._lock = threading.Lock()
-
-    def progress(self, done: int, total: int) -> None:
-        filled = self._width * done // total
-        with self._lock:
-            self._bar = f"[{'#' * filled}{'.' * (self._width - filled)}] {done}/{total} batches"
-            self._stream.write("\r" + self._bar + ("\n" if done == total else ""))
-            if done == total:
-                self._bar = ""
-            self._stream.flush()
-
-    def say(self, line: str) -> None:
-        with self._lock:
-            self._stream.write("\r" + " " * len(self._bar) + "\r" + line + "\n" + self._bar)
-            self._stream.flush()
-
-
-# -- the watchdog and the exporter alongside the demo -----------------------------------------------
+# -- the watchdog alongside ------------------------------------------------------------------------
 def queue_names(config: DemoConfig) -> list[str]:
     return [REQUESTS, *(f"demo-results-{i}" for i in range(config.workers))]
 
 
-def start_monitoring(config: DemoConfig, console: Console, stack: contextlib.ExitStack):
+def start_monitoring(config: DemoConfig, console, stack: contextlib.ExitStack):
     """``shmq watchdog`` (a child process, as it would run as a sidecar) and the exporter (a thread here)."""
-    from telemetry.exporter import serve  # the demo composes core and telemetry, as the CLI does
+    from telemetry.exporter import serve
     from telemetry.watchdog.sidecar import Sidecar
 
     names = queue_names(config)
@@ -354,7 +383,7 @@ def start_monitoring(config: DemoConfig, console: Console, stack: contextlib.Exi
 
 def describe_event(event: dict) -> str:
     mark = "RAISED " if event["event"] == "raise" else "cleared"
-    line = f"  watchdog {event['time_iso'][11:23]} {mark} {event['rule']}/{event['cause']}: {event['message']}"
+    line = f"watchdog {mark} {event['rule']}/{event['cause']}: {event['message']}"
     frames = main_thread_frames(event.get("stack", ""))
     if frames:
         line += "\n      main thread: " + " <- ... <- ".join(frames)
@@ -371,14 +400,15 @@ def main_thread_frames(stack: str) -> list[str]:
     frame and, if that is inside shmq or the standard library, the innermost frame of the application."""
     blocks = re.split(r"^(?:Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):$", stack, flags=re.M)
     frames = [m for m in map(_FRAME.match, blocks[1].splitlines()) if m] if len(blocks) > 1 else []
-    library = (os.path.dirname(os.path.abspath(__file__)), sysconfig.get_paths()["stdlib"])
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    library = (package, sysconfig.get_paths()["stdlib"])
     caller = next((m for m in frames if not m["file"].startswith(library) or m["file"] == os.path.abspath(__file__)),
                   None)
     shown = frames[:1] + ([caller] if caller is not None and caller is not frames[0] else [])
     return [f"{m['function']} ({os.path.basename(m['file'])}:{m['line']})" for m in shown]
 
 
-def await_all_clear(watchdog, console: Console, timeout_s: float = 10.0) -> bool:
+def await_all_clear(watchdog, console, timeout_s: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status, body = watchdog.healthz()
@@ -390,55 +420,251 @@ def await_all_clear(watchdog, console: Console, timeout_s: float = 10.0) -> bool
     return False
 
 
-def watchdog_summary(config: DemoConfig, events: list[dict]) -> str:
+# -- what the demo shows ---------------------------------------------------------------------------
+class LineLog:
+    """Without a terminal: one line per event, stamped with seconds since the demo began (no progress bar)."""
+
+    STATUS_EVERY_S = 5.0
+
+    def __init__(self, stream=sys.stdout) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self.origin = time.time()
+        self._following: threading.Event | None = None
+
+    def say(self, text: str) -> None:
+        with self._lock:
+            self._stream.write(f"[{time.time() - self.origin:6.2f} s] {text}\n")
+            self._stream.flush()
+
+    def follow(self, engine: Engine | None, handle: Handle | None) -> None:
+        """A status line every STATUS_EVERY_S while the engine runs; follow(None, None) stops it."""
+        if self._following is not None:
+            self._following.set()
+            self._following = None
+        if engine is not None:
+            self._following = threading.Event()
+            threading.Thread(target=self._status_lines, args=(engine, handle, self._following), daemon=True,
+                             name="shmq-demo-status").start()
+
+    def _status_lines(self, engine: Engine, handle: Handle, stop: threading.Event) -> None:
+        with stats.open(handle) as view:
+            while not stop.wait(self.STATUS_EVERY_S):
+                snap = view.snapshot()
+                lags = ", ".join(f"{snap.lag(r)}" for r in snap.readers)
+                self.say(f"status: {engine.sent} batches sent, {engine.in_flight} in flight, "
+                         f"ring {snap.occupancy}/{snap.n_chunks}, worker lags {lags}, writer "
+                         f"{snap.writer.state.name.lower()}")
+
+    def close(self) -> None:
+        self.follow(None, None)
+
+
+class LiveView(LineLog):
+    """On a terminal: the lines above, and below them a live view of the request ring (``shmq top``'s data)."""
+
+    REFRESH_S = 0.25
+
+    def __init__(self, config: DemoConfig) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        super().__init__()
+        self._config = config
+        self._console = Console()
+        self._live = Live(console=self._console, auto_refresh=False)
+        self._live.start()
+        self._thread: threading.Thread | None = None
+
+    def say(self, text: str) -> None:
+        with self._lock:
+            self._console.print(f"[{time.time() - self.origin:6.2f} s] {text}", markup=False, highlight=False)
+
+    def follow(self, engine: Engine | None, handle: Handle | None) -> None:
+        if self._following is not None:
+            self._following.set()
+            self._thread.join(5)
+            self._following = None
+        if engine is not None:
+            self._following = threading.Event()
+            self._thread = threading.Thread(target=self._redraw, args=(engine, handle, self._following),
+                                            daemon=True, name="shmq-demo-view")
+            self._thread.start()
+
+    def _redraw(self, engine: Engine, handle: Handle, stop: threading.Event) -> None:
+        from telemetry.top import Top
+        from telemetry.watchdog import Segments
+        from telemetry.watchdog.watcher import DEFAULT_INTERVAL_S
+
+        top = Top(Segments([handle.shm_name]), window_s=1.0)
+        try:
+            redraw = 0.0
+            while not stop.is_set():
+                top.poll()
+                if time.monotonic() >= redraw:
+                    with self._lock:
+                        self._live.update(self._screen(engine, top), refresh=True)
+                    redraw = time.monotonic() + self.REFRESH_S
+                stop.wait(DEFAULT_INTERVAL_S)
+        finally:
+            top.close()
+
+    def _screen(self, engine: Engine, top):
+        from rich.console import Group
+        from rich.text import Text
+
+        from telemetry.top import render_rich
+
+        c = self._config
+        elapsed = time.time() - self.origin
+        fault = (f"{c.inject} of worker {c.victim} at +{c.fault_at_s:g} s for {c.fault_s:g} s" if c.inject
+                 else "none (--healthy)")
+        if engine.blocking_since is not None:
+            writer = Text(f"BLOCKED for {time.time() - engine.blocking_since:.1f} s: the ring is full", "bold red")
+        else:
+            writer = Text("sending", "green")
+        head = Text.assemble(
+            ("shmq demo", "bold"), f"  {elapsed:5.1f} s   engine: {engine.sent}/{c.batches} batches sent, "
+            f"{len(engine.round_trips)} answered, {engine.in_flight} in flight; writer ", writer,
+            f"\nfault: {fault}; below, reader i is worker i")
+        return Group(head, render_rich(top.table()))
+
+    def close(self) -> None:
+        super().close()
+        self._live.stop()
+
+
+# -- the summary -----------------------------------------------------------------------------------
+def participant(queue: str, reader: int | None) -> str:
+    """Who a participant of a demo queue is: the engine writes requests and reads each worker's results."""
+    if queue == REQUESTS:
+        return "the engine's writer" if reader is None else f"worker {reader}"
+    worker_index = queue.rsplit("-", 1)[1]
+    return f"worker {worker_index}'s result writer" if reader is None else f"the engine's reader of {queue}"
+
+
+def alert_rows(events: list[dict], blocked_at: float | None, origin: float) -> list[str]:
+    """One line per alert: what it named, when it was raised and cleared, and its lead before the freeze."""
+    rows = []
+    for raised in (e for e in events if e["event"] == "raise"):
+        key = (raised["queue"], raised["rule"], raised["role"], raised["reader"])
+        cleared = next((e for e in events if e["event"] == "clear" and e["time"] >= raised["time"]
+                        and (e["queue"], e["rule"], e["role"], e["reader"]) == key), None)
+        who = participant(raised["queue"], raised["reader"])
+        blockers = sorted({b["reader"] for b in raised["blocking_readers"]})
+        if blockers:
+            who += f", held back by {' and '.join(participant(raised['queue'], b) for b in blockers)}"
+        if blocked_at is None:
+            lead = "the writer never blocked"
+        else:
+            lead_s = blocked_at - raised["time"]
+            lead = f"{lead_s:.2f} s before the writer blocked" if lead_s > 0 else \
+                f"{-lead_s:.2f} s after the writer blocked"
+        end = f"cleared +{cleared['time'] - origin:.2f} s" if cleared else "NOT cleared"
+        rows.append(f"  {raised['rule']}/{raised['cause']} about {who}: raised +{raised['time'] - origin:.2f} s, "
+                    f"{lead}; {end}")
+    return rows
+
+
+def victim_named(config: DemoConfig, events: list[dict]) -> list[dict]:
+    """The raises on the request queue that name the broken worker, itself or as the reader holding the ring."""
+    return [e for e in events if e["event"] == "raise" and e["queue"] == REQUESTS and (
+        e["reader"] == config.victim or any(b["reader"] == config.victim for b in e["blocking_readers"]))]
+
+
+def summary(config: DemoConfig, report: DemoReport, events: list[dict], origin: float) -> tuple[str, bool]:
+    """The closing report, and whether the demo showed what it promises (0 lost; a fault flagged)."""
+    from telemetry.top import duration
+
+    rt = np.array(report.round_trip_s or (0.0,))
+    lines = [
+        "",
+        f"summary: {report.batches} batches x {config.items} items to {config.workers} workers in "
+        f"{report.seconds:.1f} s: {report.batches / report.seconds:,.0f} batches/s, "
+        f"{report.items / report.seconds:,.0f} items/s, {report.delivered / report.seconds:,.0f} msgs/s "
+        f"delivered (each batch to every worker, and the replies), {report.lost} lost",
+        "round trip (send to last reply): " + ", ".join(
+            f"p{q} {duration(np.percentile(rt, q))}" for q in (50, 90, 99)) + f", max {duration(rt.max())}",
+        f"worker waits in get(): {sum(report.reader_waits):,} waits, p50 <= "
+        f"{duration(stats.histogram_quantile(report.reader_waits, 0.5))}, p99 <= "
+        f"{duration(stats.histogram_quantile(report.reader_waits, 0.99))} (log2 buckets)",
+    ]
+    if report.killed:
+        lines.append(f"killed workers {list(report.killed)}: {report.unanswered_by_killed} items of their share "
+                     f"went unanswered (not counted as lost: lost counts the live workers' items)")
+    if report.blocked_at is None:
+        lines.append("the engine's writer never blocked: no put found the ring full")
+    else:
+        lines.append(f"the engine's writer blocked at +{report.blocked_at - origin:.2f} s (a put found the ring "
+                     f"full) and waited {report.blocked_s:.1f} s in all")
     raised = [e for e in events if e["event"] == "raise"]
     cleared = sum(e["event"] == "clear" for e in events)
-    named = sorted({e["rule"] for e in raised if e["queue"] == REQUESTS and (
-        e["reader"] == config.victim or any(b["reader"] == config.victim for b in e["blocking_readers"]))})
-    line = f"watchdog: {len(raised)} alerts raised, {cleared} cleared"
+    lines.append(f"watchdog: {len(raised)} alerts raised, {cleared} cleared")
+    lines += alert_rows(events, report.blocked_at, origin)
+    ok = report.lost == 0
     if config.inject:
-        line += f"; worker {config.victim} named by: {', '.join(named) or 'nothing'}"
-    return line
+        named = victim_named(config, events)
+        if named:
+            first = min(named, key=lambda e: e["time"])
+            when = "" if report.blocked_at is None else (
+                f", {report.blocked_at - first['time']:.2f} s before the writer blocked"
+                if first["time"] < report.blocked_at else f", {first['time'] - report.blocked_at:.2f} s after "
+                                                          "the writer blocked")
+            lines.append(f"verdict: the watchdog named worker {config.victim} ({config.inject}) first by "
+                         f"{first['rule']}/{first['cause']}{when}; {report.lost} lost")
+        else:
+            ok = False
+            lines.append(f"verdict: FAILED: no alert named worker {config.victim} ({config.inject})")
+    else:
+        ok = ok and not raised
+        lines.append(f"verdict: healthy run, {len(raised)} alerts; {report.lost} lost")
+    if report.lost:
+        lines.append(f"verdict: FAILED: {report.lost} items lost")
+    return "\n".join(lines), ok
 
 
 # -- shmq demo -------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = DemoConfig()
     parser.add_argument("--workers", type=int, default=defaults.workers)
-    parser.add_argument("--batches", type=int, default=defaults.batches)
+    parser.add_argument("--seconds", type=float, default=defaults.seconds, metavar="S",
+                        help="how long the engine sends (default %(default)s)")
+    parser.add_argument("--rate", type=float, default=defaults.rate_hz, metavar="HZ",
+                        help="batches per second (default %(default)s)")
+    parser.add_argument("--ring", type=int, default=defaults.ring, metavar="N",
+                        help="batches the request ring holds (default %(default)s)")
     parser.add_argument("--items", type=int, default=defaults.items, help="concurrent items per batch")
     parser.add_argument("--tokens", type=int, default=defaults.tokens, help="int32 tokens per item")
-    parser.add_argument("--inject", choices=INJECTIONS,
-                        help="break the last worker for a while: stall (SIGSTOP, then SIGCONT), kill (SIGKILL; "
-                             "the queue evicts it), slow (it sleeps per item), livelock (it spins without consuming)")
+    fault = parser.add_mutually_exclusive_group()
+    fault.add_argument("--inject", choices=INJECTIONS, default=defaults.inject,
+                       help="break the last worker for a while: stall (SIGSTOP, then SIGCONT; the default), kill "
+                            "(SIGKILL; the queue evicts it), slow (it sleeps per item), livelock (it spins without "
+                            "consuming)")
+    fault.add_argument("--healthy", action="store_true", help="run without a fault")
     parser.add_argument("--fault-at", type=float, default=defaults.fault_at_s, metavar="S",
                         help="seconds into the run the fault starts (default %(default)s)")
     parser.add_argument("--fault-for", type=float, default=defaults.fault_s, metavar="S",
                         help="seconds the fault lasts (default %(default)s)")
-    parser.add_argument("--in-flight", type=int, metavar="N",
-                        help="batches outstanding at once (default 1, or 24 with --inject, so that a fault "
-                             "fills the ring)")
-    parser.add_argument("--rate", type=float, metavar="HZ",
-                        help="batches per second (default: as fast as answered, or 10 with --inject)")
-    parser.add_argument("--no-monitoring", action="store_true", help="start neither the watchdog nor the exporter")
 
 
 def main(args: argparse.Namespace) -> int:
-    injecting = bool(args.inject)
-    if injecting and args.workers < 2:
-        raise SystemExit("shmq demo: --inject needs at least 2 workers")
-    config = DemoConfig(
-        workers=args.workers, batches=args.batches, items=args.items, tokens=args.tokens,
-        in_flight=args.in_flight or (24 if injecting else 1),
-        rate_hz=args.rate if args.rate is not None else (10.0 if injecting else 0.0),
-        inject=args.inject or "", fault_at_s=args.fault_at, fault_s=args.fault_for)
-    console = Console()
-    with contextlib.ExitStack() as stack:
-        watchdog = None if args.no_monitoring else start_monitoring(config, console, stack)
-        report = run(config, progress=console.progress, say=console.say)
-        if watchdog is not None and injecting:
+    inject = "" if args.healthy else args.inject
+    if inject and args.workers < 2:
+        raise SystemExit("shmq demo: a fault needs at least 2 workers (or use --healthy)")
+    if args.rate <= 0 or args.seconds <= 0 or args.ring < 2:
+        raise SystemExit("shmq demo: --rate and --seconds must be positive and --ring at least 2")
+    config = DemoConfig(workers=args.workers, items=args.items, tokens=args.tokens, seconds=args.seconds,
+                        rate_hz=args.rate, ring=args.ring, inject=inject, fault_at_s=args.fault_at,
+                        fault_s=args.fault_for)
+    console = LiveView(config) if sys.stdout.isatty() else LineLog()
+    try:
+        with contextlib.ExitStack() as stack:
+            watchdog = start_monitoring(config, console, stack)
+            report = run(config, console)
             await_all_clear(watchdog, console)
-    print(format_report(config, report))
-    if watchdog is not None:
-        print(watchdog_summary(config, watchdog.events))
-    return 0 if report.lost == 0 else 1
+            events = list(watchdog.events)
+    finally:
+        console.close()
+    text, ok = summary(config, report, events, console.origin)
+    print(text)
+    return 0 if ok else 1
