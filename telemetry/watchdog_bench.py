@@ -34,8 +34,8 @@ import urllib.request
 
 import shmq
 from shmq import wait
-from shmq.cli.demo import blind_while
 from shmq.segment import SHM_DIR
+from shmq.testing import blind
 
 from . import names as N
 from .watchdog.sidecar import Sidecar
@@ -63,7 +63,7 @@ def read_one_then_work(handle: str, index: int, stack_dir: str) -> None:
 def read_blind(handle: str, index: int, stack_dir: str) -> None:
     """Spins in get() without ever seeing new messages (a stale view of the writer cursor)."""
     with shmq.attach(handle, reader=index, stack_dumps=stack_dir, wait=wait.BusySpin()) as reader:
-        blind_while(reader)
+        blind(reader)
         with contextlib.suppress(shmq.QueueTimeout):
             reader.get(timeout=60)
 

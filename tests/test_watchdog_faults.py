@@ -17,7 +17,7 @@ import pytest
 
 import shmq
 from shmq import wait
-from shmq.cli.demo import blind_while
+from shmq.testing import blind
 from telemetry import names as N
 
 from .watchdog_harness import about, consume_in_order, drain, watched_queue
@@ -106,7 +106,7 @@ def test_a_killed_reader_is_flagged_dead_within_half_a_second_and_with_eviction_
 def read_blind(handle: str, index: int, stack_dir: str) -> None:
     """A reader that never sees new messages, as if its loads of the writer cursor were stale (a missing fence)."""
     with shmq.attach(handle, reader=index, stack_dumps=stack_dir, wait=wait.BusySpin()) as reader:
-        blind_while(reader)
+        blind(reader)
         try:
             reader.get(timeout=8)
         except shmq.QueueTimeout:

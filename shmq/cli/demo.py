@@ -41,6 +41,7 @@ from shmq.errors import QueueClosed, WouldBlock, WriterDead
 from shmq.handle import Handle
 from shmq.reader import Reader, attach
 from shmq.segment import SHM_DIR
+from shmq.testing import blind
 from shmq.writer import create
 
 _FORK = multiprocessing.get_context("fork")
@@ -83,7 +84,7 @@ def worker(handle: str, index: int, result_handles, config: DemoConfig, fault) -
         result_handles.put((index, str(results.handle)))
         with attach(handle, index, wait=wait_module.BusySpin() if spin else None) as requests:
             if spin:
-                blind_while(requests, fault)
+                blind(requests, while_=fault)
             results.wait_for_readers(timeout=config.reply_timeout_s)
             while True:
                 try:
@@ -95,31 +96,6 @@ def worker(handle: str, index: int, result_handles, config: DemoConfig, fault) -
                 if victim and config.inject == "slow" and fault.is_set():
                     time.sleep(config.slow_item_s * len(mine))
                 results.put({"batch": batch["batch"], "worker": index, "answers": answers})
-
-
-def blind_while(reader: Reader, fault=None) -> None:
-    """Fault injection: while `fault` (an Event; None: for good) is set the reader's view of the writer
-    cursor goes stale, as with a missing fence, so get() spins without consuming although messages wait."""
-    reader._ring = _BlindRing(reader._ring, fault)
-
-
-class _BlindRing:
-    """A reader's ring (shmq/_ring.c) that stops loading the writer cursor while `fault` is set."""
-
-    def __init__(self, ring, fault) -> None:
-        self._ring, self._fault = ring, fault
-
-    def __getattr__(self, name: str):  # everything but the writer cursor goes to the real ring
-        return getattr(self._ring, name)
-
-    def _blind(self) -> bool:
-        return self._fault is None or self._fault.is_set()
-
-    def load_available(self) -> int:
-        return self._ring.available if self._blind() else self._ring.load_available()
-
-    def take_one(self):
-        return None if self._blind() and self._ring.cursor >= self._ring.available else self._ring.take_one()
 
 
 class Injector(threading.Thread):
