@@ -17,9 +17,8 @@ import signal
 import threading
 import time
 
-from shmq.layout import HISTOGRAM_UPPER_BOUNDS_S
 from shmq.segment import SHM_DIR
-from shmq.stats import ParticipantStats, QueueStats
+from shmq.stats import ParticipantStats, QueueStats, histogram_quantile
 
 from .watchdog import Segments, Watchdog
 from .watchdog.alerts import Alert, QueueId
@@ -55,19 +54,6 @@ class QueueRow:
     capacity: int
     time_to_full_s: float
     participants: tuple[ParticipantRow, ...]
-
-
-def wait_percentile(histogram: list[int], q: float) -> float | None:
-    """The upper bound of the bucket holding quantile `q` of a (non-cumulative) wait histogram."""
-    total = sum(histogram)
-    if not total:
-        return None
-    rank, seen = q * total, 0
-    for bound, count in zip((*HISTOGRAM_UPPER_BOUNDS_S, math.inf), histogram):
-        seen += count
-        if seen >= rank:
-            return bound
-    return math.inf
 
 
 class Window:
@@ -118,7 +104,7 @@ def _participant(now: ParticipantStats, then: ParticipantStats, snap: QueueStats
         role=now.label, pid=now.pid, state=now.state.name.lower(), cursor=now.cursor,
         lag=None if now.index < 0 else snap.lag(now), messages_per_s=rate(now.messages - then.messages),
         spins_per_s=rate(now.spins + now.yields - then.spins - then.yields), parks_per_s=rate(now.parks - then.parks),
-        p50_wait_s=wait_percentile(waits, 0.5), p99_wait_s=wait_percentile(waits, 0.99), alerts=alerts)
+        p50_wait_s=histogram_quantile(waits, 0.5), p99_wait_s=histogram_quantile(waits, 0.99), alerts=alerts)
 
 
 # -- presentation -----------------------------------------------------------------------------

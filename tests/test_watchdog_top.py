@@ -59,3 +59,14 @@ def test_top_once_prints_a_row_per_participant_with_its_lag_and_alerts(queue_nam
 @pytest.mark.timeout(30)
 def test_top_once_with_no_queue_says_so():
     assert top_once("--queue", "no-such-queue-anywhere", "--window", "0.2") == "no shmq queues\n"
+
+
+def test_wait_quantiles_are_the_upper_bound_of_the_bucket_that_holds_them():
+    from shmq.layout import HIST_BUCKETS, HISTOGRAM_UPPER_BOUNDS_S as BOUNDS
+    from shmq.stats import histogram_quantile
+
+    counts = [0] * HIST_BUCKETS
+    assert histogram_quantile(counts, 0.5) is None  # no wait: no quantile (top shows "-")
+    counts[0], counts[3], counts[-1] = 50, 49, 1
+    assert [histogram_quantile(counts, q) for q in (0.5, 0.51, 0.99, 1.0)] == [BOUNDS[0], BOUNDS[3], BOUNDS[3],
+                                                                                  float("inf")]
