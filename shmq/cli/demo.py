@@ -548,8 +548,10 @@ def victim_named(config: DemoConfig, events: list[dict]) -> list[dict]:
         e["reader"] == config.victim or any(b["reader"] == config.victim for b in e["blocking_readers"]))]
 
 
-def summary(config: DemoConfig, report: DemoReport, events: list[dict], origin: float) -> tuple[str, bool]:
-    """The closing report, and whether the demo showed what it promises (0 lost; a fault flagged)."""
+def summary(config: DemoConfig, report: DemoReport, events: list[dict] | None, origin: float) -> tuple[str, bool]:
+    """The closing report, and whether the demo showed what it promises (0 lost; a fault flagged).
+
+    `events` are the watchdog's, None when the demo did not start it (--no-monitoring)."""
     from telemetry.top import duration
 
     rt = np.array(report.round_trip_s or (0.0,))
@@ -573,11 +575,14 @@ def summary(config: DemoConfig, report: DemoReport, events: list[dict], origin: 
     else:
         lines.append(f"the engine's writer blocked at +{report.blocked_at - origin:.2f} s (a put found the ring "
                      f"full) and waited {report.blocked_s:.1f} s in all")
+    ok = report.lost == 0
+    if events is None:
+        lines.append("watchdog: not started by the demo (--no-monitoring)")
+        return "\n".join(lines), ok
     raised = [e for e in events if e["event"] == "raise"]
     cleared = sum(e["event"] == "clear" for e in events)
     lines.append(f"watchdog: {len(raised)} alerts raised, {cleared} cleared")
     lines += alert_rows(events, report.blocked_at, origin)
-    ok = report.lost == 0
     if config.inject:
         named = victim_named(config, events)
         if named:
@@ -605,6 +610,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--seconds", type=float, default=defaults.seconds, metavar="S",
                         help="how long the engine sends (default %(default)s)")
+    parser.add_argument("--batches", type=int, metavar="N", help="send N batches (instead of --seconds x --rate)")
     parser.add_argument("--rate", type=float, default=defaults.rate_hz, metavar="HZ",
                         help="batches per second (default %(default)s)")
     parser.add_argument("--ring", type=int, default=defaults.ring, metavar="N",
@@ -621,24 +627,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds into the run the fault starts (default %(default)s)")
     parser.add_argument("--fault-for", type=float, default=defaults.fault_s, metavar="S",
                         help="seconds the fault lasts (default %(default)s)")
+    parser.add_argument("--no-monitoring", action="store_true",
+                        help="start neither the watchdog nor the exporter (when they run as sidecars)")
 
 
 def main(args: argparse.Namespace) -> int:
     inject = "" if args.healthy else args.inject
     if inject and args.workers < 2:
         raise SystemExit("shmq demo: a fault needs at least 2 workers (or use --healthy)")
-    if args.rate <= 0 or args.seconds <= 0 or args.ring < 2:
-        raise SystemExit("shmq demo: --rate and --seconds must be positive and --ring at least 2")
-    config = DemoConfig(workers=args.workers, items=args.items, tokens=args.tokens, seconds=args.seconds,
+    if args.rate <= 0 or args.seconds <= 0 or (args.batches is not None and args.batches <= 0) or args.ring < 2:
+        raise SystemExit("shmq demo: --rate, --seconds and --batches must be positive and --ring at least 2")
+    seconds = args.seconds if args.batches is None else args.batches / args.rate
+    config = DemoConfig(workers=args.workers, items=args.items, tokens=args.tokens, seconds=seconds,
                         rate_hz=args.rate, ring=args.ring, inject=inject, fault_at_s=args.fault_at,
                         fault_s=args.fault_for)
     console = LiveView(config) if sys.stdout.isatty() else LineLog()
     try:
         with contextlib.ExitStack() as stack:
-            watchdog = start_monitoring(config, console, stack)
+            watchdog = None if args.no_monitoring else start_monitoring(config, console, stack)
             report = run(config, console)
-            await_all_clear(watchdog, console)
-            events = list(watchdog.events)
+            if watchdog is not None:
+                await_all_clear(watchdog, console)
+            events = None if watchdog is None else list(watchdog.events)
     finally:
         console.close()
     text, ok = summary(config, report, events, console.origin)
