@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -85,6 +86,11 @@ def test_compare_specs_parse_into_configurations():
     assert configs.parse_spec("hooks=off").hooks == ""
     tuned = configs.parse_spec("wait=SpinYieldPark:spins=50:park_timeout_s=0.02").strategy()
     assert (tuned.spins, tuned.yields, tuned.park_timeout_s) == (50, wait.SpinYieldPark().yields, 0.02)
+    preset = configs.parse_specs("tracing")
+    assert [c.label for c in preset[:2]] == ["shmq stats=off", "shmq stats=on"] and len(preset) == 6
+    for config in preset[2:]:  # every tracing row names a factory that exists
+        module_name, _, factory = config.hooks.partition(":")
+        assert callable(getattr(importlib.import_module(module_name), factory)), config.hooks
     for bad in ("stats=maybe", "wait=Sleepy", "colour=red", "stats", "n_chunks=many", "hooks=nocolon",
                 "wait=SpinYieldPark:colour=1", "wait=Backoff:sleep_s=soon"):
         with pytest.raises(ValueError, match="--compare"):

@@ -3,8 +3,10 @@
 Modules: ``workloads`` (what is sent, how much), ``configs`` (shmq configurations
 and the ``--compare`` spec), ``peers`` (every transport behind one interface),
 ``trial`` (one row: writer, readers, supervisor), ``limits`` (memcpy, ping-pong,
-futex floors), ``soak`` (``--soak``), ``table`` (the figures and their markdown)
-and ``command`` (the command line).
+futex floors), ``soak`` (``--soak``), ``watchdog`` (``--watchdog``: the
+watchdog's detection latency, lead time and CPU), ``tracing_hooks`` (the tracing
+configurations of ``--compare``), ``table`` (the figures and their markdown) and
+``command`` (the command line).
 """
 
 from .command import add_arguments, main

@@ -23,11 +23,17 @@ peers and limits, e.g. to measure the cost of counters or tracing:
 
   shmq bench --compare stats=on,stats=off --repeat 5 --workloads small-1,small-4
   shmq bench --compare wait=BusySpin,wait=SpinYieldPark,wait=SpinYieldPark:spins=50:yields=100
-  shmq bench --compare hooks=off,hooks=telemetry.tracing:bench_hooks
+  shmq bench --compare hooks=off,hooks=shmq.cli.bench.tracing_hooks:tracing_1_percent
+  shmq bench --compare tracing --repeat 20 --workloads small-1   (stats and every tracing
+                                                                  configuration: tracing_hooks)
 
 A configuration is key=value options joined by '+': wait=NAME[:ARG=VALUE...], stats=on|off,
 lease=on|off, hooks=MODULE:CALLABLE (called in every process, its result passed
 to shmq.hooks.install; hooks=off installs none), chunk_bytes=INT, n_chunks=INT.
+
+--watchdog measures shmq watchdog instead (module watchdog): detection latency per
+rule, freeze_risk's lead time before the writer blocks, the margins of a healthy
+workload below the thresholds, and the watchdog's CPU.
 """
 
 
@@ -60,6 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(with --compare, in its first configuration); exits 1 on loss or leftovers")
     parser.add_argument("--soak-messages", type=int, default=1_000_000, metavar="N")
     parser.add_argument("--soak-readers", type=int, default=8, metavar="N")
+    parser.add_argument("--watchdog", action="store_true",
+                        help="instead: benchmark shmq watchdog (its real sidecar against real queues) and print "
+                             "Markdown tables; --quick runs fewer trials")
+    parser.add_argument("--watchdog-part", action="append", metavar="PART",
+                        help="with --watchdog, only this part: latency, lead, margins or cpu (repeat for more)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -69,6 +80,16 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"shmq bench: {e}", file=sys.stderr)
         return 2
+    if args.watchdog:
+        from . import watchdog  # needs the telemetry extra
+
+        parts = set(args.watchdog_part or watchdog.PARTS)
+        if not parts <= set(watchdog.PARTS):
+            print(f"shmq bench: --watchdog-part must be one of {', '.join(watchdog.PARTS)}, not "
+                  f"{', '.join(sorted(parts - set(watchdog.PARTS)))}", file=sys.stderr)
+            return 2
+        watchdog.run(parts, quick=args.quick)
+        return 0
     if args.soak:
         config = compared[0] if compared else configs.ShmqConfig(label="shmq SpinYieldPark")
         report, clean = soak.run_soak(args.soak_messages, args.soak_readers, config)

@@ -13,6 +13,9 @@ A spec is one configuration: ``key=value`` options joined by ``+``, for example
                          hooks=off installs none
     chunk_bytes=INT      slot payload size (default: chosen per workload, see queue_geometry)
     n_chunks=INT         slots in the ring (default: chosen per workload)
+
+A name from PRESETS stands for its list: ``--compare tracing`` is what stats
+and tracing cost (the factories are in tracing_hooks).
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from shmq import hooks as hooks_module
 from shmq import wait as wait_module
 
 _SWITCH = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
+PRESETS = {
+    "tracing": ",".join(["stats=off", "stats=on", *(f"hooks=shmq.cli.bench.tracing_hooks:{factory}" for factory in (
+        "tracing_disabled", "tracing_never_sampling", "tracing_1_percent", "tracing_1_percent_no_exporter"))]),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +70,8 @@ def parse_spec(spec: str) -> ShmqConfig:
 
 
 def parse_specs(text: str) -> list[ShmqConfig]:
-    """A comma-separated list of specs."""
+    """A comma-separated list of specs, or the name of one of PRESETS."""
+    text = PRESETS.get(text.strip(), text)
     configs = [parse_spec(spec) for spec in text.split(",") if spec.strip()]
     if not configs:
         raise ValueError("--compare needs at least one configuration, e.g. stats=on,stats=off")

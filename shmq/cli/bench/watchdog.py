@@ -1,6 +1,6 @@
 """Benchmark of ``shmq watchdog``: how fast each rule fires, how early freeze_risk warns, what watching costs.
 
-    python -m telemetry.watchdog_bench [--quick]
+    shmq bench --watchdog [--quick] [--watchdog-part latency|lead|margins|cpu ...]
 
 Every measurement runs the real sidecar (``shmq watchdog`` in its own
 process) against real queues with forked readers, and injects the fault at a
@@ -19,7 +19,6 @@ Prints Markdown tables. Not a test: timings depend on the machine.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import multiprocessing
 import os
@@ -36,9 +35,8 @@ import shmq
 from shmq import wait
 from shmq.segment import SHM_DIR
 from shmq.testing import blind
-
-from . import names as N
-from .watchdog.sidecar import Sidecar
+from telemetry import names as N
+from telemetry.watchdog.sidecar import Sidecar
 
 FORK = multiprocessing.get_context("fork")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -381,23 +379,17 @@ def cpu_table(stack_dir: str, seconds: float) -> None:
         print(f"| {queues} x {readers} | 0.1 s | {share * 100:.2f} % | {poll * 1000:.2f} ms |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m telemetry.watchdog_bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer trials and a shorter CPU run")
-    parser.add_argument("--only", choices=("latency", "lead", "margins", "cpu"), action="append",
-                        help="run only this part (repeat for more)")
-    args = parser.parse_args()
-    parts = set(args.only or ("latency", "lead", "margins", "cpu"))
+PARTS = ("latency", "lead", "margins", "cpu")
+
+
+def run(parts: set[str], quick: bool) -> None:
+    """Print the tables of `parts` (a subset of PARTS); `quick`: fewer trials and a shorter CPU run."""
     with tempfile.TemporaryDirectory(prefix="watchdog-bench-stacks-") as stack_dir:
         if "latency" in parts:
-            latency_table(stack_dir, 3 if args.quick else 8)
+            latency_table(stack_dir, 3 if quick else 8)
         if "lead" in parts:
-            lead_table(stack_dir, 1 if args.quick else 2)
+            lead_table(stack_dir, 1 if quick else 2)
         if "margins" in parts:
-            margins_table(stack_dir, 10 if args.quick else 30)
+            margins_table(stack_dir, 10 if quick else 30)
         if "cpu" in parts:
-            cpu_table(stack_dir, 10 if args.quick else 30)
-
-
-if __name__ == "__main__":
-    main()
+            cpu_table(stack_dir, 10 if quick else 30)
