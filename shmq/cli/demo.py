@@ -177,8 +177,8 @@ class Engine:
             shares.setdefault(item["id"] % n, {})[item["id"]] = int(item["tokens"].sum())
         message = {"batch": batch, "items": items}
         with self._lock:
-            live = set(range(n)) - self.killed
-            self._in_flight[batch] = _Batch(time.perf_counter(), shares, live)
+            self._in_flight[batch] = _Batch(time.perf_counter(), shares, set(range(n)) - self.killed)
+            self.unanswered_by_killed += sum(len(shares.get(index, {})) for index in self.killed)
             self.sent += 1
         try:
             requests.put_nowait(message)
@@ -237,15 +237,11 @@ class Engine:
         with self._lock:
             self._lock.wait_for(lambda: not self._in_flight, timeout_s)
 
-    def unanswered(self) -> tuple[int, int]:
-        """Items still owed at the end: (by live workers, by killed ones)."""
+    def unanswered(self) -> int:
+        """Items that live workers still owe (a killed worker is no longer waited for)."""
         with self._lock:
-            live = killed = 0
-            for batch in self._in_flight.values():
-                for index in batch.waiting:
-                    share = len(batch.shares.get(index, {}))
-                    live, killed = (live, killed + share) if index in self.killed else (live + share, killed)
-            return live, killed
+            return sum(len(batch.shares.get(index, {})) for batch in self._in_flight.values()
+                       for index in batch.waiting)
 
     def join(self) -> None:
         """After the result queues closed (their workers closed them, or the engine cancelled its readers)."""
@@ -256,17 +252,14 @@ class Engine:
 @dataclasses.dataclass(frozen=True)
 class DemoReport:
     batches: int  #: batches sent
-    answered_batches: int  #: batches that every live worker answered
     items: int  #: items answered correctly
     seconds: float  #: from the first send to the last reply
     round_trip_s: tuple[float, ...]  #: per answered batch: send until the last worker's reply
     delivered: int  #: messages taken from shmq queues: batches read by each worker, and replies
     reader_waits: tuple[int, ...]  #: merged wait histogram of the workers (log2 buckets)
     lost: int  #: items of live workers sent but not answered, or answered wrong
-    started_at: float  #: time.time() of the first send
     blocked_at: float | None  #: time.time() of the engine's first put that found the ring full
     blocked_s: float  #: seconds the engine's puts were blocked in all
-    victim_pid: int = 0
     killed: tuple[int, ...] = ()  #: workers that died during the run
     unanswered_by_killed: int = 0  #: items that were the killed workers' share
 
@@ -298,7 +291,7 @@ def run(config: DemoConfig, console) -> DemoReport:
             if config.inject:
                 injector = Injector(config, workers[config.victim], fault, console.say)
                 injector.start()
-            started_at, start = time.time(), time.perf_counter()
+            start = time.perf_counter()
             for b in range(config.batches):
                 time.sleep(max(0.0, start + b / config.rate_hz - time.perf_counter()))
                 items = [{"id": b * config.items + i,
@@ -329,13 +322,11 @@ def run(config: DemoConfig, console) -> DemoReport:
         for index in engine.killed:  # its result queue outlived it; nobody else will unlink it
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(SHM_DIR, shm_names[index]))
-    unanswered_live, unanswered_killed = engine.unanswered()
     return DemoReport(
-        batches=engine.sent, answered_batches=len(engine.round_trips), items=engine.answered, seconds=seconds,
+        batches=engine.sent, items=engine.answered, seconds=seconds,
         round_trip_s=tuple(engine.round_trips), delivered=taken + engine.replies, reader_waits=waits,
-        lost=engine.owed + unanswered_live - engine.answered, started_at=started_at, blocked_at=engine.blocked_at,
-        blocked_s=engine.blocked_s, victim_pid=workers[config.victim].pid, killed=tuple(sorted(engine.killed)),
-        unanswered_by_killed=engine.unanswered_by_killed + unanswered_killed)
+        lost=engine.owed + engine.unanswered() - engine.answered, blocked_at=engine.blocked_at, blocked_s=engine.blocked_s, killed=tuple(sorted(engine.killed)),
+        unanswered_by_killed=engine.unanswered_by_killed)
 
 
 # -- the watchdog alongside ------------------------------------------------------------------------
