@@ -183,7 +183,7 @@ class Reader(Receiving, Participant):
     def _receive_held(self, timeout: float | None, raw: bool) -> Any:
         """_receive, with _in_use held."""
         # The usual message, one slot with no flags, is copied out, counted and released in C.
-        message = None if raw or self._kept is not None else self._ring.take_one()
+        message = None if raw or self._kept is not None or self._assembly is not None else self._ring.take_one()
         if message is None:
             waited = wait_start = 0
             c = self._cursor
@@ -192,9 +192,9 @@ class Reader(Receiving, Participant):
                 message = None if raw else self._ring.take_one()
             if message is None:  # raw, traced, spanning slots, kept, or corrupt
                 return self._receive_framed(c, waited, wait_start, timeout, raw)
-        if self._idle:
-            self._mark_busy()
         try:
+            if self._idle:
+                self._mark_busy()
             if message.__class__ is tuple:  # (stream, private copies of its out-of-band buffers)
                 return self._serializer.decode(*message)
             return self._loads(message)
@@ -215,28 +215,35 @@ class Reader(Receiving, Participant):
         if flags & _FRAGMENT:
             return self._receive_pieces(c, total, flags, waited, wait_start, timeout, raw)
         traceparent = self._traceparent(base, flags)
-        stream = None
         try:
             stream, buffers = self._frame(base, frame, c, copy=True)
-            message = self._decode(stream, buffers, flags, raw)
         except CorruptMessage:
             self._release_read(c + 1)
             raise
-        except BaseException:
-            if stream is not None:  # taken (an interrupt, or the unpickler): the next get() decodes it again
-                try:
-                    self._check_unchanged(c)
-                    self._kept = (bytes(stream), buffers, flags, 1)  # copied while the slot is still ours
-                finally:
-                    self._release_read(c + 1)
-            raise  # nothing taken: the next get() reads message c again
+        stream = bytes(stream)  # private, so the slot is released before the decode (bytes(raw) is no copy)
         try:
             self._check_unchanged(c)
-            self._ring.count(total)
-        finally:
+        except MessageOverwritten:
             self._release_read(c + 1)
-        self._trace_received(c, total, traceparent, waited, wait_start)
-        return message
+            raise
+        return self._deliver(c, total, stream, buffers, flags, raw, traceparent, waited, wait_start)
+
+    def _deliver(self, c: int, total: int, stream, buffers: list, flags: int, raw: bool, traceparent: bytes | None,
+                 waited: int, wait_start: int) -> Any:
+        """Count and release message `c` (its frame copied out of the ring), then decode it, last: from
+        the release on, an exception (an interrupt, or the unpickler) keeps it for the next get()."""
+        try:
+            self._assembly = None  # a message that spanned slots is whole: from here on it is kept, not resumed
+            self._ring.count(total)
+            self._release_read(max(self._cursor, c + 1))  # a message that spanned slots released its own
+            if flags & _FRAGMENT and self._stats:
+                self._w[self._rec + L.word(L.REC_OVERFLOW)] += 1
+            self._trace_received(c, total, traceparent, waited, wait_start)
+            return self._decode(stream, buffers, flags, raw)
+        except BaseException:
+            if self._cursor > c:
+                self._kept = (stream, buffers, flags, 1)
+            raise
 
     def _decode_kept(self, raw: bool) -> Any:
         """The message a call took before an exception interrupted its decode. Kept until it decodes,
@@ -323,15 +330,17 @@ class Reader(Receiving, Participant):
         assembly.waited += waited
         deadline = _deadline(timeout)
         cap, buf, whole = self._cap, self._buf, assembly.whole
-        while True:
+        while (self._cursor - assembly.first) * cap < assembly.total:  # pieces left
             c = self._cursor
             if not c < self._ring.load_available():
-                remaining = _remaining(deadline)
-                if remaining == 0:
-                    raise QueueTimeout(f"{self._describe()} timed out after {timeout} s in the middle of message "
-                                       f"{assembly.first} ({(c - assembly.first) * cap:,} of {assembly.total:,} "
-                                       "bytes); the next get() resumes it")
-                c, more_wait, _ = self._await_message(remaining)
+                try:
+                    remaining = _remaining(deadline)
+                    if remaining == 0:
+                        raise QueueTimeout(f"{self._describe()} timed out after {timeout} s")
+                    c, more_wait, _ = self._await_message(remaining)
+                except QueueTimeout as e:
+                    raise QueueTimeout(f"{e}, in the middle of message {assembly.first} ({(c - assembly.first) * cap:,} "
+                                       f"of {assembly.total:,} bytes); the next get() resumes it") from None
                 assembly.waited += more_wait
             base = self._slot_base[c % self._n]
             seq, frame, total, flags = _SLOT_HEAD.unpack_from(buf, base)
@@ -355,25 +364,9 @@ class Reader(Receiving, Participant):
             whole[filled : filled + frame] = buf[base + _HEADER_BYTES : base + _HEADER_BYTES + frame]
             self._check_unchanged(c)
             self._advance(c + 1)  # progress is the cursor: an interrupt from here on resumes at c + 1
-            if last:
-                break
-        first = assembly.first
-        try:
-            self._assembly = None
-            stream, buffers = self._frame_in(whole, 0, assembly.total, first)
-            message = self._decode(stream, buffers, assembly.flags, raw)
-        except CorruptMessage:
-            raise
-        except BaseException:  # an interrupt, or the unpickler: the next get() decodes it again
-            self._assembly = None
-            self._kept = (stream, buffers, assembly.flags, 1)
-            raise
-        self._ring.count(assembly.total)
-        self._advance(self._cursor)  # publishes the count
-        if self._stats:
-            self._w[self._rec + L.word(L.REC_OVERFLOW)] += 1
-        self._trace_received(first, assembly.total, assembly.traceparent, assembly.waited, assembly.wait_start)
-        return message
+        stream, buffers = self._frame_in(whole, 0, assembly.total, assembly.first)
+        return self._deliver(assembly.first, assembly.total, stream, buffers, assembly.flags, raw, assembly.traceparent,
+                             assembly.waited, assembly.wait_start)
 
     # -- frames --------------------------------------------------------------------------
     def _frame(self, base: int, length: int, c: int, copy: bool) -> tuple[memoryview, list]:
@@ -523,10 +516,9 @@ class Reader(Receiving, Participant):
             self._in_use.release()
 
     def _unmap(self) -> None:
-        self._ring.release()
         try:
             self._readonly.release()
-            self._segment.close()
+            self._segment.close()  # releases the rings made on it, ours included
         except BufferError:
             pass  # a lease's arrays still alias the mapping; it is unmapped when they are collected
 
