@@ -132,6 +132,10 @@ typedef struct {
      * in one C call, so an interrupt (a signal handler raising) lands before it or after it, never
      * between the publish and the cursor's update. */
     uint64_t written;
+    /* The thread inside a call's slow path (enter/leave), 0 if none. The one-call fast paths
+     * (put_one, take_one) check it and take the whole message or nothing, atomically under the
+     * GIL, so a second thread is refused without a lock on the fast path. */
+    unsigned long guard;
     /* The participant's record, after bind_record: its words, in the order of enum Field. */
     _Atomic uint64_t *field[N_FIELDS]; /* all NULL until bind_record */
     int stats;                          /* counters and histogram kept (the segment's FLAG_STATS) */
@@ -182,6 +186,7 @@ ring_init(Ring *self, PyObject *args, PyObject *kwds)
     self->writer_wake = (_Atomic uint32_t *)(base + wake_offset);
     self->available = 0;
     self->written = 0;
+    self->guard = 0;
     return 0;
 }
 
@@ -473,17 +478,20 @@ ring_write_head(Ring *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* put_one(flags, segments, traceparent) -> woke: write a message whose frame fits one slot into
- * the slot of the writer's cursor (`written`), publish written + 1, and count it in the writer's record (bind_record). `segments`
+/* put_one(flags, segments, traceparent, limit) -> woke | None: write a message whose frame fits
+ * one slot into the slot of the writer's cursor (`written`) if written < limit (the caller's claim:
+ * the slowest reader's cursor + n_slots) and no other thread is in a slow path; publish written + 1, and count it in the writer's record (bind_record). `segments`
  * is a serializer's list of buffers; traceparent is bytes or None. */
 static PyObject *
 ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    uint64_t flags;
-    if (check_nargs(nargs, 3, "put_one(flags, segments, traceparent)") < 0 || as_u64(args[0], &flags) < 0 ||
-        check_open(self) < 0 || check_traceparent(args[2]) < 0)
+    uint64_t flags, limit;
+    if (check_nargs(nargs, 4, "put_one(flags, segments, traceparent, limit)") < 0 || as_u64(args[0], &flags) < 0 ||
+        as_u64(args[3], &limit) < 0 || check_open(self) < 0 || check_traceparent(args[2]) < 0)
         return NULL;
     uint64_t seq = self->written;
+    if (seq >= limit || (self->guard && self->guard != PyThread_get_thread_ident()))
+        Py_RETURN_NONE; /* the slot is not claimed, or another thread is in a slow path */
     PyObject *traceparent = args[2];
     Segments segments;
     if (segments_get(&segments, args[1]) < 0)
@@ -861,6 +869,8 @@ ring_take_one(Ring *self, PyObject *unused)
 {
     if (check_reader(self) < 0)
         return NULL;
+    if (self->guard && self->guard != PyThread_get_thread_ident())
+        Py_RETURN_NONE; /* another thread is in a slow path: the caller's enter() refuses it */
     uint64_t c = self->cursor;
     if (c >= self->available) {
         self->available = atomic_load_explicit(self->writer_cursor, memory_order_acquire);
@@ -975,6 +985,23 @@ ring_get_available(Ring *self, void *closure)
     return PyLong_FromUnsignedLongLong(self->available);
 }
 
+/* enter() -> True if this thread now holds the ring's slow path, False if a call holds it. */
+static PyObject *
+ring_enter(Ring *self, PyObject *unused)
+{
+    if (self->guard)
+        Py_RETURN_FALSE;
+    self->guard = PyThread_get_thread_ident();
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+ring_leave(Ring *self, PyObject *unused)
+{
+    self->guard = 0;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 ring_get_written(Ring *self, void *closure)
 {
@@ -996,7 +1023,9 @@ ring_get_published(Ring *self, void *closure)
 static PyMethodDef ring_methods[] = {
     {"publish", (PyCFunction)ring_publish, METH_O, "publish(cursor) -> woke: store the writer cursor, wake its sleepers."},
     {"put_one", (PyCFunction)(void (*)(void))ring_put_one, METH_FASTCALL,
-     "put_one(flags, segments, traceparent) -> woke: write a message that fits one slot, publish it."},
+     "put_one(flags, segments, traceparent, limit) -> woke | None: write and publish a one-slot message."},
+    {"enter", (PyCFunction)ring_enter, METH_NOARGS, "enter() -> False if another call is in a slow path."},
+    {"leave", (PyCFunction)ring_leave, METH_NOARGS, "leave(): the slow path is done."},
     {"write_head", (PyCFunction)(void (*)(void))ring_write_head, METH_FASTCALL,
      "write_head(seq, frame, total, flags, traceparent): the header of one piece of a multi-slot message."},
     {"load_available", (PyCFunction)ring_load_available, METH_NOARGS, "load_available() -> the writer cursor now."},

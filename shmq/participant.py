@@ -179,8 +179,6 @@ class Participant:
         self._pid = os.getpid()
         self._start_time = procs.start_time(self._pid) or 0
         self._owner = L.owner_word(self._pid, self._start_time)
-        # One call at a time: a second thread's call raises ConcurrentUse (acquire(False) never blocks).
-        self._in_use = threading.Lock()
 
     # -- record -----------------------------------------------------------------
     def _register(self, index: int, stack_dumps: bool | str = True) -> None:
@@ -205,11 +203,22 @@ class Participant:
                              "at a time (give each thread its own reader, or serialise the calls; cancel() is "
                              "the one method another thread may call)")
 
+    def _enter(self, wait_s: float = 0.0) -> None:
+        """Hold the slow path of our ring (shmq/_ring.c: enter), or raise ConcurrentUse after `wait_s`.
+
+        One call at a time: a call that must wait, or take a message in Python, holds it; the one-call
+        fast paths (take_one, put_one) refuse to run while another thread holds it.
+        """
+        give_up = time.monotonic() + wait_s
+        while not self._ring.enter():
+            if time.monotonic() >= give_up:
+                raise self._busy_error()
+            time.sleep(0.001)
+
     def _disown(self) -> None:
         """In a forked child: make every later use raise ForkedParticipant; never touch the shared record."""
         guard = _Inherited(self._describe(), self._pid)
         self._ring = self._w = guard
-        self._in_use = threading.Lock()  # the parent's may have been held by a thread the child does not have
         self._heartbeat = None
         self._stack_dumps = False
 

@@ -93,8 +93,9 @@ class Reader(Receiving, Participant):
         self._slot_base = [L.slot_offset(segment.n_readers, segment.chunk_bytes, i) for i in range(self._n)]
         self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
         self._readonly = segment.buf.toreadonly()  # leases hand out views the caller cannot write through
-        self._kept: tuple | None = None  # (stream, buffers, flags, failures): taken, but its decode raised
-        self._assembly: _Assembly | None = None  # a multi-slot message begun by an interrupted call
+        # What an interrupted call left: a message that spans slots, begun (an _Assembly), or a message
+        # taken whose decode raised (stream, buffers, flags, failures). The next call finishes it.
+        self._resume: _Assembly | tuple | None = None
         # The ring keeps our cursor and totals and publishes them (shmq/_ring.c): once per batch while
         # a backlog lasts, and at once when we catch up, as a publish (stores, a full fence, the parked
         # check) costs a fifth of a small get(). If the application stops reading mid-batch, the
@@ -148,10 +149,9 @@ class Reader(Receiving, Participant):
         interrupted call already took, is copied.
         """
         timeout = None if timeout is None else checked_timeout(timeout)
-        if not self._in_use.acquire(False):
-            raise self._busy_error()
+        self._enter()
         try:
-            if self._kept is not None or self._assembly is not None:
+            if self._resume is not None:
                 yield self._receive_framed(self._cursor, 0, time.monotonic_ns(), timeout, raw=False)
                 return
             c, waited, wait_start = self._await_message(timeout)
@@ -170,28 +170,23 @@ class Reader(Receiving, Participant):
                 self._advance(c + 1)
                 self._trace_received(c, total, traceparent, waited, wait_start)
         finally:
-            self._in_use.release()
+            self._ring.leave()
 
     def _receive(self, timeout: float | None, raw: bool) -> Any:
-        if not self._in_use.acquire(False):
-            raise self._busy_error()
-        try:
-            return self._receive_held(timeout, raw)
-        finally:
-            self._in_use.release()
-
-    def _receive_held(self, timeout: float | None, raw: bool) -> Any:
-        """_receive, with _in_use held."""
         # The usual message, one slot with no flags, is copied out, counted and released in C.
-        message = None if raw or self._kept is not None or self._assembly is not None else self._ring.take_one()
+        message = None if raw or self._resume is not None else self._ring.take_one()
         if message is None:
-            waited = wait_start = 0
-            c = self._cursor
-            if self._kept is None and self._assembly is None and not c < self._ring.available:
-                c, waited, wait_start = self._await_message(timeout)
-                message = None if raw else self._ring.take_one()
-            if message is None:  # raw, traced, spanning slots, kept, or corrupt
-                return self._receive_framed(c, waited, wait_start, timeout, raw)
+            self._enter()  # refuses a second thread: take_one returned None to it
+            try:
+                waited = wait_start = 0
+                c = self._cursor
+                if self._resume is None and not c < self._ring.available:
+                    c, waited, wait_start = self._await_message(timeout)
+                    message = None if raw else self._ring.take_one()
+                if message is None:  # raw, traced, spanning slots, left by an interrupted call, or corrupt
+                    return self._receive_framed(c, waited, wait_start, timeout, raw)
+            finally:
+                self._ring.leave()
         try:
             if self._idle:
                 self._mark_busy()
@@ -199,15 +194,15 @@ class Reader(Receiving, Participant):
                 return self._serializer.decode(*message)
             return self._loads(message)
         except BaseException:  # an interrupt, or the unpickler: the next get() decodes it again
-            self._kept = (*message, 0, 1) if message.__class__ is tuple else (message, [], 0, 1)
+            self._resume = (*message, 0, 1) if message.__class__ is tuple else (message, [], 0, 1)
             raise
 
     def _receive_framed(self, c: int, waited: int, wait_start: int, timeout: float | None, raw: bool) -> Any:
         """Message `c`, published, read with its frame table: buffers, raw bytes, traced, spanning slots,
         kept from an interrupted call, or corrupt."""
-        if self._kept is not None:
+        if self._resume.__class__ is tuple:
             return self._decode_kept(raw)
-        if self._assembly is not None:
+        if self._resume is not None:
             return self._receive_pieces(c, 0, 0, waited, wait_start, timeout, raw)
         deadline = _deadline(timeout)
         c, base, frame, total, flags = self._next_head(c, deadline)
@@ -233,7 +228,7 @@ class Reader(Receiving, Participant):
         """Count and release message `c` (its frame copied out of the ring), then decode it, last: from
         the release on, an exception (an interrupt, or the unpickler) keeps it for the next get()."""
         try:
-            self._assembly = None  # a message that spanned slots is whole: from here on it is kept, not resumed
+            self._resume = None  # a message that spanned slots is whole: from here on it is kept, not resumed
             self._ring.count(total)
             self._release_read(max(self._cursor, c + 1))  # a message that spanned slots released its own
             if flags & _FRAGMENT and self._stats:
@@ -242,20 +237,20 @@ class Reader(Receiving, Participant):
             return self._decode(stream, buffers, flags, raw)
         except BaseException:
             if self._cursor > c:
-                self._kept = (stream, buffers, flags, 1)
+                self._resume = (stream, buffers, flags, 1)
             raise
 
     def _decode_kept(self, raw: bool) -> Any:
         """The message a call took before an exception interrupted its decode. Kept until it decodes,
         except that a second ordinary exception drops it: that one is the message's, not an interrupt's."""
-        stream, buffers, flags, failures = self._kept
+        stream, buffers, flags, failures = self._resume
         self._check_raw(flags, raw)
         try:
             message = self._decode(stream, buffers, flags, raw)
         except Exception:
-            self._kept = None if failures else (stream, buffers, flags, failures + 1)
+            self._resume = None if failures else (stream, buffers, flags, failures + 1)
             raise
-        self._kept = None
+        self._resume = None
         return message
 
     def _next_head(self, c: int, deadline: int | None) -> tuple[int, int, int, int, int]:
@@ -323,10 +318,10 @@ class Reader(Receiving, Participant):
         Begins the assembly at first piece `c` (with its total and flags), or resumes the one an
         interrupt or a timeout left. A timeout counts from this call's start, for every piece.
         """
-        assembly = self._assembly
+        assembly = self._resume
         if assembly is None:
             assembly = _Assembly(c, total, flags, self._traceparent(self._slot_base[c % self._n], flags), wait_start)
-            self._assembly = assembly
+            self._resume = assembly
         assembly.waited += waited
         deadline = _deadline(timeout)
         cap, buf, whole = self._cap, self._buf, assembly.whole
@@ -345,17 +340,21 @@ class Reader(Receiving, Participant):
             base = self._slot_base[c % self._n]
             seq, frame, total, flags = _SLOT_HEAD.unpack_from(buf, base)
             if seq != c:
-                self._assembly = None
+                self._resume = None
                 self._check_slot(c, seq)
             filled = (c - assembly.first) * cap
             if flags & L.SLOT_ABORT:
-                self._assembly = None
+                self._resume = None
                 self._advance(c + 1)
-                return self._receive_held(timeout, raw)  # the writer gave it up: nobody receives it
+                # The writer gave it up: nobody receives it. Read on from the next message.
+                if not self._cursor < self._ring.load_available():
+                    self._await_message(_remaining(deadline))
+                return self._receive_framed(self._cursor, assembly.waited, assembly.wait_start,
+                                            _remaining(deadline), raw)
             last = flags & L.SLOT_LAST
             if (total != assembly.total or not flags & _FRAGMENT or flags & L.SLOT_FIRST and c != assembly.first
                     or frame != (assembly.total - filled if last else cap) or frame > assembly.total - filled):
-                self._assembly = None
+                self._resume = None
                 self._advance(c + 1)
                 raise CorruptMessage(f"queue {self.queue_name!r}: piece {c - assembly.first} of message "
                                      f"{assembly.first} does not continue it ({frame:,} bytes at {filled:,} of "
@@ -503,17 +502,16 @@ class Reader(Receiving, Participant):
             self._unmap()
             return
         self.cancel()
-        if not self._in_use.acquire(timeout=CLOSE_WAIT_S):
-            raise self._busy_error()
+        self._enter(CLOSE_WAIT_S)
         try:
             self._closed = True
             self._ring.publish_behind()  # the cursor and counts of the last batch
             self._set_state(State.CLOSED)
             self._release_owner()
             self._stop_heartbeat()
-            self._unmap()
         finally:
-            self._in_use.release()
+            self._ring.leave()
+        self._unmap()
 
     def _unmap(self) -> None:
         try:

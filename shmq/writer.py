@@ -68,30 +68,19 @@ class Writer(Participant):
     # -- sending -----------------------------------------------------------------------
     def put(self, obj, *, timeout: float | None = None) -> None:
         """Send `obj` to every reader. Blocks while the ring is full; `timeout` in seconds (None or inf: for ever)."""
-        self._send(obj, self._raw_flag, None if timeout is None else checked_timeout(timeout))
+        self._send(self._serializer.encode(obj), self._raw_flag, None if timeout is None else checked_timeout(timeout))
 
     def put_nowait(self, obj) -> None:
         """Send `obj`, or raise WouldBlock at once if the ring is full."""
-        self._send(obj, self._raw_flag, 0)
+        self._send(self._serializer.encode(obj), self._raw_flag, 0)
 
     def put_bytes(self, data, *, timeout: float | None = None) -> None:
         """Send raw bytes; readers get them back unpickled-free with get_bytes() or get()."""
-        self._send(data, L.SLOT_RAW, None if timeout is None else checked_timeout(timeout))
+        self._send([data], L.SLOT_RAW, None if timeout is None else checked_timeout(timeout))
 
-    def _send(self, obj, flags: int, timeout: float | None) -> None:
-        if not self._in_use.acquire(False):
-            raise self._busy_error()
-        try:
-            self._send_held(obj, flags, timeout)
-        finally:
-            self._in_use.release()
-
-    def _send_held(self, obj, flags: int, timeout: float | None) -> None:
+    def _send(self, segments: list, flags: int, timeout: float | None) -> None:
         if self._closed:
             raise QueueClosed(f"{self._describe()} is closed")
-        segments = [obj] if flags & L.SLOT_RAW and not self._serializer.raw else self._serializer.encode(obj)
-        if self._unfinished is not None:
-            self._abort_unfinished(timeout)
         total = frame_length(segments)
         if total > self._max:
             raise MessageTooLarge(f"a {total:,}-byte message exceeds max_message_bytes={self._max:,} of queue "
@@ -103,20 +92,19 @@ class Writer(Participant):
                 traceparent = trace.traceparent
                 flags |= L.SLOT_TRACED
                 self._events = []
-        s = self._cursor
+        s = self._ring.written
         waited = 0
         try:
-            if total <= self._cap:
-                if s - self._min_reader >= self._n:
-                    waited = self._claim(s, timeout)
-                # Writes, publishes and counts the message, and moves our cursor (_ring.c keeps it).
-                self._ring.put_one(flags, segments, traceparent)
-            else:
-                waited = self._send_slots(segments, total, flags, traceparent, timeout)
-                if self._stats:
-                    w, rec = self._w, self._rec
-                    w[rec + R_MESSAGES] += 1
-                    w[rec + R_BYTES] += total
+            # The usual message: one C call claims the slot (below the slowest reader's cursor + n),
+            # writes, publishes and counts it, or refuses (ring full, another thread inside): the slow path.
+            if total > self._cap or self._unfinished is not None or \
+                    self._ring.put_one(flags, segments, traceparent, self._min_reader + self._n) is None:
+                self._enter()
+                try:
+                    s = self._cursor
+                    waited = self._send_slow(segments, total, flags, traceparent, timeout)
+                finally:
+                    self._ring.leave()
         except BaseException as e:
             if trace is not None:
                 self._finish_trace(trace, s, total, waited, e)
@@ -127,6 +115,21 @@ class Writer(Participant):
             self._finish_trace(trace, s, total, waited, None)
         if self._remote is not None:
             self._remote.send(s, self._cursor, flags, traceparent or b"", segments)
+
+    def _send_slow(self, segments: list, total: int, flags: int, traceparent: bytes | None,
+                   timeout: float | None) -> int:
+        """Send a message that must wait for a slot, spans slots, or follows one cut short. Returns the wait."""
+        if self._unfinished is not None:
+            self._abort_unfinished(timeout)
+        if total > self._cap:
+            waited = self._send_slots(segments, total, flags, traceparent, timeout)
+            if self._stats:
+                self._w[self._rec + R_MESSAGES] += 1
+                self._w[self._rec + R_BYTES] += total
+            return waited
+        waited = self._claim(self._cursor, timeout)
+        self._ring.put_one(flags, segments, traceparent, self._min_reader + self._n)
+        return waited
 
     def _finish_trace(self, trace, message_id: int, total: int, waited: int, error) -> None:
         events, self._events = self._events or [], None
@@ -323,12 +326,11 @@ class Writer(Participant):
         if self._inherited:  # a forked child: the queue is the parent's; only unmap our copy
             self._segment.close()
             return
-        if not self._in_use.acquire(timeout=CLOSE_WAIT_S):
-            raise self._busy_error()
+        self._enter(CLOSE_WAIT_S)
         try:
             self._close_held()
         finally:
-            self._in_use.release()
+            self._ring.leave()
 
     def _close_held(self) -> None:
         if self._unfinished is not None:

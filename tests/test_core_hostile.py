@@ -3,6 +3,7 @@ edited handles. Each ends in correct data or a named error, never a hang, and ot
 
 from __future__ import annotations
 
+import linecache
 import math
 import mmap
 import os
@@ -142,10 +143,13 @@ class Interrupt(Exception):
 
 
 def raise_interrupt(signum, frame):
-    """Raise only inside the operation (get's and put's bodies): after it returns, a function's value is
-    lost to an exception whatever the function does, so that window is the caller's, not the queue's."""
+    """Raise only inside get() or put(), before their last step: once the operation is done (the
+    release of the call's lock, then the return), a function's value is lost to an exception
+    whatever the function does, so that window is the caller's, not the queue's."""
+    if linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip() == "self._ring.leave()":
+        return
     while frame is not None:
-        if frame.f_code.co_name in ("_receive_held", "_send_held"):
+        if frame.f_code.co_name in ("_receive", "_send"):
             raise Interrupt()
         frame = frame.f_back
 
