@@ -995,10 +995,13 @@ ring_enter(Ring *self, PyObject *unused)
     Py_RETURN_TRUE;
 }
 
+/* leave(): release the slow path if this thread holds it. Callers put it in a `finally` that also
+ * covers their enter(): an interrupt right after enter() then cannot leave the ring held. */
 static PyObject *
 ring_leave(Ring *self, PyObject *unused)
 {
-    self->guard = 0;
+    if (self->guard == PyThread_get_thread_ident())
+        self->guard = 0;
     Py_RETURN_NONE;
 }
 
@@ -1025,7 +1028,7 @@ static PyMethodDef ring_methods[] = {
     {"put_one", (PyCFunction)(void (*)(void))ring_put_one, METH_FASTCALL,
      "put_one(flags, segments, traceparent, limit) -> woke | None: write and publish a one-slot message."},
     {"enter", (PyCFunction)ring_enter, METH_NOARGS, "enter() -> False if another call is in a slow path."},
-    {"leave", (PyCFunction)ring_leave, METH_NOARGS, "leave(): the slow path is done."},
+    {"leave", (PyCFunction)ring_leave, METH_NOARGS, "leave(): release the slow path if this thread holds it."},
     {"write_head", (PyCFunction)(void (*)(void))ring_write_head, METH_FASTCALL,
      "write_head(seq, frame, total, flags, traceparent): the header of one piece of a multi-slot message."},
     {"load_available", (PyCFunction)ring_load_available, METH_NOARGS, "load_available() -> the writer cursor now."},

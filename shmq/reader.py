@@ -149,8 +149,8 @@ class Reader(Receiving, Participant):
         interrupted call already took, is copied.
         """
         timeout = None if timeout is None else checked_timeout(timeout)
-        self._enter()
         try:
+            self._enter()
             if self._resume is not None:
                 yield self._receive_framed(self._cursor, 0, time.monotonic_ns(), timeout, raw=False)
                 return
@@ -176,8 +176,8 @@ class Reader(Receiving, Participant):
         # The usual message, one slot with no flags, is copied out, counted and released in C.
         message = None if raw or self._resume is not None else self._ring.take_one()
         if message is None:
-            self._enter()  # refuses a second thread: take_one returned None to it
             try:
+                self._enter()  # refuses a second thread: take_one returned None to it
                 waited = wait_start = 0
                 c = self._cursor
                 if self._resume is None and not c < self._ring.available:
@@ -502,8 +502,8 @@ class Reader(Receiving, Participant):
             self._unmap()
             return
         self.cancel()
-        self._enter(CLOSE_WAIT_S)
         try:
+            self._enter(CLOSE_WAIT_S)
             self._closed = True
             self._ring.publish_behind()  # the cursor and counts of the last batch
             self._set_state(State.CLOSED)

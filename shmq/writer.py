@@ -99,8 +99,8 @@ class Writer(Participant):
             # writes, publishes and counts it, or refuses (ring full, another thread inside): the slow path.
             if total > self._cap or self._unfinished is not None or \
                     self._ring.put_one(flags, segments, traceparent, self._min_reader + self._n) is None:
-                self._enter()
                 try:
+                    self._enter()
                     s = self._cursor
                     waited = self._send_slow(segments, total, flags, traceparent, timeout)
                 finally:
@@ -326,8 +326,8 @@ class Writer(Participant):
         if self._inherited:  # a forked child: the queue is the parent's; only unmap our copy
             self._segment.close()
             return
-        self._enter(CLOSE_WAIT_S)
         try:
+            self._enter(CLOSE_WAIT_S)
             self._close_held()
         finally:
             self._ring.leave()

@@ -248,14 +248,25 @@ def test_the_fast_paths_take_nothing_past_the_claim_or_while_another_thread_hold
     assert writer.put_one(0, [b"x"], None, 0) is None  # the claim (slowest reader + slots) is already used
     assert writer.written == 0 and words(memory)[L.word(L.OFF_WRITER_CURSOR)] == 0
     assert writer.put_one(0, [b"x"], None, 1) is False and writer.written == 1
-    holder = threading.Thread(target=lambda: (writer.enter(), reader.enter()))
+    entered, done = threading.Event(), threading.Event()
+
+    def hold():
+        writer.enter()
+        reader.enter()
+        entered.set()
+        done.wait(10)
+        writer.leave()
+        reader.leave()
+
+    holder = threading.Thread(target=hold)
     holder.start()
-    holder.join()
-    assert writer.enter() is False and reader.enter() is False  # held by a thread that has not left
+    assert entered.wait(10)
+    assert writer.enter() is False and reader.enter() is False  # held by the other thread
+    writer.leave()  # not ours to release: still held
     assert writer.put_one(0, [b"y"], None, 1 << 62) is None and writer.written == 1
     assert reader.take_one() is None and reader.cursor == 0
-    writer.leave()
-    reader.leave()
+    done.set()
+    holder.join(10)
     assert reader.take_one() == b"x" and reader.enter() is True
     assert reader.take_one() is None  # nothing published; the holder itself may take
     writer.put_one(0, [b"z"], None, 1 << 62)
