@@ -526,7 +526,8 @@ class Reader(Receiving, Participant):
         return self._w[W_WRITER_CURSOR] - self._cursor
 
     def __repr__(self) -> str:
-        return f"<shmq.Reader {self.queue_name!r} reader={self.index} cursor={self._cursor}>"
+        where = f"inherited from pid {self._pid}" if self._inherited else f"cursor={self._cursor}"
+        return f"<shmq.Reader {self.queue_name!r} reader={self.index} {where}>"
 
 
 def attach(handle: Handle | str, reader: int, *, wait: wait_module.WaitStrategy | None = None,

@@ -348,7 +348,8 @@ class Writer(Participant):
         self._segment.close()
 
     def __repr__(self) -> str:
-        return f"<shmq.Writer {self.queue_name!r} {self.handle.shm_name} cursor={self._cursor}>"
+        where = f"inherited from pid {self._pid}" if self._inherited else f"cursor={self._cursor}"
+        return f"<shmq.Writer {self.queue_name!r} {self.handle.shm_name} {where}>"
 
 
 def create(n_readers: int, *, name: str | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
