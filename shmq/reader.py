@@ -177,7 +177,8 @@ class Reader(Receiving, Participant):
         message = None if raw or self._resume is not None else self._ring.take_one()
         if message is None:
             try:
-                self._enter()  # refuses a second thread: take_one returned None to it
+                if not self._ring.enter():  # another thread's call holds it: take_one returned None for that
+                    raise self._busy_error()
                 waited = wait_start = 0
                 c = self._cursor
                 if self._resume is None and not c < self._ring.available:

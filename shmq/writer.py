@@ -100,7 +100,8 @@ class Writer(Participant):
             if total > self._cap or self._unfinished is not None or \
                     self._ring.put_one(flags, segments, traceparent, self._min_reader + self._n) is None:
                 try:
-                    self._enter()
+                    if not self._ring.enter():
+                        raise self._busy_error()
                     s = self._cursor
                     waited = self._send_slow(segments, total, flags, traceparent, timeout)
                 finally:
