@@ -58,6 +58,45 @@ def test_of_processes_attaching_the_same_reader_at_once_exactly_one_wins(queue_n
                 assert f"attached by live pid {winners[0]}" in message
 
 
+def hold_and_die(handle: str, ready) -> None:
+    shmq.attach(handle, 0, stack_dumps=False)
+    ready.set()
+    time.sleep(60)
+
+
+def take_over(handle: str, barrier, results) -> None:
+    barrier.wait(30)
+    try:
+        reader = shmq.attach(handle, 0, stack_dumps=False)
+    except shmq.AlreadyAttached:
+        reader = None
+        results.put(("lost", None))
+    else:
+        results.put(("won", reader.get(timeout=10)))
+    barrier.wait(30)  # every racer has tried before the winner lets go
+    if reader is not None:
+        reader.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_record_of_a_dead_reader_is_taken_over_by_exactly_one_of_several_racers(queue_name, children):
+    barrier, results = FORK.Barrier(3), FORK.Queue()
+    with shmq.create(1, name=queue_name, n_chunks=8, chunk_bytes=256) as writer:
+        for round_ in range(10):
+            ready = FORK.Event()
+            holder = children(hold_and_die, str(writer.handle), ready)
+            assert ready.wait(30)
+            writer.put(round_, timeout=10)
+            holder.kill()
+            holder.join(10)
+            racers = [children(take_over, str(writer.handle), barrier, results) for _ in range(3)]
+            outcomes = sorted((results.get(timeout=30) for _ in range(3)), key=str)
+            # The winner resumes where the dead holder stopped: it receives this round's message.
+            assert outcomes == [("lost", None), ("lost", None), ("won", round_)]
+            for racer_process in racers:
+                racer_process.join(10)
+
+
 def use_inherited(reader, writer, results) -> None:
     outcomes = []
     for call in (reader.get_nowait, lambda: reader.get(timeout=1), reader.cancel, lambda: writer.put("child")):
