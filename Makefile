@@ -2,16 +2,26 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml shmq/_ring.c  # an editable install compiles the C extension once
+# The demo needs the core and the telemetry extra only; the tests and the benchmark add the dev and
+# bench extras (pytest, the deploy validators, the Grafana SDK, the peers). An editable install
+# compiles the C extension.
+$(DEMO_STAMP): pyproject.toml shmq/_ring.c
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[telemetry]'
+	touch $(DEMO_STAMP)
+
+$(STAMP): pyproject.toml shmq/_ring.c
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/shmq demo
 
 test: $(STAMP)
