@@ -1,4 +1,4 @@
-"""``python -m dashboards`` regenerates the dashboards and rules; ``--check`` only reports stale files."""
+"""``python -m dashboards`` regenerates the dashboards, the rules and docs/metrics.md; ``--check`` only reports stale files."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""Every generated monitoring file, keyed by its path in the repository."""
+"""Every generated file (dashboards, alert rules, docs/metrics.md), keyed by its path in the repository."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import alert_tests, alerts, overview, stuck
+from . import alert_tests, alerts, metrics_doc, overview, stuck
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = Path("deploy/prometheus/rules/shmq.rules.yml")
@@ -19,6 +19,7 @@ def outputs() -> dict[Path, str]:
     files[RULES] = alerts.render()
     files[RULE_TESTS] = alert_tests.render(str(Path("..") / RULES.name))
     files[PROMETHEUS_RULE] = alerts.render_prometheus_rule()
+    files[metrics_doc.PATH] = metrics_doc.render()
     return files
 
 

@@ -7,8 +7,9 @@
 
 from . import stats, wait
 from .errors import (
-    AlreadyAttached, BadHandle, LayoutMismatch, MessageTooLarge, PeerDead, QueueClosed, QueueTimeout,
-    ReaderDead, ShmFull, ShmqError, WouldBlock, WriterDead,
+    AlreadyAttached, BadQueueArgument, BadHandle, BadTimeout, ConcurrentUse, CorruptMessage, ForkedParticipant,
+    LayoutMismatch, MessageOverwritten, MessagesLost, MessageTooLarge, NotRawMessage, PeerDead, QueueClosed,
+    QueueTimeout, ReaderDead, ShmFull, ShmqError, WouldBlock, WriterDead,
 )
 from .handle import Handle
 from .layout import ParticipantState, Role
@@ -25,7 +26,9 @@ def attach_remote(handle, **kwargs):
 
 
 __all__ = [
-    "AlreadyAttached", "BadHandle", "ForeignSegment", "Handle", "LayoutMismatch", "MessageTooLarge",
+    "AlreadyAttached", "BadQueueArgument", "BadHandle", "BadTimeout", "ConcurrentUse", "CorruptMessage",
+    "ForeignSegment", "ForkedParticipant", "Handle", "LayoutMismatch", "MessageOverwritten", "MessagesLost",
+    "MessageTooLarge", "NotRawMessage",
     "ParticipantState", "PeerDead", "QueueClosed", "QueueNotFound", "QueueTimeout", "Reader", "ReaderDead",
     "Role", "SegmentInfo", "ShmFull", "ShmqError", "WouldBlock", "Writer", "WriterDead", "attach",
     "attach_remote", "cleanup", "create", "list_segments", "stats", "wait",

@@ -128,6 +128,14 @@ typedef struct {
     _Atomic uint64_t *writer_parked;
     _Atomic uint32_t *writer_wake;
     uint64_t available; /* a reader's last load of the writer cursor: messages below it are readable */
+    /* A writer's cursor, kept here rather than in Python: a message is written, published and counted
+     * in one C call, so an interrupt (a signal handler raising) lands before it or after it, never
+     * between the publish and the cursor's update. */
+    uint64_t written;
+    /* The thread inside a call's slow path (enter/leave), 0 if none. The one-call fast paths
+     * (put_one, take_one) check it and take the whole message or nothing, atomically under the
+     * GIL, so a second thread is refused without a lock on the fast path. */
+    unsigned long guard;
     /* The participant's record, after bind_record: its words, in the order of enum Field. */
     _Atomic uint64_t *field[N_FIELDS]; /* all NULL until bind_record */
     int stats;                          /* counters and histogram kept (the segment's FLAG_STATS) */
@@ -177,6 +185,8 @@ ring_init(Ring *self, PyObject *args, PyObject *kwds)
     self->writer_parked = (_Atomic uint64_t *)(base + writer_parked_offset);
     self->writer_wake = (_Atomic uint32_t *)(base + wake_offset);
     self->available = 0;
+    self->written = 0;
+    self->guard = 0;
     return 0;
 }
 
@@ -225,6 +235,48 @@ check_nargs(Py_ssize_t nargs, Py_ssize_t wanted, const char *usage)
         return 0;
     PyErr_SetString(PyExc_TypeError, usage);
     return -1;
+}
+
+/* compare_exchange(buffer, offset, expected, new) -> the word's value before: stores `new` at the
+ * 8-byte word at buffer[offset] only if it holds `expected` (seq_cst). It claims a participant
+ * record: of two processes attaching at once, exactly one sees its `expected` come back. */
+static PyObject *
+compare_exchange(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t offset;
+    uint64_t words[2]; /* expected, new */
+    if (check_nargs(nargs, 4, "compare_exchange(buffer, offset, expected, new)") < 0 ||
+        (offset = PyLong_AsSsize_t(args[1])) == -1 || as_u64s(args + 2, 2, words) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "offset must be >= 0");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (offset < 0 || offset % 8 || offset + 8 > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "offset must be an aligned word inside the buffer");
+        return NULL;
+    }
+    uint64_t expected = words[0];
+    atomic_compare_exchange_strong((_Atomic uint64_t *)((char *)view.buf + offset), &expected, words[1]);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(expected);
+}
+
+/* uninitialized_bytearray(n) -> a bytearray of n bytes, not zero-filled: a multi-slot message is
+ * assembled into it, and zero-filling first would cost as much as the copy. */
+static PyObject *
+uninitialized_bytearray(PyObject *module, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "n must be >= 0");
+        return NULL;
+    }
+    return PyByteArray_FromStringAndSize(NULL, n);
 }
 
 static inline _Atomic uint64_t *
@@ -286,6 +338,7 @@ ring_publish(Ring *self, PyObject *arg)
     uint64_t cursor;
     if (as_u64(arg, &cursor) < 0 || check_open(self) < 0)
         return NULL;
+    self->written = cursor;
     return PyBool_FromLong(publish_writer_cursor(self, cursor));
 }
 
@@ -425,20 +478,23 @@ ring_write_head(Ring *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* put_one(seq, flags, segments, traceparent) -> woke: write a message whose frame fits one slot
- * into slot seq, publish seq + 1, and count it in the writer's record (bind_record). `segments`
+/* put_one(flags, segments, traceparent, limit) -> woke | None: write a message whose frame fits
+ * one slot into the slot of the writer's cursor (`written`) if written < limit (the caller's claim:
+ * the slowest reader's cursor + n_slots) and no other thread is in a slow path; publish written + 1, and count it in the writer's record (bind_record). `segments`
  * is a serializer's list of buffers; traceparent is bytes or None. */
 static PyObject *
 ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    uint64_t words[2]; /* seq, flags */
-    if (check_nargs(nargs, 4, "put_one(seq, flags, segments, traceparent)") < 0 || as_u64s(args, 2, words) < 0 ||
-        check_open(self) < 0 || check_traceparent(args[3]) < 0)
+    uint64_t flags, limit;
+    if (check_nargs(nargs, 4, "put_one(flags, segments, traceparent, limit)") < 0 || as_u64(args[0], &flags) < 0 ||
+        as_u64(args[3], &limit) < 0 || check_open(self) < 0 || check_traceparent(args[2]) < 0)
         return NULL;
-    uint64_t seq = words[0], flags = words[1];
-    PyObject *traceparent = args[3];
+    uint64_t seq = self->written;
+    if (seq >= limit || (self->guard && self->guard != PyThread_get_thread_ident()))
+        Py_RETURN_NONE; /* the slot is not claimed, or another thread is in a slow path */
+    PyObject *traceparent = args[2];
     Segments segments;
-    if (segments_get(&segments, args[2]) < 0)
+    if (segments_get(&segments, args[1]) < 0)
         return NULL;
     uint64_t frame = frame_bytes(&segments);
     if (frame > (uint64_t)self->chunk_bytes) {
@@ -460,6 +516,7 @@ ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         position += (uint64_t)view->len;
     }
     segments_release(&segments);
+    self->written = seq + 1;
     int woke = publish_writer_cursor(self, seq + 1);
     if (self->stats) {
         add(self->field[F_MESSAGES], 1);
@@ -812,6 +869,8 @@ ring_take_one(Ring *self, PyObject *unused)
 {
     if (check_reader(self) < 0)
         return NULL;
+    if (self->guard && self->guard != PyThread_get_thread_ident())
+        Py_RETURN_NONE; /* another thread is in a slow path: the caller's enter() refuses it */
     uint64_t c = self->cursor;
     if (c >= self->available) {
         self->available = atomic_load_explicit(self->writer_cursor, memory_order_acquire);
@@ -926,6 +985,32 @@ ring_get_available(Ring *self, void *closure)
     return PyLong_FromUnsignedLongLong(self->available);
 }
 
+/* enter() -> True if this thread now holds the ring's slow path, False if a call holds it. */
+static PyObject *
+ring_enter(Ring *self, PyObject *unused)
+{
+    if (self->guard)
+        Py_RETURN_FALSE;
+    self->guard = PyThread_get_thread_ident();
+    Py_RETURN_TRUE;
+}
+
+/* leave(): release the slow path if this thread holds it. Callers put it in a `finally` that also
+ * covers their enter(): an interrupt right after enter() then cannot leave the ring held. */
+static PyObject *
+ring_leave(Ring *self, PyObject *unused)
+{
+    if (self->guard == PyThread_get_thread_ident())
+        self->guard = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+ring_get_written(Ring *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->written);
+}
+
 static PyObject *
 ring_get_cursor(Ring *self, void *closure)
 {
@@ -941,7 +1026,9 @@ ring_get_published(Ring *self, void *closure)
 static PyMethodDef ring_methods[] = {
     {"publish", (PyCFunction)ring_publish, METH_O, "publish(cursor) -> woke: store the writer cursor, wake its sleepers."},
     {"put_one", (PyCFunction)(void (*)(void))ring_put_one, METH_FASTCALL,
-     "put_one(seq, flags, segments, traceparent) -> woke: write a message that fits one slot, publish it."},
+     "put_one(flags, segments, traceparent, limit) -> woke | None: write and publish a one-slot message."},
+    {"enter", (PyCFunction)ring_enter, METH_NOARGS, "enter() -> False if another call is in a slow path."},
+    {"leave", (PyCFunction)ring_leave, METH_NOARGS, "leave(): release the slow path if this thread holds it."},
     {"write_head", (PyCFunction)(void (*)(void))ring_write_head, METH_FASTCALL,
      "write_head(seq, frame, total, flags, traceparent): the header of one piece of a multi-slot message."},
     {"load_available", (PyCFunction)ring_load_available, METH_NOARGS, "load_available() -> the writer cursor now."},
@@ -970,6 +1057,7 @@ static PyMethodDef ring_methods[] = {
 
 static PyGetSetDef ring_getset[] = {
     {"available", (getter)ring_get_available, NULL, "the writer cursor as last loaded by this ring", NULL},
+    {"written", (getter)ring_get_written, NULL, "a writer's cursor: it has published every message below it", NULL},
     {"cursor", (getter)ring_get_cursor, NULL, "a reader's cursor: it has read every message below it", NULL},
     {"published", (getter)ring_get_published, NULL, "a reader's cursor as last published", NULL},
     {NULL},
@@ -994,6 +1082,9 @@ static PyMethodDef module_methods[] = {
      "futex_wait(address, expected, timeout_s): sleep while the 32-bit word at address equals expected."},
     {"futex_wake", (PyCFunction)(void (*)(void))futex_wake, METH_FASTCALL,
      "futex_wake(address, count=INT_MAX): wake sleepers on the word at address."},
+    {"compare_exchange", (PyCFunction)(void (*)(void))compare_exchange, METH_FASTCALL,
+     "compare_exchange(buffer, offset, expected, new) -> the word before; stores new only if it held expected."},
+    {"uninitialized_bytearray", uninitialized_bytearray, METH_O, "uninitialized_bytearray(n) -> n bytes, not zeroed."},
     {"frame_length", frame_length, METH_O, "frame_length(segments) -> the bytes of the frame they make."},
     {"frame_spans", (PyCFunction)(void (*)(void))frame_spans, METH_FASTCALL,
      "frame_spans(buffer, offset, length) -> [(start, stop) of each segment] | None if the table is corrupt."},

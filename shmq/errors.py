@@ -49,3 +49,35 @@ class AlreadyAttached(ShmqError, RuntimeError):
 
 class BadHandle(ShmqError, ValueError):
     """A handle string that does not parse, or a handle that does not match its segment."""
+
+
+class BadQueueArgument(ShmqError, ValueError):
+    """An argument of create() (a size, the name, the endpoint) is out of range or of the wrong type."""
+
+
+class BadTimeout(ShmqError, ValueError):
+    """A timeout that is not a number of seconds (NaN, or not a number at all)."""
+
+
+class ForkedParticipant(ShmqError, RuntimeError):
+    """A Reader or Writer used in a process forked from the one that made it."""
+
+
+class ConcurrentUse(ShmqError, RuntimeError):
+    """Two threads called into the same Reader or Writer at once."""
+
+
+class CorruptMessage(ShmqError, ValueError):
+    """A slot holds lengths or a frame its writer cannot have written; the reader has moved past it."""
+
+
+class MessageOverwritten(ShmqError):
+    """The writer reused a slot before this reader copied it (the reader was evicted, or attached late)."""
+
+
+class NotRawMessage(ShmqError, TypeError):
+    """get_bytes() met a message that was sent with put(); it must be read with get()."""
+
+
+class MessagesLost(ShmqError):
+    """A remote reader found a gap in the sequence numbers it received."""

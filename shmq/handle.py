@@ -24,13 +24,15 @@ class Handle:
     n_readers: int  #: local reader slots
     n_chunks: int  #: ring slots
     chunk_bytes: int  #: payload bytes per slot
+    instance_id: str  #: 32 hex digits, random per segment: a handle edited to name another queue is refused
     endpoint: str = ""  #: ZeroMQ endpoint for remote readers, "" without them
     version: int = L.LAYOUT_VERSION  #: the segment layout version
 
     def __str__(self) -> str:
         query = urllib.parse.urlencode({
             "v": self.version, "name": self.name, "readers": self.n_readers,
-            "chunks": self.n_chunks, "chunk_bytes": self.chunk_bytes, "endpoint": self.endpoint,
+            "chunks": self.n_chunks, "chunk_bytes": self.chunk_bytes, "id": self.instance_id,
+            "endpoint": self.endpoint,
         })
         return f"{_SCHEME}://{self.shm_name}?{query}"
 
@@ -40,19 +42,19 @@ class Handle:
         if parts.scheme != _SCHEME or not parts.netloc:
             raise BadHandle(f"not a shmq handle: {text!r} (expected 'shmq://shmq-...?v=...')")
         query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+        version = query.get("v", [""])[0]
+        if version != str(L.LAYOUT_VERSION):
+            raise BadHandle(f"handle {text!r} is for layout version {version or '(none)'}; this shmq reads "
+                            f"version {L.LAYOUT_VERSION}")
         try:
-            fields = {k: query[k][0] for k in ("v", "name", "readers", "chunks", "chunk_bytes")}
-            version = int(fields["v"])
+            fields = {k: query[k][0] for k in ("name", "readers", "chunks", "chunk_bytes", "id")}
             handle = cls(
                 shm_name=parts.netloc, name=fields["name"], n_readers=int(fields["readers"]),
-                n_chunks=int(fields["chunks"]), chunk_bytes=int(fields["chunk_bytes"]),
-                endpoint=query.get("endpoint", [""])[0], version=version,
+                n_chunks=int(fields["chunks"]), chunk_bytes=int(fields["chunk_bytes"]), instance_id=fields["id"],
+                endpoint=query.get("endpoint", [""])[0],
             )
         except (KeyError, ValueError) as e:
             raise BadHandle(f"malformed shmq handle {text!r}: {e!r}") from None
-        if version != L.LAYOUT_VERSION:
-            raise BadHandle(f"handle {text!r} is for layout version {version}; this shmq reads version "
-                            f"{L.LAYOUT_VERSION}")
         return handle
 
     @classmethod

@@ -7,6 +7,7 @@ One POSIX shared-memory object holds one queue::
     |   line 0  magic | version | segment_bytes | creator_pid      |
     |           creator_start | creator_uid | created_ns | readers |
     |   line 1  n_chunks | chunk_bytes | flags | max_message_bytes |
+    |           instance id (128 bits, random)                     |
     |   line 2  queue name (64 B, UTF-8, NUL padded)               |
     |   line 3  remote endpoint (64 B, ASCII, NUL padded)          |
     |   line 4  writer_cursor            (futex word: its low half)|
@@ -41,13 +42,14 @@ import enum
 import struct
 
 from . import _ring
+from .errors import BadQueueArgument
 
 CACHE_LINE = 64
 WORD = 8
 
 MAGIC = b"SHMQRNG\x00"
 MAGIC_WORD = int.from_bytes(MAGIC, "little")
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: instance id, record owner word, first/abort piece flags
 
 MAX_READERS = 64  # one parked byte per reader fits one cache line
 NAME_BYTES = 64
@@ -67,6 +69,8 @@ OFF_N_CHUNKS = OFF_N_READERS + WORD
 OFF_CHUNK_BYTES = OFF_N_CHUNKS + WORD
 OFF_FLAGS = OFF_CHUNK_BYTES + WORD
 OFF_MAX_MESSAGE_BYTES = OFF_FLAGS + WORD
+OFF_INSTANCE_ID = OFF_MAX_MESSAGE_BYTES + WORD  # two words: tells a queue from another of the same geometry
+INSTANCE_ID_BYTES = 2 * WORD
 # -- lines 2-3: names ----------------------------------------------------------
 OFF_NAME = 2 * CACHE_LINE
 OFF_ENDPOINT = OFF_NAME + NAME_BYTES
@@ -80,7 +84,7 @@ OFF_WRITER_PARKED = OFF_READER_PARKED + CACHE_LINE
 OFF_WRITER_WAKE = OFF_WRITER_PARKED + WORD
 HEADER_BYTES = OFF_WRITER_PARKED + 2 * CACHE_LINE
 
-assert OFF_MAX_MESSAGE_BYTES + WORD <= OFF_NAME
+assert OFF_INSTANCE_ID + INSTANCE_ID_BYTES <= OFF_NAME
 assert OFF_WRITER_CURSOR % CACHE_LINE == 0 and OFF_READER_PARKED % CACHE_LINE == 0
 assert HEADER_BYTES == 8 * CACHE_LINE
 
@@ -113,13 +117,16 @@ REC_WAITS = REC_OVERFLOW + WORD  # equals the sum of the histogram buckets
 REC_WAIT_NS = REC_WAITS + WORD
 REC_ATTACHES = REC_WAIT_NS + WORD
 REC_PROGRESS_NS = REC_ATTACHES + WORD  # monotonic_ns when the cursor last moved (heartbeat thread)
+# Who holds the record: 0 when free, else owner_word(pid, start time), claimed by compare-and-swap
+# (shmq/_ring.c: compare_exchange), so two processes attaching at once cannot both win.
+REC_OWNER = REC_PROGRESS_NS + WORD
 # lines 3..: wait-time histogram, log2 buckets of microseconds
 HIST_FINITE_BUCKETS = 27  # upper bounds 1 us, 2 us, ... 2**26 us (about 67 s)
 HIST_BUCKETS = HIST_FINITE_BUCKETS + 1  # plus +Inf
 REC_HISTOGRAM = 3 * CACHE_LINE
 RECORD_BYTES = 8 * CACHE_LINE
 
-assert REC_PROGRESS_NS + WORD <= REC_HISTOGRAM
+assert REC_OWNER + WORD <= REC_HISTOGRAM
 assert REC_HISTOGRAM + HIST_BUCKETS * WORD <= RECORD_BYTES
 
 HISTOGRAM_UPPER_BOUNDS_S = tuple(2.0**k / 1e6 for k in range(HIST_FINITE_BUCKETS))
@@ -181,6 +188,8 @@ SLOT_RAW = 1 << 0  # payload is the caller's bytes, not a serialized object
 SLOT_FRAGMENT = 1 << 1  # one piece of a message that spans several slots
 SLOT_LAST = 1 << 2  # the final piece of a message
 SLOT_TRACED = 1 << 3  # the traceparent field holds a W3C traceparent
+SLOT_FIRST = 1 << 4  # the first piece of a message that spans slots: where a reader may start one
+SLOT_ABORT = 1 << 5  # an empty last piece: the writer gave up this message (interrupt, timeout); drop it
 
 # A serialized message is a table of segment lengths, then the segments:
 #   u64 count | u64 len[0] ... u64 len[count-1] | segment 0 | pad | segment 1 | pad | ...
@@ -208,6 +217,15 @@ def parked_mark(cursor: int) -> int:
     once, for that message, rather than on every message until it runs again.
     """
     return 0x80 | (cursor & 0x7F)
+
+
+def owner_word(pid: int, start_time: int) -> int:
+    """A record's owner word: the pid, and the low 32 bits of its start time (guards pid reuse)."""
+    return (start_time & 0xFFFFFFFF) << 32 | pid
+
+
+#: The owner word while the writer evicts a dead reader: no (pid, start time) makes it.
+OWNER_EVICTING = (1 << 64) - 1
 
 
 def align(n: int, to: int = CACHE_LINE) -> int:
@@ -240,13 +258,10 @@ def word(byte_offset: int) -> int:
     return byte_offset // WORD
 
 
-HEADER_FIELDS = struct.Struct("<12Q")  # magic .. max_message_bytes, lines 0 and 1
-
-
 def encode_text(text: str, size: int, what: str) -> bytes:
     raw = text.encode("utf-8")
     if len(raw) >= size:
-        raise ValueError(f"{what} {text!r} is {len(raw)} bytes; the limit is {size - 1}")
+        raise BadQueueArgument(f"{what} {text!r} is {len(raw)} bytes; the limit is {size - 1}")
     return raw.ljust(size, b"\x00")
 
 

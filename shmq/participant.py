@@ -15,7 +15,10 @@ from . import hooks as hooks_module
 from . import layout as L
 from . import procs
 from . import wait as wait_module
-from .errors import QueueClosed, QueueTimeout, WouldBlock
+import math
+
+from .errors import BadTimeout, ConcurrentUse, ForkedParticipant, QueueClosed, QueueTimeout, WouldBlock
+from ._ring import compare_exchange
 from .segment import Segment
 
 log = logging.getLogger("shmq")
@@ -40,6 +43,7 @@ R_TIMEOUTS = L.word(L.REC_TIMEOUTS)
 R_OVERFLOW = L.word(L.REC_OVERFLOW)
 R_ATTACHES = L.word(L.REC_ATTACHES)
 R_PROGRESS = L.word(L.REC_PROGRESS_NS)
+R_OWNER = L.word(L.REC_OWNER)
 
 W_WRITER_CURSOR = L.word(L.OFF_WRITER_CURSOR)
 W_WRITER_PARKED = L.word(L.OFF_WRITER_PARKED)
@@ -51,6 +55,8 @@ HOUSEKEEPING_NS = 5_000_000
 PEER_CHECK_NS = 100_000_000
 HEARTBEAT_INTERVAL_S = 0.1
 DEFAULT_WARN_AFTER_S = 10.0
+#: How long close() waits for a call in another thread to end (a blocked get() is cancelled first).
+CLOSE_WAIT_S = 2.0
 
 _open_participants: weakref.WeakSet = weakref.WeakSet()
 
@@ -63,12 +69,43 @@ def _close_all_at_exit() -> None:
 
 
 def _forget_inherited_participants() -> None:
-    # A forked child inherits the parent's objects but not their threads, and must not
-    # close (and so unlink) the parent's queues when it exits.
+    # A forked child inherits the parent's objects but not their threads. Their records are the
+    # parent's: the child must neither read on with them nor close (and so unlink) the parent's queues.
+    for participant in list(_open_participants):
+        participant._disown()
     _open_participants.clear()
 
 
 os.register_at_fork(after_in_child=_forget_inherited_participants)
+
+
+def checked_timeout(timeout) -> float | None:
+    """A caller's timeout in seconds: None or inf wait for ever, <= 0 does not wait; NaN is an error.
+
+    Checked before a wait begins, so a bad argument never leaves the record in a waiting state.
+    """
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError):
+        raise BadTimeout(f"timeout must be a number of seconds or None, got {timeout!r}") from None
+    if math.isnan(seconds):
+        raise BadTimeout("timeout is NaN: pass None (or float('inf')) to wait for ever, 0 not to wait")
+    return None if seconds == math.inf else seconds
+
+
+class _Inherited:
+    """Stands in for the shared state of a participant inherited through fork(): every use raises."""
+
+    def __init__(self, description: str, owner_pid: int) -> None:
+        self._description = description
+        self._owner_pid = owner_pid
+
+    def _refuse(self, *args):
+        raise ForkedParticipant(
+            f"{self._description} belongs to pid {self._owner_pid}; this process (pid {os.getpid()}) was forked "
+            "from it and may not use it: attach or create its own after the fork")
+
+    __getattr__ = __getitem__ = __setitem__ = _refuse
 
 
 class Heartbeat(threading.Thread):
@@ -122,6 +159,7 @@ class Participant:
                  warn_after_s: float, hooks: hooks_module.MessageHooks | None) -> None:
         self._segment = segment
         self._w = segment.words
+        self._record = record
         self._rec = L.word(L.record_offset(record))
         self.queue_name = segment.name
         self._stats = bool(segment.flags & L.FLAG_STATS)
@@ -138,13 +176,16 @@ class Participant:
         self._closed = False
         self._heartbeat: Heartbeat | None = None
         self._stack_dumps = False
+        self._pid = os.getpid()
+        self._start_time = procs.start_time(self._pid) or 0
+        self._owner = L.owner_word(self._pid, self._start_time)
 
     # -- record -----------------------------------------------------------------
     def _register(self, index: int, stack_dumps: bool | str = True) -> None:
         w, rec = self._w, self._rec
         now = time.monotonic_ns()
-        w[rec + R_PID] = os.getpid()
-        w[rec + R_START_TIME] = procs.start_time(os.getpid()) or 0
+        w[rec + R_PID] = self._pid
+        w[rec + R_START_TIME] = self._start_time
         w[rec + R_ROLE] = self._role
         w[rec + R_INDEX] = index
         w[rec + R_HEARTBEAT] = now
@@ -156,6 +197,38 @@ class Participant:
         if stack_dumps:  # a watchdog can then ask for our Python stacks (shmq.diagnostics)
             self._stack_dumps = diagnostics.acquire(stack_dumps if isinstance(stack_dumps, str) else None)
         _open_participants.add(self)
+
+    def _busy_error(self) -> ConcurrentUse:
+        return ConcurrentUse(f"{self._describe()} is in use by another thread: a Reader or Writer takes one call "
+                             "at a time (give each thread its own reader, or serialise the calls; cancel() is "
+                             "the one method another thread may call)")
+
+    def _enter(self, wait_s: float = 0.0) -> None:
+        """Hold the slow path of our ring (shmq/_ring.c: enter), or raise ConcurrentUse after `wait_s`.
+
+        One call at a time: a call that must wait, or take a message in Python, holds it; the one-call
+        fast paths (take_one, put_one) refuse to run while another thread holds it.
+        """
+        give_up = time.monotonic() + wait_s
+        while not self._ring.enter():
+            if time.monotonic() >= give_up:
+                raise self._busy_error()
+            time.sleep(0.001)
+
+    def _disown(self) -> None:
+        """In a forked child: make every later use raise ForkedParticipant; never touch the shared record."""
+        guard = _Inherited(self._describe(), self._pid)
+        self._ring = self._w = guard
+        self._heartbeat = None
+        self._stack_dumps = False
+
+    @property
+    def _inherited(self) -> bool:
+        return self._pid != os.getpid()
+
+    def _release_owner(self) -> None:
+        """Give up the record, after its final state is stored: a new owner may claim it from now on."""
+        compare_exchange(self._segment.buf, L.record_offset(self._record) + L.REC_OWNER, self._owner, 0)
 
     def _set_state(self, state: int) -> int:
         """Store our state and since when (returned, time.monotonic_ns())."""

@@ -56,3 +56,19 @@ def is_alive(pid: int, registered_start_time: int) -> bool:
     if registered_start_time and int(fields[19]) != registered_start_time:
         return False
     return fields[0] != b"Z"
+
+
+def owner_is_alive(owner: int) -> bool:
+    """True while the process a record's owner word names (shmq.layout.owner_word) runs.
+
+    The word holds the low 32 bits of the start time, so a reused pid is told apart as in is_alive.
+    """
+    pid, start_low = owner & 0xFFFFFFFF, owner >> 32
+    fields = _stat_fields(pid) if pid > 0 else None
+    if fields is None:
+        return False
+    if not fields:
+        return True
+    if start_low and int(fields[19]) & 0xFFFFFFFF != start_low:
+        return False
+    return fields[0] != b"Z"

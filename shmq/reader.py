@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from typing import Any, Iterator
 
@@ -11,13 +10,16 @@ from . import hooks as hooks_module
 from . import layout as L
 from . import procs, sync
 from . import wait as wait_module
-from .errors import AlreadyAttached, BadHandle, LayoutMismatch, QueueClosed, ShmqError, WriterDead
+from .errors import (
+    AlreadyAttached, BadHandle, CorruptMessage, MessageOverwritten, NotRawMessage, QueueClosed, QueueTimeout,
+    WriterDead,
+)
 from .handle import Handle
 from .participant import (
-    DEFAULT_WARN_AFTER_S, R_CURSOR, R_PID, R_PROGRESS, R_START_TIME, R_STATE,
-    W_WRITER_CURSOR, WAITING_READ, Participant, State,
+    CLOSE_WAIT_S, DEFAULT_WARN_AFTER_S, R_CURSOR, R_OWNER, R_PID, R_PROGRESS, R_START_TIME, R_STATE,
+    W_WRITER_CURSOR, WAITING_READ, Participant, State, checked_timeout,
 )
-from ._ring import frame_spans
+from ._ring import compare_exchange, frame_spans, uninitialized_bytearray
 from .segment import SHM_DIR, Segment
 from .serialization import BytesSerializer, Serializer, resolve, stream_decoder
 
@@ -31,8 +33,8 @@ class Receiving:
     """The get() API that local and remote readers share; each implements ``_receive(timeout, raw)``."""
 
     def get(self, *, timeout: float | None = None) -> Any:
-        """The next message. Blocks until one arrives; `timeout` in seconds."""
-        return self._receive(timeout, False)
+        """The next message. Blocks until one arrives; `timeout` in seconds (None or inf: for ever)."""
+        return self._receive(None if timeout is None else checked_timeout(timeout), False)
 
     def get_nowait(self) -> Any:
         """The next message, or WouldBlock at once if there is none."""
@@ -40,10 +42,32 @@ class Receiving:
 
     def get_bytes(self, *, timeout: float | None = None) -> bytes:
         """The next message, which must have been sent with put_bytes() or to a serializer='bytes' queue."""
-        return self._receive(timeout, raw=True)
+        return self._receive(None if timeout is None else checked_timeout(timeout), raw=True)
 
     def _receive(self, timeout: float | None, raw: bool) -> Any:
         raise NotImplementedError
+
+
+def _deadline(timeout: float | None) -> int | None:
+    """time.monotonic_ns() when a call's `timeout` (checked_timeout's) runs out."""
+    return None if timeout is None else time.monotonic_ns() + int(max(timeout, 0) * 1e9)
+
+
+def _remaining(deadline: int | None) -> float | None:
+    """Seconds left before `deadline` (0 once it passed), for a wait inside a call."""
+    return None if deadline is None else max(0, deadline - time.monotonic_ns()) / 1e9
+
+
+class _Assembly:
+    """A message that spans slots, being copied in: progress is the reader's cursor, so the copy resumes
+    where an interrupt or a timeout left it. Piece k holds bytes k * chunk_bytes onwards."""
+
+    __slots__ = ("first", "total", "flags", "whole", "traceparent", "waited", "wait_start")
+
+    def __init__(self, first: int, total: int, flags: int, traceparent: bytes | None, wait_start: int) -> None:
+        self.first, self.total, self.flags, self.traceparent = first, total, flags, traceparent
+        self.whole = memoryview(uninitialized_bytearray(total))
+        self.waited, self.wait_start = 0, wait_start
 
 
 class Reader(Receiving, Participant):
@@ -54,8 +78,9 @@ class Reader(Receiving, Participant):
     def __init__(self, segment: Segment, index: int, *, serializer: Serializer,
                  wait: wait_module.WaitStrategy | None, warn_after_s: float,
                  hooks: hooks_module.MessageHooks | None, stack_dumps: bool | str = True) -> None:
-        if not 0 <= index < segment.n_readers:
-            raise BadHandle(f"queue {segment.name!r} has readers 0..{segment.n_readers - 1}; there is no reader {index}")
+        if not isinstance(index, int) or not 0 <= index < segment.n_readers:
+            raise BadHandle(f"queue {segment.name!r} has readers 0..{segment.n_readers - 1}; there is no reader "
+                            f"{index!r}")
         super().__init__(segment, 1 + index, wait=wait, warn_after_s=warn_after_s, hooks=hooks)
         self.index = index
         cursor = self._take_record()
@@ -63,9 +88,14 @@ class Reader(Receiving, Participant):
         self._raw_only = self._serializer.raw
         self._loads = stream_decoder(self._serializer)  # get() calls it for almost every message
         self._n = segment.n_chunks
+        self._cap = segment.chunk_bytes
+        self._max = segment.max_message_bytes
         self._slot_base = [L.slot_offset(segment.n_readers, segment.chunk_bytes, i) for i in range(self._n)]
         self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
         self._readonly = segment.buf.toreadonly()  # leases hand out views the caller cannot write through
+        # What an interrupted call left: a message that spans slots, begun (an _Assembly), or a message
+        # taken whose decode raised (stream, buffers, flags, failures). The next call finishes it.
+        self._resume: _Assembly | tuple | None = None
         # The ring keeps our cursor and totals and publishes them (shmq/_ring.c): once per batch while
         # a backlog lasts, and at once when we catch up, as a publish (stores, a full fence, the parked
         # check) costs a fifth of a small get(). If the application stops reading mid-batch, the
@@ -78,11 +108,26 @@ class Reader(Receiving, Participant):
         sync.full_fence()
 
     def _take_record(self) -> int:
-        """Claim our record and choose where to start reading."""
+        """Claim our record (a compare-and-swap of its owner word) and choose where to start reading.
+
+        Of two processes attaching at once exactly one swaps in its owner word; the other then sees
+        a live owner and gets AlreadyAttached. A record is free when its owner word is 0 (never
+        attached, closed, evicted) or names a dead process (taken over where it stopped).
+        """
         w, rec = self._w, self._rec
-        state, pid = w[rec + R_STATE], w[rec + R_PID]
-        if state not in (State.PENDING, State.CLOSED, State.EVICTED) and procs.is_alive(pid, w[rec + R_START_TIME]):
-            raise AlreadyAttached(f"reader {self.index} of queue {self.queue_name!r} is attached by live pid {pid}")
+        owner_offset = L.record_offset(1 + self.index) + L.REC_OWNER
+        give_up = time.monotonic() + 1.0  # the writer holds OWNER_EVICTING for a few stores
+        while True:
+            owner = w[rec + R_OWNER]
+            if owner == L.OWNER_EVICTING and time.monotonic() < give_up:
+                time.sleep(0.001)
+                continue
+            if owner and procs.owner_is_alive(owner):
+                raise AlreadyAttached(f"reader {self.index} of queue {self.queue_name!r} is attached by live pid "
+                                      f"{owner & 0xFFFFFFFF}; attach another index, or close that reader first")
+            if compare_exchange(self._segment.buf, owner_offset, owner, self._owner) == owner:
+                break
+        state = w[rec + R_STATE]
         if state == State.PENDING:
             cursor = 0  # first attach: the writer has waited for us, everything is still here
         elif state in (State.CLOSED, State.EVICTED):
@@ -100,59 +145,151 @@ class Reader(Receiving, Participant):
         """Zero-copy access: the message's buffers alias the ring slot until the block exits.
 
         Arrays in it are read-only and must not be kept after the block: the slot is
-        released on exit and the writer will reuse it.
+        released on exit and the writer will reuse it. A message that spans slots, or one an
+        interrupted call already took, is copied.
         """
-        c, waited, wait_start = self._await_message(timeout)
-        base = self._slot_base[c % self._n]
-        seq, frame, total, flags = _SLOT_HEAD.unpack_from(self._buf, base)
-        self._check_slot(c, seq)
-        if flags & _FRAGMENT:
-            yield self._receive_pieces(c, frame, total, flags, waited, wait_start, raw=False)
-            return
-        traceparent = self._traceparent(base, flags)
+        timeout = None if timeout is None else checked_timeout(timeout)
         try:
-            stream, buffers = self._frame(base, frame, c, copy=False)
-            yield self._decode(stream, buffers, flags, raw=False)
+            self._enter()
+            if self._resume is not None:
+                yield self._receive_framed(self._cursor, 0, time.monotonic_ns(), timeout, raw=False)
+                return
+            c, waited, wait_start = self._await_message(timeout)
+            c, base, frame, total, flags = self._next_head(c, _deadline(timeout))
+            self._check_raw(flags, False)
+            if flags & _FRAGMENT:
+                yield self._receive_pieces(c, total, flags, waited, wait_start, timeout, raw=False)
+                return
+            traceparent = self._traceparent(base, flags)
+            try:
+                stream, buffers = self._frame(base, frame, c, copy=False)
+                yield self._decode(stream, buffers, flags, raw=False)
+            finally:
+                stream = buffers = None  # drop our views of the slot before releasing it
+                self._ring.count(total)
+                self._advance(c + 1)
+                self._trace_received(c, total, traceparent, waited, wait_start)
         finally:
-            stream = buffers = None  # drop our views of the slot before releasing it
-            self._ring.count(total)
-            self._advance(c + 1)
-            self._trace_received(c, total, traceparent, waited, wait_start)
+            self._ring.leave()
 
     def _receive(self, timeout: float | None, raw: bool) -> Any:
         # The usual message, one slot with no flags, is copied out, counted and released in C.
-        message = None if raw else self._ring.take_one()
+        message = None if raw or self._resume is not None else self._ring.take_one()
         if message is None:
-            waited = wait_start = 0
-            c = self._cursor
-            if not c < self._ring.available:  # nothing published for us yet
-                c, waited, wait_start = self._await_message(timeout)
-                message = None if raw else self._ring.take_one()
-            if message is None:  # raw, traced, spanning slots, or corrupt
-                return self._receive_framed(c, waited, wait_start, raw)
-        if self._idle:
-            self._mark_busy()
-        if message.__class__ is tuple:  # (stream, private copies of its out-of-band buffers)
-            return self._serializer.decode(*message)
-        return self._loads(message)
+            try:
+                if not self._ring.enter():  # another thread's call holds it: take_one returned None for that
+                    raise self._busy_error()
+                waited = wait_start = 0
+                c = self._cursor
+                if self._resume is None and not c < self._ring.available:
+                    c, waited, wait_start = self._await_message(timeout)
+                    message = None if raw else self._ring.take_one()
+                if message is None:  # raw, traced, spanning slots, left by an interrupted call, or corrupt
+                    return self._receive_framed(c, waited, wait_start, timeout, raw)
+            finally:
+                self._ring.leave()
+        try:
+            if self._idle:
+                self._mark_busy()
+            if message.__class__ is tuple:  # (stream, private copies of its out-of-band buffers)
+                return self._serializer.decode(*message)
+            return self._loads(message)
+        except BaseException:  # an interrupt, or the unpickler: the next get() decodes it again
+            self._resume = (*message, 0, 1) if message.__class__ is tuple else (message, [], 0, 1)
+            raise
 
-    def _receive_framed(self, c: int, waited: int, wait_start: int, raw: bool) -> Any:
-        """Message `c`, published, read with its frame table: buffers, raw bytes, traced or corrupt."""
-        base = self._slot_base[c % self._n]
-        seq, frame, total, flags = _SLOT_HEAD.unpack_from(self._buf, base)
-        self._check_slot(c, seq)
+    def _receive_framed(self, c: int, waited: int, wait_start: int, timeout: float | None, raw: bool) -> Any:
+        """Message `c`, published, read with its frame table: buffers, raw bytes, traced, spanning slots,
+        kept from an interrupted call, or corrupt."""
+        if self._resume.__class__ is tuple:
+            return self._decode_kept(raw)
+        if self._resume is not None:
+            return self._receive_pieces(c, 0, 0, waited, wait_start, timeout, raw)
+        deadline = _deadline(timeout)
+        c, base, frame, total, flags = self._next_head(c, deadline)
+        self._check_raw(flags, raw)  # before anything is taken: the message stays for get()
         if flags & _FRAGMENT:
-            return self._receive_pieces(c, frame, total, flags, waited, wait_start, raw)
+            return self._receive_pieces(c, total, flags, waited, wait_start, timeout, raw)
         traceparent = self._traceparent(base, flags)
         try:
             stream, buffers = self._frame(base, frame, c, copy=True)
-            message = self._decode(stream, buffers, flags, raw)
-            self._check_unchanged(c)
-            self._ring.count(total)
-        finally:
+        except CorruptMessage:
             self._release_read(c + 1)
-        self._trace_received(c, total, traceparent, waited, wait_start)
+            raise
+        stream = bytes(stream)  # private, so the slot is released before the decode (bytes(raw) is no copy)
+        try:
+            self._check_unchanged(c)
+        except MessageOverwritten:
+            self._release_read(c + 1)
+            raise
+        return self._deliver(c, total, stream, buffers, flags, raw, traceparent, waited, wait_start)
+
+    def _deliver(self, c: int, total: int, stream, buffers: list, flags: int, raw: bool, traceparent: bytes | None,
+                 waited: int, wait_start: int) -> Any:
+        """Count and release message `c` (its frame copied out of the ring), then decode it, last: from
+        the release on, an exception (an interrupt, or the unpickler) keeps it for the next get()."""
+        try:
+            self._resume = None  # a message that spanned slots is whole: from here on it is kept, not resumed
+            self._ring.count(total)
+            self._release_read(max(self._cursor, c + 1))  # a message that spanned slots released its own
+            if flags & _FRAGMENT and self._stats:
+                self._w[self._rec + L.word(L.REC_OVERFLOW)] += 1
+            self._trace_received(c, total, traceparent, waited, wait_start)
+            return self._decode(stream, buffers, flags, raw)
+        except BaseException:
+            if self._cursor > c:
+                self._resume = (stream, buffers, flags, 1)
+            raise
+
+    def _decode_kept(self, raw: bool) -> Any:
+        """The message a call took before an exception interrupted its decode. Kept until it decodes,
+        except that a second ordinary exception drops it: that one is the message's, not an interrupt's."""
+        stream, buffers, flags, failures = self._resume
+        self._check_raw(flags, raw)
+        try:
+            message = self._decode(stream, buffers, flags, raw)
+        except Exception:
+            self._resume = None if failures else (stream, buffers, flags, failures + 1)
+            raise
+        self._resume = None
         return message
+
+    def _next_head(self, c: int, deadline: int | None) -> tuple[int, int, int, int, int]:
+        """The header of the next message at or after published message `c` that a reader can begin:
+        (c, slot base, frame, total, flags). Pieces of a message begun before `c` (we joined or were
+        moved past its start) are skipped; a slot whose header no writer could have written is skipped
+        and reported."""
+        while True:
+            base = self._slot_base[c % self._n]
+            seq, frame, total, flags = _SLOT_HEAD.unpack_from(self._buf, base)
+            self._check_slot(c, seq)
+            if flags & _FRAGMENT and not flags & L.SLOT_FIRST:
+                self._advance(c + 1)  # the rest of a message we did not see begin
+            else:
+                problem = self._head_problem(frame, total, flags)
+                if not problem:
+                    return c, base, frame, total, flags
+                self._advance(c + 1)
+                raise CorruptMessage(f"queue {self.queue_name!r}: message {c} is corrupt ({problem}); reader "
+                                     f"{self.index} skipped it and reads on from the next message")
+            if not c + 1 < self._ring.load_available():
+                c, _, _ = self._await_message(_remaining(deadline))
+            else:
+                c += 1
+
+    def _head_problem(self, frame: int, total: int, flags: int) -> str:
+        """What is wrong with a first slot's lengths, or "" (checked before any allocation they size)."""
+        if frame > self._cap:
+            return f"its slot says {frame:,} bytes; a slot holds {self._cap:,}"
+        if total > self._max:
+            return f"it says {total:,} bytes; the queue's max_message_bytes is {self._max:,}"
+        if flags & _FRAGMENT:
+            if frame != self._cap or total <= self._cap:
+                return f"its first piece holds {frame:,} of {total:,} bytes, but only a message larger than a " \
+                       f"slot is split, and every piece but the last fills its slot"
+        elif frame != total:
+            return f"it fits one slot, yet says {frame:,} bytes in the slot and {total:,} in all"
+        return ""
 
     def _await_message(self, timeout: float | None) -> tuple[int, int, int]:
         c = self._cursor
@@ -175,45 +312,61 @@ class Reader(Receiving, Participant):
         return (self._cursor < self._ring.load_available() or self._cancelled
                 or self._w[_WRITER_RECORD + R_STATE] == State.CLOSED)
 
-    def _receive_pieces(self, c: int, frame: int, total: int, flags: int, waited: int, wait_start: int,
-                        raw: bool) -> Any:
-        """Assemble a message that spans slots, releasing each slot as soon as it is copied."""
-        import numpy  # only multi-slot messages need it
+    def _receive_pieces(self, c: int, total: int, flags: int, waited: int, wait_start: int,
+                        timeout: float | None, raw: bool) -> Any:
+        """Assemble a message that spans slots, releasing each slot as soon as it is copied.
 
-        # Not bytearray(total): that zero-fills every page first, which costs as much as the copy.
-        whole = memoryview(numpy.empty(total, dtype=numpy.uint8))
-        filled = 0
-        first, first_flags = c, flags
-        traceparent = self._traceparent(self._slot_base[c % self._n], flags)
-        buf = self._buf
-        while True:
+        Begins the assembly at first piece `c` (with its total and flags), or resumes the one an
+        interrupt or a timeout left. A timeout counts from this call's start, for every piece.
+        """
+        assembly = self._resume
+        if assembly is None:
+            assembly = _Assembly(c, total, flags, self._traceparent(self._slot_base[c % self._n], flags), wait_start)
+            self._resume = assembly
+        assembly.waited += waited
+        deadline = _deadline(timeout)
+        cap, buf, whole = self._cap, self._buf, assembly.whole
+        while (self._cursor - assembly.first) * cap < assembly.total:  # pieces left
+            c = self._cursor
+            if not c < self._ring.load_available():
+                try:
+                    remaining = _remaining(deadline)
+                    if remaining == 0:
+                        raise QueueTimeout(f"{self._describe()} timed out after {timeout} s")
+                    c, more_wait, _ = self._await_message(remaining)
+                except QueueTimeout as e:
+                    raise QueueTimeout(f"{e}, in the middle of message {assembly.first} ({(c - assembly.first) * cap:,} "
+                                       f"of {assembly.total:,} bytes); the next get() resumes it") from None
+                assembly.waited += more_wait
             base = self._slot_base[c % self._n]
-            if filled + frame > total or not flags & L.SLOT_FRAGMENT:
-                raise LayoutMismatch(f"queue {self.queue_name!r}: slot for message {c} breaks a multi-slot "
-                                     f"message ({filled + frame} of {total} bytes, flags {flags:#x})")
+            seq, frame, total, flags = _SLOT_HEAD.unpack_from(buf, base)
+            if seq != c:
+                self._resume = None
+                self._check_slot(c, seq)
+            filled = (c - assembly.first) * cap
+            if flags & L.SLOT_ABORT:
+                self._resume = None
+                self._advance(c + 1)
+                # The writer gave it up: nobody receives it. Read on from the next message.
+                if not self._cursor < self._ring.load_available():
+                    self._await_message(_remaining(deadline))
+                return self._receive_framed(self._cursor, assembly.waited, assembly.wait_start,
+                                            _remaining(deadline), raw)
+            last = flags & L.SLOT_LAST
+            if (total != assembly.total or not flags & _FRAGMENT or flags & L.SLOT_FIRST and c != assembly.first
+                    or frame != (assembly.total - filled if last else cap) or frame > assembly.total - filled):
+                self._resume = None
+                self._advance(c + 1)
+                raise CorruptMessage(f"queue {self.queue_name!r}: piece {c - assembly.first} of message "
+                                     f"{assembly.first} does not continue it ({frame:,} bytes at {filled:,} of "
+                                     f"{assembly.total:,}, flags {flags:#x}); reader {self.index} dropped the "
+                                     "message and reads on from the next one")
             whole[filled : filled + frame] = buf[base + _HEADER_BYTES : base + _HEADER_BYTES + frame]
             self._check_unchanged(c)
-            filled += frame
-            self._advance(c + 1)
-            c += 1
-            if flags & L.SLOT_LAST:
-                break
-            if not c < self._ring.available:
-                c, more_wait, _ = self._await_message(None)  # once a message has begun, it finishes
-                waited += more_wait
-            base = self._slot_base[c % self._n]
-            seq, frame, _, flags = _SLOT_HEAD.unpack_from(buf, base)
-            self._check_slot(c, seq)
-        if filled != total:
-            raise LayoutMismatch(f"queue {self.queue_name!r}: message {first} ended after {filled} of {total} bytes")
-        stream, buffers = self._frame_in(whole, 0, total, first)
-        message = self._decode(stream, buffers, first_flags, raw)
-        self._ring.count(total)
-        self._advance(self._cursor)
-        if self._stats:
-            self._w[self._rec + L.word(L.REC_OVERFLOW)] += 1
-        self._trace_received(first, total, traceparent, waited, wait_start)
-        return message
+            self._advance(c + 1)  # progress is the cursor: an interrupt from here on resumes at c + 1
+        stream, buffers = self._frame_in(whole, 0, assembly.total, assembly.first)
+        return self._deliver(assembly.first, assembly.total, stream, buffers, assembly.flags, raw, assembly.traceparent,
+                             assembly.waited, assembly.wait_start)
 
     # -- frames --------------------------------------------------------------------------
     def _frame(self, base: int, length: int, c: int, copy: bool) -> tuple[memoryview, list]:
@@ -225,29 +378,35 @@ class Reader(Receiving, Participant):
         """Split a frame (table of segment lengths, then segments) into views of `buf`."""
         spans = frame_spans(buf, offset, length)
         if spans is None:
-            raise LayoutMismatch(f"queue {self.queue_name!r}: message {c} has a corrupt frame (its table does not "
-                                 f"describe a {length}-byte frame)")
+            raise CorruptMessage(f"queue {self.queue_name!r}: message {c} has a corrupt frame (its table does not "
+                                 f"describe a {length:,}-byte frame); reader {self.index} skipped it")
         views = [buf[start:stop] for start, stop in spans]
         return views[0], views[1:]
 
+    def _check_raw(self, flags: int, raw: bool) -> None:
+        if (raw or self._serializer.raw) and not flags & L.SLOT_RAW:
+            raise NotRawMessage(f"queue {self.queue_name!r}: the next message was sent with put() and is not raw "
+                                "bytes; read it with get() (it is still there)")
+
     def _decode(self, stream: memoryview, buffers: list, flags: int, raw: bool) -> Any:
-        if flags & L.SLOT_RAW:
-            return bytes(stream)
-        if raw or self._serializer.raw:
-            raise ShmqError(f"queue {self.queue_name!r}: this message was sent with put() and is not raw bytes; "
-                            "read it with get()")
-        return self._serializer.decode(stream, buffers)
+        return bytes(stream) if flags & L.SLOT_RAW else self._serializer.decode(stream, buffers)
 
     def _check_slot(self, c: int, seq: int) -> None:
-        if seq != c:
-            raise LayoutMismatch(f"queue {self.queue_name!r}: the slot for message {c} holds message {seq}; "
-                                 "the segment was overwritten by something other than its writer")
+        if seq == c:
+            return
+        self._advance(c + 1)
+        if seq > c and (seq - c) % self._n == 0:
+            raise MessageOverwritten(f"queue {self.queue_name!r}: the writer reused the slot of message {c} (it holds "
+                                     f"message {seq}) before reader {self.index} read it: was this reader evicted?")
+        raise CorruptMessage(f"queue {self.queue_name!r}: the slot for message {c} holds sequence number {seq}, which "
+                             f"its writer cannot have written; reader {self.index} skipped it")
 
     def _check_unchanged(self, c: int) -> None:
         # After the copy: had the writer reused the slot meanwhile, the sequence would differ.
         if self._ring.seq_after_copy(c) != c:
-            raise ShmqError(f"queue {self.queue_name!r}: message {c} was overwritten while reader {self.index} "
-                            "copied it (the writer did not see this reader attach in time)")
+            raise MessageOverwritten(f"queue {self.queue_name!r}: message {c} was overwritten while reader "
+                                     f"{self.index} copied it (the writer did not see this reader attach in time, "
+                                     "or evicted it)")
 
     # -- publishing our progress -------------------------------------------------------------
     @property
@@ -316,7 +475,7 @@ class Reader(Receiving, Participant):
         return f"waiting for the writer (pid {pid}, state {state}, no new message for {idle:.1f} s)"
 
     def _describe(self) -> str:
-        return f"shmq queue {self.queue_name!r}: reader {self.index} (pid {os.getpid()})"
+        return f"shmq queue {self.queue_name!r}: reader {self.index} (pid {self._pid})"
 
     def _would_block_reason(self) -> str:
         return f"queue {self.queue_name!r} has no message for reader {self.index}"
@@ -325,23 +484,40 @@ class Reader(Receiving, Participant):
     def cancel(self) -> None:
         """Wake a get() blocked in another thread, which raises QueueClosed, as does every later get()
         that finds no message. Thread-safe."""
+        if self._inherited:
+            self._ring.cancel()  # raises ForkedParticipant: the waiters to wake are the parent's
         self._cancelled = True
         if not self._segment.closed:
             sync.futex_wake(self._cursor_address)
 
     def close(self) -> None:
-        """Detach: the writer stops waiting for this reader. The index can be attached again."""
+        """Detach: the writer stops waiting for this reader. The index can be attached again.
+
+        A get() blocked in another thread is cancelled first. In a process forked after attach(),
+        close() only unmaps this process's copy: the record is the parent's.
+        """
         if self._closed:
             return
-        self._closed = True
-        self._cancelled = True
-        self._ring.publish_behind()  # the cursor and counts of the last batch
-        self._set_state(State.CLOSED)
-        self._stop_heartbeat()
-        self._ring.release()
+        if self._inherited:
+            self._closed = True
+            self._unmap()
+            return
+        self.cancel()
+        try:
+            self._enter(CLOSE_WAIT_S)
+            self._closed = True
+            self._ring.publish_behind()  # the cursor and counts of the last batch
+            self._set_state(State.CLOSED)
+            self._release_owner()
+            self._stop_heartbeat()
+        finally:
+            self._ring.leave()
+        self._unmap()
+
+    def _unmap(self) -> None:
         try:
             self._readonly.release()
-            self._segment.close()
+            self._segment.close()  # releases the rings made on it, ours included
         except BufferError:
             pass  # a lease's arrays still alias the mapping; it is unmapped when they are collected
 
@@ -351,7 +527,8 @@ class Reader(Receiving, Participant):
         return self._w[W_WRITER_CURSOR] - self._cursor
 
     def __repr__(self) -> str:
-        return f"<shmq.Reader {self.queue_name!r} reader={self.index} cursor={self._cursor}>"
+        where = f"inherited from pid {self._pid}" if self._inherited else f"cursor={self._cursor}"
+        return f"<shmq.Reader {self.queue_name!r} reader={self.index} {where}>"
 
 
 def attach(handle: Handle | str, reader: int, *, wait: wait_module.WaitStrategy | None = None,
@@ -368,6 +545,11 @@ def attach(handle: Handle | str, reader: int, *, wait: wait_module.WaitStrategy 
                 f"handle {handle} does not match segment {handle.shm_name}: the handle says "
                 f"{handle.n_readers} readers x {handle.n_chunks} chunks x {handle.chunk_bytes} bytes, the segment "
                 f"{segment.n_readers} x {segment.n_chunks} x {segment.chunk_bytes}")
+        if segment.instance_id != handle.instance_id:
+            raise BadHandle(
+                f"handle of queue {handle.name!r} (instance {handle.instance_id}) names shared-memory object "
+                f"{handle.shm_name}, which holds queue {segment.name!r} (instance {segment.instance_id}): the handle "
+                "was edited or is stale; pass the handle its writer made")
         return Reader(segment, reader, serializer=resolve(serializer), wait=wait, warn_after_s=warn_after_s,
                       hooks=hooks, stack_dumps=stack_dumps)
     except BaseException:

@@ -18,7 +18,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import hooks as hooks_module
-from .errors import BadHandle, QueueClosed, QueueTimeout, ShmqError, WouldBlock, WriterDead
+from .errors import BadHandle, MessagesLost, NotRawMessage, QueueClosed, QueueTimeout, WouldBlock, WriterDead
 from .handle import Handle
 from .reader import Receiving
 from . import layout as L
@@ -99,7 +99,7 @@ class RemoteReader(Receiving):
         if flags & _END:
             raise QueueClosed(f"queue {self.queue_name!r} was closed by its writer after {seq} messages")
         if self._expected is not None and seq != self._expected:
-            raise ShmqError(f"remote reader of queue {self.queue_name!r} expected message {self._expected} "
+            raise MessagesLost(f"remote reader of queue {self.queue_name!r} expected message {self._expected} "
                             f"and got {seq}: {seq - self._expected} messages were lost on the way")
         self._expected = next_seq
         traceparent = bytes(frames[0].buffer[_HEAD.size :])
@@ -107,7 +107,7 @@ class RemoteReader(Receiving):
         if flags & L.SLOT_RAW:
             message = bytes(stream)
         elif raw or isinstance(self._serializer, BytesSerializer):
-            raise ShmqError(f"queue {self.queue_name!r}: this message was sent with put(); read it with get()")
+            raise NotRawMessage(f"queue {self.queue_name!r}: this message was sent with put(); read it with get()")
         else:
             message = self._serializer.decode(stream, [bytearray(f.buffer) for f in frames[2:]])
         if traceparent and self._hooks is not None:

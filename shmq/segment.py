@@ -19,7 +19,7 @@ import time
 from . import layout as L
 from . import procs, sync
 from . import _ring
-from .errors import LayoutMismatch, ShmFull, ShmqError
+from .errors import BadQueueArgument, LayoutMismatch, ShmFull, ShmqError
 
 SHM_DIR = "/dev/shm"
 
@@ -73,6 +73,7 @@ class Segment:
         self.creator_pid = w[L.word(L.OFF_CREATOR_PID)]
         self.creator_start = w[L.word(L.OFF_CREATOR_START)]
         self.created_ns = w[L.word(L.OFF_CREATED_NS)]
+        self.instance_id = bytes(self.buf[L.OFF_INSTANCE_ID : L.OFF_INSTANCE_ID + L.INSTANCE_ID_BYTES]).hex()
         self.name = L.decode_text(self.buf[L.OFF_NAME : L.OFF_NAME + L.NAME_BYTES])
         self.endpoint = L.decode_text(self.buf[L.OFF_ENDPOINT : L.OFF_ENDPOINT + L.ENDPOINT_BYTES])
 
@@ -80,15 +81,15 @@ class Segment:
     @classmethod
     def create(cls, *, name: str, n_readers: int, n_chunks: int, chunk_bytes: int, flags: int,
                max_message_bytes: int, endpoint: str = "", shm_dir: str = SHM_DIR) -> Segment:
-        if not 1 <= n_readers <= L.MAX_READERS:
-            raise ValueError(f"n_readers must be 1..{L.MAX_READERS}, got {n_readers}")
-        if n_chunks < 2:
-            raise ValueError(f"n_chunks must be at least 2, got {n_chunks}")
-        if chunk_bytes < 64:
-            raise ValueError(f"chunk_bytes must be at least 64, got {chunk_bytes}")
+        _check_size("n_readers", n_readers, 1, L.MAX_READERS)
+        _check_size("n_chunks", n_chunks, 2, _MAX_SIZE)
+        _check_size("chunk_bytes", chunk_bytes, 64, _MAX_SIZE)
+        _check_size("max_message_bytes", max_message_bytes, 0, _MAX_SIZE)
         name_field = L.encode_text(name, L.NAME_BYTES, "queue name")
         endpoint_field = L.encode_text(endpoint, L.ENDPOINT_BYTES, "endpoint")
         size = L.segment_bytes(n_readers, n_chunks, chunk_bytes)
+        if size > shutil.disk_usage(shm_dir).total:  # posix_fallocate would refuse it too, after creating the file
+            raise _no_room(errno.EFBIG, size, shm_dir)
         shm_name = new_shm_name()
         path = os.path.join(shm_dir, shm_name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -112,6 +113,7 @@ class Segment:
         w[L.word(L.OFF_CHUNK_BYTES)] = chunk_bytes
         w[L.word(L.OFF_FLAGS)] = flags
         w[L.word(L.OFF_MAX_MESSAGE_BYTES)] = max_message_bytes
+        mm[L.OFF_INSTANCE_ID : L.OFF_INSTANCE_ID + L.INSTANCE_ID_BYTES] = secrets.token_bytes(L.INSTANCE_ID_BYTES)
         mm[L.OFF_NAME : L.OFF_NAME + L.NAME_BYTES] = name_field
         mm[L.OFF_ENDPOINT : L.OFF_ENDPOINT + L.ENDPOINT_BYTES] = endpoint_field
         # Everything above must be visible before the version says "ready".
@@ -127,14 +129,22 @@ class Segment:
     # -- opening ----------------------------------------------------------------
     @classmethod
     def open(cls, shm_name: str, *, writable: bool, shm_dir: str = SHM_DIR, ready_timeout_s: float = 5.0) -> Segment:
-        if "/" in shm_name or not shm_name:
-            raise QueueNotFound(f"{shm_name!r} is not a shared-memory object name")
+        if not shm_name.startswith(PREFIX) or "/" in shm_name or shm_name in (".", ".."):
+            raise QueueNotFound(f"{shm_name!r} is not the name of a shmq shared-memory object (they start with "
+                                f"{PREFIX!r}): the handle is wrong")
         path = os.path.join(shm_dir, shm_name)
         try:
-            fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+            fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise QueueNotFound(f"no shared-memory object {shm_name!r} in {shm_dir}: the handle is wrong "
                                 "or its writer has closed") from None
+        except PermissionError:
+            st = os.stat(path)
+            raise ForeignSegment(f"{path} (owner uid {st.st_uid}, mode {st.st_mode & 0o777:o}) cannot be opened "
+                                 f"{'for writing' if writable else 'for reading'} by uid {os.getuid()}: run as the "
+                                 "queue's user") from None
+        except OSError as e:  # a directory, a symlink, ...
+            raise QueueNotFound(f"{path} cannot be opened as a queue segment: {e.strerror}") from None
         try:
             st = os.fstat(fd)
             if st.st_uid != os.getuid():
@@ -187,6 +197,16 @@ class Segment:
             pass
 
 
+_MAX_SIZE = 1 << 48  # past any /dev/shm; keeps every offset computation inside 64 bits
+
+
+def _check_size(what: str, value, low: int, high: int) -> None:
+    if type(value) is not int:  # bool is an int subclass, and so are IntEnums: only a plain int is a size
+        raise BadQueueArgument(f"{what} must be an int, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise BadQueueArgument(f"{what} must be in {low:,}..{high:,}, got {value:,}")
+
+
 def _allocate(fd: int, size: int, shm_dir: str) -> None:
     """Reserve the pages now: a full tmpfs otherwise shows up later as SIGBUS on first touch."""
     try:
@@ -194,14 +214,18 @@ def _allocate(fd: int, size: int, shm_dir: str) -> None:
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EFBIG):
             raise
-        free = shutil.disk_usage(shm_dir).free
-        raise ShmFull(
-            e.errno,
-            f"{shm_dir} has no room for a {size:,}-byte queue segment ({free:,} bytes free). "
-            "Shrink the queue (n_chunks x chunk_bytes) or give the container more shared memory: "
-            "Docker --shm-size=1g or --ipc=host, or in Kubernetes an emptyDir with medium: Memory "
-            "mounted at /dev/shm.",
-        ) from None
+        raise _no_room(e.errno, size, shm_dir) from None
+
+
+def _no_room(errno_: int, size: int, shm_dir: str) -> ShmFull:
+    free = shutil.disk_usage(shm_dir).free
+    return ShmFull(
+        errno_,
+        f"{shm_dir} has no room for a {size:,}-byte queue segment ({free:,} bytes free). "
+        "Shrink the queue (n_chunks x chunk_bytes) or give the container more shared memory: "
+        "Docker --shm-size=1g or --ipc=host, or in Kubernetes an emptyDir with medium: Memory "
+        "mounted at /dev/shm.",
+    )
 
 
 def _validate(mm: mmap.mmap, path: str, file_size: int, ready_timeout_s: float) -> None:

@@ -10,13 +10,14 @@ from . import hooks as hooks_module
 from . import layout as L
 from . import procs, sync
 from . import wait as wait_module
-from .errors import MessageTooLarge, QueueClosed, QueueTimeout, ReaderDead
+from .errors import MessageTooLarge, QueueClosed, QueueTimeout, ReaderDead, ShmqError
 from .handle import Handle
 from .participant import (
-    R_BYTES, R_CURSOR, R_MESSAGES, R_PID, R_PROGRESS, R_START_TIME, R_STATE, R_STATE_SINCE, R_OVERFLOW,
-    W_WRITER_PARKED, W_WRITER_WAKE, WAITING_WRITE, DEFAULT_WARN_AFTER_S, Participant, State, log,
+    CLOSE_WAIT_S, DEFAULT_WARN_AFTER_S, R_BYTES, R_CURSOR, R_MESSAGES, R_OVERFLOW, R_OWNER, R_PID, R_PROGRESS,
+    R_STATE, R_STATE_SINCE, W_WRITER_PARKED, W_WRITER_WAKE, WAITING_WRITE, Participant, State, checked_timeout,
+    log,
 )
-from ._ring import frame_length
+from ._ring import compare_exchange, frame_length
 from .segment import SHM_DIR, Segment
 from .serialization import Serializer, resolve
 
@@ -50,7 +51,7 @@ class Writer(Participant):
         self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
         self._wake_address = segment.address + L.OFF_WRITER_WAKE
         self._buf = segment.buf
-        self._cursor = 0
+        self._unfinished: tuple[int, int] | None = None  # (first piece, total) of a message cut short
         self._min_reader = 0  # cached minimum reader cursor: the Disruptor's gating sequence
         self._remote = None
         if n_remote_readers:
@@ -60,14 +61,14 @@ class Writer(Participant):
             segment.set_endpoint(self._remote.endpoint)
         self.handle = Handle(
             shm_name=segment.shm_name, name=segment.name, n_readers=segment.n_readers,
-            n_chunks=self._n, chunk_bytes=self._cap, endpoint=segment.endpoint,
+            n_chunks=self._n, chunk_bytes=self._cap, instance_id=segment.instance_id, endpoint=segment.endpoint,
         )
         self._register(0, stack_dumps)
 
     # -- sending -----------------------------------------------------------------------
     def put(self, obj, *, timeout: float | None = None) -> None:
-        """Send `obj` to every reader. Blocks while the ring is full; `timeout` in seconds."""
-        self._send(self._serializer.encode(obj), self._raw_flag, timeout)
+        """Send `obj` to every reader. Blocks while the ring is full; `timeout` in seconds (None or inf: for ever)."""
+        self._send(self._serializer.encode(obj), self._raw_flag, None if timeout is None else checked_timeout(timeout))
 
     def put_nowait(self, obj) -> None:
         """Send `obj`, or raise WouldBlock at once if the ring is full."""
@@ -75,7 +76,7 @@ class Writer(Participant):
 
     def put_bytes(self, data, *, timeout: float | None = None) -> None:
         """Send raw bytes; readers get them back unpickled-free with get_bytes() or get()."""
-        self._send([data], L.SLOT_RAW, timeout)
+        self._send([data], L.SLOT_RAW, None if timeout is None else checked_timeout(timeout))
 
     def _send(self, segments: list, flags: int, timeout: float | None) -> None:
         if self._closed:
@@ -91,21 +92,20 @@ class Writer(Participant):
                 traceparent = trace.traceparent
                 flags |= L.SLOT_TRACED
                 self._events = []
-        s = self._cursor
+        s = self._ring.written
         waited = 0
         try:
-            if total <= self._cap:
-                if s - self._min_reader >= self._n:
-                    waited = self._claim(s, timeout)
-                # Writes, publishes and counts the message.
-                self._ring.put_one(s, flags, segments, traceparent)
-                self._cursor = s + 1  # after: segments put_one refuses (not buffers) must not take slot s
-            else:
-                waited = self._send_slots(segments, total, flags, traceparent, timeout)
-                if self._stats:
-                    w, rec = self._w, self._rec
-                    w[rec + R_MESSAGES] += 1
-                    w[rec + R_BYTES] += total
+            # The usual message: one C call claims the slot (below the slowest reader's cursor + n),
+            # writes, publishes and counts it, or refuses (ring full, another thread inside): the slow path.
+            if total > self._cap or self._unfinished is not None or \
+                    self._ring.put_one(flags, segments, traceparent, self._min_reader + self._n) is None:
+                try:
+                    if not self._ring.enter():
+                        raise self._busy_error()
+                    s = self._cursor
+                    waited = self._send_slow(segments, total, flags, traceparent, timeout)
+                finally:
+                    self._ring.leave()
         except BaseException as e:
             if trace is not None:
                 self._finish_trace(trace, s, total, waited, e)
@@ -116,6 +116,21 @@ class Writer(Participant):
             self._finish_trace(trace, s, total, waited, None)
         if self._remote is not None:
             self._remote.send(s, self._cursor, flags, traceparent or b"", segments)
+
+    def _send_slow(self, segments: list, total: int, flags: int, traceparent: bytes | None,
+                   timeout: float | None) -> int:
+        """Send a message that must wait for a slot, spans slots, or follows one cut short. Returns the wait."""
+        if self._unfinished is not None:
+            self._abort_unfinished(timeout)
+        if total > self._cap:
+            waited = self._send_slots(segments, total, flags, traceparent, timeout)
+            if self._stats:
+                self._w[self._rec + R_MESSAGES] += 1
+                self._w[self._rec + R_BYTES] += total
+            return waited
+        waited = self._claim(self._cursor, timeout)
+        self._ring.put_one(flags, segments, traceparent, self._min_reader + self._n)
+        return waited
 
     def _finish_trace(self, trace, message_id: int, total: int, waited: int, error) -> None:
         events, self._events = self._events or [], None
@@ -128,7 +143,9 @@ class Writer(Participant):
 
         Each slot is published as soon as it is full, so readers copy piece k while
         the writer fills piece k+1 and a message may be larger than the whole ring.
-        Only the first slot honours `timeout`: once a piece is published the rest must follow.
+        `timeout` covers every piece. If the call ends early (a timeout, an interrupt) after a
+        piece was published, the message is unfinished: the next put() or close() publishes an
+        abort piece, and every reader drops what it assembled of it.
         """
         views = [memoryview(segment).cast("B") for segment in segments]
         offsets, _ = L.segment_layout([len(view) for view in views])
@@ -147,29 +164,54 @@ class Writer(Participant):
         buf = self._buf
         source, offset = 0, 0
         waited = 0
-        for piece in range(n_slots):
-            s = self._cursor
-            if s - self._min_reader >= self._n:
-                waited += self._claim(s, timeout if piece == 0 else None)
-            frame = min(self._cap, total - piece * self._cap)
-            last = L.SLOT_LAST if piece == n_slots - 1 else 0
-            base = self._slot_base[s % self._n]
-            self._ring.write_head(s, frame, total, flags | last, traceparent)
-            dest, need = base + _HEADER_BYTES, frame
-            while need:
-                view = sources[source]
-                take = min(need, len(view) - offset)
-                buf[dest : dest + take] = view[offset : offset + take]
-                dest += take
-                need -= take
-                offset += take
-                if offset == len(view):
-                    source, offset = source + 1, 0
-            self._publish(s + 1)
+        first = self._cursor
+        deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+        try:
+            for piece in range(n_slots):
+                s = self._cursor
+                if s - self._min_reader >= self._n:
+                    remaining = timeout if piece == 0 or deadline is None else \
+                        max(1e-9, (deadline - time.monotonic_ns()) / 1e9)  # > 0: a timeout, not WouldBlock
+                    waited += self._claim(s, remaining)
+                frame = min(self._cap, total - piece * self._cap)
+                kind = (L.SLOT_FIRST if piece == 0 else 0) | (L.SLOT_LAST if piece == n_slots - 1 else 0)
+                base = self._slot_base[s % self._n]
+                self._ring.write_head(s, frame, total, flags | kind, traceparent)
+                dest, need = base + _HEADER_BYTES, frame
+                while need:
+                    view = sources[source]
+                    take = min(need, len(view) - offset)
+                    buf[dest : dest + take] = view[offset : offset + take]
+                    dest += take
+                    need -= take
+                    offset += take
+                    if offset == len(view):
+                        source, offset = source + 1, 0
+                self._publish(s + 1)
+        except BaseException:
+            if self._cursor > first:  # readers hold the beginning of a message that will not be finished
+                self._unfinished = (first, total)
+            raise
         return waited
 
+    def _abort_unfinished(self, timeout: float | None) -> None:
+        """Publish the abort piece of the message an earlier call left unfinished."""
+        first, total = self._unfinished
+        s = self._cursor
+        if s - self._min_reader >= self._n:
+            self._claim(s, timeout)
+        self._ring.write_head(s, 0, total, L.SLOT_FRAGMENT | L.SLOT_LAST | L.SLOT_ABORT, None)
+        self._publish(s + 1)
+        self._unfinished = None
+        log.warning("shmq queue %r: message %d was interrupted after %d of its pieces; readers drop it",
+                    self.queue_name, first, s - first)
+
+    @property
+    def _cursor(self) -> int:
+        """Every message below it is published (shmq/_ring.c keeps it: see Ring.written)."""
+        return self._ring.written
+
     def _publish(self, cursor: int) -> None:
-        self._cursor = cursor
         # The slot's stores, the release store of the cursor, a full fence, then a wake for the
         # readers parked for this message: shmq/_ring.c argues the order.
         self._ring.publish(cursor)
@@ -222,18 +264,22 @@ class Writer(Participant):
         w = self._w
         for i in self._gating_readers():
             rec = self._reader_records[i]
-            if w[rec + R_STATE] == State.PENDING:
+            owner = w[rec + R_OWNER]
+            if w[rec + R_STATE] == State.PENDING or owner in (0, L.OWNER_EVICTING) or procs.owner_is_alive(owner):
                 continue
-            pid = w[rec + R_PID]
-            if procs.is_alive(pid, w[rec + R_START_TIME]):
-                continue
+            pid = owner & 0xFFFFFFFF
             lag = self._cursor - w[rec + R_CURSOR]
             if self._on_dead_reader == "raise":
                 raise ReaderDead(f"reader {i} (pid {pid}) of queue {self.queue_name!r} died {lag} messages behind "
                                  f"the writer; create the queue with on_dead_reader='evict' to carry on without it")
-            # The owner is dead, so no other process writes this record now.
+            # Claim the record from its dead owner first: a process taking it over at this moment wins
+            # or loses against us as a second attacher would, so a live reader is never marked evicted.
+            owner_offset = L.record_offset(1 + i) + L.REC_OWNER
+            if compare_exchange(self._buf, owner_offset, owner, L.OWNER_EVICTING) != owner:
+                continue
             w[rec + R_STATE_SINCE] = time.monotonic_ns()
             w[rec + R_STATE] = State.EVICTED
+            compare_exchange(self._buf, owner_offset, L.OWNER_EVICTING, 0)
             log.warning("shmq queue %r: evicted dead reader %d (pid %d), %d messages behind", self.queue_name,
                         i, pid, lag)
 
@@ -251,7 +297,7 @@ class Writer(Participant):
         return "blocked by " + ("; ".join(parts) if parts else "no reader any more")
 
     def _describe(self) -> str:
-        return f"shmq queue {self.queue_name!r}: writer (pid {os.getpid()})"
+        return f"shmq queue {self.queue_name!r}: writer (pid {self._pid})"
 
     def _would_block_reason(self) -> str:
         return f"queue {self.queue_name!r} is full: {self._blockers(0)}"
@@ -259,6 +305,7 @@ class Writer(Participant):
     # -- readers ---------------------------------------------------------------------
     def wait_for_readers(self, timeout: float | None = None) -> None:
         """Wait until every local reader has attached and every remote reader has subscribed."""
+        timeout = None if timeout is None else checked_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         w = self._w
         while True:
@@ -276,7 +323,22 @@ class Writer(Participant):
         """Mark the queue closed (readers drain what is left, then get QueueClosed) and unlink it."""
         if self._closed:
             return
-        self._closed = True
+        self._closed = True  # a put() blocked in another thread raises QueueClosed at its next check
+        if self._inherited:  # a forked child: the queue is the parent's; only unmap our copy
+            self._segment.close()
+            return
+        try:
+            self._enter(CLOSE_WAIT_S)
+            self._close_held()
+        finally:
+            self._ring.leave()
+
+    def _close_held(self) -> None:
+        if self._unfinished is not None:
+            try:
+                self._abort_unfinished(0)
+            except ShmqError:  # no free slot: readers waiting for its rest see the close instead
+                pass
         self._set_state(State.CLOSED)
         sync.full_fence()
         sync.futex_wake(self._cursor_address)  # parked readers see the close now, not at their timeout
@@ -287,7 +349,8 @@ class Writer(Participant):
         self._segment.close()
 
     def __repr__(self) -> str:
-        return f"<shmq.Writer {self.queue_name!r} {self.handle.shm_name} cursor={self._cursor}>"
+        where = f"inherited from pid {self._pid}" if self._inherited else f"cursor={self._cursor}"
+        return f"<shmq.Writer {self.queue_name!r} {self.handle.shm_name} {where}>"
 
 
 def create(n_readers: int, *, name: str | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,

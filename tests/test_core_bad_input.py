@@ -86,8 +86,8 @@ def test_segments_are_private_to_their_owner(writer):
 @pytest.mark.parametrize("text, problem", [
     ("", "not a shmq handle"),
     ("shmq-abc", "not a shmq handle"),
-    ("shmq://shmq-abc?v=1&name=q", "malformed"),
-    ("shmq://shmq-abc?v=1&name=q&readers=x&chunks=1&chunk_bytes=1", "malformed"),
+    ("shmq://shmq-abc?v=2&name=q", "malformed"),
+    ("shmq://shmq-abc?v=2&name=q&readers=x&chunks=1&chunk_bytes=1&id=00", "malformed"),
     ("shmq://shmq-abc?v=7&name=q&readers=1&chunks=2&chunk_bytes=64", "layout version 7"),
 ])
 def test_a_wrong_handle_string_is_refused(text, problem):
@@ -97,11 +97,12 @@ def test_a_wrong_handle_string_is_refused(text, problem):
 
 def test_a_handle_to_a_missing_queue_says_so():
     with pytest.raises(shmq.QueueNotFound, match="the handle is wrong or its writer has closed"):
-        shmq.attach("shmq://shmq-000000?v=1&name=q&readers=1&chunks=2&chunk_bytes=64", 0)
+        shmq.attach("shmq://shmq-000000?v=2&name=q&readers=1&chunks=2&chunk_bytes=64&id=00", 0)
 
 
 def test_a_handle_that_does_not_match_its_segment_is_refused(writer):
-    wrong = shmq.Handle(writer.handle.shm_name, "q", n_readers=5, n_chunks=8, chunk_bytes=4096)
+    wrong = shmq.Handle(writer.handle.shm_name, "q", n_readers=5, n_chunks=8, chunk_bytes=4096,
+                        instance_id=writer.handle.instance_id)
     with pytest.raises(shmq.BadHandle, match="the handle says 5 readers"):
         shmq.attach(wrong, 0)
     with pytest.raises(shmq.BadHandle, match="there is no reader 2"):

