@@ -2,7 +2,7 @@
 
 Rendered to ``deploy/prometheus/rules/tests/shmq.rules.test.yml`` and run with
 ``promtool test rules``. The cases are data written here by hand; only metric
-names (from ``telemetry.names``) and the rules' own labels and annotations are
+names (from ``shmq.telemetry.names``) and the rules' own labels and annotations are
 filled in by code. The file uses nothing newer than Prometheus 2.42's format.
 """
 
@@ -12,7 +12,7 @@ import dataclasses
 
 import yaml
 
-from telemetry import names as N
+from shmq.telemetry import names as N
 
 from . import alerts
 from . import promql as Q

@@ -19,7 +19,7 @@ import re
 
 import yaml
 
-from telemetry import names as N
+from shmq.telemetry import names as N
 
 from . import promql as Q
 

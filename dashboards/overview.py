@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as db
 
-from telemetry import names as N
+from shmq.telemetry import names as N
 
 from . import panels as P
 from . import promql as Q

@@ -1,14 +1,14 @@
-"""PromQL spelled through ``telemetry.names``: the one place queries are assembled.
+"""PromQL spelled through ``shmq.telemetry.names``: the one place queries are assembled.
 
 Dashboards and alert rules both build their expressions here, so a metric
-name or label is typed once (in ``telemetry.names``) and a query shape once
+name or label is typed once (in ``shmq.telemetry.names``) and a query shape once
 (here). Functions return plain strings; nothing here knows about Grafana.
 """
 
 from __future__ import annotations
 
 from shmq.layout import ParticipantState
-from telemetry import names as N
+from shmq.telemetry import names as N
 
 # Prometheus job names the shipped scrape config (deploy/prometheus/prometheus.yml) uses.
 JOB_EXPORTER = "shmq"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import dashboard as dm
 
-from telemetry import names as N
+from shmq.telemetry import names as N
 
 from . import panels as P
 from . import promql as Q

@@ -11,7 +11,7 @@ from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
 
-from telemetry import names as N
+from shmq.telemetry import names as N
 
 from . import panels as P
 from . import promql as Q

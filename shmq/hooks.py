@@ -1,4 +1,4 @@
-"""Instrumentation hooks: how tracing (in ``telemetry``) sees messages without shmq importing it.
+"""Instrumentation hooks: how tracing (in ``shmq.telemetry``) sees messages without shmq importing it.
 
 With no hooks installed, each put() and get() pays one ``is None`` branch. A
 receive hook runs only for messages whose producer attached a traceparent.

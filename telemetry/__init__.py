@@ -14,7 +14,7 @@ _EXPORTS = {"ShmqCollector": ".collector", "serve": ".exporter"}
 
 
 def __getattr__(name: str):
-    # Imported on first use: the dashboards and alert rules import telemetry.names and
+    # Imported on first use: the dashboards and alert rules import shmq.telemetry.names and
     # must not need prometheus_client for it.
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

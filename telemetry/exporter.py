@@ -1,4 +1,4 @@
-"""The Prometheus exporter: ``telemetry.serve()`` in a process, or ``shmq exporter`` as a sidecar.
+"""The Prometheus exporter: ``shmq.telemetry.serve()`` in a process, or ``shmq exporter`` as a sidecar.
 
 Both serve a ``ShmqCollector`` on their own registry over HTTP. They bind to
 loopback unless told otherwise: listening on another address is an explicit

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from telemetry.watchdog.sidecar import terminate
+from shmq.telemetry.watchdog.sidecar import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = shutil.which("prometheus")

@@ -21,7 +21,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from shmq.segment import PREFIX
-from telemetry import names as N
+from shmq.telemetry import names as N
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"

@@ -13,7 +13,7 @@ import yaml
 from dashboards import generate, inspect, overview, stuck
 from dashboards.states import STATE_CODES
 from shmq.layout import ParticipantState
-from telemetry import names as N
+from shmq.telemetry import names as N
 
 COUNTERS = {N.MESSAGES, N.BYTES, N.OVERFLOW_MESSAGES, N.SPINS, N.YIELDS, N.BACKOFF_SLEEPS, N.BACKOFF_SLEEP_SECONDS,
             N.PARKS, N.WAKEUPS, N.TIMEOUTS, N.EXPORTER_ERRORS, N.WATCHDOG_ALERTS}

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ import yaml
 from dashboards import alert_tests, alerts, generate
 from dashboards import promql as Q
 from shmq.cli import COMMANDS
-from telemetry import names as N
+from shmq.telemetry import names as N
 
 ROOT = generate.ROOT
 DEPLOY = ROOT / "deploy"
@@ -345,6 +346,20 @@ def builder_stage_copies() -> list[str]:
     return [src for line in builder.splitlines() if line.startswith("COPY ") for src in line.split()[1:-1]]
 
 
+def source_packages() -> set[str]:
+    """Every package the wheel must hold: shmq's own, and telemetry/ under shmq's name."""
+    def packages(folder: str, name: str) -> set[str]:
+        return {".".join([name, *init.parent.relative_to(ROOT / folder).parts])
+                for init in (ROOT / folder).rglob("__init__.py")}
+    return packages("shmq", "shmq") | packages("telemetry", "shmq.telemetry")
+
+
+def wheel_packages(wheel: Path) -> set[str]:
+    with zipfile.ZipFile(wheel) as archive:
+        return {name.removesuffix("/__init__.py").replace("/", ".")
+                for name in archive.namelist() if name.endswith("/__init__.py")}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_the_wheel_built_from_the_dockerfiles_files_installs_and_round_trips_in_a_fresh_venv(tmp_path):
@@ -359,6 +374,7 @@ def test_the_wheel_built_from_the_dockerfiles_files_installs_and_round_trips_in_
                 "--wheel-dir", str(tmp_path / "wheels"), str(source), timeout=120)
     assert built.returncode == 0, built.stdout + built.stderr
     [wheel] = (tmp_path / "wheels").glob("shmq-*.whl")
+    assert wheel_packages(wheel) == source_packages(), "pyproject.toml's package list is out of date"
     venv.create(tmp_path / "venv", with_pip=True)
     python = str(tmp_path / "venv" / "bin" / "python")
     installed = run(python, "-m", "pip", "install", "--quiet", str(wheel), timeout=120)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dashboards import generate, metrics_doc
-from telemetry import names as N
+from shmq.telemetry import names as N
 
 
 def test_committed_metrics_doc_is_what_the_generator_writes():

@@ -29,7 +29,7 @@ import yaml
 import shmq
 from dashboards import alerts, generate, inspect
 from dashboards import promql as Q
-from telemetry import names as N
+from shmq.telemetry import names as N
 
 from .loopback import ALERTMANAGER, PROMETHEUS, PROMTOOL, Server, Webhook, get_json, start_alertmanager, \
     start_prometheus, wait_for

@@ -10,7 +10,7 @@ import pytest
 
 import shmq
 from shmq import layout as L
-from telemetry import names as N
+from shmq.telemetry import names as N
 
 from .conftest import FORK
 from .telemetry_helpers import (

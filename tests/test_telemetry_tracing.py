@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.sampling import (
 
 import shmq
 from shmq import hooks, wait
-from telemetry import tracing
+from shmq.telemetry import tracing
 
 from .conftest import FORK
 from .telemetry_helpers import ROOT
@@ -239,7 +239,7 @@ def test_a_parentbased_always_off_sampler_traces_only_inside_sampled_application
 @pytest.mark.timeout(60)
 def test_tracing_is_configured_by_the_standard_environment_variables(queue_name):
     program = (
-        "import shmq; from telemetry import tracing\n"
+        "import shmq; from shmq.telemetry import tracing\n"
         "assert tracing.install() is not None\n"
         f"with shmq.create(1, name={queue_name!r}, chunk_bytes=256) as w:\n"
         "    w.put('hello')\n"

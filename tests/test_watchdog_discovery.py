@@ -10,8 +10,8 @@ import pytest
 
 import shmq
 from shmq import layout as L
-from telemetry import names as N
-from telemetry.watchdog.sidecar import Sidecar
+from shmq.telemetry import names as N
+from shmq.telemetry.watchdog.sidecar import Sidecar
 
 from .telemetry_helpers import corrupt_word, garbage_segment, isolated_shm_dir
 from .watchdog_harness import about

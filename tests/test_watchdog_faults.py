@@ -18,7 +18,7 @@ import pytest
 import shmq
 from shmq import wait
 from shmq.testing import blind
-from telemetry import names as N
+from shmq.telemetry import names as N
 
 from .watchdog_harness import about, consume_in_order, drain, watched_queue
 

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import shmq
-from telemetry import names as N
+from shmq.telemetry import names as N
 
 from .conftest import FORK
 from .loopback import ALERTMANAGER, Webhook, get_json, start_alertmanager, wait_for

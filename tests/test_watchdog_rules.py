@@ -10,9 +10,9 @@ import pytest
 import shmq
 from shmq.layout import HIST_BUCKETS, ParticipantState as State, Role
 from shmq.stats import ParticipantStats, QueueStats
-from telemetry import names as N
-from telemetry.watchdog.alerts import AlertBook, QueueId, event_fields
-from telemetry.watchdog.rules import Cause, QueueMonitor, Thresholds
+from shmq.telemetry import names as N
+from shmq.telemetry.watchdog.alerts import AlertBook, QueueId, event_fields
+from shmq.telemetry.watchdog.rules import Cause, QueueMonitor, Thresholds
 
 S = 1_000_000_000  # ns per second
 TICK = S // 10  # the default poll interval

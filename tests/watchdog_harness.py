@@ -6,7 +6,7 @@ import contextlib
 import os
 
 import shmq
-from telemetry.watchdog.sidecar import Sidecar
+from shmq.telemetry.watchdog.sidecar import Sidecar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

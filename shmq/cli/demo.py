@@ -336,8 +336,8 @@ def queue_names(config: DemoConfig) -> list[str]:
 
 def start_monitoring(config: DemoConfig, console, stack: contextlib.ExitStack):
     """``shmq watchdog`` (a child process, as it would run as a sidecar) and the exporter (a thread here)."""
-    from telemetry.exporter import serve
-    from telemetry.watchdog.sidecar import Sidecar
+    from shmq.telemetry.exporter import serve
+    from shmq.telemetry.watchdog.sidecar import Sidecar
 
     names = queue_names(config)
     exporter = stack.enter_context(serve(0, queues=names))
@@ -459,9 +459,9 @@ class LiveView(LineLog):
             self._thread.start()
 
     def _redraw(self, engine: Engine, handle: Handle, stop: threading.Event) -> None:
-        from telemetry.top import Top
-        from telemetry.watchdog import Segments
-        from telemetry.watchdog.watcher import DEFAULT_INTERVAL_S
+        from shmq.telemetry.top import Top
+        from shmq.telemetry.watchdog import Segments
+        from shmq.telemetry.watchdog.watcher import DEFAULT_INTERVAL_S
 
         top = Top(Segments([handle.shm_name]), window_s=1.0)
         try:
@@ -480,7 +480,7 @@ class LiveView(LineLog):
         from rich.console import Group
         from rich.text import Text
 
-        from telemetry.top import render_rich
+        from shmq.telemetry.top import render_rich
 
         c = self._config
         elapsed = time.time() - self.origin
@@ -543,7 +543,7 @@ def summary(config: DemoConfig, report: DemoReport, events: list[dict] | None, o
     """The closing report, and whether the demo showed what it promises (0 lost; a fault flagged).
 
     `events` are the watchdog's, None when the demo did not start it (--no-monitoring)."""
-    from telemetry.top import duration
+    from shmq.telemetry.top import duration
 
     rt = np.array(report.round_trip_s or (0.0,))
     lines = [

@@ -1,4 +1,4 @@
-"""The watchdog's own Prometheus series (names from telemetry.names), updated by the poll loop."""
+"""The watchdog's own Prometheus series (names from shmq.telemetry.names), updated by the poll loop."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Tracing configurations for ``shmq bench --compare hooks=...``: what tracing costs the queue.
 
-Each factory returns what ``telemetry.tracing.install`` returns for one
+Each factory returns what ``shmq.telemetry.tracing.install`` returns for one
 configuration; ``--compare`` calls it in the writer and in every reader process
 (see configs.ShmqConfig.install_hooks). ``--compare tracing`` (configs.PRESETS)
 runs stats=off, stats=on and one row per factory, side by side:
@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, DEFAULT_OFF, ParentBasedTraceIdRatio, Sampler
 
-from telemetry import tracing
+from shmq.telemetry import tracing
 
 class EncodeAndDropExporter(SpanExporter):
     """Does an OTLP exporter's work short of the network: encodes each batch to protobuf bytes."""

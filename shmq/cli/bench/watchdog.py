@@ -35,8 +35,8 @@ import shmq
 from shmq import wait
 from shmq.segment import SHM_DIR
 from shmq.testing import blind
-from telemetry import names as N
-from telemetry.watchdog.sidecar import Sidecar
+from shmq.telemetry import names as N
+from shmq.telemetry.watchdog.sidecar import Sidecar
 
 FORK = multiprocessing.get_context("fork")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
