@@ -25,6 +25,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <limits.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -136,6 +137,9 @@ typedef struct {
      * (put_one, take_one) check it and take the whole message or nothing, atomically under the
      * GIL, so a second thread is refused without a lock on the fast path. */
     unsigned long guard;
+    /* A reader's message left unfinished by an interrupted call (Reader._resume): take_one leaves
+     * the ring to the Python path, which finishes that message first. */
+    char held;
     /* The participant's record, after bind_record: its words, in the order of enum Field. */
     _Atomic uint64_t *field[N_FIELDS]; /* all NULL until bind_record */
     int stats;                          /* counters and histogram kept (the segment's FLAG_STATS) */
@@ -187,6 +191,7 @@ ring_init(Ring *self, PyObject *args, PyObject *kwds)
     self->available = 0;
     self->written = 0;
     self->guard = 0;
+    self->held = 0;
     return 0;
 }
 
@@ -869,8 +874,8 @@ ring_take_one(Ring *self, PyObject *unused)
 {
     if (check_reader(self) < 0)
         return NULL;
-    if (self->guard && self->guard != PyThread_get_thread_ident())
-        Py_RETURN_NONE; /* another thread is in a slow path: the caller's enter() refuses it */
+    if (self->held || (self->guard && self->guard != PyThread_get_thread_ident()))
+        Py_RETURN_NONE; /* a message to finish first, or another thread in a slow path (enter() refuses it) */
     uint64_t c = self->cursor;
     if (c >= self->available) {
         self->available = atomic_load_explicit(self->writer_cursor, memory_order_acquire);
@@ -1055,6 +1060,11 @@ static PyMethodDef ring_methods[] = {
     {NULL},
 };
 
+static PyMemberDef ring_members[] = {
+    {"held", T_BOOL, offsetof(Ring, held), 0, "a reader's unfinished message: take_one() returns None"},
+    {NULL},
+};
+
 static PyGetSetDef ring_getset[] = {
     {"available", (getter)ring_get_available, NULL, "the writer cursor as last loaded by this ring", NULL},
     {"written", (getter)ring_get_written, NULL, "a writer's cursor: it has published every message below it", NULL},
@@ -1074,6 +1084,7 @@ static PyTypeObject RingType = {
     .tp_dealloc = (destructor)ring_dealloc,
     .tp_methods = ring_methods,
     .tp_getset = ring_getset,
+    .tp_members = ring_members,
 };
 
 static PyMethodDef module_methods[] = {

@@ -84,6 +84,8 @@ def checked_timeout(timeout) -> float | None:
 
     Checked before a wait begins, so a bad argument never leaves the record in a waiting state.
     """
+    if (timeout.__class__ is float or timeout.__class__ is int) and 0 < timeout < math.inf:  # the usual one
+        return timeout
     try:
         seconds = float(timeout)
     except (TypeError, ValueError):

@@ -93,9 +93,9 @@ class Reader(Receiving, Participant):
         self._slot_base = [L.slot_offset(segment.n_readers, segment.chunk_bytes, i) for i in range(self._n)]
         self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
         self._readonly = segment.buf.toreadonly()  # leases hand out views the caller cannot write through
-        # What an interrupted call left: a message that spans slots, begun (an _Assembly), or a message
-        # taken whose decode raised (stream, buffers, flags, failures). The next call finishes it.
-        self._resume: _Assembly | tuple | None = None
+        # What an interrupted call left (_resume): a message that spans slots, begun (an _Assembly), or a
+        # message taken whose decode raised (stream, buffers, flags, failures). The next call finishes it.
+        self._resume = None
         # The ring keeps our cursor and totals and publishes them (shmq/_ring.c): once per batch while
         # a backlog lasts, and at once when we catch up, as a publish (stores, a full fence, the parked
         # check) costs a fifth of a small get(). If the application stops reading mid-batch, the
@@ -172,31 +172,58 @@ class Reader(Receiving, Participant):
         finally:
             self._ring.leave()
 
-    def _receive(self, timeout: float | None, raw: bool) -> Any:
-        # The usual message, one slot with no flags, is copied out, counted and released in C.
-        message = None if raw or self._resume is not None else self._ring.take_one()
+    def get(self, *, timeout: float | None = None) -> Any:
+        """The next message. Blocks until one arrives; `timeout` in seconds (None or inf: for ever)."""
+        # The usual message, one slot with no flags, is copied out, counted and released in C. The
+        # timeout is checked when the call has to wait: the fast path pays nothing for it.
+        message = self._ring.take_one()
         if message is None:
-            try:
-                if not self._ring.enter():  # another thread's call holds it: take_one returned None for that
-                    raise self._busy_error()
-                waited = wait_start = 0
-                c = self._cursor
-                if self._resume is None and not c < self._ring.available:
-                    c, waited, wait_start = self._await_message(timeout)
-                    message = None if raw else self._ring.take_one()
-                if message is None:  # raw, traced, spanning slots, left by an interrupted call, or corrupt
-                    return self._receive_framed(c, waited, wait_start, timeout, raw)
-            finally:
-                self._ring.leave()
+            return self._receive(None if timeout is None else checked_timeout(timeout), False)
+        return self._decode_taken(message)
+
+    def get_nowait(self) -> Any:
+        """The next message, or WouldBlock at once if there is none."""
+        message = self._ring.take_one()
+        return self._receive(0, False) if message is None else self._decode_taken(message)
+
+    def _receive(self, timeout: float | None, raw: bool) -> Any:
+        """Every message take_one() declines: not published yet, raw, traced, spanning slots, left by an
+        interrupted call, or corrupt; or another thread's call is in progress."""
+        message = None
+        try:
+            if not self._ring.enter():
+                raise self._busy_error()
+            waited = wait_start = 0
+            c = self._cursor
+            if not self._ring.held and not c < self._ring.available:
+                c, waited, wait_start = self._await_message(timeout)
+                message = None if raw else self._ring.take_one()
+            if message is None:
+                return self._receive_framed(c, waited, wait_start, timeout, raw)
+        finally:
+            self._ring.leave()
+        return self._decode_taken(message)
+
+    def _decode_taken(self, message) -> Any:
+        """Decode a message take_one() copied out and released: bytes, or (bytes, private buffers)."""
         try:
             if self._idle:
                 self._mark_busy()
-            if message.__class__ is tuple:  # (stream, private copies of its out-of-band buffers)
+            if message.__class__ is tuple:
                 return self._serializer.decode(*message)
             return self._loads(message)
         except BaseException:  # an interrupt, or the unpickler: the next get() decodes it again
             self._resume = (*message, 0, 1) if message.__class__ is tuple else (message, [], 0, 1)
             raise
+
+    @property
+    def _resume(self) -> _Assembly | tuple | None:
+        return self._unfinished
+
+    @_resume.setter
+    def _resume(self, unfinished: _Assembly | tuple | None) -> None:
+        self._unfinished = unfinished
+        self._ring.held = unfinished is not None  # take_one() leaves the ring to the call that finishes it
 
     def _receive_framed(self, c: int, waited: int, wait_start: int, timeout: float | None, raw: bool) -> Any:
         """Message `c`, published, read with its frame table: buffers, raw bytes, traced, spanning slots,

@@ -52,7 +52,9 @@ class Writer(Participant):
         self._wake_address = segment.address + L.OFF_WRITER_WAKE
         self._buf = segment.buf
         self._unfinished: tuple[int, int] | None = None  # (first piece, total) of a message cut short
-        self._min_reader = 0  # cached minimum reader cursor: the Disruptor's gating sequence
+        # The Disruptor's gating sequence, cached: the slowest reader's cursor + n, the first message
+        # that may not be written yet (put_one's limit). Rescanned when the ring looks full.
+        self._limit = self._n
         self._remote = None
         if n_remote_readers:
             from .remote import RemotePublisher  # pyzmq is only needed with remote readers
@@ -68,7 +70,7 @@ class Writer(Participant):
     # -- sending -----------------------------------------------------------------------
     def put(self, obj, *, timeout: float | None = None) -> None:
         """Send `obj` to every reader. Blocks while the ring is full; `timeout` in seconds (None or inf: for ever)."""
-        self._send(self._serializer.encode(obj), self._raw_flag, None if timeout is None else checked_timeout(timeout))
+        self._send(self._serializer.encode(obj), self._raw_flag, timeout)
 
     def put_nowait(self, obj) -> None:
         """Send `obj`, or raise WouldBlock at once if the ring is full."""
@@ -76,7 +78,7 @@ class Writer(Participant):
 
     def put_bytes(self, data, *, timeout: float | None = None) -> None:
         """Send raw bytes; readers get them back unpickled-free with get_bytes() or get()."""
-        self._send([data], L.SLOT_RAW, None if timeout is None else checked_timeout(timeout))
+        self._send([data], L.SLOT_RAW, timeout)
 
     def _send(self, segments: list, flags: int, timeout: float | None) -> None:
         if self._closed:
@@ -98,12 +100,14 @@ class Writer(Participant):
             # The usual message: one C call claims the slot (below the slowest reader's cursor + n),
             # writes, publishes and counts it, or refuses (ring full, another thread inside): the slow path.
             if total > self._cap or self._unfinished is not None or \
-                    self._ring.put_one(flags, segments, traceparent, self._min_reader + self._n) is None:
+                    self._ring.put_one(flags, segments, traceparent, self._limit) is None:
                 try:
                     if not self._ring.enter():
                         raise self._busy_error()
                     s = self._cursor
-                    waited = self._send_slow(segments, total, flags, traceparent, timeout)
+                    # The timeout is checked here, when the call has to wait: the fast path pays nothing for it.
+                    waited = self._send_slow(segments, total, flags, traceparent,
+                                             None if timeout is None else checked_timeout(timeout))
                 finally:
                     self._ring.leave()
         except BaseException as e:
@@ -129,7 +133,7 @@ class Writer(Participant):
                 self._w[self._rec + R_BYTES] += total
             return waited
         waited = self._claim(self._cursor, timeout)
-        self._ring.put_one(flags, segments, traceparent, self._min_reader + self._n)
+        self._ring.put_one(flags, segments, traceparent, self._limit)
         return waited
 
     def _finish_trace(self, trace, message_id: int, total: int, waited: int, error) -> None:
@@ -169,7 +173,7 @@ class Writer(Participant):
         try:
             for piece in range(n_slots):
                 s = self._cursor
-                if s - self._min_reader >= self._n:
+                if s >= self._limit:
                     remaining = timeout if piece == 0 or deadline is None else \
                         max(1e-9, (deadline - time.monotonic_ns()) / 1e9)  # > 0: a timeout, not WouldBlock
                     waited += self._claim(s, remaining)
@@ -198,7 +202,7 @@ class Writer(Participant):
         """Publish the abort piece of the message an earlier call left unfinished."""
         first, total = self._unfinished
         s = self._cursor
-        if s - self._min_reader >= self._n:
+        if s >= self._limit:
             self._claim(s, timeout)
         self._ring.write_head(s, 0, total, L.SLOT_FRAGMENT | L.SLOT_LAST | L.SLOT_ABORT, None)
         self._publish(s + 1)
@@ -221,10 +225,7 @@ class Writer(Participant):
         """Make slot `s` free: rescan the readers, and wait if the slowest still holds it."""
         if self._slot_free(s):
             return 0
-        return self._block(self._cursor_slot_free, timeout, WAITING_WRITE)
-
-    def _cursor_slot_free(self) -> bool:
-        return self._slot_free(self._cursor)
+        return self._block(lambda: self._slot_free(s), timeout, WAITING_WRITE)
 
     def _slot_free(self, s: int) -> bool:
         w = self._w
@@ -236,7 +237,7 @@ class Writer(Participant):
                 cursor = w[rec + R_CURSOR]
                 if cursor < lowest:
                     lowest = cursor
-        self._min_reader = lowest
+        self._limit = lowest + self._n
         return s - lowest < self._n
 
     def park(self, timeout_s: float) -> None:

@@ -300,17 +300,31 @@ def test_a_writer_interrupted_mid_message_never_delivers_a_partial_or_duplicate_
 
 @pytest.mark.timeout(30)
 def test_timeouts_inf_waits_nan_is_refused_and_zero_or_negative_do_not_wait(writer):
-    with shmq.attach(writer.handle, 0) as reader, shmq.attach(writer.handle, 1):
+    with shmq.attach(writer.handle, 0) as reader, shmq.attach(writer.handle, 1) as other:
         for bad in (math.nan, "soon"):
             with pytest.raises(shmq.BadTimeout):
-                reader.get(timeout=bad)
-            with pytest.raises(shmq.BadTimeout):
-                writer.put("x", timeout=bad)
-        snapshot = shmq.stats.open(writer.handle).snapshot()
-        assert snapshot.readers[0].state == shmq.ParticipantState.IDLE  # a refused call never waited
+                reader.get(timeout=bad)  # nothing to read: the call would wait
+        assert shmq.stats.open(writer.handle).snapshot().readers[0].state == shmq.ParticipantState.IDLE
         for no_wait in (0, -1, -math.inf):
             with pytest.raises(shmq.WouldBlock):
                 reader.get(timeout=no_wait)
+        # A call that need not wait does not look at its timeout (the fast path pays nothing for it).
+        writer.put("ready", timeout=math.nan)
+        assert reader.get(timeout="soon") == "ready" and other.get() == "ready"
+        filled = 0
+        while True:  # fill the ring, so that put() would wait
+            try:
+                writer.put_nowait(filled)
+            except shmq.WouldBlock:
+                break
+            filled += 1
+        for bad in (math.nan, "soon"):
+            with pytest.raises(shmq.BadTimeout):
+                writer.put("x", timeout=bad)
+        # A refused call never waited: the states say what the last call that ran did.
+        assert shmq.stats.open(writer.handle).snapshot().writer.state == shmq.ParticipantState.BUSY
+        assert [reader.get_nowait() for _ in range(filled)] == list(range(filled))
+        assert [other.get_nowait() for _ in range(filled)] == list(range(filled))
         threading.Timer(0.3, writer.put, args=("late",)).start()
         assert reader.get(timeout=math.inf) == "late"
 
