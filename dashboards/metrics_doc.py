@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry
 import shmq
 from shmq.telemetry import names as N
 from shmq.telemetry.collector import ShmqCollector
-from shmq.telemetry.watchdog.alerts import Alert, QueueId
+from shmq.stats import QueueId
+from shmq.telemetry.watchdog.alerts import Alert
 from shmq.telemetry.watchdog.metrics import WatchdogMetrics
 from shmq.telemetry.watchdog.rules import Cause, Finding
 

@@ -1,6 +1,8 @@
 """Read-only views of queue segments, for telemetry, the watchdog and ``shmq top``.
 
 A view maps the segment read-only, so nothing it does can disturb the queue.
+``Segments`` finds the queues to view in /dev/shm and follows them as they
+appear and go; the exporter, the watchdog, ``shmq top`` and ``open()`` share it.
 ``snapshot()`` copies each participant record in one slice and returns frozen
 dataclasses; counters are monotonic, so rates are differences of snapshots.
 Timestamps in records are ``time.monotonic_ns()`` (one clock for every process on
@@ -9,14 +11,19 @@ a Linux host); ``QueueStats.wall_time_s`` converts them.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import logging
 import operator
+import os
 import time
+from typing import Callable, Iterable
 
 from . import layout as L
 from . import procs
 from .handle import Handle
-from .segment import SHM_DIR, QueueNotFound, Segment, list_segments
+from .errors import ShmqError
+from .segment import PREFIX, SHM_DIR, QueueNotFound, Segment
 
 State = L.ParticipantState
 
@@ -169,19 +176,140 @@ class QueueView:
 
 def open(handle_or_name: Handle | str, *, shm_dir: str = SHM_DIR) -> QueueView:  # noqa: A001 - the documented name
     """Map a queue read-only, by Handle, handle string, shm object name or logical queue name."""
-    if isinstance(handle_or_name, Handle) or str(handle_or_name).startswith("shmq://"):
-        shm_name = Handle.coerce(handle_or_name).shm_name
-    elif str(handle_or_name).startswith("shmq-"):
-        shm_name = handle_or_name
-    else:
-        matches = [s.shm_name for s in list_segments(shm_dir) if s.name == handle_or_name and not s.error]
-        if not matches:
-            raise QueueNotFound(f"no shmq segment in {shm_dir} holds a queue named {handle_or_name!r}")
-        if len(matches) > 1:
+    shm_name = shm_name_of(handle_or_name)
+    if shm_name is None:
+        found = Segments([handle_or_name], shm_dir=shm_dir)
+        found.refresh()
+        matches = sorted(found.views)
+        if len(matches) != 1:
+            found.close()
+            if not matches:
+                raise QueueNotFound(f"no shmq segment in {shm_dir} holds a queue named {handle_or_name!r}")
             raise QueueNotFound(f"{len(matches)} segments hold a queue named {handle_or_name!r}: {matches}; "
                                 "open one by its shm name")
-        shm_name = matches[0]
+        return found.views.pop(matches[0])
     return QueueView(Segment.open(shm_name, writable=False, shm_dir=shm_dir, ready_timeout_s=1.0))
+
+
+def shm_name_of(item: Handle | str) -> str | None:
+    """The shm object a Handle, handle string or ``shmq-...`` name names; None for a logical queue name."""
+    if isinstance(item, Handle) or str(item).startswith("shmq://"):
+        return Handle.coerce(item).shm_name
+    return str(item) if str(item).startswith(PREFIX) else None
+
+
+#: A segment this young that fails to open may still be being created (its version word comes last).
+CREATION_GRACE_S = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueId:
+    """A watched segment: its shm object and the label its metrics and events carry."""
+
+    shm_name: str
+    label: str  #: the queue's logical name, or name/shm_name when two segments share a name
+
+
+class Segments:
+    """The queues in `shm_dir` that `selection` picks, mapped read-only and followed as they come and go.
+
+    `selection` None means every shmq segment. Otherwise each item is a Handle, a
+    handle string, a ``shmq-...`` shm name or a logical queue name (every segment
+    holding a queue of that name, including ones created later).
+
+    A segment that cannot be read (corrupt, foreign, another layout version) is
+    logged, counted in `skipped` and looked at again only when its file changes, so
+    a bad file costs one ``stat`` per refresh; one that may still be being created
+    (younger than CREATION_GRACE_S) is retried at the next refresh.
+    """
+
+    def __init__(self, selection: Iterable[Handle | str] | None = None, *, shm_dir: str = SHM_DIR,
+                 clock: Callable[[], float] = time.time, log: logging.Logger = logging.getLogger("shmq.stats")) -> None:
+        self.shm_dir = shm_dir
+        self._clock = clock
+        self._log = log
+        self._shm_names: set[str] = set()
+        self._names: set[str] | None = None if selection is None else set()
+        for item in selection or ():
+            shm_name = shm_name_of(item)
+            if shm_name is None:
+                self._names.add(str(item))
+            else:
+                self._shm_names.add(shm_name)
+        self.views: dict[str, QueueView] = {}
+        self.ids: dict[str, QueueId] = {}
+        self.skipped = 0  #: unreadable segments passed over, each counted once while its file stays the same
+        # Segments passed over: unreadable ones by (inode, size, mtime), looked at again when those change;
+        # ones of other queues by inode alone, since a segment's name never changes.
+        self._passed: dict[str, tuple[int, ...]] = {}
+        self._listed: tuple[int, float] | None = None  # (directory mtime, monotonic time) of the last listing
+        self._retry = False  # a segment that may still be being created waits for the next refresh
+
+    def refresh(self) -> tuple[list[str], list[QueueId]]:
+        """Map new segments and unmap unlinked ones. Returns the added shm names and the removed queues.
+
+        The directory is listed only when its mtime changed (a segment was created or
+        unlinked), or a second has passed since the last listing: mtimes are kept at
+        the kernel's coarse clock, so two changes a few ms apart may share one.
+        """
+        try:
+            mtime = os.stat(self.shm_dir).st_mtime_ns
+            now = time.monotonic()
+            if not self._retry and self._listed is not None and self._listed[0] == mtime and now - self._listed[1] < 1:
+                return [], []
+            self._listed = (mtime, now)
+            present = {n for n in os.listdir(self.shm_dir) if n.startswith(PREFIX)}
+        except FileNotFoundError:
+            present = set()
+        self._retry = False
+        if self._names is not None and not self._names:
+            present &= self._shm_names  # only logical names need every header read
+        removed = [self.ids[shm_name] for shm_name in sorted(self.views.keys() - present)]
+        for queue in removed:
+            self.views.pop(queue.shm_name).close()
+        for shm_name in self._passed.keys() - present:
+            del self._passed[shm_name]
+        added = [shm_name for shm_name in sorted(present - self.views.keys()) if self._open(shm_name)]
+        if added or removed:
+            self._label()
+        return added, removed
+
+    def _open(self, shm_name: str) -> bool:
+        try:
+            st = os.stat(os.path.join(self.shm_dir, shm_name))
+        except FileNotFoundError:
+            return False
+        identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._passed.get(shm_name) in (identity, identity[:1]):
+            return False
+        try:
+            segment = Segment.open(shm_name, writable=False, shm_dir=self.shm_dir, ready_timeout_s=0)
+        except FileNotFoundError:
+            return False
+        except (ShmqError, OSError, ValueError) as e:
+            if self._clock() - st.st_mtime < CREATION_GRACE_S:
+                self._retry = True  # maybe still being made
+            else:
+                self._log.warning("%s: skipping %s: %s", self._log.name, shm_name, e)
+                self._passed[shm_name] = identity
+                self.skipped += 1
+            return False
+        if self._names is not None and shm_name not in self._shm_names and segment.name not in self._names:
+            segment.close()
+            self._passed[shm_name] = identity[:1]
+            return False
+        self.views[shm_name] = QueueView(segment)
+        return True
+
+    def _label(self) -> None:
+        counts = collections.Counter(view.name for view in self.views.values())
+        self.ids = {shm_name: QueueId(shm_name, view.name if counts[view.name] == 1 else f"{view.name}/{shm_name}")
+                    for shm_name, view in self.views.items()}
+
+    def close(self) -> None:
+        for view in self.views.values():
+            view.close()
+        self.views.clear()
 
 
 def histogram_quantile(counts, q: float) -> float | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import socket
 import threading
 import time
@@ -31,16 +30,12 @@ from prometheus_client.utils import floatToGoString
 from shmq import layout as L
 from shmq.errors import ShmqError
 from shmq.handle import Handle
-from shmq.segment import PREFIX, SHM_DIR, Segment
-from shmq.stats import ParticipantStats, QueueStats, QueueView
+from shmq.segment import SHM_DIR
+from shmq.stats import ParticipantStats, QueueStats, QueueView, Segments
 
 from . import names as N
 
-log = logging.getLogger("shmq.telemetry")
-
-#: A file this young that fails to open may be a segment its creator is still
-#: writing (the version word comes last); it is retried, not yet counted as an error.
-CREATION_GRACE_S = 2.0
+log = logging.getLogger("shmq.exporter")
 
 _PARTICIPANT = (N.LABEL_QUEUE, N.LABEL_ROLE, N.LABEL_READER)
 _QUEUE = (N.LABEL_QUEUE,)
@@ -80,27 +75,14 @@ class ShmqCollector(Collector):
 
     def __init__(self, queues: Iterable[Handle | str | QueueView] | None = None, *, shm_dir: str = SHM_DIR,
                  host: str | None = None, clock: Callable[[], float] = time.time) -> None:
-        self._shm_dir = shm_dir
         self._host = socket.gethostname() if host is None else host
-        self._clock = clock
-        self._given_views: list[QueueView] = []
-        self._shm_names: set[str] = set()
-        self._queue_names: set[str] = set()
-        self._everything = queues is None
-        for queue in queues or ():
-            if isinstance(queue, QueueView):
-                self._given_views.append(queue)
-            elif isinstance(queue, Handle) or str(queue).startswith("shmq://"):
-                self._shm_names.add(Handle.coerce(queue).shm_name)
-            elif str(queue).startswith(PREFIX):
-                self._shm_names.add(str(queue))
-            else:
-                self._queue_names.add(str(queue))
+        queues = None if queues is None else list(queues)
+        self._given_views = [q for q in queues or () if isinstance(q, QueueView)]
+        selection = None if queues is None else [q for q in queues if not isinstance(q, QueueView)]
+        self._segments = Segments(selection, shm_dir=shm_dir, clock=clock, log=log) if selection != [] else None
         self._lock = threading.Lock()  # scrapes may run in several HTTP threads at once
-        self._views: dict[str, QueueView] = {}  # segments this collector mapped, by shm name
-        self._skipped: dict[str, tuple[int, int, int]] = {}  # unreadable segments -> file identity when counted
         self._unreadable_snapshots: set[str] = set()  # logged once each
-        self._errors = 0
+        self._snapshot_errors = 0
 
     # -- the Collector protocol ------------------------------------------------------
     def describe(self) -> Iterator:
@@ -110,7 +92,7 @@ class ShmqCollector(Collector):
     def collect(self) -> Iterator:
         with self._lock:
             snapshots = self._snapshots()
-            errors = self._errors
+            errors = self._snapshot_errors + (self._segments.skipped if self._segments is not None else 0)
         families = _Families(self._host)
         for queue_label, snapshot in _queue_labels(snapshots):
             families.add_queue(queue_label, snapshot)
@@ -120,64 +102,24 @@ class ShmqCollector(Collector):
     def close(self) -> None:
         """Unmap the segments this collector mapped (not the views it was given)."""
         with self._lock:
-            for view in self._views.values():
-                view.close()
-            self._views.clear()
+            if self._segments is not None:
+                self._segments.close()
 
-    # -- discovery ---------------------------------------------------------------------
     def _snapshots(self) -> list[QueueStats]:
-        self._discover()
+        views = list(self._given_views)
+        if self._segments is not None:
+            self._segments.refresh()  # follows segments created and unlinked since the last scrape
+            views += self._segments.views.values()
         snapshots = []
-        for view in [*self._given_views, *filter(self._selects, self._views.values())]:
+        for view in views:
             try:
                 snapshots.append(view.snapshot())
             except (ShmqError, ValueError, OSError) as e:  # a record with impossible values, or a closed view
-                self._errors += 1
+                self._snapshot_errors += 1
                 if view.shm_name not in self._unreadable_snapshots:
                     self._unreadable_snapshots.add(view.shm_name)
                     log.warning("shmq exporter: skipping snapshots of %s: %s", view.shm_name, e)
         return snapshots
-
-    def _selects(self, view: QueueView) -> bool:
-        return self._everything or view.shm_name in self._shm_names or view.name in self._queue_names
-
-    def _discover(self) -> None:
-        """Map segments that appeared in the directory; unmap those that were unlinked."""
-        try:
-            present = {n for n in os.listdir(self._shm_dir) if n.startswith(PREFIX)}
-        except FileNotFoundError:
-            present = set()
-        for shm_name in self._views.keys() - present:
-            self._views.pop(shm_name).close()
-        for shm_name in self._skipped.keys() - present:
-            del self._skipped[shm_name]
-        if not (self._everything or self._queue_names):
-            present &= self._shm_names  # only logical names need every header read
-        for shm_name in sorted(present - self._views.keys()):
-            self._open(shm_name)
-
-    def _open(self, shm_name: str) -> None:
-        path = os.path.join(self._shm_dir, shm_name)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return  # unlinked while we looked
-        identity = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if self._skipped.get(shm_name) == identity:
-            return  # already counted, and unchanged since
-        try:
-            segment = Segment.open(shm_name, writable=False, shm_dir=self._shm_dir, ready_timeout_s=0)
-        except FileNotFoundError:
-            return
-        except (ShmqError, OSError) as e:
-            if self._clock() - st.st_mtime < CREATION_GRACE_S:
-                return  # possibly still being created: look again at the next scrape
-            self._skipped[shm_name] = identity
-            self._errors += 1
-            log.warning("shmq exporter: skipped %s: %s", path, e)
-            return
-        self._skipped.pop(shm_name, None)
-        self._views[shm_name] = QueueView(segment)
 
 
 def _errors_family(errors: int) -> CounterMetricFamily:

@@ -18,10 +18,10 @@ import threading
 import time
 
 from shmq.segment import SHM_DIR
-from shmq.stats import ParticipantStats, QueueStats, histogram_quantile
+from shmq.stats import ParticipantStats, QueueId, QueueStats, Segments, histogram_quantile
 
-from .watchdog import Segments, Watchdog
-from .watchdog.alerts import Alert, QueueId
+from .watchdog import Watchdog
+from .watchdog.alerts import Alert
 from .watchdog.watcher import DEFAULT_INTERVAL_S
 
 COLUMNS = ("role", "pid", "state", "cursor", "lag", "msgs/s", "spins/s", "parks/s", "p50 wait", "p99 wait", "alerts")

@@ -7,6 +7,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 
 import pytest
@@ -183,3 +184,20 @@ def test_a_serializer_that_returns_no_buffer_fails_cleanly_and_the_stream_goes_o
                 writer.put("text")
             writer.put_bytes(b"after")  # slot 0 was not taken by the failed put
             assert reader.get_bytes(timeout=5) == b"after"
+
+
+def test_stats_open_finds_a_queue_by_its_name_and_refuses_an_unknown_or_ambiguous_one():
+    shm_dir = tempfile.mkdtemp(prefix="stats-open-", dir="/dev/shm")  # tmpfs, and only this test's segments
+    try:
+        with open(os.path.join(shm_dir, PREFIX + secrets.token_hex(12)), "wb") as garbage:
+            garbage.write(secrets.token_bytes(4096))  # an unreadable segment beside them is passed over
+        with shmq.create(1, name="engine", n_chunks=4, chunk_bytes=256, shm_dir=shm_dir) as writer:
+            with shmq.stats.open("engine", shm_dir=shm_dir) as view:
+                assert view.shm_name == writer.handle.shm_name and view.snapshot().n_chunks == 4
+            with pytest.raises(shmq.QueueNotFound, match="no shmq segment .* holds a queue named 'nothing'"):
+                shmq.stats.open("nothing", shm_dir=shm_dir)
+            with shmq.create(1, name="engine", n_chunks=4, chunk_bytes=256, shm_dir=shm_dir):
+                with pytest.raises(shmq.QueueNotFound, match="2 segments hold a queue named 'engine'"):
+                    shmq.stats.open("engine", shm_dir=shm_dir)
+    finally:
+        shutil.rmtree(shm_dir, ignore_errors=True)

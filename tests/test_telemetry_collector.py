@@ -15,7 +15,7 @@ from prometheus_client.utils import floatToGoString
 import shmq
 from shmq import layout as L
 from shmq.telemetry import ShmqCollector, names as N, serve
-from shmq.telemetry.collector import CREATION_GRACE_S
+from shmq.stats import CREATION_GRACE_S
 
 from .telemetry_helpers import corrupt_word, garbage_segment, isolated_shm_dir, sample_values, value, who
 

@@ -11,7 +11,8 @@ import shmq
 from shmq.layout import HIST_BUCKETS, ParticipantState as State, Role
 from shmq.stats import ParticipantStats, QueueStats
 from shmq.telemetry import names as N
-from shmq.telemetry.watchdog.alerts import AlertBook, QueueId, event_fields
+from shmq.stats import QueueId
+from shmq.telemetry.watchdog.alerts import AlertBook, event_fields
 from shmq.telemetry.watchdog.rules import Cause, QueueMonitor, Thresholds
 
 S = 1_000_000_000  # ns per second

@@ -460,10 +460,9 @@ class LiveView(LineLog):
 
     def _redraw(self, engine: Engine, handle: Handle, stop: threading.Event) -> None:
         from shmq.telemetry.top import Top
-        from shmq.telemetry.watchdog import Segments
         from shmq.telemetry.watchdog.watcher import DEFAULT_INTERVAL_S
 
-        top = Top(Segments([handle.shm_name]), window_s=1.0)
+        top = Top(stats.Segments([handle.shm_name]), window_s=1.0)
         try:
             redraw = 0.0
             while not stop.is_set():

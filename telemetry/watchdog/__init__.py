@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import signal
 import sys
 import threading
@@ -20,10 +21,10 @@ from prometheus_client import CollectorRegistry
 
 from shmq import diagnostics
 from shmq.segment import SHM_DIR
+from shmq.stats import Segments
 
 from .alertmanager import AlertmanagerClient
 from .alerts import Alert, AlertBook, Transition
-from .discovery import Segments
 from .events import EventWriter
 from .http import DEFAULT_ADDR, DEFAULT_PORT, HttpServer
 from .metrics import WatchdogMetrics
@@ -31,7 +32,7 @@ from .rules import Cause, Finding, QueueMonitor, Thresholds
 from .watcher import DEFAULT_INTERVAL_S, Watchdog
 
 __all__ = [
-    "Alert", "AlertBook", "Cause", "Finding", "QueueMonitor", "Segments", "Thresholds", "Transition", "Watchdog",
+    "Alert", "AlertBook", "Cause", "Finding", "QueueMonitor", "Thresholds", "Transition", "Watchdog",
     "add_arguments", "main",
 ]
 
@@ -88,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
         stream = sys.stdout if args.events == "-" else stack.enter_context(open(args.events, "a", buffering=1))
         registry = CollectorRegistry()
         metrics = WatchdogMetrics(registry)
-        segments = Segments(args.queue, shm_dir=args.shm_dir)
+        segments = Segments(args.queue, shm_dir=args.shm_dir, log=logging.getLogger("shmq.watchdog"))
         listeners = ()
         server = None
         if not args.no_http:

@@ -13,19 +13,13 @@ import math
 import time
 from typing import Callable
 
+from shmq.stats import QueueId
+
 from .. import names as N
 from .rules import Finding
 
 #: Rules whose clear waits for nothing: their findings are facts, not estimates.
 EXACT_RULES = (N.RULE_DEAD,)
-
-
-@dataclasses.dataclass(frozen=True)
-class QueueId:
-    """A watched segment: its shm object and the label its metrics and events carry."""
-
-    shm_name: str
-    label: str  #: the queue's logical name, or name/shm_name when two segments share a name
 
 
 @dataclasses.dataclass

@@ -15,10 +15,9 @@ from typing import Callable
 
 from shmq import procs
 from shmq.errors import ShmqError
-from shmq.stats import QueueStats
+from shmq.stats import QueueId, QueueStats, Segments
 
-from .alerts import Alert, AlertBook, QueueId, Transition
-from .discovery import Segments
+from .alerts import Alert, AlertBook, Transition
 from .events import EventWriter
 from .liveness import PidWatch
 from .metrics import WatchdogMetrics
