@@ -41,6 +41,12 @@ STACK_SIGNAL = signal.SIGUSR2
 STALE_HEADERLESS_S = 60.0  #: a stack file with no header yet this old is garbage
 _HEADER = "# shmq stack dumps: pid={pid} start_time={start_time} signal={signal}\n"
 _HEADER_RE = re.compile(r"# shmq stack dumps: pid=(\d+) start_time=(\d+) signal=(\w+)\n")
+# A dump is faulthandler's format: per thread, this line, then its frames innermost first.
+_THREAD_LINE = "{kind} 0x{ident:016x} (most recent call first):"
+_MAIN_THREAD = "Current thread"
+_THREAD_RE = re.compile(r"^(?=(?:Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):$)", re.M)
+_FRAME_LINE = '  File "{file}", line {line} in {function}'
+_FRAME_RE = re.compile(r'\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<function>\S+)')
 
 
 def default_stack_dir() -> str:
@@ -86,10 +92,11 @@ def _dump_stacks(signum: int, interrupted) -> None:
     frames[main] = interrupted  # not this handler's own frame
     blocks = []
     for ident in sorted(frames, key=lambda i: i == main):
-        lines = [f"{'Current thread' if ident == main else 'Thread'} 0x{ident:016x} (most recent call first):"]
+        lines = [_THREAD_LINE.format(kind=_MAIN_THREAD if ident == main else "Thread", ident=ident)]
         frame = frames[ident]
         while frame is not None:
-            lines.append(f'  File "{frame.f_code.co_filename}", line {frame.f_lineno} in {frame.f_code.co_name}')
+            lines.append(_FRAME_LINE.format(file=frame.f_code.co_filename, line=frame.f_lineno,
+                                            function=frame.f_code.co_name))
             frame = frame.f_back
         blocks.append("\n".join(lines) + "\n")
     try:
@@ -306,3 +313,25 @@ def _signal_caught(pid: int) -> bool:
     except OSError:
         pass
     return False
+
+
+# -- reading a dump ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    """One line of a thread's stack."""
+
+    file: str
+    line: int
+    function: str
+
+
+def threads(dump: str) -> list[str]:
+    """Each thread's block of a dump (its header line, then its frames), the main thread's first."""
+    blocks = [block.strip("\n") for block in _THREAD_RE.split(dump)]
+    return sorted((block for block in blocks if _THREAD_RE.match(block)),
+                  key=lambda block: not block.startswith(_MAIN_THREAD))
+
+
+def frames(thread: str) -> list[Frame]:
+    """The frames of one thread's block, innermost first."""
+    return [Frame(m["file"], int(m["line"]), m["function"]) for m in map(_FRAME_RE.match, thread.splitlines()) if m]

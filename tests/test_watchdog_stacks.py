@@ -60,6 +60,12 @@ def test_a_registered_process_dumps_the_function_it_is_in(writer, stack_dir):
         assert dump.note == "" and dump.path == os.path.join(stack_dir, f"{p.pid}.txt")
         assert "in waiting_in_here" in dump.text and "shmq-heartbeat" not in dump.text  # faulthandler names no threads
         assert dump.text.count("(most recent call first)") >= 2, "all threads: the main one and the heartbeat"
+        # diagnostics reads its own format back: the main thread first (the dump writes it last)
+        threads = diagnostics.threads(dump.text)
+        assert len(threads) == dump.text.count("(most recent call first)") and threads[0].startswith("Current thread")
+        main = diagnostics.frames(threads[0])
+        assert [f.function for f in main[-2:]] == ["waiting_in_here", "<module>"] and main[-1].file == "<string>"
+        assert all(f.line > 0 for f in main)
         assert p.alive()
     finally:
         p.stop()

@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
-import re
 import signal
 import sys
 import sysconfig
@@ -34,6 +33,7 @@ import time
 
 import numpy as np
 
+from shmq import diagnostics
 from shmq import layout as L
 from shmq import stats
 from shmq import wait as wait_module
@@ -359,20 +359,16 @@ def describe_event(event: dict) -> str:
     return line
 
 
-_FRAME = re.compile(r'\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<function>\S+)')
-
-
 def main_thread_frames(stack: str) -> list[str]:
-    """Where the main thread is, from an event's stack (the watchdog puts it first): its innermost
-    frame and, if that is inside shmq or the standard library, the innermost frame of the application."""
-    blocks = re.split(r"^(?:Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):$", stack, flags=re.M)
-    frames = [m for m in map(_FRAME.match, blocks[1].splitlines()) if m] if len(blocks) > 1 else []
+    """Where the main thread is, from an event's stack: its innermost frame and, if that is inside
+    shmq or the standard library, the innermost frame of the application."""
+    threads = diagnostics.threads(stack)
+    frames = diagnostics.frames(threads[0]) if threads else []
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     library = (package, sysconfig.get_paths()["stdlib"])
-    caller = next((m for m in frames if not m["file"].startswith(library) or m["file"] == os.path.abspath(__file__)),
-                  None)
+    caller = next((f for f in frames if not f.file.startswith(library) or f.file == os.path.abspath(__file__)), None)
     shown = frames[:1] + ([caller] if caller is not None and caller is not frames[0] else [])
-    return [f"{m['function']} ({os.path.basename(m['file'])}:{m['line']})" for m in shown]
+    return [f"{f.function} ({os.path.basename(f.file)}:{f.line})" for f in shown]
 
 
 def await_all_clear(watchdog, console, timeout_s: float = 10.0) -> bool:

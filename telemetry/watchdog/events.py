@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import re
 import threading
 from typing import Callable, TextIO
 
@@ -29,13 +28,9 @@ STACK_RULES = (N.RULE_READER_STALLED, N.RULE_WRITER_BLOCKED, N.RULE_LIVELOCK)
 STACK_EXCERPT_LINES = 80
 
 
-_THREAD_HEADER = re.compile(r"^(?=(?:Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):$)", re.M)
-
-
 def excerpt(text: str) -> str:
     """The dump with the main thread first (the dump lists it last), cut to STACK_EXCERPT_LINES lines."""
-    threads = [block.strip("\n") for block in _THREAD_HEADER.split(text) if block.strip()]
-    lines = "\n\n".join([threads[-1], *threads[:-1]] if threads else [text]).splitlines()
+    lines = "\n\n".join(diagnostics.threads(text) or [text]).splitlines()
     if len(lines) <= STACK_EXCERPT_LINES:
         return "\n".join(lines)
     return "\n".join(lines[:STACK_EXCERPT_LINES] + [f"... {len(lines) - STACK_EXCERPT_LINES} more lines in the file"])
