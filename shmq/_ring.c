@@ -46,7 +46,9 @@ enum { SEQ, FRAME_LEN, TOTAL_LEN, FLAGS };
 #define MIN_FRAME_BYTES 16 /* the table of one empty segment */
 
 /* parked_mark in shmq/layout.py: bit 7 set, and the low 7 bits of the cursor a reader waits past. */
-#define PARKED_MARK(cursor) ((uint8_t)(0x80 | ((cursor) & 0x7F)))
+#define PARKED_BIT 0x80
+#define PARKED_CURSOR_MASK 0x7F
+#define PARKED_MARK(cursor) ((uint8_t)(PARKED_BIT | ((cursor) & PARKED_CURSOR_MASK)))
 
 /* -- fences and futexes ----------------------------------------------------------------- */
 static void
@@ -67,47 +69,23 @@ full_fence(PyObject *module, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-futex_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* Sleep while the 32-bit word at `address` holds `expected`, at most timeout_s, without the GIL.
+ * Without futexes: sleep out the timeout, which callers keep short. */
+static void
+futex_sleep(void *address, uint32_t expected, double timeout_s)
 {
-    unsigned long long address;
-    unsigned long expected;
-    double timeout_s;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "futex_wait(address, expected, timeout_s)");
-        return NULL;
-    }
-    address = PyLong_AsUnsignedLongLong(args[0]);
-    expected = PyLong_AsUnsignedLongMask(args[1]);
-    timeout_s = PyFloat_AsDouble(args[2]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (timeout_s < 0)
+    if (!(timeout_s > 0))
         timeout_s = 0;
     struct timespec timeout = {(time_t)timeout_s, (long)((timeout_s - (double)(time_t)timeout_s) * 1e9)};
     Py_BEGIN_ALLOW_THREADS
 #ifdef __linux__
-    syscall(SYS_futex, (void *)(uintptr_t)address, FUTEX_WAIT, (uint32_t)expected, &timeout, NULL, 0);
+    syscall(SYS_futex, address, FUTEX_WAIT, expected, &timeout, NULL, 0);
 #else
-    nanosleep(&timeout, NULL); /* no futex: sleep out the timeout, which callers keep short */
+    (void)address;
+    (void)expected;
+    nanosleep(&timeout, NULL);
 #endif
     Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-futex_wake(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs < 1 || nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "futex_wake(address, count=INT_MAX)");
-        return NULL;
-    }
-    unsigned long long address = PyLong_AsUnsignedLongLong(args[0]);
-    long count = nargs == 2 ? PyLong_AsLong(args[1]) : INT_MAX;
-    if (PyErr_Occurred())
-        return NULL;
-    futex_wake_all((void *)(uintptr_t)address, count > INT_MAX ? INT_MAX : (int)count);
-    Py_RETURN_NONE;
 }
 
 /* -- Ring --------------------------------------------------------------------------------- */
@@ -140,6 +118,13 @@ typedef struct {
     /* A reader's message left unfinished by an interrupted call (Reader._resume): take_one leaves
      * the ring to the Python path, which finishes that message first. */
     char held;
+    /* A writer's gate, after bind_gating: each reader record's state and cursor words. A reader
+     * whose state is below gating_below holds the writer back at its cursor. `limit` caches the
+     * slowest such cursor + n_slots, the first message that may not be written yet: the
+     * Disruptor's gating sequence, rescanned only when the writer reaches it. */
+    _Atomic uint64_t **gate_state, **gate_cursor;
+    Py_ssize_t n_gates;
+    uint64_t gating_below, limit;
     /* The participant's record, after bind_record: its words, in the order of enum Field. */
     _Atomic uint64_t *field[N_FIELDS]; /* all NULL until bind_record */
     int stats;                          /* counters and histogram kept (the segment's FLAG_STATS) */
@@ -192,12 +177,15 @@ ring_init(Ring *self, PyObject *args, PyObject *kwds)
     self->written = 0;
     self->guard = 0;
     self->held = 0;
+    self->limit = 0;
     return 0;
 }
 
 static void
 ring_dealloc(Ring *self)
 {
+    PyMem_Free(self->gate_state);
+    PyMem_Free(self->gate_cursor);
     if (self->view.buf != NULL)
         PyBuffer_Release(&self->view);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -320,7 +308,7 @@ static int
 publish_writer_cursor(Ring *self, uint64_t cursor)
 {
     atomic_store_explicit(self->writer_cursor, cursor, memory_order_release);
-    /* Dekker handshake with Reader.park (parked byte, fence, cursor load): with a full fence on
+    /* Dekker handshake with park_reader (parked byte, fence, cursor load): with a full fence on
      * both sides at least one of us sees the other's store, so no wake-up is lost. */
     atomic_thread_fence(memory_order_seq_cst);
     /* Only readers asleep for this very message: one woken earlier may wait milliseconds for a
@@ -483,20 +471,154 @@ ring_write_head(Ring *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* put_one(flags, segments, traceparent, limit) -> woke | None: write a message whose frame fits
- * one slot into the slot of the writer's cursor (`written`) if written < limit (the caller's claim:
- * the slowest reader's cursor + n_slots) and no other thread is in a slow path; publish written + 1, and count it in the writer's record (bind_record). `segments`
- * is a serializer's list of buffers; traceparent is bytes or None. */
+/* -- the writer's gate and the park/wake handshake ------------------------------------------ */
+/* 1 if message s may be written: below the cached limit, or below it once the readers' cursors
+ * are loaded again. A reader (re)attaching stores its cursor before its state, so an acquire load
+ * of a gating state is followed by a cursor load that sees its cursor; the cursor's acquire
+ * pairs with the reader's release (publish_reader_cursor): its copies of the slot come before
+ * our stores into it. */
+static int
+slot_free(Ring *self, uint64_t s)
+{
+    if (s < self->limit)
+        return 1;
+    uint64_t lowest = s;
+    for (Py_ssize_t i = 0; i < self->n_gates; i++) {
+        if (atomic_load_explicit(self->gate_state[i], memory_order_acquire) < self->gating_below) {
+            uint64_t cursor = atomic_load_explicit(self->gate_cursor[i], memory_order_acquire);
+            if (cursor < lowest)
+                lowest = cursor;
+        }
+    }
+    self->limit = lowest + (uint64_t)self->n_slots;
+    return s < self->limit;
+}
+
+/* bind_gating(reader_records, state_offset, cursor_offset, gating_below): the writer's readers,
+ * as the byte offsets of their records and of the state and cursor words within a record. */
+static PyObject *
+ring_bind_gating(Ring *self, PyObject *args)
+{
+    PyObject *records;
+    Py_ssize_t state_at, cursor_at;
+    unsigned long long below;
+    if (!PyArg_ParseTuple(args, "O!nnK", &PyTuple_Type, &records, &state_at, &cursor_at, &below) ||
+        check_open(self) < 0)
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(records);
+    _Atomic uint64_t **states = PyMem_Calloc(n ? n : 1, sizeof *states);
+    _Atomic uint64_t **cursors = PyMem_Calloc(n ? n : 1, sizeof *cursors);
+    if (states == NULL || cursors == NULL)
+        goto fail_memory;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t record = PyLong_AsSsize_t(PyTuple_GET_ITEM(records, i));
+        if (PyErr_Occurred())
+            goto fail;
+        Py_ssize_t last = state_at > cursor_at ? state_at : cursor_at;
+        if (record < 0 || state_at < 0 || cursor_at < 0 || (record + state_at) % 8 || (record + cursor_at) % 8 ||
+            record + last + 8 > self->view.len) {
+            PyErr_SetString(PyExc_ValueError, "a reader record is outside the segment");
+            goto fail;
+        }
+        states[i] = (_Atomic uint64_t *)((char *)self->view.buf + record + state_at);
+        cursors[i] = (_Atomic uint64_t *)((char *)self->view.buf + record + cursor_at);
+    }
+    PyMem_Free(self->gate_state);
+    PyMem_Free(self->gate_cursor);
+    self->gate_state = states;
+    self->gate_cursor = cursors;
+    self->n_gates = n;
+    self->gating_below = below;
+    self->limit = 0;
+    Py_RETURN_NONE;
+fail_memory:
+    PyErr_NoMemory();
+fail:
+    PyMem_Free(states);
+    PyMem_Free(cursors);
+    return NULL;
+}
+
+/* slot_free(s) -> whether the writer may write message s now (rescanning the readers if needed). */
+static PyObject *
+ring_slot_free(Ring *self, PyObject *arg)
+{
+    uint64_t s;
+    if (as_u64(arg, &s) < 0 || check_open(self) < 0)
+        return NULL;
+    return PyBool_FromLong(slot_free(self, s));
+}
+
+/* park_writer(timeout_s) -> slept: the writer's side of the Dekker handshake with
+ * publish_reader_cursor. Our parked word, a full fence, then the readers' cursors: with a full
+ * fence on both sides at least one of us sees the other's store, so no wake-up is lost. The
+ * parked word is not just "parked" but the reader cursor that frees our slot (>= 1, as the ring
+ * is full), so only the reader crossing it wakes us, not every reader on every message. */
+static PyObject *
+ring_park_writer(Ring *self, PyObject *arg)
+{
+    double timeout_s = PyFloat_AsDouble(arg);
+    if ((timeout_s == -1.0 && PyErr_Occurred()) || check_open(self) < 0)
+        return NULL;
+    uint64_t s = self->written;
+    atomic_store_explicit(self->writer_parked, s - (uint64_t)self->n_slots + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    uint32_t expected = atomic_load_explicit(self->writer_wake, memory_order_relaxed);
+    int sleep = !slot_free(self, s);
+    if (sleep)
+        futex_sleep((void *)self->writer_wake, expected, timeout_s);
+    if (self->view.buf != NULL) /* another thread may have closed the ring while we slept */
+        atomic_store_explicit(self->writer_parked, 0, memory_order_relaxed);
+    return PyBool_FromLong(sleep);
+}
+
+static int check_reader(Ring *self);
+
+/* park_reader(timeout_s) -> slept: the reader's side of the handshake with publish_writer_cursor:
+ * our parked byte (PARKED_MARK of the cursor we wait past), a full fence, the writer cursor. */
+static PyObject *
+ring_park_reader(Ring *self, PyObject *arg)
+{
+    double timeout_s = PyFloat_AsDouble(arg);
+    if ((timeout_s == -1.0 && PyErr_Occurred()) || check_reader(self) < 0)
+        return NULL;
+    uint64_t c = self->cursor;
+    _Atomic uint8_t *parked = &self->reader_parked[self->reader_index];
+    atomic_store_explicit(parked, PARKED_MARK(c), memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    uint64_t available = atomic_load_explicit(self->writer_cursor, memory_order_relaxed);
+    int sleep = available <= c;
+    if (sleep) /* the futex word is the cursor's low half (little-endian) */
+        futex_sleep((void *)self->writer_cursor, (uint32_t)available, timeout_s);
+    if (self->view.buf != NULL)
+        atomic_store_explicit(parked, 0, memory_order_relaxed);
+    return PyBool_FromLong(sleep);
+}
+
+/* wake_readers(): wake every reader parked on the writer cursor (a close, a cancel). */
+static PyObject *
+ring_wake_readers(Ring *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    futex_wake_all((void *)self->writer_cursor, INT_MAX);
+    Py_RETURN_NONE;
+}
+
+/* put_one(flags, segments, traceparent) -> woke | None: write a message whose frame fits one slot
+ * into the slot of the writer's cursor (`written`) if that slot is free (slot_free) and no other
+ * thread is in a slow path; publish written + 1, and count it in the writer's record
+ * (bind_record). `segments` is a serializer's list of buffers; traceparent is bytes or None. */
 static PyObject *
 ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    uint64_t flags, limit;
-    if (check_nargs(nargs, 4, "put_one(flags, segments, traceparent, limit)") < 0 || as_u64(args[0], &flags) < 0 ||
-        as_u64(args[3], &limit) < 0 || check_open(self) < 0 || check_traceparent(args[2]) < 0)
+    uint64_t flags;
+    if (check_nargs(nargs, 3, "put_one(flags, segments, traceparent)") < 0 || as_u64(args[0], &flags) < 0 ||
+        check_open(self) < 0 || check_traceparent(args[2]) < 0)
         return NULL;
     uint64_t seq = self->written;
-    if (seq >= limit || (self->guard && self->guard != PyThread_get_thread_ident()))
-        Py_RETURN_NONE; /* the slot is not claimed, or another thread is in a slow path */
+    if (!slot_free(self, seq) || (self->guard && self->guard != PyThread_get_thread_ident()))
+        Py_RETURN_NONE; /* a reader still holds the slot, or another thread is in a slow path */
     PyObject *traceparent = args[2];
     Segments segments;
     if (segments_get(&segments, args[1]) < 0)
@@ -714,7 +836,7 @@ publish_reader_cursor(Ring *self)
     self->published = cursor;
     /* Release: our loads of the slots come before it, so the writer cannot reuse one we still copy. */
     atomic_store_explicit(self->field[F_CURSOR], cursor, memory_order_release);
-    /* Dekker handshake with Writer.park: cursor, full fence, then the writer's parked word, which
+    /* Dekker handshake with park_writer: cursor, full fence, then the writer's parked word, which
      * holds the cursor that frees its slot: only the reader crossing it wakes it. */
     atomic_thread_fence(memory_order_seq_cst);
     uint64_t parked = atomic_load_explicit(self->writer_parked, memory_order_relaxed);
@@ -1031,7 +1153,15 @@ ring_get_published(Ring *self, void *closure)
 static PyMethodDef ring_methods[] = {
     {"publish", (PyCFunction)ring_publish, METH_O, "publish(cursor) -> woke: store the writer cursor, wake its sleepers."},
     {"put_one", (PyCFunction)(void (*)(void))ring_put_one, METH_FASTCALL,
-     "put_one(flags, segments, traceparent, limit) -> woke | None: write and publish a one-slot message."},
+     "put_one(flags, segments, traceparent) -> woke | None: write and publish a one-slot message if its slot is free."},
+    {"bind_gating", (PyCFunction)ring_bind_gating, METH_VARARGS,
+     "bind_gating(reader_records, state_offset, cursor_offset, gating_below): the readers that hold a writer back."},
+    {"slot_free", (PyCFunction)ring_slot_free, METH_O, "slot_free(s) -> whether the writer may write message s."},
+    {"park_writer", (PyCFunction)ring_park_writer, METH_O,
+     "park_writer(timeout_s) -> slept: sleep until a reader frees the next slot (the park/wake handshake)."},
+    {"park_reader", (PyCFunction)ring_park_reader, METH_O,
+     "park_reader(timeout_s) -> slept: sleep until the writer publishes past our cursor."},
+    {"wake_readers", (PyCFunction)ring_wake_readers, METH_NOARGS, "wake_readers(): wake every parked reader."},
     {"enter", (PyCFunction)ring_enter, METH_NOARGS, "enter() -> False if another call is in a slow path."},
     {"leave", (PyCFunction)ring_leave, METH_NOARGS, "leave(): release the slow path if this thread holds it."},
     {"write_head", (PyCFunction)(void (*)(void))ring_write_head, METH_FASTCALL,
@@ -1089,10 +1219,6 @@ static PyTypeObject RingType = {
 
 static PyMethodDef module_methods[] = {
     {"full_fence", full_fence, METH_NOARGS, "A full memory barrier (C11 seq_cst fence)."},
-    {"futex_wait", (PyCFunction)(void (*)(void))futex_wait, METH_FASTCALL,
-     "futex_wait(address, expected, timeout_s): sleep while the 32-bit word at address equals expected."},
-    {"futex_wake", (PyCFunction)(void (*)(void))futex_wake, METH_FASTCALL,
-     "futex_wake(address, count=INT_MAX): wake sleepers on the word at address."},
     {"compare_exchange", (PyCFunction)(void (*)(void))compare_exchange, METH_FASTCALL,
      "compare_exchange(buffer, offset, expected, new) -> the word before; stores new only if it held expected."},
     {"uninitialized_bytearray", uninitialized_bytearray, METH_O, "uninitialized_bytearray(n) -> n bytes, not zeroed."},
@@ -1126,9 +1252,17 @@ PyInit__ring(void)
         Py_DECREF(module);
         return NULL;
     }
+    /* The layout this build reads and writes, checked by shmq/layout.py at import. */
+    PyModule_AddIntConstant(module, "SLOT_SEQ", 8 * SEQ);
+    PyModule_AddIntConstant(module, "SLOT_FRAME_LEN", 8 * FRAME_LEN);
+    PyModule_AddIntConstant(module, "SLOT_TOTAL_LEN", 8 * TOTAL_LEN);
+    PyModule_AddIntConstant(module, "SLOT_FLAGS", 8 * FLAGS);
     PyModule_AddIntConstant(module, "SLOT_TRACEPARENT", SLOT_TRACEPARENT);
     PyModule_AddIntConstant(module, "TRACEPARENT_BYTES", TRACEPARENT_BYTES);
     PyModule_AddIntConstant(module, "SEGMENT_ALIGN", SEGMENT_ALIGN);
+    PyModule_AddIntConstant(module, "PARKED_BIT", PARKED_BIT);
+    PyModule_AddIntConstant(module, "PARKED_CURSOR_MASK", PARKED_CURSOR_MASK);
+    PyModule_AddIntConstant(module, "N_RECORD_FIELDS", N_FIELDS);
     PyModule_AddIntConstant(module, "HAVE_FUTEX",
 #ifdef __linux__
                             1

@@ -210,13 +210,17 @@ def segment_layout(lengths: list[int] | tuple[int, ...]) -> tuple[list[int], int
     return offsets, position
 
 
+PARKED_BIT = 0x80
+PARKED_CURSOR_MASK = 0x7F
+
+
 def parked_mark(cursor: int) -> int:
     """A parked reader's byte: bit 7 set, and the low 7 bits of the cursor it waits past.
 
     It tells the writer which message the reader sleeps for, so the writer wakes it
     once, for that message, rather than on every message until it runs again.
     """
-    return 0x80 | (cursor & 0x7F)
+    return PARKED_BIT | (cursor & PARKED_CURSOR_MASK)
 
 
 def owner_word(pid: int, start_time: int) -> int:
@@ -267,3 +271,18 @@ def encode_text(text: str, size: int, what: str) -> bytes:
 
 def decode_text(raw: bytes) -> str:
     return bytes(raw).split(b"\x00", 1)[0].decode("utf-8", "replace")
+
+
+# -- what shmq/_ring.c assumes ---------------------------------------------------------
+#: The record words the C paths store, in the order of its enum Field (bind_record takes their offsets).
+RECORD_FIELDS = (REC_STATE, REC_STATE_SINCE_NS, REC_CURSOR, REC_MESSAGES, REC_BYTES, REC_SPINS, REC_YIELDS,
+                 REC_BACKOFF_SLEEPS, REC_BACKOFF_SLEEP_NS, REC_PARKS, REC_WAKEUPS, REC_WAITS, REC_WAIT_NS,
+                 REC_HISTOGRAM)
+# The C extension reads and writes slot headers and parked bytes itself: a stale build must not guess.
+_C_LAYOUT = {"SLOT_SEQ": SLOT_SEQ, "SLOT_FRAME_LEN": SLOT_FRAME_LEN, "SLOT_TOTAL_LEN": SLOT_TOTAL_LEN,
+             "SLOT_FLAGS": SLOT_FLAGS, "SLOT_TRACEPARENT": SLOT_TRACEPARENT, "TRACEPARENT_BYTES": TRACEPARENT_BYTES,
+             "SEGMENT_ALIGN": SEGMENT_ALIGN, "PARKED_BIT": PARKED_BIT, "PARKED_CURSOR_MASK": PARKED_CURSOR_MASK,
+             "N_RECORD_FIELDS": len(RECORD_FIELDS)}
+if _mismatch := {name: (value, getattr(_ring, name, None)) for name, value in _C_LAYOUT.items()
+                 if getattr(_ring, name, None) != value}:
+    raise ImportError(f"shmq/_ring.c and shmq/layout.py disagree on {_mismatch} (layout.py, C): rebuild shmq")

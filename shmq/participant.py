@@ -46,8 +46,6 @@ R_PROGRESS = L.word(L.REC_PROGRESS_NS)
 R_OWNER = L.word(L.REC_OWNER)
 
 W_WRITER_CURSOR = L.word(L.OFF_WRITER_CURSOR)
-W_WRITER_PARKED = L.word(L.OFF_WRITER_PARKED)
-W_WRITER_WAKE = L.word(L.OFF_WRITER_WAKE)
 
 #: How often a long wait flushes its counters, refreshes the heartbeat and checks cancel and timeout.
 HOUSEKEEPING_NS = 5_000_000

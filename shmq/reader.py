@@ -91,7 +91,6 @@ class Reader(Receiving, Participant):
         self._cap = segment.chunk_bytes
         self._max = segment.max_message_bytes
         self._slot_base = [L.slot_offset(segment.n_readers, segment.chunk_bytes, i) for i in range(self._n)]
-        self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
         self._readonly = segment.buf.toreadonly()  # leases hand out views the caller cannot write through
         # What an interrupted call left (_resume): a message that spans slots, begun (an _Assembly), or a
         # message taken whose decode raised (stream, buffers, flags, failures). The next call finishes it.
@@ -475,17 +474,11 @@ class Reader(Receiving, Participant):
 
     # -- waiting -----------------------------------------------------------------------------
     def park(self, timeout_s: float) -> None:
-        parked = self._segment.parked
-        parked[self.index] = L.parked_mark(self._cursor)
-        sync.full_fence()  # the Dekker handshake with publish_writer_cursor (_ring.c): flag, fence, re-check
-        available = self._w[W_WRITER_CURSOR]
-        if available > self._cursor or self._cancelled:
-            parked[self.index] = 0
+        if self._cancelled:
             return
         start = time.monotonic_ns()
-        sync.futex_wait(self._cursor_address, available, self._park_timeout(timeout_s))
-        parked[self.index] = 0
-        self.idle_event("park", start, time.monotonic_ns() - start)
+        if self._ring.park_reader(self._park_timeout(timeout_s)):  # the handshake with the writer, in C
+            self.idle_event("park", start, time.monotonic_ns() - start)
 
     def _check_peers(self, waited_ns: int) -> None:
         w = self._w
@@ -512,10 +505,10 @@ class Reader(Receiving, Participant):
         """Wake a get() blocked in another thread, which raises QueueClosed, as does every later get()
         that finds no message. Thread-safe."""
         if self._inherited:
-            self._ring.cancel()  # raises ForkedParticipant: the waiters to wake are the parent's
+            self._ring.wake_readers()  # raises ForkedParticipant: the waiters to wake are the parent's
         self._cancelled = True
         if not self._segment.closed:
-            sync.futex_wake(self._cursor_address)
+            self._ring.wake_readers()
 
     def close(self) -> None:
         """Detach: the writer stops waiting for this reader. The index can be attached again.

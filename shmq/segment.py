@@ -23,14 +23,6 @@ from .errors import BadQueueArgument, LayoutMismatch, ShmFull, ShmqError
 
 SHM_DIR = "/dev/shm"
 
-# The record words shmq/_ring.c stores, in the order of its enum Field.
-RECORD_FIELDS = (L.REC_STATE, L.REC_STATE_SINCE_NS, L.REC_CURSOR, L.REC_MESSAGES, L.REC_BYTES, L.REC_SPINS,
-                 L.REC_YIELDS, L.REC_BACKOFF_SLEEPS, L.REC_BACKOFF_SLEEP_NS, L.REC_PARKS, L.REC_WAKEUPS,
-                 L.REC_WAITS, L.REC_WAIT_NS, L.REC_HISTOGRAM)
-# shmq/_ring.c reads and writes slot headers itself; a stale build must not guess at them.
-if (_ring.SLOT_TRACEPARENT, _ring.TRACEPARENT_BYTES, _ring.SEGMENT_ALIGN) != (
-        L.SLOT_TRACEPARENT, L.TRACEPARENT_BYTES, L.SEGMENT_ALIGN):
-    raise ImportError("shmq/_ring.c and shmq/layout.py disagree on the slot layout: rebuild shmq")
 PREFIX = "shmq-"
 
 
@@ -57,7 +49,6 @@ class Segment:
         self.buf = memoryview(mm)
         self._rings: list[_ring.Ring] = []
         self.words = self.buf.cast("Q")
-        self.parked = self.buf[L.OFF_READER_PARKED : L.OFF_READER_PARKED + L.MAX_READERS]
         if writable:
             probe = ctypes.c_char.from_buffer(mm)  # a buffer export; dropped at once so close() works
             self.address = ctypes.addressof(probe)
@@ -170,7 +161,7 @@ class Segment:
                     chunk_bytes=self.chunk_bytes, writer_cursor_offset=L.OFF_WRITER_CURSOR,
                     reader_parked_offset=L.OFF_READER_PARKED, n_readers=self.n_readers,
                     writer_parked_offset=L.OFF_WRITER_PARKED, writer_wake_offset=L.OFF_WRITER_WAKE)
-        ring.bind_record(L.record_offset(participant), bool(self.flags & L.FLAG_STATS), RECORD_FIELDS,
+        ring.bind_record(L.record_offset(participant), bool(self.flags & L.FLAG_STATS), L.RECORD_FIELDS,
                          L.HIST_FINITE_BUCKETS)
         self._rings.append(ring)
         return ring
@@ -181,7 +172,6 @@ class Segment:
             return
         for ring in self._rings:  # each holds a buffer export, which would keep the mapping open
             ring.release()
-        self.parked.release()
         self.words.release()
         self.buf.release()
         self._mm.close()

@@ -1,11 +1,11 @@
-"""Memory fences and futex calls: the few places where shmq needs the CPU's or the kernel's help.
+"""Memory fences: the few places where Python code needs the CPU's help.
 
-They are C (shmq/_ring.c), as is every store and load that publishes a message or a
-cursor; the ordering argument is written there, beside the atomics. Python code uses
-``full_fence`` only for the rest of the park handshake (a flag store, the fence, a
-re-check) and for rare one-off publications such as a new segment's version word.
+Every store and load that publishes a message or a cursor, and the whole park/wake
+handshake with its futexes, is C (shmq/_ring.c); the ordering argument is written
+there, beside the atomics. Python code uses ``full_fence`` only for rare one-off
+publications, such as a new segment's version word or a writer's final state.
 """
 
-from ._ring import HAVE_FUTEX, full_fence, futex_wait, futex_wake
+from ._ring import HAVE_FUTEX, full_fence
 
-__all__ = ["HAVE_FUTEX", "full_fence", "futex_wait", "futex_wake"]
+__all__ = ["HAVE_FUTEX", "full_fence"]

@@ -14,7 +14,7 @@ from .errors import MessageTooLarge, QueueClosed, QueueTimeout, ReaderDead, Shmq
 from .handle import Handle
 from .participant import (
     CLOSE_WAIT_S, DEFAULT_WARN_AFTER_S, R_BYTES, R_CURSOR, R_MESSAGES, R_OVERFLOW, R_OWNER, R_PID, R_PROGRESS,
-    R_STATE, R_STATE_SINCE, W_WRITER_PARKED, W_WRITER_WAKE, WAITING_WRITE, Participant, State, checked_timeout,
+    R_STATE, R_STATE_SINCE, WAITING_WRITE, Participant, State, checked_timeout,
     log,
 )
 from ._ring import compare_exchange, frame_length
@@ -48,13 +48,11 @@ class Writer(Participant):
         self._max = segment.max_message_bytes
         self._slot_base = [L.slot_offset(segment.n_readers, self._cap, i) for i in range(self._n)]
         self._reader_records = [L.word(L.record_offset(1 + i)) for i in range(segment.n_readers)]
-        self._cursor_address = segment.address + L.OFF_WRITER_CURSOR
-        self._wake_address = segment.address + L.OFF_WRITER_WAKE
         self._buf = segment.buf
         self._unfinished: tuple[int, int] | None = None  # (first piece, total) of a message cut short
-        # The Disruptor's gating sequence, cached: the slowest reader's cursor + n, the first message
-        # that may not be written yet (put_one's limit). Rescanned when the ring looks full.
-        self._limit = self._n
+        # The ring gates our cursor on these readers' (shmq/_ring.c: slot_free, the Disruptor's gating sequence).
+        self._ring.bind_gating(tuple(L.record_offset(1 + i) for i in range(segment.n_readers)), L.REC_STATE,
+                               L.REC_CURSOR, _GATING)
         self._remote = None
         if n_remote_readers:
             from .remote import RemotePublisher  # pyzmq is only needed with remote readers
@@ -100,7 +98,7 @@ class Writer(Participant):
             # The usual message: one C call claims the slot (below the slowest reader's cursor + n),
             # writes, publishes and counts it, or refuses (ring full, another thread inside): the slow path.
             if total > self._cap or self._unfinished is not None or \
-                    self._ring.put_one(flags, segments, traceparent, self._limit) is None:
+                    self._ring.put_one(flags, segments, traceparent) is None:
                 try:
                     if not self._ring.enter():
                         raise self._busy_error()
@@ -133,7 +131,7 @@ class Writer(Participant):
                 self._w[self._rec + R_BYTES] += total
             return waited
         waited = self._claim(self._cursor, timeout)
-        self._ring.put_one(flags, segments, traceparent, self._limit)
+        self._ring.put_one(flags, segments, traceparent)
         return waited
 
     def _finish_trace(self, trace, message_id: int, total: int, waited: int, error) -> None:
@@ -173,7 +171,7 @@ class Writer(Participant):
         try:
             for piece in range(n_slots):
                 s = self._cursor
-                if s >= self._limit:
+                if not self._ring.slot_free(s):
                     remaining = timeout if piece == 0 or deadline is None else \
                         max(1e-9, (deadline - time.monotonic_ns()) / 1e9)  # > 0: a timeout, not WouldBlock
                     waited += self._claim(s, remaining)
@@ -202,8 +200,7 @@ class Writer(Participant):
         """Publish the abort piece of the message an earlier call left unfinished."""
         first, total = self._unfinished
         s = self._cursor
-        if s >= self._limit:
-            self._claim(s, timeout)
+        self._claim(s, timeout)
         self._ring.write_head(s, 0, total, L.SLOT_FRAGMENT | L.SLOT_LAST | L.SLOT_ABORT, None)
         self._publish(s + 1)
         self._unfinished = None
@@ -223,37 +220,17 @@ class Writer(Participant):
     # -- waiting for space --------------------------------------------------------------
     def _claim(self, s: int, timeout: float | None) -> int:
         """Make slot `s` free: rescan the readers, and wait if the slowest still holds it."""
-        if self._slot_free(s):
+        free = self._ring.slot_free
+        if free(s):
             return 0
-        return self._block(lambda: self._slot_free(s), timeout, WAITING_WRITE)
-
-    def _slot_free(self, s: int) -> bool:
-        w = self._w
-        lowest = s
-        for rec in self._reader_records:
-            # A (re)attaching reader stores its cursor before its state, so a gating
-            # state read here is followed by a cursor load that sees its cursor.
-            if w[rec + R_STATE] < _GATING:
-                cursor = w[rec + R_CURSOR]
-                if cursor < lowest:
-                    lowest = cursor
-        self._limit = lowest + self._n
-        return s - lowest < self._n
+        return self._block(lambda: free(s), timeout, WAITING_WRITE)
 
     def park(self, timeout_s: float) -> None:
-        w = self._w
-        # Not just "parked": the reader cursor that frees our slot (>= 1, as the ring is full), so
-        # only the reader crossing it wakes us, not every reader on every message meanwhile.
-        w[W_WRITER_PARKED] = self._cursor - self._n + 1
-        sync.full_fence()  # the Dekker handshake with publish_reader_cursor (_ring.c): flag, fence, re-check
-        expected = w[W_WRITER_WAKE]
-        if self._slot_free(self._cursor) or self._closed:
-            w[W_WRITER_PARKED] = 0
+        if self._closed:
             return
         start = time.monotonic_ns()
-        sync.futex_wait(self._wake_address, expected, self._park_timeout(timeout_s))
-        w[W_WRITER_PARKED] = 0
-        self.idle_event("park", start, time.monotonic_ns() - start)
+        if self._ring.park_writer(self._park_timeout(timeout_s)):  # the handshake with the readers, in C
+            self.idle_event("park", start, time.monotonic_ns() - start)
 
     def _gating_readers(self) -> list[int]:
         """Indexes of the readers whose cursors keep the next slot from being free."""
@@ -342,7 +319,7 @@ class Writer(Participant):
                 pass
         self._set_state(State.CLOSED)
         sync.full_fence()
-        sync.futex_wake(self._cursor_address)  # parked readers see the close now, not at their timeout
+        self._ring.wake_readers()  # parked readers see the close now, not at their timeout
         if self._remote is not None:
             self._remote.close(self._cursor)
         self._stop_heartbeat()

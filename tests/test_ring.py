@@ -6,13 +6,15 @@ import pickle
 import threading
 import random
 import struct
+import subprocess
+import sys
 
 import pytest
 
 import shmq
 from shmq import _ring
 from shmq import layout as L
-from shmq.segment import RECORD_FIELDS
+
 
 N_READERS, N_SLOTS, CHUNK = 3, 4, 256
 
@@ -32,7 +34,7 @@ def ring_on(memory) -> _ring.Ring:
 
 def bound_ring_on(memory, participant: int) -> _ring.Ring:
     ring = ring_on(memory)
-    ring.bind_record(L.record_offset(participant), True, RECORD_FIELDS, L.HIST_FINITE_BUCKETS)
+    ring.bind_record(L.record_offset(participant), True, L.RECORD_FIELDS, L.HIST_FINITE_BUCKETS)
     return ring
 
 
@@ -56,7 +58,7 @@ def test_put_one_writes_the_slot_layout_py_reads_publishes_the_cursor_and_counts
     traceparent = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
     ring.publish(5)  # the writer has sent messages 0..4: put_one writes at its cursor, 5
     assert ring.written == 5
-    assert ring.put_one(L.SLOT_TRACED, [stream], traceparent, 1 << 62) is False  # nobody parked: no wake
+    assert ring.put_one(L.SLOT_TRACED, [stream], traceparent) is False  # nobody parked: no wake
     assert ring.written == 6
     base = L.slot_offset(N_READERS, CHUNK, 5 % N_SLOTS)
     frame = len(stream) + L.ONE_SEGMENT.size
@@ -75,12 +77,12 @@ def test_take_one_returns_only_a_published_plain_message_and_counts_it(memory):
     writer, reader = ring_on(memory), reader_ring_on(memory)
     stream = pickle.dumps("hello", protocol=5)
     assert reader.take_one() is None  # nothing published
-    writer.put_one(0, [stream], None, 1 << 62)
+    writer.put_one(0, [stream], None)
     assert reader.take_one() == stream and reader.cursor == 1 and reader.available == 1
-    writer.put_one(L.SLOT_RAW, [stream], None, 1 << 62)
+    writer.put_one(L.SLOT_RAW, [stream], None)
     assert reader.take_one() is None and reader.cursor == 1  # flags: the Python path decides
     reader.advance(2)
-    writer.put_one(0, [stream], None, 1 << 62)
+    writer.put_one(0, [stream], None)
     words(memory)[L.word(L.slot_offset(N_READERS, CHUNK, 2))] = 99  # the slot holds another message now
     assert reader.take_one() is None and reader.cursor == 2
     frame = len(stream) + L.ONE_SEGMENT.size
@@ -95,7 +97,7 @@ def test_out_of_band_buffers_are_laid_out_as_layout_py_says_and_come_back_as_pri
     lengths = [len(segment) for segment in segments]
     offsets, frame = L.segment_layout(lengths)
     assert _ring.frame_length(segments) == frame
-    writer.put_one(0, segments, None, 1 << 62)
+    writer.put_one(0, segments, None)
     start = L.slot_offset(N_READERS, CHUNK, 0) + L.SLOT_HEADER_BYTES
     assert struct.unpack_from(f"<{1 + len(segments)}Q", memory, start) == (len(segments), *lengths)
     for offset, segment in zip(offsets, segments):
@@ -125,7 +127,7 @@ def test_frame_spans_finds_the_segments_layout_py_lays_out_and_refuses_a_corrupt
 def test_a_corrupt_frame_table_is_left_to_the_python_path(memory):
     writer, reader = ring_on(memory), reader_ring_on(memory)
     start = L.slot_offset(N_READERS, CHUNK, 0) + L.SLOT_HEADER_BYTES
-    writer.put_one(0, [b"stream", b"buffer"], None, 1 << 62)
+    writer.put_one(0, [b"stream", b"buffer"], None)
     table = memoryview(memory)[start : start + 24].cast("Q")
     for count, first, second in ((0, 6, 6), (3, 6, 6), (2, 6, 7), (2, 6, 5), (2, 50, 6), (2, 2 ** 63, 6), (2, 6, 2 ** 64 - 1)):
         table[0], table[1], table[2] = count, first, second
@@ -151,7 +153,7 @@ def test_a_piece_of_a_multi_slot_message_gets_its_header_and_the_reader_sees_its
 def test_a_backlog_is_published_once_per_batch_and_at_once_when_caught_up(memory):
     writer, reader = ring_on(memory), reader_ring_on(memory, publish_every=2)
     for _ in range(3):
-        writer.put_one(0, [b"x"], None, 1 << 62)
+        writer.put_one(0, [b"x"], None)
     published = []
     for _ in range(3):
         reader.take_one()
@@ -215,15 +217,15 @@ def test_bad_arguments_are_refused_without_touching_memory(memory):
     ring = ring_on(memory)
     before = bytes(memory)
     with pytest.raises(ValueError, match="does not fit"):
-        ring.put_one(0, [b"x" * CHUNK], None, 1 << 62)
+        ring.put_one(0, [b"x" * CHUNK], None)
     with pytest.raises(TypeError, match="list of buffers"):
-        ring.put_one(0, [], None, 1 << 62)
+        ring.put_one(0, [], None)
     with pytest.raises(TypeError, match="bytes-like"):
-        ring.put_one(0, [b"x", "not a buffer"], None, 1 << 62)
+        ring.put_one(0, [b"x", "not a buffer"], None)
     with pytest.raises(ValueError, match="traceparent"):
-        ring.put_one(0, [b"x"], b"t" * (L.TRACEPARENT_BYTES + 1), 1 << 62)
+        ring.put_one(0, [b"x"], b"t" * (L.TRACEPARENT_BYTES + 1))
     with pytest.raises(ValueError, match="outside the segment"):
-        ring.bind_record(len(memory), True, RECORD_FIELDS, L.HIST_FINITE_BUCKETS)
+        ring.bind_record(len(memory), True, L.RECORD_FIELDS, L.HIST_FINITE_BUCKETS)
     with pytest.raises(RuntimeError, match="bind_record"):
         ring.take_one()
     with pytest.raises(RuntimeError, match="bind_record"):
@@ -231,7 +233,7 @@ def test_bad_arguments_are_refused_without_touching_memory(memory):
     assert bytes(memory) == before
     ring.release()
     with pytest.raises(ValueError, match="released"):
-        ring.put_one(0, [b"x"], None, 1 << 62)
+        ring.put_one(0, [b"x"], None)
 
 
 def test_a_closed_reader_raises_instead_of_touching_the_unmapped_segment():
@@ -243,11 +245,25 @@ def test_a_closed_reader_raises_instead_of_touching_the_unmapped_segment():
             reader.get(timeout=1)
 
 
-def test_the_fast_paths_take_nothing_past_the_claim_or_while_another_thread_holds_the_slow_path(memory):
+def test_the_writer_writes_no_slot_a_gating_reader_still_holds(memory):
     writer, reader = ring_on(memory), reader_ring_on(memory)
-    assert writer.put_one(0, [b"x"], None, 0) is None  # the claim (slowest reader + slots) is already used
-    assert writer.written == 0 and words(memory)[L.word(L.OFF_WRITER_CURSOR)] == 0
-    assert writer.put_one(0, [b"x"], None, 1) is False and writer.written == 1
+    writer.bind_gating(tuple(L.record_offset(1 + i) for i in range(N_READERS)), L.REC_STATE, L.REC_CURSOR,
+                       L.ParticipantState.CLOSED)
+    for i in range(N_READERS):  # readers 1 and 2 have closed: they hold nothing
+        words(memory)[L.word(L.record_offset(1 + i) + L.REC_STATE)] = L.ParticipantState.BUSY if i == 0 else \
+            L.ParticipantState.CLOSED
+    for n in range(N_SLOTS):
+        assert writer.put_one(0, [b"%d" % n], None) is False
+    assert writer.put_one(0, [b"full"], None) is None and not writer.slot_free(N_SLOTS)  # reader 0 holds slot 0
+    assert writer.written == N_SLOTS and words(memory)[L.word(L.OFF_WRITER_CURSOR)] == N_SLOTS
+    assert reader.take_one() == b"0"  # publishes its cursor: slot 0 is free again
+    assert writer.slot_free(N_SLOTS) and not writer.slot_free(N_SLOTS + 1)
+    assert writer.put_one(0, [b"next"], None) is False and writer.put_one(0, [b"more"], None) is None
+
+
+def test_the_fast_paths_take_nothing_while_another_thread_holds_the_slow_path(memory):
+    writer, reader = ring_on(memory), reader_ring_on(memory)
+    assert writer.put_one(0, [b"x"], None) is False and writer.written == 1
     entered, done = threading.Event(), threading.Event()
 
     def hold():
@@ -263,11 +279,19 @@ def test_the_fast_paths_take_nothing_past_the_claim_or_while_another_thread_hold
     assert entered.wait(10)
     assert writer.enter() is False and reader.enter() is False  # held by the other thread
     writer.leave()  # not ours to release: still held
-    assert writer.put_one(0, [b"y"], None, 1 << 62) is None and writer.written == 1
+    assert writer.put_one(0, [b"y"], None) is None and writer.written == 1
     assert reader.take_one() is None and reader.cursor == 0
     done.set()
     holder.join(10)
     assert reader.take_one() == b"x" and reader.enter() is True
     assert reader.take_one() is None  # nothing published; the holder itself may take
-    writer.put_one(0, [b"z"], None, 1 << 62)
+    writer.put_one(0, [b"z"], None)
     assert reader.take_one() == b"z"
+
+
+def test_the_layout_refuses_a_c_build_that_disagrees_with_it():
+    code = ("import importlib, shmq._ring as c, shmq.layout as layout\n"
+            "c.SLOT_FLAGS = 99\n"
+            "try:\n    importlib.reload(layout)\nexcept ImportError as e:\n    print(e)\n")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "disagree on {'SLOT_FLAGS': (24, 99)}" in shown.stdout and "rebuild shmq" in shown.stdout, shown
