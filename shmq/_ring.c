@@ -88,6 +88,39 @@ futex_sleep(void *address, uint32_t expected, double timeout_s)
     Py_END_ALLOW_THREADS
 }
 
+/* futex_wait(address, expected, timeout_s) and futex_wake(address, count): the bare kernel calls,
+ * for the benchmark's limit rows (shmq bench); the queue itself parks through Ring.park_*. */
+static PyObject *
+futex_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "futex_wait(address, expected, timeout_s)");
+        return NULL;
+    }
+    unsigned long long address = PyLong_AsUnsignedLongLong(args[0]);
+    unsigned long expected = PyLong_AsUnsignedLongMask(args[1]);
+    double timeout_s = PyFloat_AsDouble(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    futex_sleep((void *)(uintptr_t)address, (uint32_t)expected, timeout_s);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+futex_wake(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "futex_wake(address, count=INT_MAX)");
+        return NULL;
+    }
+    unsigned long long address = PyLong_AsUnsignedLongLong(args[0]);
+    long count = nargs == 2 ? PyLong_AsLong(args[1]) : INT_MAX;
+    if (PyErr_Occurred())
+        return NULL;
+    futex_wake_all((void *)(uintptr_t)address, count > INT_MAX ? INT_MAX : (int)count);
+    Py_RETURN_NONE;
+}
+
 /* -- Ring --------------------------------------------------------------------------------- */
 /* The words of a participant's record that the C paths store, in the order bind_record takes
  * their offsets (shmq/segment.py: RECORD_FIELDS); the histogram is the first of its buckets. */
@@ -1219,6 +1252,10 @@ static PyTypeObject RingType = {
 
 static PyMethodDef module_methods[] = {
     {"full_fence", full_fence, METH_NOARGS, "A full memory barrier (C11 seq_cst fence)."},
+    {"futex_wait", (PyCFunction)(void (*)(void))futex_wait, METH_FASTCALL,
+     "futex_wait(address, expected, timeout_s): sleep while the 32-bit word at address equals expected."},
+    {"futex_wake", (PyCFunction)(void (*)(void))futex_wake, METH_FASTCALL,
+     "futex_wake(address, count=INT_MAX): wake sleepers on the word at address."},
     {"compare_exchange", (PyCFunction)(void (*)(void))compare_exchange, METH_FASTCALL,
      "compare_exchange(buffer, offset, expected, new) -> the word before; stores new only if it held expected."},
     {"uninitialized_bytearray", uninitialized_bytearray, METH_O, "uninitialized_bytearray(n) -> n bytes, not zeroed."},
