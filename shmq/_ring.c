@@ -45,6 +45,10 @@ enum { SEQ, FRAME_LEN, TOTAL_LEN, FLAGS };
 #define TRACEPARENT_BYTES 64
 #define MIN_FRAME_BYTES 16 /* the table of one empty segment */
 
+/* A flight ring entry's words and operations (shmq/layout.py: FLIGHT_*, FlightOp). */
+enum { E_STAMP, E_OP, E_SEQ, E_SIZE, E_BEGIN, E_END, E_SPINS_YIELDS, E_PARKS, E_WORDS };
+enum { OP_PUT = 1, OP_PIECE, OP_GET, OP_PARK, OP_WAKE, OP_TIMEOUT, OP_DEAD_CHECK, OP_EVICT };
+
 /* parked_mark in shmq/layout.py: bit 7 set, and the low 7 bits of the cursor a reader waits past. */
 #define PARKED_BIT 0x80
 #define PARKED_CURSOR_MASK 0x7F
@@ -86,6 +90,54 @@ futex_sleep(void *address, uint32_t expected, double timeout_s)
     nanosleep(&timeout, NULL);
 #endif
     Py_END_ALLOW_THREADS
+}
+
+/* flight_entries(buffer, offset, entries) -> [(stamp, op, seq, size, begin, end, spins_yields, parks)]:
+ * the complete entries of the flight ring at offset, oldest first; one its owner was writing while
+ * we copied it (its stamp 0 or changed) is left out. */
+static PyObject *
+flight_entries(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    Py_ssize_t offset;
+    unsigned long long entries;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "flight_entries(buffer, offset, entries)");
+        return NULL;
+    }
+    offset = PyLong_AsSsize_t(args[1]);
+    entries = PyLong_AsUnsignedLongLong(args[2]);
+    if (PyErr_Occurred() || PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *found = NULL;
+    if (offset < 0 || offset % 64 || (unsigned long long)offset + 64 + entries * 8 * E_WORDS >
+                                         (unsigned long long)view.len) {
+        PyErr_SetString(PyExc_ValueError, "the flight ring is outside the buffer");
+        goto done;
+    }
+    _Atomic uint64_t *ring = (_Atomic uint64_t *)((char *)view.buf + offset) + 8;
+    found = PyList_New(0);
+    for (unsigned long long i = 0; found != NULL && i < entries; i++) {
+        _Atomic uint64_t *e = ring + E_WORDS * i;
+        uint64_t copy[E_WORDS];
+        uint64_t stamp = atomic_load_explicit(&e[E_STAMP], memory_order_acquire);
+        for (int w = 1; w < E_WORDS; w++)
+            copy[w] = atomic_load_explicit(&e[w], memory_order_relaxed);
+        atomic_thread_fence(memory_order_acquire); /* the copy before the second look at the stamp */
+        if (stamp == 0 || atomic_load_explicit(&e[E_STAMP], memory_order_relaxed) != stamp)
+            continue;
+        copy[E_STAMP] = stamp;
+        PyObject *entry = Py_BuildValue("(KKKKKKKK)", copy[0], copy[1], copy[2], copy[3], copy[4], copy[5], copy[6],
+                                        copy[7]);
+        if (entry == NULL || PyList_Append(found, entry) < 0)
+            Py_CLEAR(found);
+        Py_XDECREF(entry);
+    }
+    if (found != NULL && PyList_Sort(found) < 0)
+        Py_CLEAR(found);
+done:
+    PyBuffer_Release(&view);
+    return found;
 }
 
 /* futex_wait(address, expected, timeout_s) and futex_wake(address, count): the bare kernel calls,
@@ -158,6 +210,12 @@ typedef struct {
     _Atomic uint64_t **gate_state, **gate_cursor;
     Py_ssize_t n_gates;
     uint64_t gating_below, limit;
+    /* The participant's flight ring, after bind_flight (NULL without one): entries, head word, the
+     * index mask (entries is a power of two) and the next entry's index. A wait's start and counts
+     * are kept until the operation it led to is recorded. */
+    _Atomic uint64_t *flight, *flight_head;
+    uint64_t flight_mask, flight_next;
+    uint64_t wait_start, wait_spins, wait_yields, wait_parks;
     /* The participant's record, after bind_record: its words, in the order of enum Field. */
     _Atomic uint64_t *field[N_FIELDS]; /* all NULL until bind_record */
     int stats;                          /* counters and histogram kept (the segment's FLAG_STATS) */
@@ -319,6 +377,63 @@ monotonic_ns(void)
     return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
 }
 
+/* -- the flight recorder ---------------------------------------------------------------------- */
+/* Each participant's last operations, in its own flight ring (shmq/layout.py: FLIGHT_*). The ring's
+ * owner is its only writer, so plain stores suffice: an outside reader (flight_entries) tells a torn
+ * entry by its stamp, stored 0 (then a release fence) before the entry's words and index + 1 (a
+ * release store) after them, and loaded before and after the copy. */
+
+/* Write one entry; its stamp is returned (flight_finish completes a park). An operation a wait led
+ * to (ends_wait) begins when the wait began and carries its counts. */
+static uint64_t
+flight_record(Ring *self, uint64_t op, uint64_t seq, uint64_t size, uint64_t now, uint64_t end, int ends_wait)
+{
+    uint64_t index = self->flight_next++;
+    _Atomic uint64_t *e = self->flight + E_WORDS * (index & self->flight_mask);
+    uint64_t begin = now, spins_yields = 0, parks = 0;
+    if (ends_wait && self->wait_start) {
+        begin = self->wait_start;
+        spins_yields = self->wait_spins << 32 | (self->wait_yields & 0xFFFFFFFF);
+        parks = self->wait_parks;
+        self->wait_start = self->wait_spins = self->wait_yields = self->wait_parks = 0;
+    }
+    atomic_store_explicit(&e[E_STAMP], 0, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release); /* the zero stamp before the words */
+    atomic_store_explicit(&e[E_OP], op, memory_order_relaxed);
+    atomic_store_explicit(&e[E_SEQ], seq, memory_order_relaxed);
+    atomic_store_explicit(&e[E_SIZE], size, memory_order_relaxed);
+    atomic_store_explicit(&e[E_BEGIN], begin, memory_order_relaxed);
+    atomic_store_explicit(&e[E_END], end, memory_order_relaxed);
+    atomic_store_explicit(&e[E_SPINS_YIELDS], spins_yields, memory_order_relaxed);
+    atomic_store_explicit(&e[E_PARKS], parks, memory_order_relaxed);
+    atomic_store_explicit(&e[E_STAMP], index + 1, memory_order_release); /* the words before the stamp */
+    atomic_store_explicit(self->flight_head, index + 1, memory_order_relaxed);
+    return index + 1;
+}
+
+/* Record an operation, if this ring has a recorder; begin and end are now (or the wait's start). */
+static inline void
+flight(Ring *self, uint64_t op, uint64_t seq, uint64_t size, int ends_wait)
+{
+    if (self->flight != NULL) {
+        uint64_t now = monotonic_ns();
+        flight_record(self, op, seq, size, now, now, ends_wait);
+    }
+}
+
+/* The end of an entry written with end 0 (a park), if the ring has not reused it since. */
+static void
+flight_finish(Ring *self, uint64_t stamp, uint64_t end)
+{
+    _Atomic uint64_t *e = self->flight + E_WORDS * ((stamp - 1) & self->flight_mask);
+    if (atomic_load_explicit(&e[E_STAMP], memory_order_relaxed) != stamp)
+        return;
+    atomic_store_explicit(&e[E_STAMP], 0, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&e[E_END], end, memory_order_relaxed);
+    atomic_store_explicit(&e[E_STAMP], stamp, memory_order_release);
+}
+
 /* The owner is the only writer of its record's words: a relaxed load and store is an add. */
 static inline void
 add(_Atomic uint64_t *word, uint64_t n)
@@ -365,7 +480,11 @@ ring_publish(Ring *self, PyObject *arg)
     if (as_u64(arg, &cursor) < 0 || check_open(self) < 0)
         return NULL;
     self->written = cursor;
-    return PyBool_FromLong(publish_writer_cursor(self, cursor));
+    int woke = publish_writer_cursor(self, cursor);
+    flight(self, OP_PIECE, cursor - 1, 0, 1);
+    if (woke)
+        flight(self, OP_WAKE, cursor - 1, 0, 0);
+    return PyBool_FromLong(woke);
 }
 
 /* -- frames -------------------------------------------------------------------------------- */
@@ -598,8 +717,12 @@ ring_park_writer(Ring *self, PyObject *arg)
     atomic_thread_fence(memory_order_seq_cst);
     uint32_t expected = atomic_load_explicit(self->writer_wake, memory_order_relaxed);
     int sleep = !slot_free(self, s);
-    if (sleep)
+    if (sleep) {
+        uint64_t stamp = self->flight ? flight_record(self, OP_PARK, s, 0, monotonic_ns(), 0, 0) : 0;
         futex_sleep((void *)self->writer_wake, expected, timeout_s);
+        if (stamp && self->view.buf != NULL)
+            flight_finish(self, stamp, monotonic_ns());
+    }
     if (self->view.buf != NULL) /* another thread may have closed the ring while we slept */
         atomic_store_explicit(self->writer_parked, 0, memory_order_relaxed);
     return PyBool_FromLong(sleep);
@@ -621,11 +744,47 @@ ring_park_reader(Ring *self, PyObject *arg)
     atomic_thread_fence(memory_order_seq_cst);
     uint64_t available = atomic_load_explicit(self->writer_cursor, memory_order_relaxed);
     int sleep = available <= c;
-    if (sleep) /* the futex word is the cursor's low half (little-endian) */
+    if (sleep) { /* the futex word is the cursor's low half (little-endian) */
+        uint64_t stamp = self->flight ? flight_record(self, OP_PARK, c, 0, monotonic_ns(), 0, 0) : 0;
         futex_sleep((void *)self->writer_cursor, (uint32_t)available, timeout_s);
+        if (stamp && self->view.buf != NULL)
+            flight_finish(self, stamp, monotonic_ns());
+    }
     if (self->view.buf != NULL)
         atomic_store_explicit(parked, 0, memory_order_relaxed);
     return PyBool_FromLong(sleep);
+}
+
+/* bind_flight(offset, entries): this participant's flight ring (its head line, then `entries`
+ * entries, a power of two); the indices carry on from the head, so a new owner continues them. */
+static PyObject *
+ring_bind_flight(Ring *self, PyObject *args)
+{
+    Py_ssize_t offset;
+    unsigned long long entries;
+    if (!PyArg_ParseTuple(args, "nK", &offset, &entries) || check_open(self) < 0)
+        return NULL;
+    if (entries == 0 || (entries & (entries - 1)) || offset < 0 || offset % 64 ||
+        (unsigned long long)offset + 64 + entries * 8 * E_WORDS > (unsigned long long)self->view.len) {
+        PyErr_SetString(PyExc_ValueError, "the flight ring is outside the segment or not a power of two");
+        return NULL;
+    }
+    self->flight_head = (_Atomic uint64_t *)((char *)self->view.buf + offset);
+    self->flight = self->flight_head + 8;
+    self->flight_mask = entries - 1;
+    self->flight_next = atomic_load_explicit(self->flight_head, memory_order_relaxed);
+    Py_RETURN_NONE;
+}
+
+/* record(op, seq, size): an operation the Python paths see (a timeout, a dead peer, an eviction). */
+static PyObject *
+ring_record(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t words[3];
+    if (check_nargs(nargs, 3, "record(op, seq, size)") < 0 || as_u64s(args, 3, words) < 0 || check_open(self) < 0)
+        return NULL;
+    flight(self, words[0], words[1], words[2], words[0] == OP_TIMEOUT || words[0] == OP_DEAD_CHECK);
+    Py_RETURN_NONE;
 }
 
 /* wake_readers(): wake every reader parked on the writer cursor (a close, a cancel). */
@@ -682,6 +841,9 @@ ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         add(self->field[F_MESSAGES], 1);
         add(self->field[F_BYTES], frame);
     }
+    flight(self, OP_PUT, seq, frame, 1);
+    if (woke)
+        flight(self, OP_WAKE, seq, 0, 0);
     return PyBool_FromLong(woke);
 }
 
@@ -765,6 +927,9 @@ ring_set_state(Ring *self, PyObject *arg)
 static void
 add_counters(Ring *self, const uint64_t counters[5])
 {
+    self->wait_spins += counters[0];
+    self->wait_yields += counters[1];
+    self->wait_parks += counters[4];
     if (!self->stats)
         return;
     add(self->field[F_SPINS], counters[0]);
@@ -801,6 +966,7 @@ ring_end_wait(Ring *self, PyObject *const *args, Py_ssize_t nargs)
     uint64_t now = monotonic_ns();
     uint64_t waited = now > start ? now - start : 0;
     add_counters(self, counters);
+    self->wait_start = start; /* the operation the wait led to begins here (flight_record) */
     if (self->stats) {
         add(self->field[F_HISTOGRAM] + bucket_of(waited, self->hist_finite_buckets), 1);
         add(self->field[F_WAITS], 1);
@@ -880,6 +1046,7 @@ publish_reader_cursor(Ring *self)
         futex_wake_all((void *)self->writer_wake, 1);
         if (self->stats)
             add(self->field[F_WAKEUPS], 1);
+        flight(self, OP_WAKE, cursor, 0, 0);
     }
 }
 
@@ -1060,6 +1227,7 @@ ring_take_one(Ring *self, PyObject *unused)
     self->messages += 1;
     self->bytes += frame;
     release_read(self, c + 1);
+    flight(self, OP_GET, c, frame, 1);
     return message;
 }
 
@@ -1084,6 +1252,7 @@ ring_count(Ring *self, PyObject *arg)
         return NULL;
     self->messages += 1;
     self->bytes += nbytes;
+    flight(self, OP_GET, self->cursor, nbytes, 1);
     Py_RETURN_NONE;
 }
 
@@ -1195,6 +1364,10 @@ static PyMethodDef ring_methods[] = {
     {"park_reader", (PyCFunction)ring_park_reader, METH_O,
      "park_reader(timeout_s) -> slept: sleep until the writer publishes past our cursor."},
     {"wake_readers", (PyCFunction)ring_wake_readers, METH_NOARGS, "wake_readers(): wake every parked reader."},
+    {"bind_flight", (PyCFunction)ring_bind_flight, METH_VARARGS,
+     "bind_flight(offset, entries): record this participant's operations in its flight ring."},
+    {"record", (PyCFunction)(void (*)(void))ring_record, METH_FASTCALL,
+     "record(op, seq, size): note an operation of the Python paths in the flight ring."},
     {"enter", (PyCFunction)ring_enter, METH_NOARGS, "enter() -> False if another call is in a slow path."},
     {"leave", (PyCFunction)ring_leave, METH_NOARGS, "leave(): release the slow path if this thread holds it."},
     {"write_head", (PyCFunction)(void (*)(void))ring_write_head, METH_FASTCALL,
@@ -1252,6 +1425,8 @@ static PyTypeObject RingType = {
 
 static PyMethodDef module_methods[] = {
     {"full_fence", full_fence, METH_NOARGS, "A full memory barrier (C11 seq_cst fence)."},
+    {"flight_entries", (PyCFunction)(void (*)(void))flight_entries, METH_FASTCALL,
+     "flight_entries(buffer, offset, entries) -> the complete entries of a flight ring, oldest first."},
     {"futex_wait", (PyCFunction)(void (*)(void))futex_wait, METH_FASTCALL,
      "futex_wait(address, expected, timeout_s): sleep while the 32-bit word at address equals expected."},
     {"futex_wake", (PyCFunction)(void (*)(void))futex_wake, METH_FASTCALL,
@@ -1300,6 +1475,16 @@ PyInit__ring(void)
     PyModule_AddIntConstant(module, "PARKED_BIT", PARKED_BIT);
     PyModule_AddIntConstant(module, "PARKED_CURSOR_MASK", PARKED_CURSOR_MASK);
     PyModule_AddIntConstant(module, "N_RECORD_FIELDS", N_FIELDS);
+    PyModule_AddIntConstant(module, "FLIGHT_ENTRY_BYTES", 8 * E_WORDS);
+    PyModule_AddIntConstant(module, "FLIGHT_HEAD_BYTES", 64);
+    PyModule_AddIntConstant(module, "FLIGHT_PUT", OP_PUT);
+    PyModule_AddIntConstant(module, "FLIGHT_PIECE", OP_PIECE);
+    PyModule_AddIntConstant(module, "FLIGHT_GET", OP_GET);
+    PyModule_AddIntConstant(module, "FLIGHT_PARK", OP_PARK);
+    PyModule_AddIntConstant(module, "FLIGHT_WAKE", OP_WAKE);
+    PyModule_AddIntConstant(module, "FLIGHT_TIMEOUT", OP_TIMEOUT);
+    PyModule_AddIntConstant(module, "FLIGHT_DEAD_CHECK", OP_DEAD_CHECK);
+    PyModule_AddIntConstant(module, "FLIGHT_EVICT", OP_EVICT);
     PyModule_AddIntConstant(module, "HAVE_FUTEX",
 #ifdef __linux__
                             1

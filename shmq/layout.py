@@ -13,7 +13,7 @@ One POSIX shared-memory object holds one queue::
     |   line 4  writer_cursor            (futex word: its low half)|
     |   line 5  reader_parked[64]        (one byte per reader)     |
     |   line 6  writer_parked | writer_wake (futex word)           |
-    |   line 7  reserved                                           |
+    |   line 7  flight_entries (per participant; 0: no recorder)    |
     +--------------------------------------------------------------+  HEADER_BYTES
     | PARTICIPANT RECORD 0: the writer          (RECORD_BYTES each)|
     | PARTICIPANT RECORD 1..n_readers: reader 0..n_readers-1       |
@@ -21,6 +21,10 @@ One POSIX shared-memory object holds one queue::
     | SLOT 0: slot header (SLOT_HEADER_BYTES) | payload chunk_bytes |
     | ...                                                          |
     | SLOT n_chunks-1                                              |
+    +--------------------------------------------------------------+  flight_offset(..., 0)
+    | FLIGHT RING 0..n_readers: each participant's last operations |
+    |   line 0  head (entries written so far)                      |
+    |   then flight_entries entries of FLIGHT_ENTRY_BYTES          |
     +--------------------------------------------------------------+  segment_bytes()
 
 Every shared field is a naturally aligned 8-byte word, so the queue reads and
@@ -49,7 +53,7 @@ WORD = 8
 
 MAGIC = b"SHMQRNG\x00"
 MAGIC_WORD = int.from_bytes(MAGIC, "little")
-LAYOUT_VERSION = 2  # 2: instance id, record owner word, first/abort piece flags
+LAYOUT_VERSION = 3  # 2: instance id, record owner word, first/abort piece flags; 3: flight recorder
 
 MAX_READERS = 64  # one parked byte per reader fits one cache line
 NAME_BYTES = 64
@@ -82,7 +86,9 @@ OFF_READER_PARKED = OFF_WRITER_CURSOR + CACHE_LINE
 #    it waits for) and the word it sleeps on -----------------------------------
 OFF_WRITER_PARKED = OFF_READER_PARKED + CACHE_LINE
 OFF_WRITER_WAKE = OFF_WRITER_PARKED + WORD
-HEADER_BYTES = OFF_WRITER_PARKED + 2 * CACHE_LINE
+# -- line 7: the flight recorder's size ------------------------------------------
+OFF_FLIGHT_ENTRIES = OFF_WRITER_PARKED + CACHE_LINE
+HEADER_BYTES = OFF_FLIGHT_ENTRIES + CACHE_LINE
 
 assert OFF_INSTANCE_ID + INSTANCE_ID_BYTES <= OFF_NAME
 assert OFF_WRITER_CURSOR % CACHE_LINE == 0 and OFF_READER_PARKED % CACHE_LINE == 0
@@ -249,8 +255,16 @@ def slot_stride(chunk_bytes: int) -> int:
     return SLOT_HEADER_BYTES + align(chunk_bytes)
 
 
-def segment_bytes(n_readers: int, n_chunks: int, chunk_bytes: int) -> int:
+def slots_end(n_readers: int, n_chunks: int, chunk_bytes: int) -> int:
     return slots_offset(n_readers) + n_chunks * slot_stride(chunk_bytes)
+
+
+def flight_offset(n_readers: int, n_chunks: int, chunk_bytes: int, flight_entries: int, participant: int) -> int:
+    return slots_end(n_readers, n_chunks, chunk_bytes) + participant * flight_ring_bytes(flight_entries)
+
+
+def segment_bytes(n_readers: int, n_chunks: int, chunk_bytes: int, flight_entries: int) -> int:
+    return flight_offset(n_readers, n_chunks, chunk_bytes, flight_entries, 1 + n_readers)
 
 
 def slot_offset(n_readers: int, chunk_bytes: int, slot: int) -> int:
@@ -273,6 +287,39 @@ def decode_text(raw: bytes) -> str:
     return bytes(raw).split(b"\x00", 1)[0].decode("utf-8", "replace")
 
 
+# -- the flight recorder -----------------------------------------------------------
+# Each participant's ring of its last operations, written by its owner's C paths with plain stores
+# (shmq/_ring.c: flight_record) and read from outside (shmq/flight.py). An entry is one cache line:
+FLIGHT_STAMP = 0  # the entry's index + 1, stored last; 0 while it is being written
+FLIGHT_OP = FLIGHT_STAMP + WORD  # a FlightOp
+FLIGHT_SEQ = FLIGHT_OP + WORD  # the message the operation concerns
+FLIGHT_SIZE = FLIGHT_SEQ + WORD  # its size in bytes, where it has one
+FLIGHT_BEGIN_NS = FLIGHT_SIZE + WORD  # time.monotonic_ns(): a wait that led to it counts
+FLIGHT_END_NS = FLIGHT_BEGIN_NS + WORD  # 0 while it lasts (a park)
+FLIGHT_SPINS_YIELDS = FLIGHT_END_NS + WORD  # spins << 32 | yields of its wait
+FLIGHT_PARKS = FLIGHT_SPINS_YIELDS + WORD
+FLIGHT_ENTRY_BYTES = FLIGHT_PARKS + WORD
+assert FLIGHT_ENTRY_BYTES == CACHE_LINE
+FLIGHT_HEAD_BYTES = CACHE_LINE  # the head word (entries written so far), alone on its line
+#: 1,024 entries: 64 KiB per participant, the last seconds of a queue at engine cadence.
+DEFAULT_FLIGHT_ENTRIES = 1024
+
+
+class FlightOp(enum.IntEnum):
+    PUT = 1  #: a message written and published
+    PIECE = 2  #: one piece of a message that spans slots, published
+    GET = 3  #: a message taken
+    PARK = 4  #: asleep on the futex until woken or timed out (end_ns 0 while asleep)
+    WAKE = 5  #: a futex wake issued for a parked peer
+    TIMEOUT = 6  #: a put() or get() that timed out
+    DEAD_CHECK = 7  #: a wait found its peer dead (size: the dead reader's index, for a writer)
+    EVICT = 8  #: the writer evicted a dead reader (seq: its cursor; size: its index)
+
+
+def flight_ring_bytes(flight_entries: int) -> int:
+    return FLIGHT_HEAD_BYTES + flight_entries * FLIGHT_ENTRY_BYTES if flight_entries else 0
+
+
 # -- what shmq/_ring.c assumes ---------------------------------------------------------
 #: The record words the C paths store, in the order of its enum Field (bind_record takes their offsets).
 RECORD_FIELDS = (REC_STATE, REC_STATE_SINCE_NS, REC_CURSOR, REC_MESSAGES, REC_BYTES, REC_SPINS, REC_YIELDS,
@@ -282,7 +329,8 @@ RECORD_FIELDS = (REC_STATE, REC_STATE_SINCE_NS, REC_CURSOR, REC_MESSAGES, REC_BY
 _C_LAYOUT = {"SLOT_SEQ": SLOT_SEQ, "SLOT_FRAME_LEN": SLOT_FRAME_LEN, "SLOT_TOTAL_LEN": SLOT_TOTAL_LEN,
              "SLOT_FLAGS": SLOT_FLAGS, "SLOT_TRACEPARENT": SLOT_TRACEPARENT, "TRACEPARENT_BYTES": TRACEPARENT_BYTES,
              "SEGMENT_ALIGN": SEGMENT_ALIGN, "PARKED_BIT": PARKED_BIT, "PARKED_CURSOR_MASK": PARKED_CURSOR_MASK,
-             "N_RECORD_FIELDS": len(RECORD_FIELDS)}
+             "N_RECORD_FIELDS": len(RECORD_FIELDS), "FLIGHT_ENTRY_BYTES": FLIGHT_ENTRY_BYTES,
+             "FLIGHT_HEAD_BYTES": FLIGHT_HEAD_BYTES, **{f"FLIGHT_{op.name}": op.value for op in FlightOp}}
 if _mismatch := {name: (value, getattr(_ring, name, None)) for name, value in _C_LAYOUT.items()
                  if getattr(_ring, name, None) != value}:
     raise ImportError(f"shmq/_ring.c and shmq/layout.py disagree on {_mismatch} (layout.py, C): rebuild shmq")

@@ -286,6 +286,7 @@ class Participant:
                 if deadline is not None and now >= deadline:
                     if self._stats:
                         w[rec + R_TIMEOUTS] += 1
+                    self._ring.record(L.FlightOp.TIMEOUT, self._cursor, 0)
                     raise QueueTimeout(f"{self._describe()} timed out after {timeout} s: "
                                        f"{self._blockers(now - start)}")
                 if now >= warn_at:

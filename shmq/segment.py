@@ -61,6 +61,7 @@ class Segment:
         self.chunk_bytes = w[L.word(L.OFF_CHUNK_BYTES)]
         self.flags = w[L.word(L.OFF_FLAGS)]
         self.max_message_bytes = w[L.word(L.OFF_MAX_MESSAGE_BYTES)]
+        self.flight_entries = w[L.word(L.OFF_FLIGHT_ENTRIES)]
         self.creator_pid = w[L.word(L.OFF_CREATOR_PID)]
         self.creator_start = w[L.word(L.OFF_CREATOR_START)]
         self.created_ns = w[L.word(L.OFF_CREATED_NS)]
@@ -71,14 +72,15 @@ class Segment:
     # -- creation ---------------------------------------------------------------
     @classmethod
     def create(cls, *, name: str, n_readers: int, n_chunks: int, chunk_bytes: int, flags: int,
-               max_message_bytes: int, endpoint: str = "", shm_dir: str = SHM_DIR) -> Segment:
+               max_message_bytes: int, flight_entries: int, endpoint: str = "", shm_dir: str = SHM_DIR) -> Segment:
         _check_size("n_readers", n_readers, 1, L.MAX_READERS)
         _check_size("n_chunks", n_chunks, 2, _MAX_SIZE)
         _check_size("chunk_bytes", chunk_bytes, 64, _MAX_SIZE)
         _check_size("max_message_bytes", max_message_bytes, 0, _MAX_SIZE)
+        _check_flight_entries(flight_entries)
         name_field = L.encode_text(name, L.NAME_BYTES, "queue name")
         endpoint_field = L.encode_text(endpoint, L.ENDPOINT_BYTES, "endpoint")
-        size = L.segment_bytes(n_readers, n_chunks, chunk_bytes)
+        size = L.segment_bytes(n_readers, n_chunks, chunk_bytes, flight_entries)
         if size > shutil.disk_usage(shm_dir).total:  # posix_fallocate would refuse it too, after creating the file
             raise _no_room(errno.EFBIG, size, shm_dir)
         shm_name = new_shm_name()
@@ -104,6 +106,7 @@ class Segment:
         w[L.word(L.OFF_CHUNK_BYTES)] = chunk_bytes
         w[L.word(L.OFF_FLAGS)] = flags
         w[L.word(L.OFF_MAX_MESSAGE_BYTES)] = max_message_bytes
+        w[L.word(L.OFF_FLIGHT_ENTRIES)] = flight_entries
         mm[L.OFF_INSTANCE_ID : L.OFF_INSTANCE_ID + L.INSTANCE_ID_BYTES] = secrets.token_bytes(L.INSTANCE_ID_BYTES)
         mm[L.OFF_NAME : L.OFF_NAME + L.NAME_BYTES] = name_field
         mm[L.OFF_ENDPOINT : L.OFF_ENDPOINT + L.ENDPOINT_BYTES] = endpoint_field
@@ -163,8 +166,13 @@ class Segment:
                     writer_parked_offset=L.OFF_WRITER_PARKED, writer_wake_offset=L.OFF_WRITER_WAKE)
         ring.bind_record(L.record_offset(participant), bool(self.flags & L.FLAG_STATS), L.RECORD_FIELDS,
                          L.HIST_FINITE_BUCKETS)
+        if self.flight_entries:
+            ring.bind_flight(self.flight_offset(participant), self.flight_entries)
         self._rings.append(ring)
         return ring
+
+    def flight_offset(self, participant: int) -> int:
+        return L.flight_offset(self.n_readers, self.n_chunks, self.chunk_bytes, self.flight_entries, participant)
 
     # -- closing ----------------------------------------------------------------
     def close(self) -> None:
@@ -195,6 +203,12 @@ def _check_size(what: str, value, low: int, high: int) -> None:
         raise BadQueueArgument(f"{what} must be an int, got {type(value).__name__} {value!r}")
     if not low <= value <= high:
         raise BadQueueArgument(f"{what} must be in {low:,}..{high:,}, got {value:,}")
+
+
+def _check_flight_entries(value) -> None:
+    _check_size("flight_entries", value, 0, 1 << 20)
+    if value & (value - 1):
+        raise BadQueueArgument(f"flight_entries must be 0 (no flight recorder) or a power of two, got {value:,}")
 
 
 def _allocate(fd: int, size: int, shm_dir: str) -> None:
@@ -239,10 +253,12 @@ def _validate(mm: mmap.mmap, path: str, file_size: int, ready_timeout_s: float) 
         n_readers = words[L.word(L.OFF_N_READERS)]
         n_chunks = words[L.word(L.OFF_N_CHUNKS)]
         chunk_bytes = words[L.word(L.OFF_CHUNK_BYTES)]
-        if not 1 <= n_readers <= L.MAX_READERS or n_chunks < 2 or chunk_bytes < 64:
+        flight_entries = words[L.word(L.OFF_FLIGHT_ENTRIES)]
+        if not 1 <= n_readers <= L.MAX_READERS or n_chunks < 2 or chunk_bytes < 64 or \
+                flight_entries & (flight_entries - 1) or flight_entries > _MAX_SIZE:
             raise LayoutMismatch(f"{path} has a corrupt header: n_readers={n_readers}, n_chunks={n_chunks}, "
-                                 f"chunk_bytes={chunk_bytes}")
-        expected = L.segment_bytes(n_readers, n_chunks, chunk_bytes)
+                                 f"chunk_bytes={chunk_bytes}, flight_entries={flight_entries}")
+        expected = L.segment_bytes(n_readers, n_chunks, chunk_bytes, flight_entries)
         if declared != expected or file_size != expected:
             raise LayoutMismatch(f"{path} has a corrupt header: it declares {declared:,} bytes, its geometry "
                                  f"needs {expected:,} bytes, and the object is {file_size:,} bytes")

@@ -248,6 +248,7 @@ class Writer(Participant):
             pid = owner & 0xFFFFFFFF
             lag = self._cursor - w[rec + R_CURSOR]
             if self._on_dead_reader == "raise":
+                self._ring.record(L.FlightOp.DEAD_CHECK, self._cursor, i)
                 raise ReaderDead(f"reader {i} (pid {pid}) of queue {self.queue_name!r} died {lag} messages behind "
                                  f"the writer; create the queue with on_dead_reader='evict' to carry on without it")
             # Claim the record from its dead owner first: a process taking it over at this moment wins
@@ -258,6 +259,7 @@ class Writer(Participant):
             w[rec + R_STATE_SINCE] = time.monotonic_ns()
             w[rec + R_STATE] = State.EVICTED
             compare_exchange(self._buf, owner_offset, L.OWNER_EVICTING, 0)
+            self._ring.record(L.FlightOp.EVICT, w[rec + R_CURSOR], i)
             log.warning("shmq queue %r: evicted dead reader %d (pid %d), %d messages behind", self.queue_name,
                         i, pid, lag)
 
@@ -337,14 +339,16 @@ def create(n_readers: int, *, name: str | None = None, chunk_bytes: int = DEFAUL
            remote_bind: str = "tcp://127.0.0.1:*", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
            stats: bool = True, warn_after_s: float = DEFAULT_WARN_AFTER_S,
            hooks: hooks_module.MessageHooks | None = None, shm_dir: str = SHM_DIR,
-           stack_dumps: bool | str = True) -> Writer:
+           stack_dumps: bool | str = True, flight_entries: int = L.DEFAULT_FLIGHT_ENTRIES) -> Writer:
     """Create a queue in shared memory and return its writer.
 
     `n_readers` local readers attach with ``shmq.attach(writer.handle, reader=i)``;
     `n_remote_readers` more attach over ZeroMQ TCP at `remote_bind`. `stats=False`
     turns the per-participant counters off (for measuring their cost). `stack_dumps`
     lets a watchdog ask this process for its Python stacks (shmq.diagnostics); a
-    string is the directory for the dump file.
+    string is the directory for the dump file. `flight_entries` sizes each participant's
+    flight recorder (its last operations, read by ``shmq flight``; 64 bytes each, a power
+    of two), 0 turns it off.
     """
     if on_dead_reader not in ON_DEAD_READER:
         raise ValueError(f"on_dead_reader must be one of {ON_DEAD_READER}, got {on_dead_reader!r}")
@@ -352,7 +356,7 @@ def create(n_readers: int, *, name: str | None = None, chunk_bytes: int = DEFAUL
     flags = (L.FLAG_STATS if stats else 0) | (L.FLAG_RAW_ONLY if resolved.raw else 0)
     segment = Segment.create(
         name=name or f"queue-{os.getpid()}", n_readers=n_readers, n_chunks=n_chunks, chunk_bytes=chunk_bytes,
-        flags=flags, max_message_bytes=max_message_bytes, shm_dir=shm_dir,
+        flags=flags, max_message_bytes=max_message_bytes, flight_entries=flight_entries, shm_dir=shm_dir,
     )
     try:
         return Writer(segment, serializer=resolved, on_dead_reader=on_dead_reader, wait=wait,

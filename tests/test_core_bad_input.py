@@ -87,8 +87,8 @@ def test_segments_are_private_to_their_owner(writer):
 @pytest.mark.parametrize("text, problem", [
     ("", "not a shmq handle"),
     ("shmq-abc", "not a shmq handle"),
-    ("shmq://shmq-abc?v=2&name=q", "malformed"),
-    ("shmq://shmq-abc?v=2&name=q&readers=x&chunks=1&chunk_bytes=1&id=00", "malformed"),
+    (f"shmq://shmq-abc?v={L.LAYOUT_VERSION}&name=q", "malformed"),
+    (f"shmq://shmq-abc?v={L.LAYOUT_VERSION}&name=q&readers=x&chunks=1&chunk_bytes=1&id=00", "malformed"),
     ("shmq://shmq-abc?v=7&name=q&readers=1&chunks=2&chunk_bytes=64", "layout version 7"),
 ])
 def test_a_wrong_handle_string_is_refused(text, problem):
@@ -98,7 +98,7 @@ def test_a_wrong_handle_string_is_refused(text, problem):
 
 def test_a_handle_to_a_missing_queue_says_so():
     with pytest.raises(shmq.QueueNotFound, match="the handle is wrong or its writer has closed"):
-        shmq.attach("shmq://shmq-000000?v=2&name=q&readers=1&chunks=2&chunk_bytes=64&id=00", 0)
+        shmq.attach(f"shmq://shmq-000000?v={L.LAYOUT_VERSION}&name=q&readers=1&chunks=2&chunk_bytes=64&id=00", 0)
 
 
 def test_a_handle_that_does_not_match_its_segment_is_refused(writer):
@@ -144,7 +144,8 @@ def test_a_queue_that_does_not_fit_dev_shm_raises_shm_full_with_the_fixes(tmp_pa
         with pytest.raises(shmq.ShmFull) as raised:
             shmq.create(1, name=queue_name, chunk_bytes=1 << 20, n_chunks=4, shm_dir=str(mountpoint))
         message = str(raised.value)
-        assert "no room for a 4,1" in message and "bytes free" in message
+        size = L.segment_bytes(1, 4, 1 << 20, L.DEFAULT_FLIGHT_ENTRIES)
+        assert f"no room for a {size:,}-byte" in message and "bytes free" in message
         assert "--shm-size" in message and "--ipc=host" in message and "medium: Memory" in message
         assert os.listdir(mountpoint) == []  # nothing half-made is left
     finally:

@@ -400,6 +400,8 @@ def test_a_raw_read_of_a_pickled_message_is_refused_and_leaves_it_for_get(writer
     ({"n_readers": 0}, shmq.BadQueueArgument, "n_readers must be in 1..64"),
     ({"max_message_bytes": -1}, shmq.BadQueueArgument, "max_message_bytes must be in"),
     ({"name": "x" * 100}, shmq.BadQueueArgument, "queue name"),
+    ({"flight_entries": 1000}, shmq.BadQueueArgument, "flight_entries must be 0 .no flight recorder. or a power of two"),
+    ({"flight_entries": -1}, shmq.BadQueueArgument, "flight_entries must be in"),
 ])
 def test_absurd_queue_arguments_get_a_named_error(queue_name, arguments, error, problem):
     arguments = {"n_readers": 1, "name": queue_name, **arguments}

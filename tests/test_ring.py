@@ -16,12 +16,12 @@ from shmq import _ring
 from shmq import layout as L
 
 
-N_READERS, N_SLOTS, CHUNK = 3, 4, 256
+N_READERS, N_SLOTS, CHUNK, FLIGHT_ENTRIES = 3, 4, 256, 8
 
 
 @pytest.fixture
 def memory():
-    return bytearray(L.segment_bytes(N_READERS, N_SLOTS, CHUNK))
+    return bytearray(L.segment_bytes(N_READERS, N_SLOTS, CHUNK, FLIGHT_ENTRIES))
 
 
 def ring_on(memory) -> _ring.Ring:
@@ -209,7 +209,7 @@ def test_a_reader_wakes_the_writer_only_when_it_crosses_its_mark(memory):
 
 def test_bad_arguments_are_refused_without_touching_memory(memory):
     with pytest.raises(ValueError, match="geometry"):
-        _ring.Ring(memory, slots_offset=L.slots_offset(N_READERS), n_slots=N_SLOTS + 1,
+        _ring.Ring(memory, slots_offset=L.slots_offset(N_READERS), n_slots=N_SLOTS * 1000,
                    slot_stride=L.slot_stride(CHUNK), header_bytes=L.SLOT_HEADER_BYTES, chunk_bytes=CHUNK,
                    writer_cursor_offset=L.OFF_WRITER_CURSOR, reader_parked_offset=L.OFF_READER_PARKED,
                    n_readers=N_READERS, writer_parked_offset=L.OFF_WRITER_PARKED,
@@ -295,3 +295,39 @@ def test_the_layout_refuses_a_c_build_that_disagrees_with_it():
             "try:\n    importlib.reload(layout)\nexcept ImportError as e:\n    print(e)\n")
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "disagree on {'SLOT_FLAGS': (24, 99)}" in shown.stdout and "rebuild shmq" in shown.stdout, shown
+
+
+def flight_of(memory, participant: int) -> list[tuple]:
+    return _ring.flight_entries(memory, L.flight_offset(N_READERS, N_SLOTS, CHUNK, FLIGHT_ENTRIES, participant),
+                                FLIGHT_ENTRIES)
+
+
+def test_the_flight_recorder_keeps_each_participants_last_operations_and_skips_a_torn_entry(memory):
+    writer, reader = bound_ring_on(memory, 0), reader_ring_on(memory)
+    for participant, ring in ((0, writer), (1, reader)):
+        ring.bind_flight(L.flight_offset(N_READERS, N_SLOTS, CHUNK, FLIGHT_ENTRIES, participant), FLIGHT_ENTRIES)
+    for n in range(3):
+        writer.put_one(0, [b"m%d" % n], None)
+        assert reader.take_one() == b"m%d" % n
+    writer.record(L.FlightOp.TIMEOUT, 3, 0)
+    puts, gets = flight_of(memory, 0), flight_of(memory, 1)
+    assert [(e[0], L.FlightOp(e[1]), e[2]) for e in puts] == [
+        (1, L.FlightOp.PUT, 0), (2, L.FlightOp.PUT, 1), (3, L.FlightOp.PUT, 2), (4, L.FlightOp.TIMEOUT, 3)]
+    frame = 16 + 2  # the frame table of one segment, then its 2 bytes
+    assert [(L.FlightOp(e[1]), e[2], e[3]) for e in gets] == [(L.FlightOp.GET, n, frame) for n in range(3)]
+    assert [e[3] for e in puts[:3]] == [frame] * 3
+    assert all(0 < e[4] <= e[5] for e in puts + gets)  # begin <= end, monotonic ns
+    for n in range(3, 3 + FLIGHT_ENTRIES):  # the ring wraps: only the last FLIGHT_ENTRIES stay
+        writer.put_one(0, [b"x"], None)
+        reader.take_one()
+    assert [e[2] for e in flight_of(memory, 1)] == list(range(3, 3 + FLIGHT_ENTRIES))
+    # An entry its owner is writing (stamp 0) is left out, not read half-written.
+    first = L.flight_offset(N_READERS, N_SLOTS, CHUNK, FLIGHT_ENTRIES, 1) + L.FLIGHT_HEAD_BYTES
+    words(memory)[L.word(first + L.FLIGHT_STAMP)] = 0
+    assert len(flight_of(memory, 1)) == FLIGHT_ENTRIES - 1
+
+
+def test_a_ring_without_a_flight_recorder_records_nothing(memory):
+    writer = bound_ring_on(memory, 0)
+    writer.put_one(0, [b"x"], None)
+    assert flight_of(memory, 0) == []
