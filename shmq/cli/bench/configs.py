@@ -7,6 +7,7 @@ A spec is one configuration: ``key=value`` options joined by ``+``, for example
     wait=NAME[:K=V...]   BusySpin | Yield | Backoff | SpinYieldPark (the default), with
                          constructor arguments, e.g. wait=SpinYieldPark:spins=50:yields=100
     stats=on|off         per-participant counters (shmq.create(stats=...))
+    recorder=on|off      the flight recorder (shmq.create(flight_entries=0) turns it off)
     lease=on|off         readers take messages with reader.lease() (zero-copy) instead of get()
     hooks=MODULE:NAME    NAME() is called in the writer and in every reader process and its
                          result is installed with shmq.hooks.install() (e.g. tracing hooks);
@@ -40,10 +41,16 @@ class ShmqConfig:
     label: str  #: what the table's peer column shows
     wait: str = "SpinYieldPark"  #: name of a strategy in shmq.wait.ALL, then ":key=value" arguments
     stats: bool = True  #: shmq.create(stats=...)
+    recorder: bool = True  #: the flight recorder, at its default size
     lease: bool = False  #: read with reader.lease() instead of reader.get()
     hooks: str = ""  #: "module:callable" returning MessageHooks, or "" for none
     chunk_bytes: int | None = None  #: None: the workload's default geometry
     n_chunks: int | None = None  #: None: the workload's default geometry
+
+    def create_arguments(self, chunk_bytes: int, n_chunks: int) -> dict:
+        """shmq.create()'s keyword arguments for this configuration, on a workload's default geometry."""
+        return {"wait": self.strategy(), "stats": self.stats, "chunk_bytes": self.chunk_bytes or chunk_bytes,
+                "n_chunks": self.n_chunks or n_chunks, **({} if self.recorder else {"flight_entries": 0})}
 
     def strategy(self) -> wait_module.WaitStrategy:
         name, *arguments = self.wait.split(":")
@@ -88,7 +95,7 @@ def _parse_value(key: str, value: str, spec: str):
         except (TypeError, ValueError) as e:
             raise ValueError(f"--compare {spec!r}: {name} does not take {':'.join(arguments)!r} ({e})") from None
         return value
-    if key in ("stats", "lease"):
+    if key in ("stats", "lease", "recorder"):
         if value.lower() not in _SWITCH:
             raise ValueError(f"--compare {spec!r}: {key} must be on or off, not {value!r}")
         return _SWITCH[value.lower()]
@@ -103,7 +110,8 @@ def _parse_value(key: str, value: str, spec: str):
             return int(value, 0)
         except ValueError:
             raise ValueError(f"--compare {spec!r}: {key} must be an integer, not {value!r}") from None
-    raise ValueError(f"--compare {spec!r}: unknown key {key!r} (use wait, stats, lease, hooks, chunk_bytes, n_chunks)")
+    raise ValueError(f"--compare {spec!r}: unknown key {key!r} (use wait, stats, recorder, lease, hooks, chunk_bytes, "
+                     "n_chunks)")
 
 
 def _strategy_argument(text: str) -> tuple[str, float]:

@@ -110,10 +110,8 @@ class ShmqPeer(Peer):
     def open(self, workload: Workload, workdir: str) -> Link:
         chunk_bytes, n_chunks = workload.queue_geometry()
         self.config.install_hooks()
-        writer = shmq.create(
-            workload.n_readers, name=f"bench-{os.getpid()}", wait=self.config.strategy(), stats=self.config.stats,
-            chunk_bytes=self.config.chunk_bytes or chunk_bytes, n_chunks=self.config.n_chunks or n_chunks,
-        )
+        writer = shmq.create(workload.n_readers, name=f"bench-{os.getpid()}",
+                             **self.config.create_arguments(chunk_bytes, n_chunks))
         return _ShmqLink(writer, self.config)
 
 

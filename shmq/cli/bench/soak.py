@@ -93,8 +93,7 @@ def run_soak(messages: int, n_readers: int, config: ShmqConfig, stall_s: float =
     workload = Workload("small", n_readers)
     chunk_bytes, n_chunks = workload.queue_geometry()
     config.install_hooks()
-    writer = shmq.create(n_readers, name=f"soak-{os.getpid()}", wait=config.strategy(), stats=config.stats,
-                         chunk_bytes=config.chunk_bytes or chunk_bytes, n_chunks=config.n_chunks or n_chunks)
+    writer = shmq.create(n_readers, name=f"soak-{os.getpid()}", **config.create_arguments(chunk_bytes, n_chunks))
     readers, pipes = [], []
     reports: list[ProcessReport] = []
     elapsed = 0.0
