@@ -47,7 +47,7 @@ enum { SEQ, FRAME_LEN, TOTAL_LEN, FLAGS };
 
 /* A flight ring entry's words and operations (shmq/layout.py: FLIGHT_*, FlightOp). */
 enum { E_STAMP, E_OP, E_SEQ, E_SIZE, E_BEGIN, E_END, E_SPINS_YIELDS, E_PARKS, E_WORDS };
-enum { OP_PUT = 1, OP_PIECE, OP_GET, OP_PARK, OP_WAKE, OP_TIMEOUT, OP_DEAD_CHECK, OP_EVICT };
+enum { OP_PUT = 1, OP_PIECE, OP_GET, OP_PARK, OP_WAKE, OP_TIMEOUT, OP_DEAD_CHECK, OP_EVICT, OP_INTERRUPTED };
 
 /* parked_mark in shmq/layout.py: bit 7 set, and the low 7 bits of the cursor a reader waits past. */
 #define PARKED_BIT 0x80
@@ -776,14 +776,15 @@ ring_bind_flight(Ring *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* record(op, seq, size): an operation the Python paths see (a timeout, a dead peer, an eviction). */
+/* record(op, seq, size): an operation the Python paths see: a wait that ended without a message (it
+ * carries the wait, as end_wait left it), or an eviction. */
 static PyObject *
 ring_record(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
     uint64_t words[3];
     if (check_nargs(nargs, 3, "record(op, seq, size)") < 0 || as_u64s(args, 3, words) < 0 || check_open(self) < 0)
         return NULL;
-    flight(self, words[0], words[1], words[2], words[0] == OP_TIMEOUT || words[0] == OP_DEAD_CHECK);
+    flight(self, words[0], words[1], words[2], words[0] != OP_EVICT);
     Py_RETURN_NONE;
 }
 
@@ -1485,6 +1486,7 @@ PyInit__ring(void)
     PyModule_AddIntConstant(module, "FLIGHT_TIMEOUT", OP_TIMEOUT);
     PyModule_AddIntConstant(module, "FLIGHT_DEAD_CHECK", OP_DEAD_CHECK);
     PyModule_AddIntConstant(module, "FLIGHT_EVICT", OP_EVICT);
+    PyModule_AddIntConstant(module, "FLIGHT_INTERRUPTED", OP_INTERRUPTED);
     PyModule_AddIntConstant(module, "HAVE_FUTEX",
 #ifdef __linux__
                             1

@@ -312,8 +312,9 @@ class FlightOp(enum.IntEnum):
     PARK = 4  #: asleep on the futex until woken or timed out (end_ns 0 while asleep)
     WAKE = 5  #: a futex wake issued for a parked peer
     TIMEOUT = 6  #: a put() or get() that timed out
-    DEAD_CHECK = 7  #: a wait found its peer dead (size: the dead reader's index, for a writer)
+    DEAD_CHECK = 7  #: a wait found its peer dead
     EVICT = 8  #: the writer evicted a dead reader (seq: its cursor; size: its index)
+    INTERRUPTED = 9  #: a wait ended by cancel(), close() or an exception
 
 
 def flight_ring_bytes(flight_entries: int) -> int:

@@ -17,7 +17,9 @@ from . import procs
 from . import wait as wait_module
 import math
 
-from .errors import BadTimeout, ConcurrentUse, ForkedParticipant, QueueClosed, QueueTimeout, WouldBlock
+from .errors import (
+    BadTimeout, ConcurrentUse, ForkedParticipant, QueueClosed, QueueTimeout, ReaderDead, WouldBlock, WriterDead,
+)
 from ._ring import compare_exchange
 from .segment import Segment
 
@@ -48,6 +50,8 @@ R_OWNER = L.word(L.REC_OWNER)
 W_WRITER_CURSOR = L.word(L.OFF_WRITER_CURSOR)
 
 #: How often a long wait flushes its counters, refreshes the heartbeat and checks cancel and timeout.
+#: How a wait that ended without a message shows in the flight record (anything else: INTERRUPTED).
+_FAILED_WAIT = {QueueTimeout: L.FlightOp.TIMEOUT, ReaderDead: L.FlightOp.DEAD_CHECK, WriterDead: L.FlightOp.DEAD_CHECK}
 HOUSEKEEPING_NS = 5_000_000
 #: How often a blocked participant checks that the peers it waits for are alive.
 PEER_CHECK_NS = 100_000_000
@@ -266,6 +270,7 @@ class Participant:
         peer_check = start + PEER_CHECK_NS
         warn_at = start + self._warn_after_ns
         spins_flushed = 0
+        failure = None
         try:
             while not ready():
                 now = time.monotonic_ns()
@@ -286,13 +291,15 @@ class Participant:
                 if deadline is not None and now >= deadline:
                     if self._stats:
                         w[rec + R_TIMEOUTS] += 1
-                    self._ring.record(L.FlightOp.TIMEOUT, self._cursor, 0)
                     raise QueueTimeout(f"{self._describe()} timed out after {timeout} s: "
                                        f"{self._blockers(now - start)}")
                 if now >= warn_at:
                     warn_at = now + self._warn_after_ns
                     log.warning("%s has waited %.1f s: %s", self._describe(), (now - start) / 1e9,
                                 self._blockers(now - start))
+        except BaseException as e:
+            failure = e
+            raise
         finally:
             c = self._counters
             self._last_wait_spins = spins_flushed + c.spins
@@ -301,6 +308,8 @@ class Participant:
             waited = self._ring.end_wait(start, -1 if self._closed else BUSY, c.spins, c.yields, c.backoff_sleeps,
                                          c.backoff_sleep_ns, c.parks)
             c.clear()
+            if failure is not None:  # the wait led to no message: the flight record says why, with its time
+                self._ring.record(_FAILED_WAIT.get(type(failure), L.FlightOp.INTERRUPTED), self._cursor, 0)
         return waited
 
     def _park_timeout(self, timeout_s: float) -> float:

@@ -484,7 +484,6 @@ class Reader(Receiving, Participant):
         w = self._w
         pid = w[_WRITER_RECORD + R_PID]
         if w[_WRITER_RECORD + R_STATE] != State.CLOSED and not procs.is_alive(pid, w[_WRITER_RECORD + R_START_TIME]):
-            self._ring.record(L.FlightOp.DEAD_CHECK, self._cursor, 0)
             raise WriterDead(f"the writer (pid {pid}) of queue {self.queue_name!r} died; reader {self.index} "
                              f"received all {self._cursor} messages it published")
 

@@ -19,6 +19,7 @@ import os
 import time
 from typing import Callable, Iterable
 
+from . import _ring
 from . import layout as L
 from . import procs
 from .handle import Handle
@@ -124,6 +125,7 @@ class QueueView:
         self._segment = segment
         self.shm_name = segment.shm_name
         self.name = segment.name
+        self.flight_entries = segment.flight_entries  #: each participant's flight ring size (0: none)
 
     def snapshot(self) -> QueueStats:
         seg = self._segment
@@ -163,6 +165,14 @@ class QueueView:
         record = object.__new__(ParticipantStats)
         record.__dict__.update(fields)
         return record
+
+    def flight_ring(self, participant: int) -> list[tuple]:
+        """Participant `participant`'s flight ring (0: the writer, 1 + i: reader i), oldest first; the
+        raw entries shmq.flight reads (an entry being written at that moment is left out)."""
+        seg = self._segment
+        if not self.flight_entries:
+            return []
+        return _ring.flight_entries(seg.buf, seg.flight_offset(participant), self.flight_entries)
 
     def close(self) -> None:
         self._segment.close()

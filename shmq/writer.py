@@ -248,7 +248,6 @@ class Writer(Participant):
             pid = owner & 0xFFFFFFFF
             lag = self._cursor - w[rec + R_CURSOR]
             if self._on_dead_reader == "raise":
-                self._ring.record(L.FlightOp.DEAD_CHECK, self._cursor, i)
                 raise ReaderDead(f"reader {i} (pid {pid}) of queue {self.queue_name!r} died {lag} messages behind "
                                  f"the writer; create the queue with on_dead_reader='evict' to carry on without it")
             # Claim the record from its dead owner first: a process taking it over at this moment wins

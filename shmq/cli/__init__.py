@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": ("shmq.cli.bench", "benchmark shmq against its peers side by side"),
     "list": ("shmq.cli.admin", "list shmq segments in /dev/shm"),
     "cleanup": ("shmq.cli.admin", "unlink segments whose creator has died"),
+    "flight": ("shmq.cli.flight", "every participant's last operations, and what they say about a stall"),
     "exporter": ("shmq.telemetry.exporter", "serve Prometheus metrics for shmq queues"),
     "watchdog": ("shmq.telemetry.watchdog", "flag stalled, dead and livelocked participants"),
     "top": ("shmq.telemetry.top", "live view of queues and participants"),
