@@ -145,15 +145,21 @@ class Flight:
                 "operations": [_operation_json(op) for op in self.timeline(last)],
                 "analysis": self.analyse().as_json()}
 
-    def format(self, last: int = 40) -> str:
-        """The merged timeline (times relative to the read), then the analysis."""
-        lines = [f"flight record of queue {self.queue!r}: the last {last} operations of "
-                 f"{len(self.participants)} participants"]
+    def timeline_lines(self, last: int) -> list[str]:
+        """The last operations, one line each: how long before the read, who, what, and its wait."""
+        lines = []
         for op in self.timeline(last):
             took = "" if op.ongoing or op.end_ns == op.begin_ns else f" in {_duration(op.end_ns - op.begin_ns)}"
             waited = f" (spins {op.spins}, yields {op.yields}, parks {op.parks})" if op.spins or op.yields or op.parks \
                 else ""
-            lines.append(f"  {_ago(op.begin_ns, self.read_ns):>10}  {op.who:<10} {op.describe()}{took}{waited}")
+            lines.append(f"{_ago(op.begin_ns, self.read_ns):>10} ago  {op.who:<10} {op.describe()}{took}{waited}")
+        return lines
+
+    def format(self, last: int = 40) -> str:
+        """The merged timeline (times relative to the read), then the analysis."""
+        lines = [f"flight record of queue {self.queue!r}: the last {last} operations of "
+                 f"{len(self.participants)} participants"]
+        lines += [f"  {line}" for line in self.timeline_lines(last)]
         analysis = self.analyse()
         lines.append("analysis:")
         lines.append(f"  writer at message {analysis.writer_seq}: {analysis.writer}")

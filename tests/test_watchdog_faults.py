@@ -6,6 +6,7 @@ own, with forked readers and the writer in the test process.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -66,6 +67,12 @@ def test_a_stopped_reader_is_flagged_before_the_writer_blocks_and_clears_after_i
         assert (stall["cause"], stall["pid"]) == ("frozen", readers[1].pid)
         assert [b["reader"] for b in warning["blocking_readers"]] == [1]
         assert "in state T" in stall["stack_note"]
+        # The flight record names the reader missing the first message, and what it is doing.
+        culprit = stall["flight"]["missing"][0]
+        assert (culprit["who"], culprit["pid"], culprit["doing"]) == ("reader 1", readers[1].pid, "stopped")
+        assert stall["flight"]["first_missing"] == culprit["cursor"] and "missing at reader 1" in stall["flight_summary"]
+        with open(stall["flight_file"]) as recorded:
+            assert json.load(recorded)["analysis"]["first_missing"] == culprit["cursor"]
         cleared = watchdog.wait_for("reader_stalled cleared", about(N.RULE_READER_STALLED, reader=1, kind="clear"), 8)
         watchdog.wait_for("freeze_risk cleared", about(N.RULE_FREEZE_RISK, kind="clear"), 8)
         # A stopped process takes the stack signal when it resumes: the clear carries where it was frozen.
@@ -127,6 +134,8 @@ def test_a_reader_that_spins_without_consuming_is_flagged_waiting_with_data_or_l
         assert event["pid"] == reader.pid
         assert event["spin_rate"] > 1000, event
         assert "read_blind" in event["stack"], event
+        assert (event["flight"]["missing"][0]["who"], event["flight"]["missing"][0]["doing"]) == (
+            "reader 0", "waiting_with_data"), event["flight"]
         livelock = watchdog.wait_for("livelock", about(N.RULE_LIVELOCK, reader=0), 5)
         assert livelock["cause"] == "spinning_with_data"
     reader.join(10)
@@ -155,6 +164,7 @@ def test_a_reader_busy_in_application_code_is_flagged_busy_not_frozen_with_the_f
         event = watchdog.wait_for("reader_stalled", about(N.RULE_READER_STALLED, reader=0), 5)
         assert (event["cause"], event["state"], event["pid"]) == ("busy", "busy", reader.pid)
         assert "crunch_numbers_forever" in event["stack"], event
+        assert event["flight"]["missing"][0]["doing"] == "busy", event["flight"]
         assert event["stack_file"].startswith(stack_dir)
         watchdog.wait_for("its clear", about(N.RULE_READER_STALLED, reader=0, kind="clear"), 8)
         assert all(e["cause"] != "frozen" for e in watchdog.events), watchdog.brief()

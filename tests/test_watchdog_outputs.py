@@ -84,6 +84,8 @@ def test_healthz_flips_to_503_and_back_and_alertmanager_gets_the_alert_and_its_r
                 for a in posted] == [("ShmqReaderStalled", "0", "busy", "active")]
         assert "hold_then_read" in posted[0]["annotations"]["stack"]
         assert str(raised["pid"]) == posted[0]["annotations"]["pid"]
+        assert posted[0]["annotations"]["flight"] == raised["flight_summary"]
+        assert raised["flight_summary"].startswith("message 0 is missing at reader 0")
 
         go.set()
         watchdog.wait_for("the clear", about(N.RULE_READER_STALLED, reader=0, kind="clear"), 5)

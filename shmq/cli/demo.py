@@ -356,6 +356,8 @@ def describe_event(event: dict) -> str:
         line += "\n      main thread: " + " <- ... <- ".join(frames)
     elif event["event"] == "raise" and event.get("stack_note"):
         line += f"\n      stack: {event['stack_note']}"
+    if event.get("flight_summary"):
+        line += f"\n      flight record: {event['flight_summary']}"
     return line
 
 

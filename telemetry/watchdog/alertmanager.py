@@ -46,6 +46,8 @@ def payload(event: dict, generator_url: str) -> dict:
     if event["reader"] is not None:
         labels[N.LABEL_READER] = str(event["reader"])
     annotations = {"summary": event["message"], N.LABEL_PID: str(event["pid"]), "shm_name": event["shm_name"]}
+    if event.get("flight_summary"):
+        annotations["flight"] = event["flight_summary"]
     if event.get("stack"):
         annotations["stack"] = event["stack"][:STACK_ANNOTATION_CHARS]
     elif event.get("stack_note"):

@@ -13,6 +13,7 @@ import math
 import time
 from typing import Callable
 
+from shmq.flight import Flight
 from shmq.stats import QueueId
 
 from .. import names as N
@@ -45,6 +46,7 @@ class Transition:
     kind: str  #: "raise" or "clear"
     alert: Alert
     reason: str = ""  #: why a clear happened, when it was not the condition going away (queue removed)
+    flight: Flight | None = None  #: a raise: the queue's flight record, read at that poll
 
 
 class AlertBook:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 from typing import Callable, TextIO
 
-from shmq import diagnostics
+from shmq import diagnostics, flight
 
 from .. import names as N
 from .alerts import Transition, event_fields
@@ -26,6 +27,8 @@ log = logging.getLogger("shmq.watchdog")
 STACK_RULES = (N.RULE_READER_STALLED, N.RULE_WRITER_BLOCKED, N.RULE_LIVELOCK)
 #: The first lines of a dump go into the event (main thread first); the whole dump stays in the file.
 STACK_EXCERPT_LINES = 80
+#: The last operations of the flight record that go into the event; the whole record goes to a file.
+FLIGHT_EXCERPT_OPERATIONS = 20
 
 
 def excerpt(text: str) -> str:
@@ -70,6 +73,8 @@ class EventWriter:
                                                 directory=self._stack_dir, timeout_s=self._stack_timeout_s)
                 self._stacks[id(alert)] = dump
                 fields.update(stack_fields(dump, dump.text))
+            if transition.flight is not None:
+                fields.update(self._flight_fields(transition.flight, alert))
         else:
             dump = self._stacks.pop(id(alert), None)
             if dump is not None and not dump.text:
@@ -78,6 +83,20 @@ class EventWriter:
                     fields.update(stack_fields(dump, late))
                     fields["stack_note"] = f"dumped by pid {dump.pid} when it resumed"
         return fields
+
+    def _flight_fields(self, record: flight.Flight, alert) -> dict:
+        """The analysis and the last operations in the event; the whole record in a file beside the stacks."""
+        analysis = record.analyse()
+        directory = self._stack_dir or diagnostics.default_stack_dir()
+        path = os.path.join(directory, f"flight-{alert.queue.shm_name}-{int(alert.raised_at_s * 1000)}.json")
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            with open(path, "w") as out:
+                json.dump(record.as_json(), out)
+        except OSError as e:
+            path = f"not written: {e}"
+        return {"flight": analysis.as_json(), "flight_summary": analysis.summary(), "flight_file": path,
+                "flight_last": record.timeline_lines(FLIGHT_EXCERPT_OPERATIONS)}
 
     def _write(self, fields: dict) -> None:
         self._stream.write(json.dumps(fields) + "\n")

@@ -8,12 +8,13 @@ unlinked is forgotten and its alerts cleared.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from typing import Callable
 
-from shmq import procs
+from shmq import flight, procs
 from shmq.errors import ShmqError
 from shmq.stats import QueueId, QueueStats, Segments
 
@@ -77,7 +78,7 @@ class Watchdog:
                 monitor = self._monitors[shm_name] = QueueMonitor(self.thresholds, is_alive=self._pids.alive,
                                                                   run_state=self._run_state)
             findings = monitor.observe(snap, self._book.active_keys(shm_name))
-            transitions += self._book.update(queue, findings, snap.monotonic_ns)
+            transitions += self._with_flight(view, self._book.update(queue, findings, snap.monotonic_ns))
             if self._metrics is not None:
                 self._metrics.time_to_full[queue.label] = monitor.time_to_full_s
         self._pids.end()
@@ -88,6 +89,18 @@ class Watchdog:
         if self._metrics is not None:
             self._metrics.poll_seconds.observe(time.perf_counter() - started)
         return transitions
+
+    @staticmethod
+    def _with_flight(view, transitions: list[Transition]) -> list[Transition]:
+        """Raises carry the queue's flight record: what every participant did before it (read once a poll)."""
+        if not any(t.kind == "raise" for t in transitions) or not view.flight_entries:
+            return transitions
+        try:
+            record = flight.read(view)
+        except (ShmqError, ValueError, OSError) as e:
+            log.warning("shmq watchdog: cannot read the flight record of %s: %s", view.shm_name, e)
+            return transitions
+        return [dataclasses.replace(t, flight=record) if t.kind == "raise" else t for t in transitions]
 
     def _forget(self, queue: QueueId) -> list[Transition]:
         self._monitors.pop(queue.shm_name, None)
