@@ -92,21 +92,22 @@ futex_sleep(void *address, uint32_t expected, double timeout_s)
     Py_END_ALLOW_THREADS
 }
 
-/* flight_entries(buffer, offset, entries) -> [(stamp, op, seq, size, begin, end, spins_yields, parks)]:
- * the complete entries of the flight ring at offset, oldest first; one its owner was writing while
- * we copied it (its stamp 0 or changed) is left out. */
+/* flight_entries(buffer, offset, entries, last=entries) -> [(stamp, op, seq, size, begin, end,
+ * spins_yields, parks)]: the complete entries of the flight ring at offset (the newest `last`),
+ * oldest first; one its owner was writing while we copied it (its stamp 0 or changed) is left out. */
 static PyObject *
 flight_entries(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
     Py_ssize_t offset;
-    unsigned long long entries;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "flight_entries(buffer, offset, entries)");
+    unsigned long long entries, last;
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "flight_entries(buffer, offset, entries, last=entries)");
         return NULL;
     }
     offset = PyLong_AsSsize_t(args[1]);
     entries = PyLong_AsUnsignedLongLong(args[2]);
+    last = nargs == 4 ? PyLong_AsUnsignedLongLong(args[3]) : entries;
     if (PyErr_Occurred() || PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
     PyObject *found = NULL;
@@ -116,9 +117,14 @@ flight_entries(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     _Atomic uint64_t *ring = (_Atomic uint64_t *)((char *)view.buf + offset) + 8;
+    uint64_t head = atomic_load_explicit((_Atomic uint64_t *)((char *)view.buf + offset), memory_order_acquire);
+    if (last > entries)
+        last = entries;
+    if (last > head)
+        last = head;
     found = PyList_New(0);
-    for (unsigned long long i = 0; found != NULL && i < entries; i++) {
-        _Atomic uint64_t *e = ring + E_WORDS * i;
+    for (uint64_t index = head - last; found != NULL && index < head; index++) {
+        _Atomic uint64_t *e = ring + E_WORDS * (index % entries);
         uint64_t copy[E_WORDS];
         uint64_t stamp = atomic_load_explicit(&e[E_STAMP], memory_order_acquire);
         for (int w = 1; w < E_WORDS; w++)

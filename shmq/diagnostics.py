@@ -28,7 +28,9 @@ import dataclasses
 import logging
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -39,6 +41,7 @@ log = logging.getLogger("shmq")
 
 STACK_SIGNAL = signal.SIGUSR2
 STALE_HEADERLESS_S = 60.0  #: a stack file with no header yet this old is garbage
+PY_SPY_TIMEOUT_S = 5.0  #: py-spy attaches, reads every thread's stack and detaches well within this
 _HEADER = "# shmq stack dumps: pid={pid} start_time={start_time} signal={signal}\n"
 _HEADER_RE = re.compile(r"# shmq stack dumps: pid=(\d+) start_time=(\d+) signal=(\w+)\n")
 # A dump is faulthandler's format: per thread, this line, then its frames innermost first.
@@ -223,12 +226,46 @@ class StackDump:
 
 def request_dump(pid: int, start_time: int, *, directory: str | None = None, timeout_s: float = 0.5,
                  clock=time.monotonic) -> StackDump:
-    """Signal `pid` to dump its Python stacks and return them.
+    """`pid`'s Python stacks: from its own handler, or else from py-spy.
 
     Never signals a process that has not registered for it. A stopped (T) or
     uninterruptible (D) process takes the signal only when it resumes: then the
-    result has no text, and ``read_dump`` fetches it later from `offset`.
+    result has no text, and ``read_dump`` fetches it later from `offset`. A
+    process that cannot dump its own stacks (not registered, or its main thread
+    stuck in C code that holds the GIL) is read with ``py-spy dump`` when py-spy
+    is installed and may trace it; the note then says where the text came from,
+    or exactly why there is none.
     """
+    dump = _request_own_dump(pid, start_time, directory=directory, timeout_s=timeout_s, clock=clock)
+    if dump.text or procs.run_state(pid) in (None, "Z", "T", "t", "D"):
+        return dump  # its own stacks; or it is gone; or they come when it resumes (read_dump)
+    if start_time and procs.start_time(pid) != start_time:
+        return dump  # the pid now belongs to another process: not the participant asked about
+    text, note = py_spy_dump(pid)
+    return StackDump(pid, dump.path, text, f"{dump.note}; {note}", dump.offset)
+
+
+def py_spy_dump(pid: int, timeout_s: float = PY_SPY_TIMEOUT_S) -> tuple[str, str]:
+    """(text, note): `pid`'s stacks as ``py-spy dump`` reads them from outside, or why it could not."""
+    exe = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
+    if exe is None:
+        return "", "py-spy is not installed (pip install py-spy), so no stacks could be read from outside"
+    try:
+        done = subprocess.run([exe, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return "", f"py-spy dump --pid {pid} took over {timeout_s} s"
+    if done.returncode == 0 and done.stdout.strip():
+        return done.stdout, "read from outside by py-spy dump"
+    error = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+    if any(word in error[0].lower() for word in ("permission", "not permitted", "ptrace")):
+        return "", (f"py-spy may not trace pid {pid} ({error[0]}): run the watchdog as the same user with ptrace "
+                    "allowed (kernel.yama.ptrace_scope 0) or with CAP_SYS_PTRACE (Kubernetes: "
+                    "securityContext.capabilities.add: [SYS_PTRACE], and shareProcessNamespace)")
+    return "", f"py-spy dump --pid {pid} failed: {error[0]}"
+
+
+def _request_own_dump(pid: int, start_time: int, *, directory: str | None, timeout_s: float, clock) -> StackDump:
+    """Signal `pid` to dump its Python stacks through its own handler, and wait for them."""
     directory = directory or default_stack_dir()
     path = stack_file(pid, directory)
     header = _read_header(path)

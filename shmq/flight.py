@@ -46,6 +46,10 @@ class Operation:
     def ongoing(self) -> bool:
         return self.end_ns == 0
 
+    def short(self) -> str:
+        """A few characters, for a table cell: the operation and its message."""
+        return f"{self.op.name.lower()} {self.seq}" + (" (asleep)" if self.ongoing else "")
+
     def describe(self) -> str:
         what = {Op.PUT: f"put message {self.seq} ({self.size:,} B)", Op.PIECE: f"published a piece of message {self.seq}",
                 Op.GET: f"took message {self.seq} ({self.size:,} B)", Op.WAKE: f"woke a peer for message {self.seq}",
@@ -185,6 +189,16 @@ def read(view: QueueView) -> Flight:
         operations = tuple(filter(None, (_operation(who, entry) for entry in view.flight_ring(number))))
         participants.append(Participant(who, record, operations))
     return Flight(view.name, view.flight_entries, snapshot, tuple(participants), time.monotonic_ns())
+
+
+def last_operations(view: QueueView) -> dict[int, Operation]:
+    """Each participant's newest recorded operation, by participant number (0: the writer, 1 + i: reader i)."""
+    found = {}
+    for number in range(1 + view.n_readers):
+        entries = view.flight_ring(number, last=1)
+        if entries and (op := _operation("writer" if number == 0 else f"reader {number - 1}", entries[-1])):
+            found[number] = op
+    return found
 
 
 def _operation(who: str, entry: tuple) -> Operation | None:

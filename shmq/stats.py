@@ -125,6 +125,7 @@ class QueueView:
         self._segment = segment
         self.shm_name = segment.shm_name
         self.name = segment.name
+        self.n_readers = segment.n_readers
         self.flight_entries = segment.flight_entries  #: each participant's flight ring size (0: none)
 
     def snapshot(self) -> QueueStats:
@@ -166,13 +167,14 @@ class QueueView:
         record.__dict__.update(fields)
         return record
 
-    def flight_ring(self, participant: int) -> list[tuple]:
-        """Participant `participant`'s flight ring (0: the writer, 1 + i: reader i), oldest first; the
-        raw entries shmq.flight reads (an entry being written at that moment is left out)."""
+    def flight_ring(self, participant: int, last: int | None = None) -> list[tuple]:
+        """Participant `participant`'s flight ring (0: the writer, 1 + i: reader i), oldest first, or its
+        `last` newest entries; the raw entries shmq.flight reads (one being written is left out)."""
         seg = self._segment
         if not self.flight_entries:
             return []
-        return _ring.flight_entries(seg.buf, seg.flight_offset(participant), self.flight_entries)
+        return _ring.flight_entries(seg.buf, seg.flight_offset(participant), self.flight_entries,
+                                    self.flight_entries if last is None else last)
 
     def close(self) -> None:
         self._segment.close()

@@ -17,6 +17,8 @@ import signal
 import threading
 import time
 
+from shmq import flight
+from shmq.flight import Operation
 from shmq.segment import SHM_DIR
 from shmq.stats import ParticipantStats, QueueId, QueueStats, Segments, histogram_quantile
 
@@ -24,7 +26,8 @@ from .watchdog import Watchdog
 from .watchdog.alerts import Alert
 from .watchdog.watcher import DEFAULT_INTERVAL_S
 
-COLUMNS = ("role", "pid", "state", "cursor", "lag", "msgs/s", "spins/s", "parks/s", "p50 wait", "p99 wait", "alerts")
+COLUMNS = ("role", "pid", "state", "cursor", "lag", "msgs/s", "spins/s", "parks/s", "p50 wait", "p99 wait", "last op",
+           "alerts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,7 @@ class ParticipantRow:
     parks_per_s: float
     p50_wait_s: float | None  #: None when it did not wait in the window
     p99_wait_s: float | None
+    last_op: str  #: its newest flight-recorded operation, "" without one
     alerts: tuple[str, ...]  #: "rule:cause" of each alert about it
 
 
@@ -73,8 +77,8 @@ class Window:
             while len(history) > 2 and snap.monotonic_ns - history[1].monotonic_ns >= self.window_ns:
                 history.popleft()
 
-    def rows(self, ids: dict[str, QueueId], alerts: tuple[Alert, ...],
-             time_to_full: dict[str, float]) -> list[QueueRow]:
+    def rows(self, ids: dict[str, QueueId], alerts: tuple[Alert, ...], time_to_full: dict[str, float],
+             last_ops: dict[str, dict[int, Operation]]) -> list[QueueRow]:
         table = []
         for shm_name, history in sorted(self._snapshots.items(), key=lambda item: ids[item[0]].label):
             first, last = history[0], history[-1]
@@ -83,17 +87,19 @@ class Window:
                 if a.queue.shm_name == shm_name:
                     about[a.raised.role, a.raised.reader].append(f"{a.raised.rule}:{a.raised.cause}")
             seconds = (last.monotonic_ns - first.monotonic_ns) / 1e9
+            ops = last_ops.get(shm_name, {})
             participants = tuple(
-                _participant(p, then, last, seconds, tuple(about[role, p.index]))
-                for p, then, role in ((last.writer, first.writer, "writer"),
-                                      *((r, f, "reader") for r, f in zip(last.readers, first.readers))))
+                _participant(p, then, last, seconds, tuple(about[role, p.index]), ops.get(number))
+                for number, (p, then, role) in enumerate(((last.writer, first.writer, "writer"),
+                                                          *((r, f, "reader") for r, f in zip(last.readers,
+                                                                                              first.readers)))))
             table.append(QueueRow(ids[shm_name].label, shm_name, last.occupancy, last.n_chunks,
                                   time_to_full.get(shm_name, math.inf), participants))
         return table
 
 
 def _participant(now: ParticipantStats, then: ParticipantStats, snap: QueueStats, seconds: float,
-                 alerts: tuple[str, ...]) -> ParticipantRow:
+                 alerts: tuple[str, ...], last_op: Operation | None) -> ParticipantRow:
     same = now.pid == then.pid and seconds > 0
 
     def rate(value: int) -> float:
@@ -104,7 +110,8 @@ def _participant(now: ParticipantStats, then: ParticipantStats, snap: QueueStats
         role=now.label, pid=now.pid, state=now.state.name.lower(), cursor=now.cursor,
         lag=None if now.index < 0 else snap.lag(now), messages_per_s=rate(now.messages - then.messages),
         spins_per_s=rate(now.spins + now.yields - then.spins - then.yields), parks_per_s=rate(now.parks - then.parks),
-        p50_wait_s=histogram_quantile(waits, 0.5), p99_wait_s=histogram_quantile(waits, 0.99), alerts=alerts)
+        p50_wait_s=histogram_quantile(waits, 0.5), p99_wait_s=histogram_quantile(waits, 0.99),
+        last_op=last_op.short() if last_op is not None else "", alerts=alerts)
 
 
 # -- presentation -----------------------------------------------------------------------------
@@ -129,7 +136,7 @@ def duration(seconds: float | None) -> str:
 def cells(p: ParticipantRow) -> tuple[str, ...]:
     return (p.role, str(p.pid or "-"), p.state, str(p.cursor), "-" if p.lag is None else str(p.lag),
             number(p.messages_per_s), number(p.spins_per_s), number(p.parks_per_s), duration(p.p50_wait_s),
-            duration(p.p99_wait_s), ",".join(p.alerts) or "-")
+            duration(p.p99_wait_s), p.last_op or "-", ",".join(p.alerts) or "-")
 
 
 def title(q: QueueRow) -> str:
@@ -161,7 +168,7 @@ def render_rich(table: list[QueueRow]):
     for q in table:
         t = Table(title=title(q), title_justify="left", expand=False)
         for column in COLUMNS:
-            t.add_column(column, justify="left" if column in ("role", "state", "alerts") else "right")
+            t.add_column(column, justify="left" if column in ("role", "state", "last op", "alerts") else "right")
         for p in q.participants:
             t.add_row(*cells(p), style="bold red" if p.alerts else ("dim" if p.state in ("closed", "evicted") else ""))
         tables.append(t)
@@ -194,7 +201,9 @@ class Top:
         self.window.add(self.watchdog.latest)
 
     def table(self) -> list[QueueRow]:
-        return self.window.rows(self.watchdog.segments.ids, self.watchdog.active, self.watchdog.time_to_full())
+        last_ops = {shm_name: flight.last_operations(view) for shm_name, view in self.watchdog.segments.views.items()}
+        return self.window.rows(self.watchdog.segments.ids, self.watchdog.active, self.watchdog.time_to_full(),
+                                last_ops)
 
     def close(self) -> None:
         self.watchdog.close()

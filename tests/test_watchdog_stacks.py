@@ -82,12 +82,46 @@ def test_a_process_that_did_not_register_is_never_signalled_even_with_a_forged_f
         with open(os.path.join(stack_dir, f"{p.pid}.txt"), "w") as f:
             f.write(f"# shmq stack dumps: pid={p.pid} start_time={procs.start_time(p.pid)} signal=SIGUSR2\n")
         dump = diagnostics.request_dump(p.pid, procs.start_time(p.pid), directory=stack_dir)
-        assert "does not handle SIGUSR2" in dump.note and dump.text == ""
+        assert "does not handle SIGUSR2" in dump.note and "not signalled" in dump.note
         time.sleep(0.1)
         assert p.alive(), "SIGUSR2's default action would have killed it"
+        # Its stacks are read from outside instead, without a signal.
+        assert "read from outside by py-spy dump" in dump.note and "waiting_in_here" in dump.text
     finally:
         p.stop()
         os.unlink(os.path.join(stack_dir, f"{p.pid}.txt"))
+
+
+@pytest.mark.timeout(30)
+def test_a_main_thread_stuck_in_c_code_holding_the_gil_is_read_by_py_spy(writer, stack_dir):
+    code = "\n".join([
+        "import ctypes, signal, sys, shmq",
+        f"reader = shmq.attach({str(writer.handle)!r}, reader=0, stack_dumps={stack_dir!r})",
+        "def stuck_in_c():",
+        "    # A C call that keeps the GIL (PyDLL) and that the signal does not cut short (the signal is",
+        "    # masked, as a C library waiting on a device may do): the Python handler cannot run.",
+        "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})",
+        "    print('ready', flush=True)",
+        "    ctypes.PyDLL(None).sleep(30)",
+        "stuck_in_c()",
+    ])
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "ready\n"
+        time.sleep(0.2)  # inside sleep()
+        dump = diagnostics.request_dump(process.pid, procs.start_time(process.pid), directory=stack_dir)
+        assert f"pid {process.pid} wrote no stacks within" in dump.note, dump.note
+        assert "read from outside by py-spy dump" in dump.note and "stuck_in_c" in dump.text, dump
+    finally:
+        process.kill()
+        process.wait(10)
+        process.stdout.close()
+
+
+def test_without_py_spy_the_note_says_how_to_get_it(monkeypatch):
+    monkeypatch.setattr(diagnostics.shutil, "which", lambda *args, **kwargs: None)
+    assert diagnostics.py_spy_dump(os.getpid()) == (
+        "", "py-spy is not installed (pip install py-spy), so no stacks could be read from outside")
 
 
 @pytest.mark.timeout(30)

@@ -40,7 +40,7 @@ def test_top_once_prints_a_row_per_participant_with_its_lag_and_alerts(queue_nam
     lines = out.splitlines()
     assert lines[0] == f"queue {queue_name} ({writer.handle.shm_name}): ring 5/8"
     assert lines[1].split() == ["role", "pid", "state", "cursor", "lag", "msgs/s", "spins/s", "parks/s", "p50",
-                                "wait", "p99", "wait", "alerts"]
+                                "wait", "p99", "wait", "last", "op", "alerts"]
     rows = {}
     for line in lines[2:]:
         fields = line.split()
@@ -50,10 +50,12 @@ def test_top_once_prints_a_row_per_participant_with_its_lag_and_alerts(queue_nam
     outside_the_queue = ("idle", "busy")  # which of the two depends on whether the call had to wait
     writer_row = rows["writer"]
     assert (writer_row[0], writer_row[1] in outside_the_queue, writer_row[2:4]) == (str(os.getpid()), True, ["5", "-"])
+    assert writer_row[-3:-1] == ["put", "4"], "its last recorded operation: message 4 written"
     for i, reader in enumerate(readers):
         row = rows[f"reader {i}"]
         assert (row[0], row[1] in outside_the_queue, row[2:4]) == (str(reader.pid), True, ["0", "5"])
         assert row[-1] == "reader_stalled:busy", "5 messages pending, none read for over a second"
+        assert row[-2] == "-", "it has taken nothing: no operation recorded"
 
 
 @pytest.mark.timeout(30)
