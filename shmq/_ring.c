@@ -427,6 +427,21 @@ flight(Ring *self, uint64_t op, uint64_t seq, uint64_t size, int ends_wait)
     }
 }
 
+/* The time a writer's operation is recorded at: read before it publishes, so that no reader can
+ * have taken the message at an earlier time than the writer says it put it. 0 without a recorder. */
+static inline uint64_t
+flight_clock(Ring *self)
+{
+    return self->flight != NULL ? monotonic_ns() : 0;
+}
+
+static inline void
+flight_at(Ring *self, uint64_t op, uint64_t seq, uint64_t size, uint64_t at, int ends_wait)
+{
+    if (self->flight != NULL)
+        flight_record(self, op, seq, size, at, at, ends_wait);
+}
+
 /* The end of an entry written with end 0 (a park), if the ring has not reused it since. */
 static void
 flight_finish(Ring *self, uint64_t stamp, uint64_t end)
@@ -486,10 +501,11 @@ ring_publish(Ring *self, PyObject *arg)
     if (as_u64(arg, &cursor) < 0 || check_open(self) < 0)
         return NULL;
     self->written = cursor;
+    uint64_t at = flight_clock(self);
     int woke = publish_writer_cursor(self, cursor);
-    flight(self, OP_PIECE, cursor - 1, 0, 1);
+    flight_at(self, OP_PIECE, cursor - 1, 0, at, 1);
     if (woke)
-        flight(self, OP_WAKE, cursor - 1, 0, 0);
+        flight_at(self, OP_WAKE, cursor - 1, 0, at, 0);
     return PyBool_FromLong(woke);
 }
 
@@ -843,14 +859,15 @@ ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
     }
     segments_release(&segments);
     self->written = seq + 1;
+    uint64_t at = flight_clock(self);
     int woke = publish_writer_cursor(self, seq + 1);
     if (self->stats) {
         add(self->field[F_MESSAGES], 1);
         add(self->field[F_BYTES], frame);
     }
-    flight(self, OP_PUT, seq, frame, 1);
+    flight_at(self, OP_PUT, seq, frame, at, 1);
     if (woke)
-        flight(self, OP_WAKE, seq, 0, 0);
+        flight_at(self, OP_WAKE, seq, 0, at, 0);
     return PyBool_FromLong(woke);
 }
 

@@ -1,5 +1,8 @@
 """The Prometheus exporter: ``shmq.telemetry.serve()`` in a process, or ``shmq exporter`` as a sidecar.
 
+With ``--traces`` the sidecar also turns the queues' flight records into OpenTelemetry
+spans (shmq.telemetry.flight_tracing).
+
 Both serve a ``ShmqCollector`` on their own registry over HTTP. They bind to
 loopback unless told otherwise: listening on another address is an explicit
 choice (``--addr 0.0.0.0``), since the metrics name processes and hosts.
@@ -8,6 +11,7 @@ choice (``--addr 0.0.0.0``), since the metrics name processes and hosts.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import threading
 from typing import Iterable
@@ -16,12 +20,15 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from shmq.handle import Handle
 from shmq.segment import SHM_DIR
-from shmq.stats import QueueView
+from shmq.stats import QueueView, Segments
 
 from .collector import ShmqCollector
 
+log = logging.getLogger("shmq.exporter")
+
 DEFAULT_ADDR = "127.0.0.1"
 DEFAULT_PORT = 9464
+TRACES_INTERVAL_S = 0.1  #: how often --traces reads the flight rings
 
 
 class Exporter:
@@ -74,6 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="export this queue (logical name, shm name or handle); repeat for more")
     which.add_argument("--all", action="store_true", help="export every shmq segment on the host (the default)")
     parser.add_argument("--shm-dir", default=SHM_DIR, help="where POSIX shared memory lives (default %(default)s)")
+    parser.add_argument("--traces", action="store_true",
+                        help="also export OpenTelemetry spans built from the queues' flight records (the OTEL_* "
+                             "variables configure the exporter); the traced processes pay only for the recorder")
+    parser.add_argument("--traces-ratio", type=float, default=1.0, metavar="R",
+                        help="share of messages traced, 0..1 (default %(default)s)")
+    parser.add_argument("--traces-interval", type=float, default=TRACES_INTERVAL_S, metavar="S",
+                        help="seconds between reads of the flight rings (default %(default)s)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -83,5 +97,26 @@ def main(args: argparse.Namespace) -> int:
     with serve(args.port, args.addr, queues=args.queue, shm_dir=args.shm_dir) as exporter:
         what = ", ".join(args.queue) if args.queue else f"every shmq segment in {args.shm_dir}"
         print(f"shmq exporter: serving {exporter.url} for {what}", flush=True)
-        stop.wait()
+        if args.traces:
+            _trace_until(stop, args)
+        else:
+            stop.wait()
     return 0
+
+
+def _trace_until(stop: threading.Event, args: argparse.Namespace) -> None:
+    from .flight_tracing import FlightTracer
+    from .tracing import provider_from_environment
+
+    provider = provider_from_environment()
+    tracer = FlightTracer(Segments(args.queue, shm_dir=args.shm_dir, log=log), provider, ratio=args.traces_ratio)
+    print(f"shmq exporter: tracing {args.traces_ratio:.0%} of messages from the flight records", flush=True)
+    try:
+        while not stop.wait(args.traces_interval):
+            tracer.poll()
+        tracer.poll()
+    finally:
+        tracer.segments.close()
+        provider.shutdown()  # flushes the spans still batched
+        log.info("shmq exporter: %d spans exported, %d operations overwritten before they were read",
+                 tracer.spans, tracer.missed)
