@@ -87,6 +87,12 @@ class _BlindRing:
     def __getattr__(self, name: str):  # everything but the loads of the writer cursor goes to the real ring
         return getattr(self._ring, name)
 
+    def __setattr__(self, name: str, value) -> None:  # and so do the ring's settable fields (``held``)
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._ring, name, value)
+
     def load_available(self) -> int:
         return self._ring.available if self._is_blind() else self._ring.load_available()
 

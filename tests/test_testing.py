@@ -96,3 +96,28 @@ def test_blind_names_what_it_cannot_blind(writer):
     with shmq.attach(writer.handle, 0) as reader:
         with pytest.raises(NotBlindable, match=r"anything with is_set\(\), not bool"):
             blind(reader, while_=True)
+
+
+class FailsOnce:
+    """Its first unpickling raises (an unpickler error in the reader's process)."""
+
+    failed = False
+
+    def __setstate__(self, state):
+        if not FailsOnce.failed:
+            FailsOnce.failed = True
+            raise ValueError("the first unpickling fails")
+        self.__dict__.update(state)
+
+
+def test_a_message_whose_decode_fails_under_a_blindfold_is_kept_for_the_next_get(queue_name):
+    sight_lost = threading.Event()  # never set: the blindfold is on, the reader sees
+    with shmq.create(1, name=queue_name, chunk_bytes=256, n_chunks=8, stack_dumps=False) as writer, \
+            shmq.attach(writer.handle, 0, stack_dumps=False) as reader, blind(reader, while_=sight_lost):
+        kept = FailsOnce()
+        kept.n = 1
+        writer.put(kept)
+        writer.put("next")
+        with pytest.raises(ValueError, match="first unpickling"):
+            reader.get(timeout=5)
+        assert reader.get(timeout=5).n == 1 and reader.get(timeout=5) == "next"
