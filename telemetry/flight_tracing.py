@@ -60,7 +60,10 @@ class FlightTracer:
             queue = self._queues.setdefault(shm_name, _QueueTraces(view))
             for number in range(1 + view.n_readers):  # the writer first: receive spans link to its sends
                 for entry in queue.new_entries(view, number):
+                    if number and entry[2] > queue.put_through:
+                        break  # put after the writer's ring was read: its send span comes at the next poll
                     self._trace(queue, number, entry, to_wall_ns)
+                    queue.handled(number, entry)
             self.missed += queue.take_missed()
 
     def _trace(self, queue: _QueueTraces, number: int, entry: tuple, to_wall_ns: int) -> None:
@@ -103,18 +106,22 @@ class _QueueTraces:
         self.salt = int.from_bytes(view.shm_name.encode()[-8:], "little")
         self._read_up_to: dict[int, int] = {}  # participant -> the stamp of the newest entry handled
         self._missed = 0
+        self.put_through = -1  #: the newest message the writer's ring showed put
         self.sends: collections.OrderedDict[int, trace.SpanContext] = collections.OrderedDict()
 
     def new_entries(self, view: QueueView, number: int) -> list[tuple]:
-        """The entries of ring `number` since the last poll (all of it at the first), oldest first."""
+        """The entries of ring `number` not handled yet (all of it at the first), oldest first."""
         seen = self._read_up_to.get(number)
-        entries = view.flight_ring(number)
-        fresh = [e for e in entries if seen is None or e[0] > seen]
-        if fresh:
-            if seen is not None and fresh[0][0] > seen + 1:
-                self._missed += fresh[0][0] - seen - 1  # overwritten before this poll read them
-            self._read_up_to[number] = fresh[-1][0]
+        fresh = [e for e in view.flight_ring(number) if seen is None or e[0] > seen]
+        if fresh and seen is not None and fresh[0][0] > seen + 1:
+            self._missed += fresh[0][0] - seen - 1  # overwritten before a poll read them
+            self._read_up_to[number] = fresh[0][0] - 1
         return fresh
+
+    def handled(self, number: int, entry: tuple) -> None:
+        self._read_up_to[number] = entry[0]
+        if number == 0 and entry[1] in (L.FlightOp.PUT, L.FlightOp.PIECE):
+            self.put_through = max(self.put_through, entry[2])
 
     def remember(self, seq: int, context: trace.SpanContext) -> None:
         self.sends[seq] = context
