@@ -15,7 +15,8 @@ from .table import Row, load_average, machine_line, markdown
 
 EPILOG = """\
 rows: every shmq wait strategy (BusySpin, Yield, Backoff, SpinYieldPark = default),
-a zero-copy lease row on large messages, then each peer, for every workload;
+a zero-copy lease row on large messages, then each peer, for every workload
+(zenoh: peer sessions over a Unix socket, its default copying transport);
 then the limits of this machine (the 1 MiB ring ones run interleaved with the large rows). A peer that is not installed shows as skipped.
 
 --compare replaces the shmq rows with the given configurations and leaves out
@@ -53,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long readers wait on an empty queue for the idle CPU column (default 3, quick 0.3)")
     parser.add_argument("--row-timeout", type=float, default=None, metavar="S",
                         help="kill a row (writer and readers) that runs longer (default 300, quick 60)")
-    for peer in ("mpq", "zmq", "faster-fifo", "iceoryx2"):
+    for peer in ("mpq", "zmq", "faster-fifo", "iceoryx2", "zenoh"):
         parser.add_argument(f"--no-{peer}", action="store_true", help=f"leave out the {peer} rows")
     parser.add_argument("--no-strategies", action="store_true",
                         help="only the default strategy (and the lease row), not one row per wait strategy")
@@ -140,7 +141,7 @@ def _candidates(args: argparse.Namespace, compared: list, workload: workloads.Wo
         shmq_rows.append(configs.LEASE)
     chosen = [peers.ShmqPeer(c) for c in shmq_rows]
     return chosen + peers.peer_rows(mpq=not args.no_mpq, zmq=not args.no_zmq, faster_fifo=not args.no_faster_fifo,
-                                    iceoryx2=not args.no_iceoryx2)
+                                    iceoryx2=not args.no_iceoryx2, zenoh=not args.no_zenoh)
 
 
 def _median_row(runs: list[Row]) -> Row:
