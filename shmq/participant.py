@@ -44,6 +44,10 @@ R_OVERFLOW = L.word(L.REC_OVERFLOW)
 R_ATTACHES = L.word(L.REC_ATTACHES)
 R_PROGRESS = L.word(L.REC_PROGRESS_NS)
 R_OWNER = L.word(L.REC_OWNER)
+R_PREDICTED_WAKES = L.word(L.REC_PREDICTED_WAKES)
+R_PREDICTION_HITS = L.word(L.REC_PREDICTION_HITS)
+R_PREDICTION_MISSES = L.word(L.REC_PREDICTION_MISSES)
+R_SPIN_BEFORE_ARRIVAL = L.word(L.REC_SPIN_BEFORE_ARRIVAL_NS)
 
 W_WRITER_CURSOR = L.word(L.OFF_WRITER_CURSOR)
 W_WRITER_PARKED = L.word(L.OFF_WRITER_PARKED)
@@ -292,6 +296,7 @@ class Participant:
                     warn_at = now + self._warn_after_ns
                     log.warning("%s has waited %.1f s: %s", self._describe(), (now - start) / 1e9,
                                 self._blockers(now - start))
+            strategy.idle(1)  # the wait ended with an arrival: Adaptive learns the rhythm from it
         finally:
             c = self._counters
             self._last_wait_spins = spins_flushed + c.spins
@@ -300,7 +305,19 @@ class Participant:
             waited = self._ring.end_wait(start, -1 if self._closed else BUSY, c.spins, c.yields, c.backoff_sleeps,
                                          c.backoff_sleep_ns, c.parks)
             c.clear()
+            if c.predicted_wakes or c.prediction_misses:
+                self._flush_predictions(c)
         return waited
+
+    def _flush_predictions(self, c: wait_module.WaitCounters) -> None:
+        """The Adaptive strategy's decisions, once per wait that made one (plain stores: we own the record)."""
+        if self._stats:
+            w, rec = self._w, self._rec
+            w[rec + R_PREDICTED_WAKES] += c.predicted_wakes
+            w[rec + R_PREDICTION_HITS] += c.prediction_hits
+            w[rec + R_PREDICTION_MISSES] += c.prediction_misses
+            w[rec + R_SPIN_BEFORE_ARRIVAL] += c.spin_before_arrival_ns
+        c.clear_predictions()
 
     def _park_timeout(self, timeout_s: float) -> float:
         """Never sleep past the caller's deadline or the next housekeeping."""

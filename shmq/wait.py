@@ -2,8 +2,10 @@
 
 The protocol never sleeps by itself; its wait loop reads::
 
+    strategy.reset()                 # a wait begins
     while not poll():
-        strategy.idle(0)
+        strategy.idle(0)             # nothing yet: back off one step
+    strategy.idle(1)                 # the wait ended with an arrival
 
 A strategy passed to ``shmq.create`` or ``shmq.attach`` is a template: each
 participant gets its own bound copy, with a parker (how to sleep until the peer
@@ -29,19 +31,28 @@ class Parker(Protocol):
 
 
 class WaitCounters:
-    """What the strategy did during the current wait; flushed to the stats record at its end."""
+    """What the strategy did during the current wait; flushed to the stats record at its end.
 
-    __slots__ = ("spins", "yields", "backoff_sleeps", "backoff_sleep_ns", "parks")
+    The prediction counters (Adaptive only) are flushed and cleared apart from the
+    others: they change once per wait, not once per poll.
+    """
+
+    __slots__ = ("spins", "yields", "backoff_sleeps", "backoff_sleep_ns", "parks",
+                 "predicted_wakes", "prediction_hits", "prediction_misses", "spin_before_arrival_ns")
 
     def __init__(self) -> None:
         self.clear()
+        self.clear_predictions()
 
     def clear(self) -> None:
         self.spins = self.yields = self.backoff_sleeps = self.backoff_sleep_ns = self.parks = 0
 
+    def clear_predictions(self) -> None:
+        self.predicted_wakes = self.prediction_hits = self.prediction_misses = self.spin_before_arrival_ns = 0
+
 
 class WaitStrategy:
-    """Base class: `idle(work)` with work > 0 resets the strategy, 0 backs off one step."""
+    """Base class: `reset()` starts a wait, `idle(0)` backs off one step, `idle(1)` ends a wait with an arrival."""
 
     _parker: Parker
     counters: WaitCounters
@@ -156,8 +167,126 @@ class SpinYieldPark(WaitStrategy):
                 self._sleep_s = min(self._sleep_s * 2, self.park_timeout_s)
 
 
+class Adaptive(SpinYieldPark):
+    """Learns the arrival rhythm; parks until just before the next arrival, then spins for a bounded budget.
+
+    An engine sends one message per step, every 1-50 ms with steady timing. Parking
+    costs a wake-up (tens of µs) per message; spinning costs the core. This strategy
+    keeps the last `history` intervals between arrivals (the ends of its waits). When
+    they agree (spread within `regularity` of their median) it predicts the next
+    arrival at `last + shortest interval`, parks on the futex until `margin` before
+    it (the peer still wakes it if the message comes earlier), and from there yields
+    and spins until the message comes or `spread + 2 * margin` runs out.
+
+    `margin` covers how late a timed futex wakes (timer slack and scheduling, measured
+    by `shmq bench --cadence`): it is learned, twice the mean lateness of its own
+    timed wakes, kept within [min_margin_s, max_margin_s]. Irregular traffic, a gap
+    longer than predicted, or intervals too short to park in, fall back to
+    SpinYieldPark, so an idle queue parks (about 0 CPU) and a burst never sleeps.
+    The writer waiting on a full ring learns the rhythm of freed slots the same way.
+    """
+
+    def __init__(self, spins: int = 20, yields: int = 200, park_timeout_s: float = 0.05,
+                 first_sleep_s: float = 20e-6, history: int = 8, regularity: float = 0.25,
+                 min_margin_s: float = 50e-6, max_margin_s: float = 1e-3, min_park_s: float = 100e-6) -> None:
+        super().__init__(spins, yields, park_timeout_s, first_sleep_s)
+        if history < 2:
+            raise ValueError(f"history must be at least 2 intervals, got {history}")
+        if not 0 < min_margin_s <= max_margin_s:
+            raise ValueError(f"need 0 < min_margin_s <= max_margin_s, got {min_margin_s} and {max_margin_s}")
+        self.history = history
+        self.regularity = regularity
+        self.min_margin_s = min_margin_s
+        self.max_margin_s = max_margin_s
+        self.min_park_s = min_park_s
+
+    _regular = False  #: until `history` intervals agree, waits are SpinYieldPark's
+    _last_arrival = 0  #: time.monotonic_ns() when the last wait ended with an arrival
+    _lateness_ns = 0.0  #: how late timed wakes are, on average (exponential, 1/8 weight)
+
+    def bound(self, parker: Parker, counters: WaitCounters) -> WaitStrategy:
+        strategy = super().bound(parker, counters)
+        strategy._intervals = []  # the last `history` intervals between arrivals, ns, oldest first
+        strategy._plan()
+        return strategy
+
+    # -- learning ------------------------------------------------------------------------
+    def _plan(self) -> None:
+        """From the history: is the traffic regular, and if so the earliest arrival and the spin budget."""
+        self._margin_ns = int(min(max(2 * self._lateness_ns, self.min_margin_s * 1e9), self.max_margin_s * 1e9))
+        self._regular = False
+        if len(self._intervals) < self.history:
+            return
+        ordered = sorted(self._intervals)
+        shortest, longest, median = ordered[0], ordered[-1], ordered[len(ordered) // 2]
+        self._regular = (longest - shortest <= self.regularity * median
+                         and shortest - self._margin_ns >= self.min_park_s * 1e9)
+        self._shortest_ns = shortest
+        self._budget_ns = longest - shortest + 2 * self._margin_ns
+
+    def _arrived(self, now: int) -> None:
+        if self._last_arrival:
+            self._intervals.append(now - self._last_arrival)
+            if len(self._intervals) > self.history:
+                del self._intervals[0]
+        self._last_arrival = now
+        self._plan()
+
+    # -- one wait ------------------------------------------------------------------------
+    def reset(self) -> None:
+        super().reset()
+        self._wake_at = self._spin_until = 0  # 0: no prediction for this wait (SpinYieldPark)
+        if self._regular:
+            wake_at = self._last_arrival + self._shortest_ns - self._margin_ns
+            if time.monotonic_ns() < wake_at:
+                self._wake_at = wake_at
+
+    def idle(self, work: int = 0) -> None:
+        if work:
+            now = time.monotonic_ns()
+            c = self.counters
+            if self._spin_until:  # arrived while spinning after a predicted wake-up
+                c.prediction_hits += 1
+                c.spin_before_arrival_ns += now - self._spin_from
+            elif self._wake_at:  # arrived while parked for a prediction: earlier than learned
+                c.prediction_misses += 1
+            self._arrived(now)
+            return
+        if self._spin_until:
+            self._spin(time.monotonic_ns())
+        elif self._wake_at:
+            self._park_until_predicted()
+        else:
+            super().idle(0)
+
+    def _park_until_predicted(self) -> None:
+        now = time.monotonic_ns()
+        if now < self._wake_at:
+            self.counters.parks += 1
+            self._parker.park((self._wake_at - now) / 1e9)  # the peer wakes us if the message comes first
+            now = time.monotonic_ns()
+            if now < self._wake_at:
+                return  # woken early (the message, or a spurious wake-up): poll, then park again
+            lateness = now - self._wake_at
+            self._lateness_ns += (lateness - self._lateness_ns) / 8
+        self.counters.predicted_wakes += 1
+        self._spin_from, self._spin_until = now, now + self._budget_ns
+        self._spin(now)
+
+    def _spin(self, now: int) -> None:
+        if now < self._spin_until:
+            # Yield rather than spin: on a loaded machine the writer may need this core.
+            self.counters.yields += 1
+            os.sched_yield()
+            return
+        # The budget ran out: a miss. Park as SpinYieldPark does until the message comes.
+        self.counters.prediction_misses += 1
+        self._spin_until = self._wake_at = 0
+        self._step = self.spins + self.yields  # the late interval joins the history: no prediction until it ages out
+
+
 def default() -> WaitStrategy:
     return SpinYieldPark()
 
 
-ALL = {cls.__name__: cls for cls in (BusySpin, Yield, Backoff, SpinYieldPark)}
+ALL = {cls.__name__: cls for cls in (BusySpin, Yield, Backoff, SpinYieldPark, Adaptive)}

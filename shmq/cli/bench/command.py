@@ -10,7 +10,7 @@ import statistics
 import sys
 import time
 
-from . import configs, limits, peers, soak, trial, workloads
+from . import cadence, configs, limits, peers, soak, trial, workloads
 from .table import Row, load_average, machine_line, markdown
 
 EPILOG = """\
@@ -31,6 +31,15 @@ peers and limits, e.g. to measure the cost of counters or tracing:
 A configuration is key=value options joined by '+': wait=NAME[:ARG=VALUE...], stats=on|off,
 lease=on|off, hooks=MODULE:CALLABLE (called in every process, its result passed
 to shmq.hooks.install; hooks=off installs none), chunk_bytes=INT, n_chunks=INT.
+
+--cadence measures an engine's step cadence instead (module cadence): one ~500 B
+message (and one carrying a 10 KB array) every 0.1, 1, 10 and 50 ms (± 2 %) to 1, 4
+and 8 readers; latency p50/p99/p99.9 and reader and writer CPU for every wait
+strategy (Adaptive included), pyzmq, iceoryx2 (its event listener), zenoh and
+vLLM's MessageQueue when importable; then the machine's timer slack, timed-futex
+lateness and wake latency. --compare replaces its shmq rows, e.g.
+
+  shmq bench --cadence --compare wait=SpinYieldPark,wait=Adaptive --periods 1,10 --readers 1,4
 
 --watchdog measures shmq watchdog instead (module watchdog): detection latency per
 rule, freeze_risk's lead time before the writer blocks, the margins of a healthy
@@ -70,6 +79,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watchdog", action="store_true",
                         help="instead: benchmark shmq watchdog (its real sidecar against real queues) and print "
                              "Markdown tables; --quick runs fewer trials")
+    parser.add_argument("--cadence", action="store_true",
+                        help="instead: the engine-cadence workload (one message every period to N readers; latency "
+                             "p50/p99/p99.9 and reader/writer CPU per wait strategy and peer), then this machine's "
+                             "timer slack, timed-futex lateness and wake latency; --quick runs 2 cells")
+    parser.add_argument("--periods", default=None, metavar="MS_LIST",
+                        help=f"with --cadence: periods in ms (default {','.join(f'{p:g}' for p in cadence.PERIODS_MS)})")
+    parser.add_argument("--readers", default=None, metavar="LIST",
+                        help=f"with --cadence: reader counts (default {','.join(map(str, cadence.READERS))})")
+    parser.add_argument("--sizes", default=None, metavar="LIST",
+                        help=f"with --cadence: message sizes, of {', '.join(cadence.SIZES)} (default all)")
     parser.add_argument("--watchdog-part", action="append", metavar="PART",
                         help="with --watchdog, only this part: latency, lead, margins or cpu (repeat for more)")
 
@@ -91,6 +110,8 @@ def main(args: argparse.Namespace) -> int:
             return 2
         watchdog.run(parts, quick=args.quick)
         return 0
+    if args.cadence:
+        return _cadence(args, compared)
     if args.soak:
         config = compared[0] if compared else configs.ShmqConfig(label="shmq SpinYieldPark")
         report, clean = soak.run_soak(args.soak_messages, args.soak_readers, config)
@@ -127,6 +148,31 @@ def main(args: argparse.Namespace) -> int:
     print(f"\n1-minute load average: {load_at_start} at the start, {load_average()} at the end.")
     if args.repeat > 1:
         print(f"\nEach row is the median of {args.repeat} interleaved runs; lost is their sum.")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine_line(), "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
+    return 1 if any(r.lost for r in rows) else 0
+
+
+def _cadence(args: argparse.Namespace, compared: list) -> int:
+    try:
+        periods = [float(p) for p in args.periods.split(",")] if args.periods else \
+            ([1.0, 10.0] if args.quick else list(cadence.PERIODS_MS))
+        readers = [int(n) for n in args.readers.split(",")] if args.readers else \
+            ([1] if args.quick else list(cadence.READERS))
+    except ValueError:
+        print("shmq bench: --periods takes numbers of ms and --readers integers, comma-separated", file=sys.stderr)
+        return 2
+    sizes = args.sizes.split(",") if args.sizes else (["small"] if args.quick else list(cadence.SIZES))
+    if not set(sizes) <= set(cadence.SIZES) or not all(p > 0 for p in periods) or not all(1 <= n <= 64 for n in readers):
+        print(f"shmq bench: --sizes must be of {', '.join(cadence.SIZES)}, --periods > 0, --readers in 1..64",
+              file=sys.stderr)
+        return 2
+    chosen = cadence.transports(zmq=not args.no_zmq, iceoryx2=not args.no_iceoryx2, zenoh=not args.no_zenoh)
+    if compared:
+        chosen = [peers.ShmqPeer(c) for c in compared] + [p for p in chosen if not p.is_shmq]
+    rows = cadence.run(cadence.cells(quick=args.quick, periods_ms=periods, readers=readers, sizes=sizes), chosen,
+                       quick=args.quick)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine_line(), "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
