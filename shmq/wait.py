@@ -14,8 +14,11 @@ signals) and the counters it reports through the stats record.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import os
+import sys
 import time
 from typing import Protocol
 
@@ -167,6 +170,25 @@ class SpinYieldPark(WaitStrategy):
                 self._sleep_s = min(self._sleep_s * 2, self.park_timeout_s)
 
 
+_PR_SET_TIMERSLACK, _PR_GET_TIMERSLACK = 29, 30
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+@contextlib.contextmanager
+def _timer_slack(ns: int):
+    """The calling thread's timer slack set to `ns` for the block: a timed futex wait fires up to the
+    slack late (50 µs by default on Linux), which a wake-up just before an arrival cannot afford."""
+    if _prctl is None:
+        yield
+        return
+    previous = _prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    _prctl(_PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0)
+    try:
+        yield
+    finally:
+        _prctl(_PR_SET_TIMERSLACK, ctypes.c_ulong(previous), 0, 0, 0)
+
+
 class Adaptive(SpinYieldPark):
     """Learns the arrival rhythm; parks until just before the next arrival, then spins for a bounded budget.
 
@@ -180,7 +202,8 @@ class Adaptive(SpinYieldPark):
 
     `margin` covers how late a timed futex wakes (timer slack and scheduling, measured
     by `shmq bench --cadence`): it is learned, twice the mean lateness of its own
-    timed wakes, kept within [min_margin_s, max_margin_s]. Irregular traffic, a gap
+    timed wakes, kept within [min_margin_s, max_margin_s]. During those parks the
+    thread's timer slack is `timer_slack_ns` (prctl PR_SET_TIMERSLACK; restored after). Irregular traffic, a gap
     longer than predicted, or intervals too short to park in, fall back to
     SpinYieldPark, so an idle queue parks (about 0 CPU) and a burst never sleeps.
     The writer waiting on a full ring learns the rhythm of freed slots the same way.
@@ -188,7 +211,8 @@ class Adaptive(SpinYieldPark):
 
     def __init__(self, spins: int = 20, yields: int = 200, park_timeout_s: float = 0.05,
                  first_sleep_s: float = 20e-6, history: int = 8, regularity: float = 0.25,
-                 min_margin_s: float = 50e-6, max_margin_s: float = 1e-3, min_park_s: float = 100e-6) -> None:
+                 min_margin_s: float = 30e-6, max_margin_s: float = 1e-3, min_park_s: float = 100e-6,
+                 timer_slack_ns: int = 1000) -> None:
         super().__init__(spins, yields, park_timeout_s, first_sleep_s)
         if history < 2:
             raise ValueError(f"history must be at least 2 intervals, got {history}")
@@ -199,9 +223,11 @@ class Adaptive(SpinYieldPark):
         self.min_margin_s = min_margin_s
         self.max_margin_s = max_margin_s
         self.min_park_s = min_park_s
+        self.timer_slack_ns = timer_slack_ns
 
+    _now = staticmethod(time.monotonic_ns)  #: the clock (a unit test may give an instance its own)
     _regular = False  #: until `history` intervals agree, waits are SpinYieldPark's
-    _last_arrival = 0  #: time.monotonic_ns() when the last wait ended with an arrival
+    _last_arrival = 0  #: _now() when the last wait ended with an arrival
     _lateness_ns = 0.0  #: how late timed wakes are, on average (exponential, 1/8 weight)
 
     def bound(self, parker: Parker, counters: WaitCounters) -> WaitStrategy:
@@ -238,12 +264,12 @@ class Adaptive(SpinYieldPark):
         self._wake_at = self._spin_until = 0  # 0: no prediction for this wait (SpinYieldPark)
         if self._regular:
             wake_at = self._last_arrival + self._shortest_ns - self._margin_ns
-            if time.monotonic_ns() < wake_at:
+            if self._now() < wake_at:
                 self._wake_at = wake_at
 
     def idle(self, work: int = 0) -> None:
         if work:
-            now = time.monotonic_ns()
+            now = self._now()
             c = self.counters
             if self._spin_until:  # arrived while spinning after a predicted wake-up
                 c.prediction_hits += 1
@@ -253,18 +279,19 @@ class Adaptive(SpinYieldPark):
             self._arrived(now)
             return
         if self._spin_until:
-            self._spin(time.monotonic_ns())
+            self._spin(self._now())
         elif self._wake_at:
             self._park_until_predicted()
         else:
             super().idle(0)
 
     def _park_until_predicted(self) -> None:
-        now = time.monotonic_ns()
+        now = self._now()
         if now < self._wake_at:
             self.counters.parks += 1
-            self._parker.park((self._wake_at - now) / 1e9)  # the peer wakes us if the message comes first
-            now = time.monotonic_ns()
+            with _timer_slack(self.timer_slack_ns):
+                self._parker.park((self._wake_at - now) / 1e9)  # the peer wakes us if the message comes first
+            now = self._now()
             if now < self._wake_at:
                 return  # woken early (the message, or a spurious wake-up): poll, then park again
             lateness = now - self._wake_at

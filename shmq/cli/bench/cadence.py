@@ -315,7 +315,7 @@ def timing_lines(*, quick: bool) -> list[str]:
         _set_timer_slack(0)
     wake = limits.futex_row(rounds, 0.002, carry=False)
     lines += ["", f"Scheduler wake latency, another process parked on a futex, FUTEX_WAKE to running: "
-                  f"p50 {wake.p50_us:.1f} µs, p99 {wake.p99_us:.1f} µs ({rounds} wakes)." if wake.p50_us else
+                  f"p50 {wake.wake_p50_us:.1f} µs ({rounds} wakes)." if wake.wake_p50_us else
               f"Scheduler wake latency: {wake.note}"]
     return lines
 
