@@ -229,11 +229,11 @@ class Adaptive(SpinYieldPark):
     _regular = False  #: until `history` intervals agree, waits are SpinYieldPark's
     _last_arrival = 0  #: _now() when the last wait ended with an arrival
     _lateness_ns = 0.0  #: how late timed wakes are, on average (exponential, 1/8 weight)
+    _intervals: list | tuple = ()  #: the last `history` intervals between arrivals, ns, oldest first
 
     def bound(self, parker: Parker, counters: WaitCounters) -> WaitStrategy:
         strategy = super().bound(parker, counters)
-        strategy._intervals = []  # the last `history` intervals between arrivals, ns, oldest first
-        strategy._plan()
+        strategy._intervals = []
         return strategy
 
     # -- learning ------------------------------------------------------------------------
@@ -251,17 +251,18 @@ class Adaptive(SpinYieldPark):
         self._budget_ns = longest - shortest + 2 * self._margin_ns
 
     def _arrived(self, now: int) -> None:
+        # Only the record: the planning waits for reset(), off the path from arrival to get() returning.
         if self._last_arrival:
             self._intervals.append(now - self._last_arrival)
             if len(self._intervals) > self.history:
                 del self._intervals[0]
         self._last_arrival = now
-        self._plan()
 
     # -- one wait ------------------------------------------------------------------------
     def reset(self) -> None:
         super().reset()
         self._wake_at = self._spin_until = 0  # 0: no prediction for this wait (SpinYieldPark)
+        self._plan()
         if self._regular:
             wake_at = self._last_arrival + self._shortest_ns - self._margin_ns
             if self._now() < wake_at:
