@@ -14,7 +14,7 @@ from . import cadence, configs, limits, peers, soak, trial, workloads
 from .table import Row, load_average, machine_line, markdown
 
 EPILOG = """\
-rows: every shmq wait strategy (BusySpin, Yield, Backoff, SpinYieldPark = default),
+rows: every shmq wait strategy (BusySpin, Yield, Backoff, Adaptive, SpinYieldPark = default),
 a zero-copy lease row on large messages, then each peer, for every workload
 (zenoh: peer sessions over a Unix socket, its default copying transport);
 then the limits of this machine (the 1 MiB ring ones run interleaved with the large rows). A peer that is not installed shows as skipped.
