@@ -296,7 +296,8 @@ class Participant:
                     warn_at = now + self._warn_after_ns
                     log.warning("%s has waited %.1f s: %s", self._describe(), (now - start) / 1e9,
                                 self._blockers(now - start))
-            strategy.idle(1)  # the wait ended with an arrival: Adaptive learns the rhythm from it
+            if strategy.learns:
+                strategy.idle(1)  # the wait ended with an arrival: Adaptive learns the rhythm from it
         finally:
             c = self._counters
             self._last_wait_spins = spins_flushed + c.spins

@@ -5,7 +5,8 @@ The protocol never sleeps by itself; its wait loop reads::
     strategy.reset()                 # a wait begins
     while not poll():
         strategy.idle(0)             # nothing yet: back off one step
-    strategy.idle(1)                 # the wait ended with an arrival
+    if strategy.learns:
+        strategy.idle(1)             # the wait ended with an arrival
 
 A strategy passed to ``shmq.create`` or ``shmq.attach`` is a template: each
 participant gets its own bound copy, with a parker (how to sleep until the peer
@@ -55,10 +56,14 @@ class WaitCounters:
 
 
 class WaitStrategy:
-    """Base class: `reset()` starts a wait, `idle(0)` backs off one step, `idle(1)` ends a wait with an arrival."""
+    """Base class: `reset()` starts a wait, `idle(0)` backs off one step, `idle(1)` ends a wait with an arrival.
+
+    The wait loop calls `idle(1)` only on strategies that set `learns`: the others need not know.
+    """
 
     _parker: Parker
     counters: WaitCounters
+    learns = False
 
     def bound(self, parker: Parker, counters: WaitCounters) -> WaitStrategy:
         """A fresh copy of this template for one participant."""
@@ -190,21 +195,21 @@ def _timer_slack(ns: int):
 
 
 class Adaptive(SpinYieldPark):
-    """Learns the arrival rhythm; parks until just before the next arrival, then spins for a bounded budget.
+    """Learns the arrival rhythm; parks until just before the next arrival, then polls for a bounded budget.
 
     An engine sends one message per step, every 1-50 ms with steady timing. Parking
     costs a wake-up (tens of µs) per message; spinning costs the core. This strategy
     keeps the last `history` intervals between arrivals (the ends of its waits). When
     they agree (spread within `regularity` of their median) it predicts the next
     arrival at `last + shortest interval`, parks on the futex until `margin` before
-    it (the peer still wakes it if the message comes earlier), and from there yields
-    and spins until the message comes or `spread + 2 * margin` runs out.
+    it (the peer still wakes it if the message comes earlier), and from there polls,
+    yielding between polls, until the message comes or `spread + 2 * margin` runs out.
 
     `margin` covers how late a timed futex wakes (timer slack and scheduling, measured
     by `shmq bench --cadence`): it is learned, twice the mean lateness of its own
     timed wakes, kept within [min_margin_s, max_margin_s]. During those parks the
-    thread's timer slack is `timer_slack_ns` (prctl PR_SET_TIMERSLACK; restored after). Irregular traffic, a gap
-    longer than predicted, or intervals too short to park in, fall back to
+    thread's timer slack is `timer_slack_ns` (prctl PR_SET_TIMERSLACK; restored after).
+    Irregular traffic, a gap longer than predicted, or intervals too short to park in, fall back to
     SpinYieldPark, so an idle queue parks (about 0 CPU) and a burst never sleeps.
     The writer waiting on a full ring learns the rhythm of freed slots the same way.
     """
@@ -225,7 +230,9 @@ class Adaptive(SpinYieldPark):
         self.min_park_s = min_park_s
         self.timer_slack_ns = timer_slack_ns
 
+    learns = True
     _now = staticmethod(time.monotonic_ns)  #: the clock (a unit test may give an instance its own)
+    _replan = False  #: the history changed since the last plan
     _regular = False  #: until `history` intervals agree, waits are SpinYieldPark's
     _last_arrival = 0  #: _now() when the last wait ended with an arrival
     _lateness_ns = 0.0  #: how late timed wakes are, on average (exponential, 1/8 weight)
@@ -234,6 +241,7 @@ class Adaptive(SpinYieldPark):
     def bound(self, parker: Parker, counters: WaitCounters) -> WaitStrategy:
         strategy = super().bound(parker, counters)
         strategy._intervals = []
+        strategy._plan()
         return strategy
 
     # -- learning ------------------------------------------------------------------------
@@ -256,13 +264,17 @@ class Adaptive(SpinYieldPark):
             self._intervals.append(now - self._last_arrival)
             if len(self._intervals) > self.history:
                 del self._intervals[0]
+            self._replan = True
         self._last_arrival = now
 
     # -- one wait ------------------------------------------------------------------------
     def reset(self) -> None:
         super().reset()
         self._wake_at = self._spin_until = 0  # 0: no prediction for this wait (SpinYieldPark)
-        self._plan()
+        self._woken_early = False
+        if self._replan:
+            self._replan = False
+            self._plan()
         if self._regular:
             wake_at = self._last_arrival + self._shortest_ns - self._margin_ns
             if self._now() < wake_at:
@@ -270,12 +282,20 @@ class Adaptive(SpinYieldPark):
 
     def idle(self, work: int = 0) -> None:
         if work:
+            if not self._wake_at and self._step <= self.spins:
+                # A wait that ended while spinning: a burst, no rhythm to learn. No clock read,
+                # so back-to-back messages cost what they cost under SpinYieldPark.
+                if self._last_arrival:
+                    self._intervals.clear()
+                    self._last_arrival = 0
+                    self._regular = False
+                return
             now = self._now()
             c = self.counters
             if self._spin_until:  # arrived while spinning after a predicted wake-up
                 c.prediction_hits += 1
                 c.spin_before_arrival_ns += now - self._spin_from
-            elif self._wake_at:  # arrived while parked for a prediction: earlier than learned
+            elif self._woken_early:  # arrived while parked for a prediction: earlier than learned
                 c.prediction_misses += 1
             self._arrived(now)
             return
@@ -294,7 +314,8 @@ class Adaptive(SpinYieldPark):
                 self._parker.park((self._wake_at - now) / 1e9)  # the peer wakes us if the message comes first
             now = self._now()
             if now < self._wake_at:
-                return  # woken early (the message, or a spurious wake-up): poll, then park again
+                self._woken_early = True  # by the message, or spuriously: poll, then park again
+                return
             lateness = now - self._wake_at
             self._lateness_ns += (lateness - self._lateness_ns) / 8
         self.counters.predicted_wakes += 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import time
 
 import pytest
@@ -53,16 +52,21 @@ def adaptive(**options) -> tuple[wait.Adaptive, FakeClock, FakeParker, wait.Wait
 
 
 def arrive_every(strategy, clock: FakeClock, intervals_ns) -> None:
-    """Waits that each end with an arrival, `interval` after the previous one, with no idling."""
+    """Waits that each end with an arrival `interval` after the previous one, after polling past the
+    spins (a wait that ends while spinning is a burst, which Adaptive does not learn from)."""
     for interval in intervals_ns:
-        clock.ns += interval
+        at = clock.ns + interval
         strategy.reset()
+        for _ in range(strategy.spins + 1):
+            strategy.idle(0)
+        clock.ns = max(clock.ns, at)
         strategy.idle(1)
 
 
 def test_a_steady_rhythm_parks_until_just_before_the_next_arrival_then_spins_to_a_hit():
     strategy, clock, parker, counters = adaptive(history=4)
     arrive_every(strategy, clock, [10 * MS] * 5)
+    counters.clear()
     clock.ns += 1 * MS  # the application worked for 1 ms after the last arrival
     strategy.reset()
     strategy.idle(0)
@@ -83,8 +87,9 @@ def test_a_steady_rhythm_parks_until_just_before_the_next_arrival_then_spins_to_
 
 def test_irregular_traffic_falls_back_to_spin_yield_park():
     strategy, clock, parker, counters = adaptive(history=4, spins=3, yields=2)
-    rng = random.Random(1)
-    arrive_every(strategy, clock, [rng.randrange(1, 40) * MS for _ in range(12)])
+    arrive_every(strategy, clock, [ms * MS for ms in (2, 30, 5, 17, 40, 3, 25, 9, 33, 4, 12, 21)])
+    assert parker.parks == []  # no window of 4 intervals agreed: nothing was predicted
+    counters.clear()
     strategy.reset()
     for _ in range(6):
         strategy.idle(0)
@@ -93,9 +98,29 @@ def test_irregular_traffic_falls_back_to_spin_yield_park():
     assert counters.predicted_wakes == 0
 
 
+def test_a_wait_that_ends_while_spinning_is_a_burst_and_forgets_the_rhythm():
+    strategy, clock, parker, counters = adaptive(history=4)
+    arrive_every(strategy, clock, [5 * MS] * 5)
+    clock.ns += 10_000
+    strategy.reset()
+    assert strategy._wake_at  # the rhythm is learned: this wait would park for a prediction...
+    strategy._wake_at = 0  # ...but say the message was there at once (a burst): no prediction was made
+    strategy.idle(1)
+    strategy.reset()
+    assert strategy._wake_at == 0 and not strategy._regular
+    arrive_every(strategy, clock, [5 * MS] * 4)
+    strategy.reset()
+    assert strategy._wake_at == 0  # one arrival starts the history again: 4 intervals need 5
+    arrive_every(strategy, clock, [5 * MS])
+    clock.ns += 10_000
+    strategy.reset()
+    assert strategy._wake_at
+
+
 def test_intervals_too_short_to_park_in_never_park_for_a_prediction():
     strategy, clock, parker, counters = adaptive(history=4, min_park_s=100e-6)
-    arrive_every(strategy, clock, [50_000] * 8)  # 50 µs apart: a burst
+    arrive_every(strategy, clock, [50_000] * 8)  # 50 µs apart, each after polling past the spins
+    counters.clear()
     strategy.reset()
     strategy.idle(0)
     assert parker.parks == [] and counters.predicted_wakes == 0 and counters.spins == 1
