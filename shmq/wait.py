@@ -261,10 +261,14 @@ class Adaptive(SpinYieldPark):
     def _arrived(self, now: int) -> None:
         # Only the record: the planning waits for reset(), off the path from arrival to get() returning.
         if self._last_arrival:
-            self._intervals.append(now - self._last_arrival)
+            interval = now - self._last_arrival
+            self._intervals.append(interval)
             if len(self._intervals) > self.history:
                 del self._intervals[0]
-            self._replan = True
+            if interval < self._margin_ns + self.min_park_s * 1e9:
+                self._regular = False  # too short to park in, so no plan can predict: skip planning
+            else:
+                self._replan = True
         self._last_arrival = now
 
     # -- one wait ------------------------------------------------------------------------
