@@ -209,8 +209,7 @@ class Adaptive(SpinYieldPark):
     by `shmq bench --cadence`): it is learned, twice the mean lateness of its own
     timed wakes, kept within [min_margin_s, max_margin_s]. During those parks the
     thread's timer slack is `timer_slack_ns` (prctl PR_SET_TIMERSLACK; restored after).
-    Parks shorter than `min_park_s` are not worth a timed wake (tens of µs late, and a
-    loop of acknowledged messages 0.1-0.5 ms apart ran slower with them).
+    No predicted park is shorter than `min_park_s`: a timed wake is tens of µs late.
     Irregular traffic, a gap longer than predicted, or intervals too short to park in, fall back to
     SpinYieldPark, so an idle queue parks (about 0 CPU) and a burst never sleeps.
     The writer waiting on a full ring learns the rhythm of freed slots the same way.
@@ -218,7 +217,7 @@ class Adaptive(SpinYieldPark):
 
     def __init__(self, spins: int = 20, yields: int = 200, park_timeout_s: float = 0.05,
                  first_sleep_s: float = 20e-6, history: int = 8, regularity: float = 0.25,
-                 min_margin_s: float = 30e-6, max_margin_s: float = 1e-3, min_park_s: float = 500e-6,
+                 min_margin_s: float = 30e-6, max_margin_s: float = 1e-3, min_park_s: float = 100e-6,
                  timer_slack_ns: int = 1000) -> None:
         super().__init__(spins, yields, park_timeout_s, first_sleep_s)
         if history < 2:
