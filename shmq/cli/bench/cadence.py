@@ -308,7 +308,7 @@ def timing_lines(*, quick: bool) -> list[str]:
             _set_timer_slack(slack)
             for timeout_s in (100e-6, 1e-3):
                 p50, p99 = timed_wake_lateness(timeout_s, rounds)
-                lines.append(f"| {timeout_s * 1e6:g} µs, slack {slack / 1e3:g} µs | {p50:.1f} | {p99:.1f} |")
+                lines.append(f"| {timeout_s * 1e6:g} µs, slack {slack:,} ns | {p50:.1f} | {p99:.1f} |")
     finally:
         _set_timer_slack(0)
     wake = limits.futex_row(rounds, 0.002, carry=False)
