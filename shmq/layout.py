@@ -130,10 +130,15 @@ REC_OWNER = REC_PROGRESS_NS + WORD
 HIST_FINITE_BUCKETS = 27  # upper bounds 1 us, 2 us, ... 2**26 us (about 67 s)
 HIST_BUCKETS = HIST_FINITE_BUCKETS + 1  # plus +Inf
 REC_HISTOGRAM = 3 * CACHE_LINE
+# after the histogram: what the Adaptive wait strategy decided (shmq/wait.py), stored by the owner in Python
+REC_PREDICTED_WAKES = REC_HISTOGRAM + HIST_BUCKETS * WORD  # timed wake-ups just before a predicted arrival
+REC_PREDICTION_HITS = REC_PREDICTED_WAKES + WORD  # arrivals within the spin budget after such a wake-up
+REC_PREDICTION_MISSES = REC_PREDICTION_HITS + WORD  # arrivals before the predicted wake-up, or after the budget
+REC_SPIN_BEFORE_ARRIVAL_NS = REC_PREDICTION_MISSES + WORD  # time spun from a predicted wake-up to a hit
 RECORD_BYTES = 8 * CACHE_LINE
 
 assert REC_OWNER + WORD <= REC_HISTOGRAM
-assert REC_HISTOGRAM + HIST_BUCKETS * WORD <= RECORD_BYTES
+assert REC_SPIN_BEFORE_ARRIVAL_NS + WORD <= RECORD_BYTES
 
 HISTOGRAM_UPPER_BOUNDS_S = tuple(2.0**k / 1e6 for k in range(HIST_FINITE_BUCKETS))
 
@@ -152,6 +157,10 @@ COUNTER_FIELDS = (
     ("waits", REC_WAITS),
     ("wait_ns", REC_WAIT_NS),
     ("attaches", REC_ATTACHES),
+    ("predicted_wakes", REC_PREDICTED_WAKES),
+    ("prediction_hits", REC_PREDICTION_HITS),
+    ("prediction_misses", REC_PREDICTION_MISSES),
+    ("spin_before_arrival_ns", REC_SPIN_BEFORE_ARRIVAL_NS),
 )
 
 

@@ -46,12 +46,16 @@ R_OVERFLOW = L.word(L.REC_OVERFLOW)
 R_ATTACHES = L.word(L.REC_ATTACHES)
 R_PROGRESS = L.word(L.REC_PROGRESS_NS)
 R_OWNER = L.word(L.REC_OWNER)
+R_PREDICTED_WAKES = L.word(L.REC_PREDICTED_WAKES)
+R_PREDICTION_HITS = L.word(L.REC_PREDICTION_HITS)
+R_PREDICTION_MISSES = L.word(L.REC_PREDICTION_MISSES)
+R_SPIN_BEFORE_ARRIVAL = L.word(L.REC_SPIN_BEFORE_ARRIVAL_NS)
 
 W_WRITER_CURSOR = L.word(L.OFF_WRITER_CURSOR)
 
-#: How often a long wait flushes its counters, refreshes the heartbeat and checks cancel and timeout.
 #: How a wait that ended without a message shows in the flight record (anything else: INTERRUPTED).
 _FAILED_WAIT = {QueueTimeout: L.FlightOp.TIMEOUT, ReaderDead: L.FlightOp.DEAD_CHECK, WriterDead: L.FlightOp.DEAD_CHECK}
+#: How often a long wait flushes its counters, refreshes the heartbeat and checks cancel and timeout.
 HOUSEKEEPING_NS = 5_000_000
 #: How often a blocked participant checks that the peers it waits for are alive.
 PEER_CHECK_NS = 100_000_000
@@ -297,6 +301,8 @@ class Participant:
                     warn_at = now + self._warn_after_ns
                     log.warning("%s has waited %.1f s: %s", self._describe(), (now - start) / 1e9,
                                 self._blockers(now - start))
+            if strategy.learns:
+                strategy.idle(1)  # the wait ended with an arrival: Adaptive learns the rhythm from it
         except BaseException as e:
             failure = e
             raise
@@ -308,9 +314,21 @@ class Participant:
             waited = self._ring.end_wait(start, -1 if self._closed else BUSY, c.spins, c.yields, c.backoff_sleeps,
                                          c.backoff_sleep_ns, c.parks)
             c.clear()
+            if c.predicted_wakes or c.prediction_misses:
+                self._flush_predictions(c)
             if failure is not None:  # the wait led to no message: the flight record says why, with its time
                 self._ring.record(_FAILED_WAIT.get(type(failure), L.FlightOp.INTERRUPTED), self._cursor, 0)
         return waited
+
+    def _flush_predictions(self, c: wait_module.WaitCounters) -> None:
+        """The Adaptive strategy's decisions, once per wait that made one (plain stores: we own the record)."""
+        if self._stats:
+            w, rec = self._w, self._rec
+            w[rec + R_PREDICTED_WAKES] += c.predicted_wakes
+            w[rec + R_PREDICTION_HITS] += c.prediction_hits
+            w[rec + R_PREDICTION_MISSES] += c.prediction_misses
+            w[rec + R_SPIN_BEFORE_ARRIVAL] += c.spin_before_arrival_ns
+        c.clear_predictions()
 
     def _park_timeout(self, timeout_s: float) -> float:
         """Never sleep past the caller's deadline or the next housekeeping."""

@@ -56,6 +56,11 @@ class ParticipantStats:
     wait_ns: int  #: total time spent in those waits
     attaches: int  #: how many times a process attached to this record
     histogram: tuple[int, ...]  #: wait counts per bucket (not cumulative); bounds in layout.HISTOGRAM_UPPER_BOUNDS_S
+    # The Adaptive wait strategy's decisions (0 under any other strategy).
+    predicted_wakes: int = 0  #: timed wake-ups just before a predicted arrival
+    prediction_hits: int = 0  #: arrivals within the spin budget after a predicted wake-up
+    prediction_misses: int = 0  #: arrivals before the predicted wake-up, or after the spin budget ran out
+    spin_before_arrival_ns: int = 0  #: time spun from predicted wake-ups to the arrivals they hit
 
     @property
     def alive(self) -> bool:

@@ -16,7 +16,7 @@ from shmq import procs, wait
 from shmq.cli.bench import configs, peers, trial, workloads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEER_LABELS = [p.label for p in peers.peer_rows(mpq=True, zmq=True, faster_fifo=True, iceoryx2=True)]
+PEER_LABELS = [p.label for p in peers.peer_rows(mpq=True, zmq=True, faster_fifo=True, iceoryx2=True, zenoh=True)]
 STRATEGY_LABELS = [c.label for c in configs.strategy_rows()]
 LIMIT_LABELS = ["numpy memcpy 1 MiB", "1 MiB ring, 2 processes, copy in + copy out",
                 "1 MiB ring, 2 processes, copy in only", "1 MiB ring, 2 processes, copy in + copy out + pickling",
@@ -50,6 +50,8 @@ def test_quick_benchmark_has_every_row_and_loses_nothing(tmp_path):
     assert {(r["workload"], r["n_readers"], r["transport"]) for r in rows} == expected
     assert len(rows) == len(expected)
 
+    # zenoh is in the bench extra, which CI installs: its rows run rather than skip.
+    assert all(not r["note"].startswith("skipped") for r in rows if r["transport"] == peers.ZenohPeer.label)
     for r in rows:
         if r["note"].startswith("skipped"):
             continue  # an optional peer that is not installed here
@@ -147,3 +149,25 @@ def test_soak_reports_memory_of_every_process_and_no_loss():
     process_rows = [line for line in done.stdout.splitlines() if line.startswith(("| writer", "| reader"))]
     assert len(process_rows) == 3
     assert all("| 3,000 | 0 |" in line for line in process_rows), done.stdout
+
+
+@pytest.mark.timeout(90)
+def test_quick_cadence_has_every_row_and_loses_nothing(tmp_path):
+    from shmq.cli.bench import cadence
+
+    report = tmp_path / "cadence.json"
+    done = run_bench("shmq", "bench", "--cadence", "--quick", "--json", str(report), timeout=80)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(report.read_text())["rows"]
+    labels = [p.label for p in cadence.transports()]
+    assert "shmq Adaptive" in labels and peers.ZenohPeer.label in labels
+    cells = [c.name for c in cadence.cells(quick=True, periods_ms=(1.0, 10.0), readers=(1,), sizes=("small",))]
+    assert [(r["cell"], r["transport"]) for r in rows] == [(c, label) for c in cells for label in labels]
+    for r in rows:
+        assert not r["note"], r  # every peer of the bench extra is installed, so none is skipped
+        assert r["lost"] == 0 and r["samples"] > 0, r
+        assert 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"], r
+        assert r["reader_cpu_pct"] > 0 and r["writer_cpu_pct"] > 0, r
+    # The machine's timing facts follow the table.
+    assert "Timer slack of a thread" in done.stdout and "Scheduler wake latency" in done.stdout
+    assert "| 1000 µs, slack 1 ns |" in done.stdout

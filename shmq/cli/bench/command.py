@@ -10,12 +10,13 @@ import statistics
 import sys
 import time
 
-from . import configs, limits, peers, soak, trial, workloads
+from . import cadence, configs, limits, peers, soak, trial, workloads
 from .table import Row, load_average, machine_line, markdown
 
 EPILOG = """\
-rows: every shmq wait strategy (BusySpin, Yield, Backoff, SpinYieldPark = default),
-a zero-copy lease row on large messages, then each peer, for every workload;
+rows: every shmq wait strategy (BusySpin, Yield, Backoff, Adaptive, SpinYieldPark = default),
+a zero-copy lease row on large messages, then each peer, for every workload
+(zenoh: peer sessions over a Unix socket, its default copying transport);
 then the limits of this machine (the 1 MiB ring ones run interleaved with the large rows). A peer that is not installed shows as skipped.
 
 --compare replaces the shmq rows with the given configurations and leaves out
@@ -30,6 +31,15 @@ peers and limits, e.g. to measure the cost of counters or tracing:
 A configuration is key=value options joined by '+': wait=NAME[:ARG=VALUE...], stats=on|off,
 lease=on|off, hooks=MODULE:CALLABLE (called in every process, its result passed
 to shmq.hooks.install; hooks=off installs none), chunk_bytes=INT, n_chunks=INT.
+
+--cadence measures an engine's step cadence instead (module cadence): one ~500 B
+message (and one carrying a 10 KB array) every 0.1, 1, 10 and 50 ms (± 2 %) to 1, 4
+and 8 readers; latency p50/p99/p99.9 and reader and writer CPU for every wait
+strategy (Adaptive included), pyzmq, iceoryx2 (its event listener), zenoh and
+vLLM's MessageQueue when importable; then the machine's timer slack, timed-futex
+lateness and wake latency. --compare replaces its shmq rows, e.g.
+
+  shmq bench --cadence --compare wait=SpinYieldPark,wait=Adaptive --periods 1,10 --readers 1,4
 
 --watchdog measures shmq watchdog instead (module watchdog): detection latency per
 rule, freeze_risk's lead time before the writer blocks, the margins of a healthy
@@ -53,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long readers wait on an empty queue for the idle CPU column (default 3, quick 0.3)")
     parser.add_argument("--row-timeout", type=float, default=None, metavar="S",
                         help="kill a row (writer and readers) that runs longer (default 300, quick 60)")
-    for peer in ("mpq", "zmq", "faster-fifo", "iceoryx2"):
+    for peer in ("mpq", "zmq", "faster-fifo", "iceoryx2", "zenoh"):
         parser.add_argument(f"--no-{peer}", action="store_true", help=f"leave out the {peer} rows")
     parser.add_argument("--no-strategies", action="store_true",
                         help="only the default strategy (and the lease row), not one row per wait strategy")
@@ -69,6 +79,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watchdog", action="store_true",
                         help="instead: benchmark shmq watchdog (its real sidecar against real queues) and print "
                              "Markdown tables; --quick runs fewer trials")
+    parser.add_argument("--cadence", action="store_true",
+                        help="instead: the engine-cadence workload (one message every period to N readers; latency "
+                             "p50/p99/p99.9 and reader/writer CPU per wait strategy and peer), then this machine's "
+                             "timer slack, timed-futex lateness and wake latency; --quick runs 2 cells")
+    parser.add_argument("--periods", default=None, metavar="MS_LIST",
+                        help=f"with --cadence: periods in ms (default {','.join(f'{p:g}' for p in cadence.PERIODS_MS)})")
+    parser.add_argument("--readers", default=None, metavar="LIST",
+                        help=f"with --cadence: reader counts (default {','.join(map(str, cadence.READERS))})")
+    parser.add_argument("--sizes", default=None, metavar="LIST",
+                        help=f"with --cadence: message sizes, of {', '.join(cadence.SIZES)} (default all)")
     parser.add_argument("--watchdog-part", action="append", metavar="PART",
                         help="with --watchdog, only this part: latency, lead, margins or cpu (repeat for more)")
 
@@ -90,6 +110,8 @@ def main(args: argparse.Namespace) -> int:
             return 2
         watchdog.run(parts, quick=args.quick)
         return 0
+    if args.cadence:
+        return _cadence(args, compared)
     if args.soak:
         config = compared[0] if compared else configs.ShmqConfig(label="shmq SpinYieldPark")
         report, clean = soak.run_soak(args.soak_messages, args.soak_readers, config)
@@ -132,6 +154,31 @@ def main(args: argparse.Namespace) -> int:
     return 1 if any(r.lost for r in rows) else 0
 
 
+def _cadence(args: argparse.Namespace, compared: list) -> int:
+    try:
+        periods = [float(p) for p in args.periods.split(",")] if args.periods else \
+            ([1.0, 10.0] if args.quick else list(cadence.PERIODS_MS))
+        readers = [int(n) for n in args.readers.split(",")] if args.readers else \
+            ([1] if args.quick else list(cadence.READERS))
+    except ValueError:
+        print("shmq bench: --periods takes numbers of ms and --readers integers, comma-separated", file=sys.stderr)
+        return 2
+    sizes = args.sizes.split(",") if args.sizes else (["small"] if args.quick else list(cadence.SIZES))
+    if not set(sizes) <= set(cadence.SIZES) or not all(p > 0 for p in periods) or not all(1 <= n <= 64 for n in readers):
+        print(f"shmq bench: --sizes must be of {', '.join(cadence.SIZES)}, --periods > 0, --readers in 1..64",
+              file=sys.stderr)
+        return 2
+    chosen = cadence.transports(zmq=not args.no_zmq, iceoryx2=not args.no_iceoryx2, zenoh=not args.no_zenoh)
+    if compared:
+        chosen = [peers.ShmqPeer(c) for c in compared] + [p for p in chosen if not p.is_shmq]
+    rows = cadence.run(cadence.cells(quick=args.quick, periods_ms=periods, readers=readers, sizes=sizes), chosen,
+                       quick=args.quick)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine_line(), "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
+    return 1 if any(r.lost for r in rows) else 0
+
+
 def _candidates(args: argparse.Namespace, compared: list, workload: workloads.Workload) -> list[peers.Peer]:
     if compared:
         return [peers.ShmqPeer(c) for c in compared]
@@ -140,7 +187,7 @@ def _candidates(args: argparse.Namespace, compared: list, workload: workloads.Wo
         shmq_rows.append(configs.LEASE)
     chosen = [peers.ShmqPeer(c) for c in shmq_rows]
     return chosen + peers.peer_rows(mpq=not args.no_mpq, zmq=not args.no_zmq, faster_fifo=not args.no_faster_fifo,
-                                    iceoryx2=not args.no_iceoryx2)
+                                    iceoryx2=not args.no_iceoryx2, zenoh=not args.no_zenoh)
 
 
 def _median_row(runs: list[Row]) -> Row:

@@ -4,7 +4,7 @@ A spec is one configuration: ``key=value`` options joined by ``+``, for example
 ``wait=BusySpin+stats=off``. Several specs are separated by commas:
 ``--compare stats=on,stats=off``. Keys:
 
-    wait=NAME[:K=V...]   BusySpin | Yield | Backoff | SpinYieldPark (the default), with
+    wait=NAME[:K=V...]   BusySpin | Yield | Backoff | Adaptive | SpinYieldPark (the default), with
                          constructor arguments, e.g. wait=SpinYieldPark:spins=50:yields=100
     stats=on|off         per-participant counters (shmq.create(stats=...))
     recorder=on|off      the flight recorder (shmq.create(flight_entries=0) turns it off)
@@ -123,7 +123,8 @@ def _strategy_argument(text: str) -> tuple[str, float]:
 
 def strategy_rows() -> list[ShmqConfig]:
     """The default shmq rows: one per wait strategy, the default last."""
-    return [ShmqConfig(label=f"shmq {name}", wait=name) for name in ("BusySpin", "Yield", "Backoff", "SpinYieldPark")]
+    return [ShmqConfig(label=f"shmq {name}", wait=name)
+            for name in ("BusySpin", "Yield", "Backoff", "Adaptive", "SpinYieldPark")]
 
 
 LEASE = ShmqConfig(label="shmq SpinYieldPark lease", lease=True)

@@ -10,8 +10,8 @@ its loss switched off, and behind one small interface:
   in reader process i;
 * ``Sender.send(message)`` and ``Receiver.take(timeout) -> (seq, sent_ns, nbytes) | None``.
 
-Sockets that drop what is sent before a subscriber is connected (pyzmq, iceoryx2)
-set ``probe``: the writer sends probe messages (seq -1) until every reader has
+Sockets that drop what is sent before a subscriber is connected (pyzmq, iceoryx2,
+zenoh) set ``probe``: the writer sends probe messages (seq -1) until every reader has
 seen one, and readers skip them.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
+import json
 import multiprocessing
 import os
 import pickle
@@ -49,6 +50,31 @@ def pickle_frames(message) -> list:
     buffers: list = []
     stream = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
     return [stream, *(b.raw() for b in buffers)]
+
+
+_LENGTH = struct.Struct("<Q")
+
+
+def frame_table(frames: list) -> bytes:
+    """The head of a one-buffer message: the frame count, then each frame's length."""
+    return struct.pack(f"<{1 + len(frames)}Q", len(frames), *(memoryview(f).nbytes for f in frames))
+
+
+def framed(frames: list) -> bytes:
+    """Pickle frames as one buffer, for transports that carry one payload per message."""
+    return b"".join((frame_table(frames), *frames))
+
+
+def unframed(view: memoryview):
+    """The message in a buffer made by framed(); array buffers are copied out, so `view` may be released."""
+    count = _LENGTH.unpack_from(view, 0)[0]
+    lengths = struct.unpack_from(f"<{count}Q", view, _LENGTH.size)
+    position = _LENGTH.size * (1 + count)
+    parts = []
+    for length in lengths:
+        parts.append(view[position : position + length])
+        position += length
+    return pickle.loads(parts[0], buffers=[bytearray(p) for p in parts[1:]])
 
 
 class Sender:
@@ -385,9 +411,6 @@ class _Iceoryx2Link(Link):
         return _Iceoryx2Receiver(iox2, node, (pubsub, events), subscriber, events.listener_builder().create())
 
 
-_LENGTH = struct.Struct("<Q")
-
-
 class _Iceoryx2Sender(Sender):
     """One sample per message: a table of frame lengths, then the pickle frames."""
 
@@ -400,7 +423,7 @@ class _Iceoryx2Sender(Sender):
 
     def send(self, message) -> None:
         frames = pickle_frames(message)
-        table = struct.pack(f"<{1 + len(frames)}Q", len(frames), *(memoryview(f).nbytes for f in frames))
+        table = frame_table(frames)
         total = len(table) + sum(memoryview(f).nbytes for f in frames)
         sample = self._publisher.loan_slice_uninit(total)
         target = memoryview((ctypes.c_char * total).from_address(sample.payload_ptr)).cast("B")
@@ -440,17 +463,10 @@ class _Iceoryx2Receiver(Receiver):
         try:
             n = sample.payload().len()
             view = memoryview((ctypes.c_char * n).from_address(sample.payload_ptr)).cast("B")
-            count = _LENGTH.unpack_from(view, 0)[0]
-            lengths = struct.unpack_from(f"<{count}Q", view, _LENGTH.size)
-            position = _LENGTH.size * (1 + count)
-            parts = []
-            for length in lengths:
-                parts.append(view[position : position + length])
-                position += length
-            # The stream is read in place; array buffers are copied out before the sample is released.
-            message = pickle.loads(parts[0], buffers=[bytearray(p) for p in parts[1:]])
-            del parts
-            view.release()
+            try:
+                message = unframed(view)  # the stream is read in place, before the sample is released
+            finally:
+                view.release()
         finally:
             sample.delete()
         return fields(message)
@@ -489,7 +505,88 @@ def remove_iceoryx2_global_state(before: set[str]) -> None:
                 os.unlink(path)
 
 
-def peer_rows(*, mpq: bool, zmq: bool, faster_fifo: bool, iceoryx2: bool) -> list[Peer]:
+# -- zenoh -----------------------------------------------------------------------------------------
+class ZenohPeer(Peer):
+    """zenoh publish/subscribe, RELIABLE with CongestionControl.BLOCK: the writer waits rather than drops.
+
+    Peer sessions over a Unix socket (the publisher listens, each subscriber
+    connects; no scouting). zenoh's shared-memory transport needs payloads
+    allocated from its SHM provider, which a plain put() does not do, so this is
+    its default byte-copying transport. Samples reach a subscriber's callback
+    on zenoh's own thread and are handed over through a SimpleQueue: its
+    blocking channel has no timeout, which every take() needs.
+    """
+
+    label = "zenoh pub/sub (reliable, block)"
+    module = "zenoh"
+
+    def open(self, workload: Workload, workdir: str) -> Link:
+        return _ZenohLink(f"unixsock-stream/{workdir}/zenoh.sock", f"shmq-bench/{os.getpid()}")
+
+
+class _ZenohLink(Link):
+    def __init__(self, endpoint: str, key: str) -> None:
+        self._endpoint = endpoint
+        self._key = key
+
+    def sender(self) -> Sender:
+        return _ZenohSender(self._endpoint, self._key)
+
+    def receiver(self, index: int) -> Receiver:
+        return _ZenohReceiver(self._endpoint, self._key)
+
+
+def _zenoh_session(*, listen: str = "", connect: str = ""):
+    """A peer session that talks only to the given endpoint: made after the fork, in the process that uses it."""
+    import zenoh
+
+    config = zenoh.Config()
+    config.insert_json5("mode", '"peer"')
+    config.insert_json5("scouting/multicast/enabled", "false")
+    config.insert_json5("listen/endpoints", json.dumps([listen] if listen else []))
+    config.insert_json5("connect/endpoints", json.dumps([connect] if connect else []))
+    return zenoh, zenoh.open(config)
+
+
+class _ZenohSender(Sender):
+    probe = True
+
+    def __init__(self, endpoint: str, key: str) -> None:
+        zenoh, self._session = _zenoh_session(listen=endpoint)
+        self._publisher = self._session.declare_publisher(
+            key, congestion_control=zenoh.CongestionControl.BLOCK, reliability=zenoh.Reliability.RELIABLE)
+
+    def send(self, message) -> None:
+        self._publisher.put(framed(pickle_frames(message)))
+
+    def close(self) -> None:
+        self._publisher.undeclare()
+        self._session.close()
+
+
+class _ZenohReceiver(Receiver):
+    probe = True
+
+    def __init__(self, endpoint: str, key: str) -> None:
+        _, self._session = _zenoh_session(connect=endpoint)
+        arrived = queue_module.SimpleQueue()
+        self._subscriber = self._session.declare_subscriber(key, lambda sample: arrived.put(sample.payload.to_bytes()))
+        self._get = arrived.get
+
+    def take(self, timeout: float):
+        try:
+            payload = self._get(timeout=timeout)
+        except queue_module.Empty:
+            return None
+        return fields(unframed(memoryview(payload)))
+
+    def close(self) -> None:
+        self._subscriber.undeclare()
+        self._session.close()
+
+
+def peer_rows(*, mpq: bool, zmq: bool, faster_fifo: bool, iceoryx2: bool, zenoh: bool) -> list[Peer]:
     """The peers switched on, in table order."""
-    chosen = [(mpq, MpQueuePeer), (zmq, ZmqPeer), (faster_fifo, FasterFifoPeer), (iceoryx2, Iceoryx2Peer)]
+    chosen = [(mpq, MpQueuePeer), (zmq, ZmqPeer), (faster_fifo, FasterFifoPeer), (iceoryx2, Iceoryx2Peer),
+              (zenoh, ZenohPeer)]
     return [cls() for on, cls in chosen if on]

@@ -300,29 +300,38 @@ def run_row(peer: Peer, workload: Workload, plan: Plan, timeout_s: float) -> Row
     missing = peer.missing()
     if missing:
         return Row(workload.kind, workload.n_readers, peer.label, is_shmq=peer.is_shmq, note=missing)
+    row, reason = supervise(_trial_main, (peer, workload, plan), timeout_s)
+    return row or Row(workload.kind, workload.n_readers, peer.label, is_shmq=peer.is_shmq, note=reason)
+
+
+def supervise(target, args: tuple, timeout_s: float):
+    """Run ``target(*args, conn, workdir)`` in a trial process; returns (what it sent on conn, "") or (None, why).
+
+    The target makes itself a process group leader (os.setpgid(0, 0)), so a trial that overruns
+    `timeout_s` is killed with its readers; what it leaves (segments, sockets) is removed.
+    """
     workdir = tempfile.mkdtemp(prefix="shmq-bench-")
     receive_end, send_end = _fork.Pipe(duplex=False)
-    trial = _fork.Process(target=_trial_main, args=(peer, workload, plan, send_end, workdir), name="bench-trial")
-    row = None
+    trial = _fork.Process(target=target, args=(*args, send_end, workdir), name="bench-trial")
+    result = None
     try:
         trial.start()
         send_end.close()
         if receive_end.poll(timeout_s):
             try:
-                row = receive_end.recv()
+                result = receive_end.recv()
             except EOFError:
                 pass
         trial.join(timeout=5)
     finally:
-        if trial.pid is not None and (row is None or trial.is_alive()):
+        if trial.pid is not None and (result is None or trial.is_alive()):
             _kill_group(trial)
         receive_end.close()
         _remove_leftovers(trial.pid, workdir)
-    if row is None:
-        reason = f"timeout after {timeout_s:.0f} s" if trial.exitcode in (None, -signal.SIGKILL) else \
-            f"failed: trial process exited with {trial.exitcode}"
-        row = Row(workload.kind, workload.n_readers, peer.label, is_shmq=peer.is_shmq, note=reason)
-    return row
+    if result is not None:
+        return result, ""
+    return None, (f"timeout after {timeout_s:.0f} s" if trial.exitcode in (None, -signal.SIGKILL) else
+                  f"failed: trial process exited with {trial.exitcode}")
 
 
 def _kill_group(process) -> None:
