@@ -281,7 +281,7 @@ class Participant:
                 if now < housekeeping:
                     # Idle only now: a park that ends because the message came leaves the loop
                     # at once, with no housekeeping between the wake-up and the message.
-                    strategy.idle(0)
+                    strategy.idle()
                     continue
                 housekeeping = now + HOUSEKEEPING_NS
                 spins_flushed += self._counters.spins
@@ -302,7 +302,7 @@ class Participant:
                     log.warning("%s has waited %.1f s: %s", self._describe(), (now - start) / 1e9,
                                 self._blockers(now - start))
             if strategy.learns:
-                strategy.idle(1)  # the wait ended with an arrival: Adaptive learns the rhythm from it
+                strategy.arrived()  # the wait ended with an arrival: Adaptive learns the rhythm from it
         except BaseException as e:
             failure = e
             raise

@@ -4,9 +4,9 @@ The protocol never sleeps by itself; its wait loop reads::
 
     strategy.reset()                 # a wait begins
     while not poll():
-        strategy.idle(0)             # nothing yet: back off one step
+        strategy.idle()              # nothing yet: back off one step
     if strategy.learns:
-        strategy.idle(1)             # the wait ended with an arrival
+        strategy.arrived()           # the wait ended with an arrival
 
 A strategy passed to ``shmq.create`` or ``shmq.attach`` is a template: each
 participant gets its own bound copy, with a parker (how to sleep until the peer
@@ -56,9 +56,9 @@ class WaitCounters:
 
 
 class WaitStrategy:
-    """Base class: `reset()` starts a wait, `idle(0)` backs off one step, `idle(1)` ends a wait with an arrival.
+    """Base class: `reset()` starts a wait, `idle()` backs off one step, `arrived()` ends a wait with an arrival.
 
-    The wait loop calls `idle(1)` only on strategies that set `learns`: the others need not know.
+    The wait loop calls `arrived()` only on strategies that set `learns`: the others need not know.
     """
 
     _parker: Parker
@@ -76,8 +76,11 @@ class WaitStrategy:
     def reset(self) -> None:
         pass
 
-    def idle(self, work: int = 0) -> None:
+    def idle(self) -> None:
         raise NotImplementedError
+
+    def arrived(self) -> None:
+        """The wait ended with an arrival (called only when `learns`)."""
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "counters")
@@ -87,18 +90,16 @@ class WaitStrategy:
 class BusySpin(WaitStrategy):
     """Poll again at once. Lowest latency; burns a core while idle."""
 
-    def idle(self, work: int = 0) -> None:
-        if not work:
-            self.counters.spins += 1
+    def idle(self) -> None:
+        self.counters.spins += 1
 
 
 class Yield(WaitStrategy):
     """Give the core to another runnable thread, then poll again."""
 
-    def idle(self, work: int = 0) -> None:
-        if not work:
-            self.counters.yields += 1
-            os.sched_yield()
+    def idle(self) -> None:
+        self.counters.yields += 1
+        os.sched_yield()
 
 
 class Backoff(WaitStrategy):
@@ -111,10 +112,7 @@ class Backoff(WaitStrategy):
     def reset(self) -> None:
         self._spun = 0
 
-    def idle(self, work: int = 0) -> None:
-        if work:
-            self._spun = 0
-            return
+    def idle(self) -> None:
         self._spun += 1
         if self._spun < self.spins_per_sleep:
             self.counters.spins += 1
@@ -156,10 +154,7 @@ class SpinYieldPark(WaitStrategy):
         self._step = 0
         self._sleep_s = self.first_sleep_s
 
-    def idle(self, work: int = 0) -> None:
-        if work:
-            self.reset()
-            return
+    def idle(self) -> None:
         self._step += 1
         if self._step <= self.spins:
             self.counters.spins += 1
@@ -285,31 +280,31 @@ class Adaptive(SpinYieldPark):
             if self._now() < wake_at:
                 self._wake_at = wake_at
 
-    def idle(self, work: int = 0) -> None:
-        if work:
-            if not self._wake_at and self._step <= self.spins:
-                # A wait that ended while spinning: a burst, no rhythm to learn. No clock read,
-                # so back-to-back messages cost what they cost under SpinYieldPark.
-                if self._last_arrival:
-                    self._intervals.clear()
-                    self._last_arrival = 0
-                    self._regular = False
-                return
-            now = self._now()
-            c = self.counters
-            if self._spin_until:  # arrived while spinning after a predicted wake-up
-                c.prediction_hits += 1
-                c.spin_before_arrival_ns += now - self._spin_from
-            elif self._woken_early:  # arrived while parked for a prediction: earlier than learned
-                c.prediction_misses += 1
-            self._arrived(now)
+    def arrived(self) -> None:
+        if not self._wake_at and self._step <= self.spins:
+            # A wait that ended while spinning: a burst, no rhythm to learn. No clock read,
+            # so back-to-back messages cost what they cost under SpinYieldPark.
+            if self._last_arrival:
+                self._intervals.clear()
+                self._last_arrival = 0
+                self._regular = False
             return
+        now = self._now()
+        c = self.counters
+        if self._spin_until:  # arrived while spinning after a predicted wake-up
+            c.prediction_hits += 1
+            c.spin_before_arrival_ns += now - self._spin_from
+        elif self._woken_early:  # arrived while parked for a prediction: earlier than learned
+            c.prediction_misses += 1
+        self._arrived(now)
+
+    def idle(self) -> None:
         if self._spin_until:
             self._spin(self._now())
         elif self._wake_at:
             self._park_until_predicted()
         else:
-            super().idle(0)
+            super().idle()
 
     def _park_until_predicted(self) -> None:
         now = self._now()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -58,9 +57,9 @@ def arrive_every(strategy, clock: FakeClock, intervals_ns) -> None:
         at = clock.ns + interval
         strategy.reset()
         for _ in range(strategy.spins + 1):
-            strategy.idle(0)
+            strategy.idle()
         clock.ns = max(clock.ns, at)
-        strategy.idle(1)
+        strategy.arrived()
 
 
 def test_a_steady_rhythm_parks_until_just_before_the_next_arrival_then_spins_to_a_hit():
@@ -69,7 +68,7 @@ def test_a_steady_rhythm_parks_until_just_before_the_next_arrival_then_spins_to_
     counters.clear()
     clock.ns += 1 * MS  # the application worked for 1 ms after the last arrival
     strategy.reset()
-    strategy.idle(0)
+    strategy.idle()
 
     # It parked once, until the margin before the predicted arrival (9 ms from now).
     margin_ns = strategy._margin_ns
@@ -77,10 +76,10 @@ def test_a_steady_rhythm_parks_until_just_before_the_next_arrival_then_spins_to_
     assert counters.predicted_wakes == 1 and counters.parks == 1
     # Then it polls without parking, within its budget: a yield right after the park, then one per idle().
     for _ in range(5):
-        strategy.idle(0)
+        strategy.idle()
     assert len(parker.parks) == 1 and counters.yields == 6
     clock.ns += margin_ns  # the message comes when predicted
-    strategy.idle(1)
+    strategy.arrived()
     assert (counters.prediction_hits, counters.prediction_misses) == (1, 0)
     assert counters.spin_before_arrival_ns == margin_ns
 
@@ -92,7 +91,7 @@ def test_irregular_traffic_falls_back_to_spin_yield_park():
     counters.clear()
     strategy.reset()
     for _ in range(6):
-        strategy.idle(0)
+        strategy.idle()
     # Exactly SpinYieldPark's steps: 3 spins, 2 yields, then a park of park_timeout_s.
     assert (counters.spins, counters.yields, parker.parks) == (3, 2, [strategy.park_timeout_s])
     assert counters.predicted_wakes == 0
@@ -105,7 +104,7 @@ def test_a_wait_that_ends_while_spinning_is_a_burst_and_forgets_the_rhythm():
     strategy.reset()
     assert strategy._wake_at  # the rhythm is learned: this wait would park for a prediction...
     strategy._wake_at = 0  # ...but say the message was there at once (a burst): no prediction was made
-    strategy.idle(1)
+    strategy.arrived()
     strategy.reset()
     assert strategy._wake_at == 0 and not strategy._regular
     arrive_every(strategy, clock, [5 * MS] * 4)
@@ -122,7 +121,7 @@ def test_intervals_too_short_to_park_in_never_park_for_a_prediction():
     arrive_every(strategy, clock, [50_000] * 8)  # 50 µs apart, each after polling past the spins
     counters.clear()
     strategy.reset()
-    strategy.idle(0)
+    strategy.idle()
     assert parker.parks == [] and counters.predicted_wakes == 0 and counters.spins == 1
 
 
@@ -130,18 +129,18 @@ def test_a_message_later_than_the_budget_is_a_miss_and_the_wait_parks_like_the_d
     strategy, clock, parker, counters = adaptive(history=4)
     arrive_every(strategy, clock, [5 * MS] * 5)
     strategy.reset()
-    strategy.idle(0)  # the predicted park
+    strategy.idle()  # the predicted park
     budget_ns = strategy._budget_ns
     clock.ns += budget_ns + 1
-    strategy.idle(0)  # the budget is spent: a miss, and no more spinning
-    strategy.idle(0)
+    strategy.idle()  # the budget is spent: a miss, and no more spinning
+    strategy.idle()
     assert counters.prediction_misses == 1 and counters.prediction_hits == 0
     assert parker.parks[-1] == strategy.park_timeout_s
     clock.ns += 20 * MS
-    strategy.idle(1)
+    strategy.arrived()
     # The late interval is in the history now: the next wait predicts nothing.
     strategy.reset()
-    strategy.idle(0)
+    strategy.idle()
     assert counters.predicted_wakes == 1 and strategy._wake_at == 0
 
 
@@ -150,8 +149,8 @@ def test_a_message_earlier_than_predicted_is_a_miss():
     arrive_every(strategy, clock, [5 * MS] * 5)
     parker.woken_after_ns = 1 * MS  # the writer wakes the parked reader with the message
     strategy.reset()
-    strategy.idle(0)
-    strategy.idle(1)
+    strategy.idle()
+    strategy.arrived()
     assert (counters.predicted_wakes, counters.prediction_hits, counters.prediction_misses) == (0, 0, 1)
 
 
@@ -163,9 +162,9 @@ def test_the_margin_learns_how_late_timed_wakes_are_and_stays_bounded():
     margins = []
     for _ in range(30):
         strategy.reset()
-        strategy.idle(0)  # park, wake late, start the spin budget
+        strategy.idle()  # park, wake late, start the spin budget
         clock.ns = strategy._spin_from + 10_000
-        strategy.idle(1)
+        strategy.arrived()
         clock.ns = strategy._last_arrival
         margins.append(strategy._margin_ns)
         clock.ns += 0  # the next wait starts at once
