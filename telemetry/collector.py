@@ -55,8 +55,13 @@ _COUNTERS = (
     (N.PARKS, "parks", 1, "Futex parks (or fallback sleeps) while waiting."),
     (N.WAKEUPS, "wakeups", 1, "Futex wake calls issued to parked peers."),
     (N.TIMEOUTS, "timeouts", 1, "put() or get() calls that timed out."),
+    (N.PREDICTED_WAKES, "predicted_wakes", 1, "Adaptive waits: timed wake-ups just before a predicted arrival."),
+    (N.PREDICTION_HITS, "prediction_hits", 1, "Adaptive waits: arrivals within the spin budget after such a wake-up."),
+    (N.PREDICTION_MISSES, "prediction_misses", 1, "Adaptive waits: arrivals earlier, or later than the budget."),
+    (N.SPIN_BEFORE_ARRIVAL_SECONDS, "spin_before_arrival_ns", 1e-9,
+     "Adaptive waits: time spun from predicted wake-ups to the arrivals they hit."),
 )
-_UNITS = {N.BYTES: "bytes", N.BACKOFF_SLEEP_SECONDS: "seconds"}
+_UNITS = {N.BYTES: "bytes", N.BACKOFF_SLEEP_SECONDS: "seconds", N.SPIN_BEFORE_ARRIVAL_SECONDS: "seconds"}
 
 
 class ShmqCollector(Collector):

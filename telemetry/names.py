@@ -29,6 +29,10 @@ BACKOFF_SLEEP_SECONDS = "shmq_backoff_sleep_seconds"
 PARKS = "shmq_parks"
 WAKEUPS = "shmq_wakeups"
 TIMEOUTS = "shmq_timeouts"
+PREDICTED_WAKES = "shmq_predicted_wakes"
+PREDICTION_HITS = "shmq_prediction_hits"
+PREDICTION_MISSES = "shmq_prediction_misses"
+SPIN_BEFORE_ARRIVAL_SECONDS = "shmq_spin_before_arrival_seconds"
 EXPORTER_ERRORS = "shmq_exporter_errors"
 
 # Histogram
