@@ -304,7 +304,7 @@ class Participant:
             if strategy.learns:
                 strategy.arrived()  # the wait ended with an arrival: Adaptive learns the rhythm from it
         except BaseException as e:
-            failure = e
+            failure = type(e)  # the type only: the exception itself would hold this frame in a cycle
             raise
         finally:
             c = self._counters
@@ -317,7 +317,7 @@ class Participant:
             if c.predicted_wakes or c.prediction_misses:
                 self._flush_predictions(c)
             if failure is not None:  # the wait led to no message: the flight record says why, with its time
-                self._ring.record(_FAILED_WAIT.get(type(failure), L.FlightOp.INTERRUPTED), self._cursor, 0)
+                self._ring.record(_FAILED_WAIT.get(failure, L.FlightOp.INTERRUPTED), self._cursor, 0)
         return waited
 
     def _flush_predictions(self, c: wait_module.WaitCounters) -> None:
