@@ -5,11 +5,15 @@ nothing is dropped (pyzmq's default HWM silently drops a burst). XPUB_VERBOSE
 reports each subscription, which is how ``Writer.wait_for_readers`` knows a
 remote reader is connected before the first message goes out. Each message
 carries its sequence number and the next one's, so a remote reader notices any
-gap instead of silently skipping it.
+gap instead of silently skipping it, reports it once and reads on.
+
+A lost connection is not a dead writer: ZeroMQ reconnects by itself, so the reader
+waits up to `grace_s` for the connection to return before it raises WriterDead.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from typing import Any
@@ -18,7 +22,9 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import hooks as hooks_module
-from .errors import BadHandle, MessagesLost, NotRawMessage, QueueClosed, QueueTimeout, WouldBlock, WriterDead
+from .errors import (
+    BadHandle, BadQueueArgument, MessagesLost, NotRawMessage, QueueClosed, QueueTimeout, WouldBlock, WriterDead,
+)
 from .handle import Handle
 from .reader import Receiving
 from . import layout as L
@@ -27,6 +33,17 @@ from .serialization import BytesSerializer, resolve
 _HEAD = struct.Struct("<QQQ")  # seq, next seq, slot flags; the traceparent follows
 _END = 1 << 63  # flag: the writer closed
 _POLL_MS = 50  # how often a blocked get() looks at cancel() and the connection
+DEFAULT_GRACE_S = 10.0  # how long a lost connection may stay lost before the writer is called dead
+
+
+def _checked_grace(grace_s) -> float:
+    try:
+        seconds = float(grace_s)
+    except (TypeError, ValueError):
+        raise BadQueueArgument(f"grace_s must be a number of seconds, got {grace_s!r}") from None
+    if not 0 <= seconds < math.inf:
+        raise BadQueueArgument(f"grace_s must be a finite number of seconds >= 0, got {grace_s!r}")
+    return seconds
 
 
 class RemotePublisher:
@@ -71,7 +88,9 @@ class RemoteReader(Receiving):
     """A reader on another host. Same get() API as a local Reader; made by ``shmq.attach_remote``."""
 
     def __init__(self, handle: Handle | str, *, endpoint: str | None = None, serializer=None,
-                 hooks: hooks_module.MessageHooks | None = None, index: int = -1) -> None:
+                 hooks: hooks_module.MessageHooks | None = None, index: int = -1,
+                 grace_s: float = DEFAULT_GRACE_S) -> None:
+        self._grace_s = _checked_grace(grace_s)
         handle = Handle.coerce(handle)
         self.queue_name = handle.name
         self.index = index
@@ -87,20 +106,31 @@ class RemoteReader(Receiving):
         self._socket.connect(self._endpoint)
         self._socket.setsockopt(zmq.SUBSCRIBE, b"")
         self._expected: int | None = None
+        self._after_gap: list | None = None  # the message that revealed a gap, for the get() after MessagesLost
+        #: Sequence number of the first message this reader received; None before the first one.
+        self.start_seq: int | None = None
         self._connected = False
+        self._lost_since: float | None = None  # monotonic time the connection dropped, None while connected
         self._cancelled = False
         self._closed = False
 
     def _receive(self, timeout: float | None, raw: bool) -> Any:
         start = time.monotonic_ns()
-        frames = self._await_frames(timeout)
+        frames, self._after_gap = self._after_gap, None
+        if frames is None:
+            frames = self._await_frames(timeout)
         waited = time.monotonic_ns() - start
         seq, next_seq, flags = _HEAD.unpack_from(frames[0].buffer)
         if flags & _END:
             raise QueueClosed(f"queue {self.queue_name!r} was closed by its writer after {seq} messages")
-        if self._expected is not None and seq != self._expected:
-            raise MessagesLost(f"remote reader of queue {self.queue_name!r} expected message {self._expected} "
-                            f"and got {seq}: {seq - self._expected} messages were lost on the way")
+        if self.start_seq is None:
+            self.start_seq = seq
+        expected = self._expected
+        if expected is not None and seq != expected:
+            # Reported once; the message that showed the gap is the next get()'s.
+            self._after_gap, self._expected = frames, seq
+            raise MessagesLost(f"remote reader of queue {self.queue_name!r} expected message {expected} "
+                               f"and got {seq}: {seq - expected} messages were lost on the way")
         self._expected = next_seq
         traceparent = bytes(frames[0].buffer[_HEAD.size :])
         stream = frames[1].buffer
@@ -140,12 +170,16 @@ class RemoteReader(Receiving):
             event = recv_monitor_message(self._monitor)
             if event["event"] == zmq.EVENT_CONNECTED:
                 self._connected = True
+                self._lost_since = None
             elif event["event"] == zmq.EVENT_DISCONNECTED and self._connected:
-                # The writer sends an end marker before it closes; losing the connection
-                # without one, after draining what arrived, means the writer is gone.
-                if not self._socket.poll(0, zmq.POLLIN):
-                    raise WriterDead(f"the writer of queue {self.queue_name!r} at {self._endpoint} went away "
-                                     "without closing the queue")
+                self._connected = False
+                self._lost_since = time.monotonic()
+        # The writer sends an end marker before it closes; a connection lost without one that
+        # stays lost for the grace, after draining what arrived, means the writer is gone.
+        if self._lost_since is not None and time.monotonic() - self._lost_since >= self._grace_s \
+                and not self._socket.poll(0, zmq.POLLIN):
+            raise WriterDead(f"the writer of queue {self.queue_name!r} at {self._endpoint} went away without "
+                             f"closing the queue: no connection for {self._grace_s:g} s (grace_s)")
 
     def cancel(self) -> None:
         """Make a get() blocked in another thread raise QueueClosed within 50 ms. Thread-safe."""
@@ -168,6 +202,11 @@ class RemoteReader(Receiving):
 
 
 def attach_remote(handle: Handle | str, *, endpoint: str | None = None, serializer=None,
-                  hooks: hooks_module.MessageHooks | None = None, index: int = -1) -> RemoteReader:
-    """Attach a reader through ZeroMQ TCP; `endpoint` overrides the handle's (e.g. the writer host's address)."""
-    return RemoteReader(handle, endpoint=endpoint, serializer=serializer, hooks=hooks, index=index)
+                  hooks: hooks_module.MessageHooks | None = None, index: int = -1,
+                  grace_s: float = DEFAULT_GRACE_S) -> RemoteReader:
+    """Attach a reader through ZeroMQ TCP; `endpoint` overrides the handle's (e.g. the writer host's address).
+
+    A connection lost for longer than `grace_s` seconds makes get() raise WriterDead.
+    """
+    return RemoteReader(handle, endpoint=endpoint, serializer=serializer, hooks=hooks, index=index,
+                        grace_s=grace_s)
