@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import collections
 import logging
-import time
 
 from opentelemetry import trace
-from opentelemetry.semconv._incubating.attributes import messaging_attributes as M
 from opentelemetry.trace import Link, SpanKind
 
 from shmq import layout as L
 from shmq.stats import QueueView, Segments
 
-from .tracing import MESSAGING_SYSTEM, READER, SCOPE, SPINS, WAIT_SECONDS
+from .tracing import _RECEIVE, _SEND, READER, SCOPE, _wall_clock_offset_ns, message_attributes
 
 log = logging.getLogger("shmq.telemetry")
 
-_SEND = M.MessagingOperationTypeValues.SEND.value
-_RECEIVE = M.MessagingOperationTypeValues.RECEIVE.value
 _MASK = (1 << 64) - 1
 #: Send spans remembered per queue for their receive spans to link to (a reader may lag this far).
 REMEMBERED_SENDS = 1 << 16
@@ -53,7 +49,7 @@ class FlightTracer:
         self.segments.refresh()
         for shm_name in self._queues.keys() - self.segments.views.keys():
             del self._queues[shm_name]
-        to_wall_ns = time.time_ns() - time.monotonic_ns()
+        to_wall_ns = _wall_clock_offset_ns()
         for shm_name, view in self.segments.views.items():
             if not view.flight_entries:
                 continue
@@ -70,22 +66,15 @@ class FlightTracer:
         _stamp, op, seq, size, begin, end, spins_yields, _parks = entry
         if op not in (L.FlightOp.PUT, L.FlightOp.GET) or not self._sampled(queue.salt, seq):
             return
-        attributes = {
-            M.MESSAGING_SYSTEM: MESSAGING_SYSTEM,
-            M.MESSAGING_DESTINATION_NAME: queue.name,
-            M.MESSAGING_MESSAGE_ID: str(seq),
-            M.MESSAGING_MESSAGE_BODY_SIZE: size,
-            WAIT_SECONDS: (end - begin) / 1e9,
-            SPINS: spins_yields >> 32,
-        }
+        operation = _SEND if op == L.FlightOp.PUT else _RECEIVE
+        attributes = message_attributes(operation, queue.name, seq, size, end - begin, spins_yields >> 32)
         if op == L.FlightOp.PUT:
-            name, kind, links = f"{_SEND} {queue.name}", SpanKind.PRODUCER, ()
-            attributes |= {M.MESSAGING_OPERATION_TYPE: _SEND, M.MESSAGING_OPERATION_NAME: _SEND}
+            kind, links = SpanKind.PRODUCER, ()
         else:
             producer = queue.sends.get(seq)
-            name, kind, links = f"{_RECEIVE} {queue.name}", SpanKind.CONSUMER, [Link(producer)] if producer else ()
-            attributes |= {M.MESSAGING_OPERATION_TYPE: _RECEIVE, M.MESSAGING_OPERATION_NAME: _RECEIVE,
-                           READER: number - 1}
+            kind, links = SpanKind.CONSUMER, [Link(producer)] if producer else ()
+            attributes[READER] = number - 1
+        name = f"{operation} {queue.name}"
         span = self._tracer.start_span(name, kind=kind, links=links, start_time=begin + to_wall_ns,
                                        attributes=attributes)
         span.end(end_time=end + to_wall_ns)

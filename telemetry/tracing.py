@@ -99,14 +99,7 @@ class ShmqTracing:
         start = wait_start_ns + to_wall if wait_start_ns else None
         span = tracer.start_span(f"{_RECEIVE} {queue}", kind=SpanKind.CONSUMER, links=[Link(producer)],
                                  start_time=start, attributes={
-                                     M.MESSAGING_SYSTEM: MESSAGING_SYSTEM,
-                                     M.MESSAGING_OPERATION_TYPE: _RECEIVE,
-                                     M.MESSAGING_OPERATION_NAME: _RECEIVE,
-                                     M.MESSAGING_DESTINATION_NAME: queue,
-                                     M.MESSAGING_MESSAGE_ID: str(message_id),
-                                     M.MESSAGING_MESSAGE_BODY_SIZE: body_size,
-                                     WAIT_SECONDS: wait_ns / 1e9,
-                                     SPINS: spins,
+                                     **message_attributes(_RECEIVE, queue, message_id, body_size, wait_ns, spins),
                                      READER: reader,
                                  })
         _add_idle_events(span, events, to_wall)
@@ -183,6 +176,21 @@ class _SendSpan:
             span.record_exception(error)
             span.set_status(StatusCode.ERROR, str(error))
         span.end()
+
+
+def message_attributes(operation: str, queue: str, message_id: int, body_size: int, wait_ns: int,
+                       spins: int) -> dict:
+    """The attributes of a whole send or receive span: the messaging conventions' and shmq's own."""
+    return {
+        M.MESSAGING_SYSTEM: MESSAGING_SYSTEM,
+        M.MESSAGING_OPERATION_TYPE: operation,
+        M.MESSAGING_OPERATION_NAME: operation,
+        M.MESSAGING_DESTINATION_NAME: queue,
+        M.MESSAGING_MESSAGE_ID: str(message_id),
+        M.MESSAGING_MESSAGE_BODY_SIZE: body_size,
+        WAIT_SECONDS: wait_ns / 1e9,
+        SPINS: spins,
+    }
 
 
 def producer_context(traceparent: bytes) -> trace.SpanContext | None:
