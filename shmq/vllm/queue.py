@@ -30,9 +30,12 @@ log = logging.getLogger(__name__)
 
 #: shmq's slot for vLLM's queues: a 1 MiB tensor and its pickle header fit one slot.
 SLOT_BYTES = DEFAULT_CHUNK_BYTES + 4096
-#: Slots in the ring at least: a deep ring keeps the writer from waiting on readers for small messages
-#: (small dicts to 4 readers, 3 interleaved runs: 113 k msgs/s with 64 slots, 70 k with 16).
-RING_SLOTS = 64
+#: Slots in the ring at least. A deep ring keeps the writer from waiting on readers for small messages,
+#: and a shallow one stays in the cache for large ones; shmq bench, 3 interleaved runs each, against
+#: vLLM's MessageQueue in the same run (small dict at 4 readers / 1 MiB array): 16 slots 2.8x / 1.26x,
+#: 32 slots 3.65x / 0.78x, 64 slots 3.9x / 0.73x. The engine's broadcast is mostly small messages.
+#: One geometry cannot serve both: that is what the byte ring of issue 18 is for.
+RING_SLOTS = 32
 #: vLLM's default period for "No available shared memory broadcast block found" (its
 #: VLLM_RINGBUFFER_WARNING_INTERVAL); shmq's warning at that period says who blocks the queue.
 DEFAULT_WARNING_INTERVAL_S = 60
