@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
 import time
@@ -15,10 +16,8 @@ from . import hooks as hooks_module
 from . import layout as L
 from . import procs
 from . import wait as wait_module
-import math
-
 from .errors import (
-    BadTimeout, ConcurrentUse, ForkedParticipant, QueueClosed, QueueTimeout, ReaderDead, WouldBlock, WriterDead,
+    BadQueueArgument, BadTimeout, ConcurrentUse, ForkedParticipant, QueueClosed, QueueTimeout, ReaderDead, WouldBlock, WriterDead,
 )
 from ._ring import compare_exchange
 from .segment import Segment
@@ -61,6 +60,7 @@ HOUSEKEEPING_NS = 5_000_000
 PEER_CHECK_NS = 100_000_000
 HEARTBEAT_INTERVAL_S = 0.1
 DEFAULT_WARN_AFTER_S = 10.0
+_NEVER_NS = 1 << 62  # warn_after_s = math.inf: a deadline no wait reaches
 #: How long close() waits for a call in another thread to end (a blocked get() is cancelled first).
 CLOSE_WAIT_S = 2.0
 
@@ -174,7 +174,7 @@ class Participant:
         self._ring = segment.ring(record)  # the hot paths and the record's stores, in C
         self._counters = wait_module.WaitCounters()
         self._strategy = (wait or wait_module.default()).bound(self, self._counters)
-        self._warn_after_ns = int(warn_after_s * 1e9)
+        self.warn_after_s = warn_after_s
         self._hooks = hooks if hooks is not None else hooks_module.installed()
         self._events: list | None = None  # idle events of a traced operation
         self._deadline_ns: int | None = None
@@ -187,6 +187,18 @@ class Participant:
         self._pid = os.getpid()
         self._start_time = procs.start_time(self._pid) or 0
         self._owner = L.owner_word(self._pid, self._start_time)
+
+    @property
+    def warn_after_s(self) -> float:
+        """How long a blocked call waits before it logs who blocks it, and again after each such
+        period; math.inf never logs (an idle worker waiting for work is not stuck)."""
+        return self._warn_after_ns / 1e9 if self._warn_after_ns < _NEVER_NS else math.inf
+
+    @warn_after_s.setter
+    def warn_after_s(self, seconds: float) -> None:
+        if not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise BadQueueArgument(f"warn_after_s must be a number of seconds > 0 (math.inf: never), got {seconds!r}")
+        self._warn_after_ns = min(int(seconds * 1e9), _NEVER_NS) if seconds < math.inf else _NEVER_NS
 
     # -- record -----------------------------------------------------------------
     def _register(self, index: int, stack_dumps: bool | str = True) -> None:

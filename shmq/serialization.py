@@ -31,22 +31,58 @@ def _array(buffer, dtype: str, shape: tuple):
     return numpy.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
+def _tensor(buffer, dtype, shape: tuple):
+    """A torch tensor from its bytes: what readers run for each tensor that _Pickler sent.
+
+    `dtype` is a torch.dtype, which unpickles as the global ``torch.<name>``: loading it
+    imported torch before this runs, so shmq itself never imports torch.
+    """
+    torch = sys.modules["torch"]
+    if not len(buffer):  # frombuffer refuses an empty buffer
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(buffer, dtype=torch.uint8).view(dtype).reshape(shape)
+
+
+def _tensor_bytes(torch, tensor):
+    """A plain CPU tensor's bytes as a flat uint8 array, or None for a tensor torch must pickle itself.
+
+    Viewing as uint8 works for every dtype, bfloat16 and float8 included, which numpy cannot name.
+    A CUDA tensor, a sparse one, one that requires grad or one that cannot be viewed (a conjugate
+    view) goes through torch's own reduction, as in vLLM 0.33: in-band, and back on its device.
+    """
+    if tensor.device.type != "cpu" or tensor.layout is not torch.strided or tensor.requires_grad:
+        return None
+    try:
+        return tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+    except RuntimeError:
+        return None
+
+
 class _Pickler(pickle.Pickler):
-    """Pickle protocol 5, with a shorter reduction for plain numpy arrays.
+    """Pickle protocol 5, with shorter reductions for plain numpy arrays and torch CPU tensors.
 
     numpy pickles an array's dtype as an object with state, which costs more than
     the rest of a small array's message on both sides (a dict holding a 1 KiB
     array: dumps 15.6 -> 9.2 us, loads 11.1 -> 7.0 us). A C-contiguous array of a
     builtin dtype goes as (out-of-band buffer, dtype string, shape) instead; any
-    other array, and any subclass, takes numpy's own reduction.
+    other array, and any subclass, takes numpy's own reduction. torch copies a
+    tensor's bytes into the pickle stream, so a plain CPU tensor goes as
+    (out-of-band buffer, dtype, shape) too: copied once in and once out, like an array.
     """
 
     def reducer_override(self, obj):
+        cls = type(obj)
         numpy = sys.modules.get("numpy")  # no numpy imported: no array to send
-        if numpy is not None and type(obj) is numpy.ndarray:
+        if numpy is not None and cls is numpy.ndarray:
             dtype = obj.dtype
             if dtype.isbuiltin and not dtype.hasobject and obj.flags.c_contiguous:
                 return _array, (pickle.PickleBuffer(obj), dtype.str, obj.shape)
+            return NotImplemented
+        torch = sys.modules.get("torch")  # detected, never imported: no torch, no tensor to send
+        if torch is not None and cls is torch.Tensor:
+            raw = _tensor_bytes(torch, obj)
+            if raw is not None:
+                return _tensor, (pickle.PickleBuffer(raw), obj.dtype, tuple(obj.shape))
         return NotImplemented
 
 

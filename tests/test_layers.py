@@ -1,4 +1,5 @@
-"""The layers show in the folders: only the command-line layer (shmq/cli/) may import telemetry.
+"""The layers show in the folders: only the command-line layer (shmq/cli/) may import telemetry,
+and only the vLLM adapter (shmq/vllm/) may import vllm or torch (elsewhere torch is told from sys.modules).
 
 The core is read from its source, not imported, so an import inside a function
 or behind a condition counts too.
@@ -13,7 +14,9 @@ import shmq
 
 PACKAGE = pathlib.Path(shmq.__file__).parent
 COMMAND_LINE = PACKAGE / "cli"
+VLLM_ADAPTER = PACKAGE / "vllm"
 FORBIDDEN = ("telemetry", "shmq.telemetry")
+THIRD_PARTY_ML = ("vllm", "torch")
 
 
 def module_name(path: pathlib.Path, root: pathlib.Path) -> str:
@@ -43,17 +46,40 @@ def core_modules() -> list[pathlib.Path]:
     return sorted(p for p in PACKAGE.rglob("*.py") if COMMAND_LINE not in p.parents)
 
 
-def layer_violations(paths: list[pathlib.Path], root: pathlib.Path = PACKAGE.parent) -> list[str]:
-    """'file:line imports module' for each import of telemetry; `root` holds the package folder."""
+def layer_violations(paths: list[pathlib.Path], root: pathlib.Path = PACKAGE.parent,
+                     forbidden: tuple[str, ...] = FORBIDDEN) -> list[str]:
+    """'file:line imports module' for each import of a forbidden module; `root` holds the package folder."""
     return [f"{path.relative_to(root)}:{line} imports {module}"
             for path in paths for line, module in imported_modules(path, root)
-            if any(module == f or module.startswith(f + ".") for f in FORBIDDEN)]
+            if any(module == f or module.startswith(f + ".") for f in forbidden)]
 
 
 def test_no_module_of_shmq_outside_its_command_line_layer_imports_telemetry():
     paths = core_modules()
     assert PACKAGE / "writer.py" in paths and PACKAGE / "cli" / "demo.py" not in paths  # the walk sees the core
     assert layer_violations(paths) == []
+
+
+def test_only_the_vllm_adapter_imports_vllm_or_torch():
+    paths = sorted(p for p in PACKAGE.rglob("*.py") if VLLM_ADAPTER not in p.parents)
+    assert PACKAGE / "writer.py" in paths and PACKAGE / "cli" / "demo.py" in paths  # the walk sees core and cli
+    assert layer_violations(paths, forbidden=THIRD_PARTY_ML) == []
+
+
+def test_the_vllm_check_flags_vllm_and_torch_but_not_lookalikes(tmp_path):
+    fake = tmp_path / "shmq"
+    fake.mkdir()
+    sources = {
+        "plain.py": "import torch\n",
+        "nested.py": "def f():\n    from vllm.distributed.device_communicators import shm_broadcast\n",
+        "named.py": "from torch import Tensor\n",
+        "clean.py": "import sys\ntorch = sys.modules.get('torch')\nimport torchvisionish\n",
+    }
+    for relative, text in sources.items():
+        (fake / relative).write_text(text)
+    found = layer_violations(sorted(fake.rglob("*.py")), root=tmp_path, forbidden=THIRD_PARTY_ML)
+    flagged = {line.split(":")[0] for line in found}
+    assert flagged == {f"shmq/{relative}" for relative in sources if relative != "clean.py"}, found
 
 
 def test_the_check_sees_every_form_of_import(tmp_path):

@@ -33,7 +33,7 @@ import numpy as np
 
 from shmq import sync
 
-from . import configs, limits, peers, trial
+from . import configs, limits, peers, trial, vllm_peers
 from .table import load_average, machine_line
 from .workloads import Workload
 
@@ -44,19 +44,6 @@ WARMUP = 10  #: messages sent before the measured ones
 SIZES = {"small": 0, "10k": 10_000}  #: array bytes per message (small: a ~500 B pickled dict only)
 _TOKENS = list(range(1000, 1150))  # with seq, timestamp and op: a ~500-byte pickle
 PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 29, 30
-
-
-def vllm_rows() -> list[peers.Peer]:
-    """vLLM's MessageQueue, where vllm is importable: the rows of shmq/cli/bench/vllm_peers.py.
-
-    That module (another piece of work) provides ``cadence_peers() -> list[Peer]``; until it
-    exists, or when it reports vllm missing, the table has no vLLM row.
-    """
-    try:
-        from . import vllm_peers  # type: ignore[attr-defined]
-    except ImportError:
-        return []
-    return list(vllm_peers.cadence_peers())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,7 +325,7 @@ def markdown(rows: list[CadenceRow]) -> str:
 def transports(*, zmq: bool = True, iceoryx2: bool = True, zenoh: bool = True, vllm: bool = True) -> list[peers.Peer]:
     chosen: list[peers.Peer] = [peers.ShmqPeer(c) for c in configs.strategy_rows()]
     chosen += peers.peer_rows(mpq=False, zmq=zmq, faster_fifo=False, iceoryx2=iceoryx2, zenoh=zenoh)
-    return chosen + (vllm_rows() if vllm else [])
+    return chosen + vllm_peers.peer_rows(vllm=vllm)
 
 
 def run(chosen_cells: list[Cell], chosen: list[peers.Peer], *, quick: bool, timing: bool = True) -> list[CadenceRow]:

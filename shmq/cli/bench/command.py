@@ -10,14 +10,15 @@ import statistics
 import sys
 import time
 
-from . import cadence, configs, limits, peers, soak, trial, workloads
+from . import cadence, configs, limits, peers, soak, trial, vllm_peers, workloads
 from .table import Row, load_average, machine_line, markdown
 
 EPILOG = """\
 rows: every shmq wait strategy (BusySpin, Yield, Backoff, Adaptive, SpinYieldPark = default),
 a zero-copy lease row on large messages, then each peer, for every workload
-(zenoh: peer sessions over a Unix socket, its default copying transport);
-then the limits of this machine (the 1 MiB ring ones run interleaved with the large rows). A peer that is not installed shows as skipped.
+(zenoh: peer sessions over a Unix socket, its default copying transport), and
+vLLM's MessageQueue beside shmq.vllm's drop-in for it (module vllm_peers; vLLM's
+row needs vllm importable); then the limits of this machine (the 1 MiB ring ones run interleaved with the large rows). A peer that is not installed shows as skipped.
 
 --compare replaces the shmq rows with the given configurations and leaves out
 peers and limits, e.g. to measure the cost of counters or tracing:
@@ -63,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long readers wait on an empty queue for the idle CPU column (default 3, quick 0.3)")
     parser.add_argument("--row-timeout", type=float, default=None, metavar="S",
                         help="kill a row (writer and readers) that runs longer (default 300, quick 60)")
-    for peer in ("mpq", "zmq", "faster-fifo", "iceoryx2", "zenoh"):
+    for peer in ("mpq", "zmq", "faster-fifo", "iceoryx2", "zenoh", "vllm"):
         parser.add_argument(f"--no-{peer}", action="store_true", help=f"leave out the {peer} rows")
     parser.add_argument("--no-strategies", action="store_true",
                         help="only the default strategy (and the lease row), not one row per wait strategy")
@@ -168,7 +169,8 @@ def _cadence(args: argparse.Namespace, compared: list) -> int:
         print(f"shmq bench: --sizes must be of {', '.join(cadence.SIZES)}, --periods > 0, --readers in 1..64",
               file=sys.stderr)
         return 2
-    chosen = cadence.transports(zmq=not args.no_zmq, iceoryx2=not args.no_iceoryx2, zenoh=not args.no_zenoh)
+    chosen = cadence.transports(zmq=not args.no_zmq, iceoryx2=not args.no_iceoryx2, zenoh=not args.no_zenoh,
+                                vllm=not args.no_vllm)
     if compared:
         chosen = [peers.ShmqPeer(c) for c in compared] + [p for p in chosen if not p.is_shmq]
     rows = cadence.run(cadence.cells(quick=args.quick, periods_ms=periods, readers=readers, sizes=sizes), chosen,
@@ -187,7 +189,8 @@ def _candidates(args: argparse.Namespace, compared: list, workload: workloads.Wo
         shmq_rows.append(configs.LEASE)
     chosen = [peers.ShmqPeer(c) for c in shmq_rows]
     return chosen + peers.peer_rows(mpq=not args.no_mpq, zmq=not args.no_zmq, faster_fifo=not args.no_faster_fifo,
-                                    iceoryx2=not args.no_iceoryx2, zenoh=not args.no_zenoh)
+                                    iceoryx2=not args.no_iceoryx2, zenoh=not args.no_zenoh) \
+        + vllm_peers.peer_rows(vllm=not args.no_vllm)
 
 
 def _median_row(runs: list[Row]) -> Row:
