@@ -209,8 +209,9 @@ def test_local_and_remote_readers_get_the_same_stream(children):
 
 # -- shutdown, wrong ends, dead workers ------------------------------------------------------------------------
 def test_shutdown_wakes_a_reader_blocked_in_another_thread():
-    writer = MessageQueue(1, 1)
+    writer = MessageQueue(2, 2)
     reader = MessageQueue.create_from_handle(writer.export_handle(), 0)
+    laggard = MessageQueue.create_from_handle(writer.export_handle(), 1)
     outcome = []
 
     def blocked():
@@ -231,9 +232,10 @@ def test_shutdown_wakes_a_reader_blocked_in_another_thread():
         reader.enqueue("x")
     with pytest.raises(WrongEnd):
         writer.dequeue()
-    with pytest.raises(TimeoutError):  # the cancelled reader still holds its place: the ring fills
+    with pytest.raises(TimeoutError):  # the laggard never reads: the ring fills
         for i in range(1_000):
             writer.enqueue(i, timeout=0.1)
+    laggard.shutdown()
     writer.shutdown()
 
 
@@ -293,7 +295,8 @@ def test_executor_shaped_loop_and_a_killed_worker_named_within_a_second(children
     try:
         _run_and_kill_a_worker(executor)
     finally:
-        executor.rpc_broadcast_mq.shutdown()
+        for mq in (executor.rpc_broadcast_mq, *executor.response_mqs):
+            mq.shutdown()
 
 
 def _run_and_kill_a_worker(executor: MultiprocExecutor) -> None:

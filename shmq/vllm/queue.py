@@ -225,12 +225,15 @@ class MessageQueue:
         return self.dequeue()
 
     def shutdown(self) -> None:
-        """Wake a reader blocked in dequeue() in another thread (it raises RuntimeError), or close the
-        writer's end (its readers then see the queue closed). Idempotent."""
+        """Close this end (a remote reader is only cancelled). A reader blocked in dequeue() in another
+        thread is woken first and raises Cancelled (a RuntimeError); the writer's readers see the queue
+        closed. Idempotent."""
         self.shutting_down = True
-        if self._reader is not None:
-            self._reader.cancel()
-        elif self._writer is not None:
+        if isinstance(self._reader, shmq.Reader):
+            self._reader.close()
+        elif self._reader is not None:
+            self._reader.cancel()  # a ZeroMQ socket must not close under a get() in another thread
+        else:
             self._writer.close()
 
     @staticmethod
