@@ -66,25 +66,28 @@ def test_only_the_vllm_adapter_imports_vllm_or_torch():
     assert layer_violations(paths, forbidden=THIRD_PARTY_ML) == []
 
 
+def flagged_files(tmp_path, sources: dict[str, str], **check) -> tuple[set[str], list[str]]:
+    """The files of a fake shmq tree holding `sources` that layer_violations flags, and its report."""
+    for relative, text in sources.items():
+        path = tmp_path / "shmq" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    found = layer_violations(sorted((tmp_path / "shmq").rglob("*.py")), root=tmp_path, **check)
+    return {line.split(":")[0] for line in found}, found
+
+
 def test_the_vllm_check_flags_vllm_and_torch_but_not_lookalikes(tmp_path):
-    fake = tmp_path / "shmq"
-    fake.mkdir()
     sources = {
         "plain.py": "import torch\n",
         "nested.py": "def f():\n    from vllm.distributed.device_communicators import shm_broadcast\n",
         "named.py": "from torch import Tensor\n",
         "clean.py": "import sys\ntorch = sys.modules.get('torch')\nimport torchvisionish\n",
     }
-    for relative, text in sources.items():
-        (fake / relative).write_text(text)
-    found = layer_violations(sorted(fake.rglob("*.py")), root=tmp_path, forbidden=THIRD_PARTY_ML)
-    flagged = {line.split(":")[0] for line in found}
+    flagged, found = flagged_files(tmp_path, sources, forbidden=THIRD_PARTY_ML)
     assert flagged == {f"shmq/{relative}" for relative in sources if relative != "clean.py"}, found
 
 
 def test_the_check_sees_every_form_of_import(tmp_path):
-    fake = tmp_path / "shmq"
-    (fake / "sub").mkdir(parents=True)
     sources = {
         "plain.py": "import telemetry.top\n",
         "aliased.py": "import os, telemetry as t\n",
@@ -94,8 +97,5 @@ def test_the_check_sees_every_form_of_import(tmp_path):
         "sub/relative_name.py": "from .. import telemetry\n",
         "clean.py": "import shmq.stats\nfrom . import layout\nimport telemetryish\n",
     }
-    for relative, text in sources.items():
-        (fake / relative).write_text(text)
-    found = layer_violations(sorted(fake.rglob("*.py")), root=tmp_path)
-    flagged = {line.split(":")[0] for line in found}
+    flagged, found = flagged_files(tmp_path, sources)
     assert flagged == {f"shmq/{relative}" for relative in sources if relative != "clean.py"}, found
