@@ -145,11 +145,13 @@ class MessageQueue:
         # 1 MiB + 4 KiB, and a message larger than a slot streams through consecutive slots instead of
         # leaving shared memory as in vLLM.
         slot_bytes = min(max_chunk_bytes, SLOT_BYTES)
-        remote_bind, ipv6 = _remote_bind(connect_ip) if self.n_remote_reader else ("tcp://127.0.0.1:*", False)
+        remote, ipv6 = {}, False
+        if self.n_remote_reader:
+            bind, ipv6 = _remote_bind(connect_ip)
+            remote = {"n_remote_readers": self.n_remote_reader, "remote_bind": bind}
         self._writer = shmq.create(
             n_local_reader, name=name or _role_name(), chunk_bytes=slot_bytes,
-            n_chunks=max(RING_SLOTS, max_chunks),
-            n_remote_readers=self.n_remote_reader, remote_bind=remote_bind, warn_after_s=_warning_interval())
+            n_chunks=max(RING_SLOTS, max_chunks), warn_after_s=_warning_interval(), **remote)
         self._reader = None
         queue = self._writer.handle
         self.handle = Handle(
