@@ -1,18 +1,28 @@
 /* shmq's hot path, and the memory ordering every publish relies on.
  *
- * A Ring is one participant's view of a queue: it writes and reads messages that fit one
- * slot, keeps a reader's cursor and publishes it, and does the stores that begin and end a
- * wait. Python's own operations each cost tens of nanoseconds and give no ordering guarantee
- * a reader of the code can check, so the stores and loads that other processes race on live
- * here, written with C11 atomics:
+ * A Ring is one participant's view of a queue: it writes and reads the frames of the byte ring,
+ * keeps a reader's cursor and position and publishes them, and does the stores that begin and
+ * end a wait. Python's own operations each cost tens of nanoseconds and give no ordering
+ * guarantee a reader of the code can check, so the stores and loads that other processes race
+ * on live here, written with C11 atomics.
  *
- *   writer: slot header and payload (plain stores) -> release store of the writer cursor
- *   reader: acquire load of the writer cursor -> slot header and payload (plain loads)
+ * The ring is ring_bytes of frames (shmq/layout.py: FRAME_*): a header, the payload, padding to
+ * FRAME_ALIGN. Two 64-bit counters only grow: a cursor counts frames, a position counts bytes,
+ * and the frame at position p lives at ring + p % ring_bytes. Frames are named by cursor (lag, the
+ * flight recorder, remote readers and park marks speak in frames); room is counted in positions.
+ * A frame that would cross the end of the ring is preceded by a padding frame that fills it, so
+ * every frame is contiguous and a lease can alias it.
+ *
+ *   writer: frame header and payload (plain stores) -> release store of the writer cursor
+ *   reader: acquire load of the writer cursor -> frame header and payload (plain loads)
  *
  * A release store is never seen before the stores that precede it, and an acquire load is
- * never overtaken by the loads that follow it, so a reader that sees cursor s+1 sees slot
- * s complete. That holds for the slots Python fills too (the pieces of a message that spans
- * slots): their stores precede publish() in program order. Sleeping peers make it a
+ * never overtaken by the loads that follow it, so a reader that sees cursor s+1 sees frame s
+ * complete, and the padding before it. That holds for the frames Python fills too (the pieces
+ * of a message larger than one frame): their stores precede publish() in program order. The
+ * other way, a reader's release store of its position comes after its loads of the frames
+ * below it, and the writer's acquire load of that position before its stores into them: the
+ * writer never writes bytes a gating reader may still read (claim). Sleeping peers make it a
  * Dekker handshake, which needs a full fence on both sides (see publish_writer_cursor and
  * publish_reader_cursor): x86-64 lets a load pass an earlier store, so without it the
  * writer could miss a reader that just parked, and the reader could sleep through the
@@ -37,12 +47,15 @@
 #include <unistd.h>
 #endif
 
-/* Slot header words (shmq/layout.py: SLOT_SEQ, SLOT_FRAME_LEN, SLOT_TOTAL_LEN, SLOT_FLAGS) and
- * the first two words of the frame table (segment count, length of segment 0), which start at
- * header_bytes. A one-segment message's pickle stream follows them. */
-enum { SEQ, FRAME_LEN, TOTAL_LEN, FLAGS };
-#define SLOT_TRACEPARENT (4 * 8) /* after FLAGS: a W3C traceparent, zero-padded */
+/* Frame header words (shmq/layout.py: FRAME_SEQ, FRAME_LEN, FRAME_TOTAL_LEN, FRAME_FLAGS,
+ * FRAME_POSITION); the payload starts at FRAME_HEADER_BYTES with its table (segment count, length of
+ * segment 0), and a one-segment message's pickle stream follows. */
+enum { SEQ, FRAME_LEN, TOTAL_LEN, FLAGS, POSITION };
+#define FRAME_TRACEPARENT 64 /* the second line: a W3C traceparent, zero-padded */
 #define TRACEPARENT_BYTES 64
+#define FRAME_HEADER_BYTES 128
+#define FRAME_ALIGN 128 /* the header's size: the end of the ring always has room for a padding header */
+#define FRAME_PADDING (1 << 6)
 #define MIN_FRAME_BYTES 16 /* the table of one empty segment */
 
 /* A flight ring entry's words and operations (shmq/layout.py: FLIGHT_*, FlightOp). */
@@ -183,25 +196,27 @@ futex_wake(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* The words of a participant's record that the C paths store, in the order bind_record takes
  * their offsets (shmq/segment.py: RECORD_FIELDS); the histogram is the first of its buckets. */
 enum Field {
-    F_STATE, F_STATE_SINCE, F_CURSOR, F_MESSAGES, F_BYTES, F_SPINS, F_YIELDS, F_BACKOFF_SLEEPS,
+    F_STATE, F_STATE_SINCE, F_CURSOR, F_POSITION, F_MESSAGES, F_BYTES, F_SPINS, F_YIELDS, F_BACKOFF_SLEEPS,
     F_BACKOFF_SLEEP_NS, F_PARKS, F_WAKEUPS, F_WAITS, F_WAIT_NS, F_HISTOGRAM, N_FIELDS
 };
 
 typedef struct {
     PyObject_HEAD
     Py_buffer view; /* view.buf is NULL once released */
-    char *slots;
-    Py_ssize_t n_slots, slot_stride, header_bytes, chunk_bytes;
-    _Atomic uint64_t *writer_cursor;
+    char *ring;
+    Py_ssize_t ring_offset;
+    uint64_t ring_bytes, frame_bytes; /* the ring's size; the largest payload of one frame */
+    _Atomic uint64_t *writer_cursor, *writer_position;
     _Atomic uint8_t *reader_parked;
     Py_ssize_t n_readers;
     _Atomic uint64_t *writer_parked;
     _Atomic uint32_t *writer_wake;
-    uint64_t available; /* a reader's last load of the writer cursor: messages below it are readable */
-    /* A writer's cursor, kept here rather than in Python: a message is written, published and counted
-     * in one C call, so an interrupt (a signal handler raising) lands before it or after it, never
-     * between the publish and the cursor's update. */
-    uint64_t written;
+    uint64_t available; /* a reader's last load of the writer cursor: frames below it are readable */
+    /* A writer's cursor and position, kept here rather than in Python: a message is written, published
+     * and counted in one C call, so an interrupt (a signal handler raising) lands before it or after
+     * it, never between the publish and the cursor's update. A frame reserve() began (its header
+     * written, its payload Python's to fill) ends at `reserved_end`; publish() publishes it. */
+    uint64_t written, position, reserved_end;
     /* The thread inside a call's slow path (enter/leave), 0 if none. The one-call fast paths
      * (put_one, take_one) check it and take the whole message or nothing, atomically under the
      * GIL, so a second thread is refused without a lock on the fast path. */
@@ -209,13 +224,14 @@ typedef struct {
     /* A reader's message left unfinished by an interrupted call (Reader._resume): take_one leaves
      * the ring to the Python path, which finishes that message first. */
     char held;
-    /* A writer's gate, after bind_gating: each reader record's state and cursor words. A reader
-     * whose state is below gating_below holds the writer back at its cursor. `limit` caches the
-     * slowest such cursor + n_slots, the first message that may not be written yet: the
-     * Disruptor's gating sequence, rescanned only when the writer reaches it. */
-    _Atomic uint64_t **gate_state, **gate_cursor;
+    /* A writer's gate, after bind_gating: each reader record's state and position words. A reader
+     * whose state is below gating_below holds the writer back at its position. `limit` caches the
+     * slowest such position + ring_bytes, past which no frame may end yet: the Disruptor's gating
+     * sequence, rescanned only when the writer reaches it. `wanted` is the reader position the last
+     * refused claim needs (park_writer sleeps until a reader crosses it). */
+    _Atomic uint64_t **gate_state, **gate_position;
     Py_ssize_t n_gates;
-    uint64_t gating_below, limit;
+    uint64_t gating_below, limit, wanted;
     /* The participant's flight ring, after bind_flight (NULL without one): entries, head word, the
      * index mask (entries is a power of two) and the next entry's index. A wait's start and counts
      * are kept until the operation it led to is recorded. */
@@ -226,55 +242,61 @@ typedef struct {
     _Atomic uint64_t *field[N_FIELDS]; /* all NULL until bind_record */
     int stats;                          /* counters and histogram kept (the segment's FLAG_STATS) */
     uint64_t hist_finite_buckets;
-    /* A reader's own state, after bind_reader. It publishes its cursor once per batch of
-     * publish_every messages while a backlog lasts, and at once when it catches up; its totals
-     * are absolute values, stored with each publish. */
+    /* A reader's own state, after bind_reader: its cursor and the position of the frame at it (past
+     * a padding frame already skipped), and what it last published. It publishes once per batch of publish_every frames while a backlog lasts, and at
+     * once when it catches up; its totals are absolute values, stored with each publish. */
     int is_reader;
     uint32_t reader_index;
-    uint64_t cursor, published, publish_every, messages, bytes;
+    uint64_t cursor, published, published_position, publish_every, messages, bytes;
 } Ring;
 
 static int
 ring_init(Ring *self, PyObject *args, PyObject *kwds)
 {
-    static char *keywords[] = {"buffer", "slots_offset", "n_slots", "slot_stride", "header_bytes", "chunk_bytes",
-                               "writer_cursor_offset", "reader_parked_offset", "n_readers",
+    static char *keywords[] = {"buffer", "ring_offset", "ring_bytes", "frame_bytes", "writer_cursor_offset",
+                               "writer_position_offset", "reader_parked_offset", "n_readers",
                                "writer_parked_offset", "writer_wake_offset", NULL};
     PyObject *buffer;
-    Py_ssize_t slots_offset, cursor_offset, parked_offset, writer_parked_offset, wake_offset;
+    Py_ssize_t cursor_offset, position_offset, parked_offset, writer_parked_offset, wake_offset;
+    unsigned long long ring_bytes, frame_bytes;
     if (self->view.buf != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Ring is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Onnnnnnnnnn", keywords, &buffer, &slots_offset, &self->n_slots,
-                                     &self->slot_stride, &self->header_bytes, &self->chunk_bytes, &cursor_offset,
-                                     &parked_offset, &self->n_readers, &writer_parked_offset, &wake_offset))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnKKnnnnnn", keywords, &buffer, &self->ring_offset, &ring_bytes,
+                                     &frame_bytes, &cursor_offset, &position_offset, &parked_offset,
+                                     &self->n_readers, &writer_parked_offset, &wake_offset))
         return -1;
     if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0)
         return -1;
     char *base = self->view.buf;
-    Py_ssize_t end = slots_offset + self->n_slots * self->slot_stride;
-    if (slots_offset < 0 || cursor_offset < 0 || parked_offset < 0 || writer_parked_offset < 0 || wake_offset < 0 ||
-        self->n_readers < 0 || self->n_slots < 1 || self->header_bytes < SLOT_TRACEPARENT + TRACEPARENT_BYTES || self->chunk_bytes < MIN_FRAME_BYTES ||
-        self->slot_stride < self->header_bytes + self->chunk_bytes || end > self->view.len ||
-        cursor_offset % 8 || cursor_offset + 8 > self->view.len || parked_offset + self->n_readers > self->view.len ||
-        writer_parked_offset % 8 || writer_parked_offset + 8 > self->view.len || wake_offset % 4 ||
-        wake_offset + 4 > self->view.len || slots_offset % 8 || self->slot_stride % 8 || self->header_bytes % 8) {
+    uint64_t len = (uint64_t)self->view.len;
+    /* A frame of frame_bytes fits after the padding the end of the ring may cost it (claim). */
+    if (self->ring_offset < 0 || cursor_offset < 0 || position_offset < 0 || parked_offset < 0 ||
+        writer_parked_offset < 0 || wake_offset < 0 || self->n_readers < 0 || ring_bytes < 2 * FRAME_ALIGN ||
+        ring_bytes % FRAME_ALIGN || frame_bytes < MIN_FRAME_BYTES ||
+        FRAME_HEADER_BYTES + frame_bytes > ring_bytes / 2 || (uint64_t)self->ring_offset + ring_bytes > len ||
+        self->ring_offset % FRAME_ALIGN || cursor_offset % 8 || (uint64_t)cursor_offset + 8 > len ||
+        position_offset % 8 || (uint64_t)position_offset + 8 > len ||
+        (uint64_t)parked_offset + (uint64_t)self->n_readers > len || writer_parked_offset % 8 ||
+        (uint64_t)writer_parked_offset + 8 > len || wake_offset % 4 || (uint64_t)wake_offset + 4 > len) {
         PyBuffer_Release(&self->view);
         self->view.buf = NULL;
         PyErr_SetString(PyExc_ValueError, "Ring geometry does not fit the buffer");
         return -1;
     }
-    self->slots = base + slots_offset;
+    self->ring = base + self->ring_offset;
+    self->ring_bytes = ring_bytes;
+    self->frame_bytes = frame_bytes;
     self->writer_cursor = (_Atomic uint64_t *)(base + cursor_offset);
+    self->writer_position = (_Atomic uint64_t *)(base + position_offset);
     self->reader_parked = (_Atomic uint8_t *)(base + parked_offset);
     self->writer_parked = (_Atomic uint64_t *)(base + writer_parked_offset);
     self->writer_wake = (_Atomic uint32_t *)(base + wake_offset);
-    self->available = 0;
-    self->written = 0;
+    self->available = self->written = self->position = self->reserved_end = 0;
     self->guard = 0;
     self->held = 0;
-    self->limit = 0;
+    self->limit = self->wanted = 0;
     return 0;
 }
 
@@ -282,7 +304,7 @@ static void
 ring_dealloc(Ring *self)
 {
     PyMem_Free(self->gate_state);
-    PyMem_Free(self->gate_cursor);
+    PyMem_Free(self->gate_position);
     if (self->view.buf != NULL)
         PyBuffer_Release(&self->view);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -355,7 +377,7 @@ compare_exchange(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromUnsignedLongLong(expected);
 }
 
-/* uninitialized_bytearray(n) -> a bytearray of n bytes, not zero-filled: a multi-slot message is
+/* uninitialized_bytearray(n) -> a bytearray of n bytes, not zero-filled: a message sent in pieces is
  * assembled into it, and zero-filling first would cost as much as the copy. */
 static PyObject *
 uninitialized_bytearray(PyObject *module, PyObject *arg)
@@ -369,10 +391,25 @@ uninitialized_bytearray(PyObject *module, PyObject *arg)
     return PyByteArray_FromStringAndSize(NULL, n);
 }
 
+/* The header words of the frame at `position`. */
 static inline _Atomic uint64_t *
-slot_words(Ring *self, uint64_t seq)
+frame_words(Ring *self, uint64_t position)
 {
-    return (_Atomic uint64_t *)(self->slots + (Py_ssize_t)(seq % (uint64_t)self->n_slots) * self->slot_stride);
+    return (_Atomic uint64_t *)(self->ring + position % self->ring_bytes);
+}
+
+/* The ring bytes a frame of `payload` bytes takes: header, payload, padding to FRAME_ALIGN. */
+static inline uint64_t
+frame_stride(uint64_t payload)
+{
+    return (FRAME_HEADER_BYTES + payload + FRAME_ALIGN - 1) & ~(uint64_t)(FRAME_ALIGN - 1);
+}
+
+/* The position the next lap of the ring begins at, after `position`. */
+static inline uint64_t
+next_lap(Ring *self, uint64_t position)
+{
+    return position - position % self->ring_bytes + self->ring_bytes;
 }
 
 static inline uint64_t
@@ -472,13 +509,21 @@ bucket_of(uint64_t wait_ns, uint64_t finite_buckets)
     return bucket < finite_buckets ? bucket : finite_buckets;
 }
 
-/* Store the writer cursor, then wake the readers parked for message cursor - 1. */
+/* Publish frames below `cursor`, which end at `position`: store the writer cursor and position,
+ * then wake the readers parked for frame cursor - 1. */
 static int
-publish_writer_cursor(Ring *self, uint64_t cursor)
+publish_writer_cursor(Ring *self, uint64_t cursor, uint64_t position)
 {
+    self->written = cursor;
+    self->position = position;
     atomic_store_explicit(self->writer_cursor, cursor, memory_order_release);
+    /* After the cursor: a reader that loads the position, then the cursor, holds a pair it can
+     * check (head_pair). */
+    atomic_store_explicit(self->writer_position, position, memory_order_release);
     /* Dekker handshake with park_reader (parked byte, fence, cursor load): with a full fence on
-     * both sides at least one of us sees the other's store, so no wake-up is lost. */
+     * both sides at least one of us sees the other's store, so no wake-up is lost. The same fence
+     * orders the position before the writer's next scan of the readers' states (claim), against
+     * a reader joining at the head (join_at_head). */
     atomic_thread_fence(memory_order_seq_cst);
     /* Only readers asleep for this very message: one woken earlier may wait milliseconds for a
      * core, and waking it again on every message meanwhile would be a syscall per message. */
@@ -494,18 +539,22 @@ publish_writer_cursor(Ring *self, uint64_t cursor)
     return 0;
 }
 
+/* publish() -> woke: publish the frame reserve() began, once Python has filled its payload. */
 static PyObject *
-ring_publish(Ring *self, PyObject *arg)
+ring_publish(Ring *self, PyObject *unused)
 {
-    uint64_t cursor;
-    if (as_u64(arg, &cursor) < 0 || check_open(self) < 0)
+    if (check_open(self) < 0)
         return NULL;
-    self->written = cursor;
-    uint64_t at = flight_clock(self);
-    int woke = publish_writer_cursor(self, cursor);
-    flight_at(self, OP_PIECE, cursor - 1, 0, at, 1);
+    if (self->reserved_end == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "publish() without a frame from reserve()");
+        return NULL;
+    }
+    uint64_t seq = self->written, at = flight_clock(self);
+    int woke = publish_writer_cursor(self, seq + 1, self->reserved_end);
+    self->reserved_end = 0;
+    flight_at(self, OP_PIECE, seq, 0, at, 1);
     if (woke)
-        flight_at(self, OP_WAKE, cursor - 1, 0, at, 0);
+        flight_at(self, OP_WAKE, seq, 0, at, 0);
     return PyBool_FromLong(woke);
 }
 
@@ -573,7 +622,7 @@ segment_start(uint64_t position, Py_ssize_t i)
 }
 
 static uint64_t
-frame_bytes(const Segments *segments)
+segments_length(const Segments *segments)
 {
     uint64_t position = 8 * (1 + (uint64_t)segments->count);
     for (Py_ssize_t i = 0; i < segments->count; i++)
@@ -588,12 +637,12 @@ frame_length(PyObject *module, PyObject *list)
     Segments segments;
     if (segments_get(&segments, list) < 0)
         return NULL;
-    uint64_t length = frame_bytes(&segments);
+    uint64_t length = segments_length(&segments);
     segments_release(&segments);
     return PyLong_FromUnsignedLongLong(length);
 }
 
-/* -- writing a slot ------------------------------------------------------------------------ */
+/* -- writing a frame ----------------------------------------------------------------------- */
 static int
 check_traceparent(PyObject *traceparent)
 {
@@ -604,72 +653,107 @@ check_traceparent(PyObject *traceparent)
     return 0;
 }
 
-/* Store slot seq's header (traceparent: checked bytes, or None); returns where its frame starts. */
+/* Store the header of frame seq at `position` (traceparent: checked bytes, or None); returns where
+ * its payload starts. */
 static char *
-write_slot_head(Ring *self, uint64_t seq, uint64_t frame, uint64_t total, uint64_t flags, PyObject *traceparent)
+write_frame_head(Ring *self, uint64_t position, uint64_t seq, uint64_t frame, uint64_t total, uint64_t flags,
+                 PyObject *traceparent)
 {
-    _Atomic uint64_t *slot = slot_words(self, seq);
+    _Atomic uint64_t *head = frame_words(self, position);
     /* Relaxed: the release store of the cursor in publish_writer_cursor orders all of these. */
-    atomic_store_explicit(&slot[SEQ], seq, memory_order_relaxed);
-    atomic_store_explicit(&slot[FRAME_LEN], frame, memory_order_relaxed);
-    atomic_store_explicit(&slot[TOTAL_LEN], total, memory_order_relaxed);
-    atomic_store_explicit(&slot[FLAGS], flags, memory_order_relaxed);
-    if (traceparent != Py_None) { /* readers look at the field only when flags say SLOT_TRACED */
-        char *field = (char *)slot + SLOT_TRACEPARENT;
+    atomic_store_explicit(&head[SEQ], seq, memory_order_relaxed);
+    atomic_store_explicit(&head[FRAME_LEN], frame, memory_order_relaxed);
+    atomic_store_explicit(&head[TOTAL_LEN], total, memory_order_relaxed);
+    atomic_store_explicit(&head[FLAGS], flags, memory_order_relaxed);
+    atomic_store_explicit(&head[POSITION], position, memory_order_relaxed);
+    if (traceparent != NULL && traceparent != Py_None) { /* read only when flags say FRAME_TRACED */
+        char *field = (char *)head + FRAME_TRACEPARENT;
         Py_ssize_t n = PyBytes_GET_SIZE(traceparent);
         memcpy(field, PyBytes_AS_STRING(traceparent), (size_t)n);
         memset(field + n, 0, (size_t)(TRACEPARENT_BYTES - n));
     }
-    /* A reader that was evicted may still be copying this slot; it re-checks the sequence after
-     * its copy (seq_after_copy), which tells it only if the new sequence is stored before the
-     * new payload. */
+    /* A reader re-checks the header after its copy (header_after_copy): the header before the payload. */
     atomic_thread_fence(memory_order_release);
-    return (char *)slot + self->header_bytes;
-}
-
-/* write_head(seq, frame, total, flags, traceparent): the header of one piece of a message that
- * spans slots; the caller writes its `frame` bytes after it, then publishes. */
-static PyObject *
-ring_write_head(Ring *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    uint64_t words[4];
-    if (check_nargs(nargs, 5, "write_head(seq, frame, total, flags, traceparent)") < 0 ||
-        as_u64s(args, 4, words) < 0 || check_open(self) < 0 || check_traceparent(args[4]) < 0)
-        return NULL;
-    if (words[1] > (uint64_t)self->chunk_bytes) {
-        PyErr_Format(PyExc_ValueError, "a %llu-byte piece does not fit a %zd-byte slot", (unsigned long long)words[1],
-                     self->chunk_bytes);
-        return NULL;
-    }
-    write_slot_head(self, words[0], words[1], words[2], words[3], args[4]);
-    Py_RETURN_NONE;
+    return (char *)head + FRAME_HEADER_BYTES;
 }
 
 /* -- the writer's gate and the park/wake handshake ------------------------------------------ */
-/* 1 if message s may be written: below the cached limit, or below it once the readers' cursors
- * are loaded again. A reader (re)attaching stores its cursor before its state, so an acquire load
- * of a gating state is followed by a cursor load that sees its cursor; the cursor's acquire
- * pairs with the reader's release (publish_reader_cursor): its copies of the slot come before
- * our stores into it. */
-static int
-slot_free(Ring *self, uint64_t s)
+/* Where the next frame of `stride` bytes starts: at the writer's position, or at the next lap if it
+ * would cross the end of the ring (a padding frame then fills the rest of this lap). */
+static inline uint64_t
+frame_start(Ring *self, uint64_t stride)
 {
-    if (s < self->limit)
-        return 1;
-    uint64_t lowest = s;
-    for (Py_ssize_t i = 0; i < self->n_gates; i++) {
-        if (atomic_load_explicit(self->gate_state[i], memory_order_acquire) < self->gating_below) {
-            uint64_t cursor = atomic_load_explicit(self->gate_cursor[i], memory_order_acquire);
-            if (cursor < lowest)
-                lowest = cursor;
-        }
-    }
-    self->limit = lowest + (uint64_t)self->n_slots;
-    return s < self->limit;
+    uint64_t at = self->position;
+    return at % self->ring_bytes + stride > self->ring_bytes ? next_lap(self, at) : at;
 }
 
-/* bind_gating(reader_records, state_offset, cursor_offset, gating_below): the writer's readers,
- * as the byte offsets of their records and of the state and cursor words within a record. */
+/* 1 if a frame ending at `end` may be written: below the cached limit, or below it once the readers'
+ * positions are loaded again; else 0, and `wanted` is the reader position that makes room. A reader
+ * (re)attaching stores its position before its state, so an acquire load of a gating state is
+ * followed by a position load that sees it; the position's acquire pairs with the reader's release
+ * (publish_reader_cursor): its copies of the frames below it come before our stores into them.
+ * Nothing ends more than ring_bytes past the slowest position, so no gating reader is overwritten;
+ * and since a frame is at most half the ring, one always fits once every reader has caught up. */
+static int
+claim(Ring *self, uint64_t end)
+{
+    if (end <= self->limit)
+        return 1;
+    uint64_t lowest = self->position;
+    for (Py_ssize_t i = 0; i < self->n_gates; i++) {
+        if (atomic_load_explicit(self->gate_state[i], memory_order_acquire) < self->gating_below) {
+            uint64_t position = atomic_load_explicit(self->gate_position[i], memory_order_acquire);
+            if (position < lowest)
+                lowest = position;
+        }
+    }
+    self->limit = lowest + self->ring_bytes;
+    if (end <= self->limit)
+        return 1;
+    self->wanted = end - self->ring_bytes;
+    return 0;
+}
+
+/* Claim room for a frame of `payload` bytes and write its header (and the padding frame before it,
+ * if it starts the next lap); returns where its payload starts, or NULL if the readers hold the room
+ * (`wanted` says how far they must go). The frame ends at reserved_end. */
+static char *
+reserve_frame(Ring *self, uint64_t payload, uint64_t total, uint64_t flags, PyObject *traceparent)
+{
+    uint64_t stride = frame_stride(payload), at = frame_start(self, stride);
+    if (!claim(self, at + stride))
+        return NULL;
+    uint64_t seq = self->written;
+    if (at != self->position) /* the padding frame names the frame after it, which readers look for */
+        write_frame_head(self, self->position, seq, at - self->position - FRAME_HEADER_BYTES, 0, FRAME_PADDING,
+                         NULL);
+    self->reserved_end = at + stride;
+    return write_frame_head(self, at, seq, payload, total, flags, traceparent);
+}
+
+/* reserve(frame, total, flags, traceparent) -> payload offset | None: begin the next frame, of `frame`
+ * payload bytes (a piece of a message of `total`), if the readers leave room for it; the caller
+ * fills its payload at the returned offset in the segment, then calls publish(). */
+static PyObject *
+ring_reserve(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t words[3];
+    if (check_nargs(nargs, 4, "reserve(frame, total, flags, traceparent)") < 0 ||
+        as_u64s(args, 3, words) < 0 || check_open(self) < 0 || check_traceparent(args[3]) < 0)
+        return NULL;
+    if (words[0] > self->frame_bytes) {
+        PyErr_Format(PyExc_ValueError, "a %llu-byte frame is larger than the ring's frames (%llu bytes)",
+                     (unsigned long long)words[0], (unsigned long long)self->frame_bytes);
+        return NULL;
+    }
+    char *payload = reserve_frame(self, words[0], words[1], words[2], args[3]);
+    if (payload == NULL)
+        Py_RETURN_NONE;
+    return PyLong_FromSsize_t(payload - (char *)self->view.buf);
+}
+
+/* bind_gating(reader_records, state_offset, position_offset, gating_below): the writer's readers,
+ * as the byte offsets of their records and of the state and position words within a record. */
 static PyObject *
 ring_bind_gating(Ring *self, PyObject *args)
 {
@@ -681,8 +765,8 @@ ring_bind_gating(Ring *self, PyObject *args)
         return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(records);
     _Atomic uint64_t **states = PyMem_Calloc(n ? n : 1, sizeof *states);
-    _Atomic uint64_t **cursors = PyMem_Calloc(n ? n : 1, sizeof *cursors);
-    if (states == NULL || cursors == NULL)
+    _Atomic uint64_t **positions = PyMem_Calloc(n ? n : 1, sizeof *positions);
+    if (states == NULL || positions == NULL)
         goto fail_memory;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t record = PyLong_AsSsize_t(PyTuple_GET_ITEM(records, i));
@@ -695,12 +779,12 @@ ring_bind_gating(Ring *self, PyObject *args)
             goto fail;
         }
         states[i] = (_Atomic uint64_t *)((char *)self->view.buf + record + state_at);
-        cursors[i] = (_Atomic uint64_t *)((char *)self->view.buf + record + cursor_at);
+        positions[i] = (_Atomic uint64_t *)((char *)self->view.buf + record + cursor_at);
     }
     PyMem_Free(self->gate_state);
-    PyMem_Free(self->gate_cursor);
+    PyMem_Free(self->gate_position);
     self->gate_state = states;
-    self->gate_cursor = cursors;
+    self->gate_position = positions;
     self->n_gates = n;
     self->gating_below = below;
     self->limit = 0;
@@ -709,38 +793,41 @@ fail_memory:
     PyErr_NoMemory();
 fail:
     PyMem_Free(states);
-    PyMem_Free(cursors);
+    PyMem_Free(positions);
     return NULL;
 }
 
-/* slot_free(s) -> whether the writer may write message s now (rescanning the readers if needed). */
+/* room(frame) -> whether the writer may write a frame of `frame` payload bytes now (rescanning the
+ * readers if needed). */
 static PyObject *
-ring_slot_free(Ring *self, PyObject *arg)
+ring_room(Ring *self, PyObject *arg)
 {
-    uint64_t s;
-    if (as_u64(arg, &s) < 0 || check_open(self) < 0)
+    uint64_t payload;
+    if (as_u64(arg, &payload) < 0 || check_open(self) < 0)
         return NULL;
-    return PyBool_FromLong(slot_free(self, s));
+    uint64_t stride = frame_stride(payload);
+    return PyBool_FromLong(claim(self, frame_start(self, stride) + stride));
 }
 
 /* park_writer(timeout_s) -> slept: the writer's side of the Dekker handshake with
- * publish_reader_cursor. Our parked word, a full fence, then the readers' cursors: with a full
- * fence on both sides at least one of us sees the other's store, so no wake-up is lost. The
- * parked word is not just "parked" but the reader cursor that frees our slot (>= 1, as the ring
- * is full), so only the reader crossing it wakes us, not every reader on every message. */
+ * publish_reader_cursor, after a claim the readers refused. Our parked word, a full fence, then
+ * the readers' positions: with a full fence on both sides at least one of us sees the other's
+ * store, so no wake-up is lost. The parked word is not just "parked" but the reader position that
+ * makes room (`wanted`, >= 1 as the ring is full), so only the reader crossing it wakes us, not
+ * every reader on every message. */
 static PyObject *
 ring_park_writer(Ring *self, PyObject *arg)
 {
     double timeout_s = PyFloat_AsDouble(arg);
     if ((timeout_s == -1.0 && PyErr_Occurred()) || check_open(self) < 0)
         return NULL;
-    uint64_t s = self->written;
-    atomic_store_explicit(self->writer_parked, s - (uint64_t)self->n_slots + 1, memory_order_relaxed);
+    uint64_t wanted = self->wanted;
+    atomic_store_explicit(self->writer_parked, wanted, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
     uint32_t expected = atomic_load_explicit(self->writer_wake, memory_order_relaxed);
-    int sleep = !slot_free(self, s);
+    int sleep = wanted && !claim(self, wanted + self->ring_bytes);
     if (sleep) {
-        uint64_t stamp = self->flight ? flight_record(self, OP_PARK, s, 0, monotonic_ns(), 0, 0) : 0;
+        uint64_t stamp = self->flight ? flight_record(self, OP_PARK, self->written, 0, monotonic_ns(), 0, 0) : 0;
         futex_sleep((void *)self->writer_wake, expected, timeout_s);
         if (stamp && self->view.buf != NULL)
             flight_finish(self, stamp, monotonic_ns());
@@ -820,10 +907,10 @@ ring_wake_readers(Ring *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* put_one(flags, segments, traceparent) -> woke | None: write a message whose frame fits one slot
- * into the slot of the writer's cursor (`written`) if that slot is free (slot_free) and no other
- * thread is in a slow path; publish written + 1, and count it in the writer's record
- * (bind_record). `segments` is a serializer's list of buffers; traceparent is bytes or None. */
+/* put_one(flags, segments, traceparent) -> woke | None: write a message that fits one frame as
+ * frame `written` if the readers leave room for it (claim) and no other thread is in a slow path;
+ * publish it, and count it in the writer's record (bind_record). `segments` is a serializer's list
+ * of buffers; traceparent is bytes or None. */
 static PyObject *
 ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -831,21 +918,24 @@ ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
     if (check_nargs(nargs, 3, "put_one(flags, segments, traceparent)") < 0 || as_u64(args[0], &flags) < 0 ||
         check_open(self) < 0 || check_traceparent(args[2]) < 0)
         return NULL;
+    if (self->guard && self->guard != PyThread_get_thread_ident())
+        Py_RETURN_NONE; /* another thread is in a slow path */
     uint64_t seq = self->written;
-    if (!slot_free(self, seq) || (self->guard && self->guard != PyThread_get_thread_ident()))
-        Py_RETURN_NONE; /* a reader still holds the slot, or another thread is in a slow path */
-    PyObject *traceparent = args[2];
     Segments segments;
     if (segments_get(&segments, args[1]) < 0)
         return NULL;
-    uint64_t frame = frame_bytes(&segments);
-    if (frame > (uint64_t)self->chunk_bytes) {
+    uint64_t frame = segments_length(&segments);
+    if (frame > self->frame_bytes) {
         segments_release(&segments);
-        PyErr_Format(PyExc_ValueError, "a %llu-byte frame does not fit a %zd-byte slot", (unsigned long long)frame,
-                     self->chunk_bytes);
+        PyErr_Format(PyExc_ValueError, "a %llu-byte frame is larger than the ring's frames (%llu bytes)",
+                     (unsigned long long)frame, (unsigned long long)self->frame_bytes);
         return NULL;
     }
-    char *frame_start = write_slot_head(self, seq, frame, frame, flags, traceparent);
+    char *frame_start = reserve_frame(self, frame, frame, flags, args[2]);
+    if (frame_start == NULL) {
+        segments_release(&segments);
+        Py_RETURN_NONE; /* the readers hold the room */
+    }
     uint64_t word = (uint64_t)segments.count;
     memcpy(frame_start, &word, 8);
     uint64_t position = 8 * (1 + word);
@@ -858,9 +948,9 @@ ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         position += (uint64_t)view->len;
     }
     segments_release(&segments);
-    self->written = seq + 1;
-    uint64_t at = flight_clock(self);
-    int woke = publish_writer_cursor(self, seq + 1);
+    uint64_t at = flight_clock(self), end = self->reserved_end;
+    self->reserved_end = 0;
+    int woke = publish_writer_cursor(self, seq + 1, end);
     if (self->stats) {
         add(self->field[F_MESSAGES], 1);
         add(self->field[F_BYTES], frame);
@@ -871,7 +961,7 @@ ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(woke);
 }
 
-/* load_available() -> the writer cursor, loaded now (acquire: slot reads stay after it). */
+/* load_available() -> the writer cursor, loaded now (acquire: frame reads stay after it). */
 static PyObject *
 ring_load_available(Ring *self, PyObject *unused)
 {
@@ -1024,14 +1114,54 @@ check_reader(Ring *self)
     return 0;
 }
 
-/* bind_reader(index, cursor, publish_every): make this ring reader `index`'s, starting at `cursor`;
- * its totals carry on from what the record holds. */
+/* The position of frame `cursor`, found from `position`, a frame boundary at or before it: the
+ * published frames below `cursor` and the padding are skipped. It stops at the first header that is
+ * not a published frame of this lap: the frame there is not written yet (it goes there), or the
+ * header is corrupt (reading it says so). A reader taking over a dead one's record may find its
+ * cursor published ahead of its position (publish_reader_cursor stores them in that order), and a
+ * reader joining at the head may find the writer's position one frame behind its cursor. */
+static uint64_t
+seek(Ring *self, uint64_t cursor, uint64_t position)
+{
+    for (uint64_t step = 0; step <= self->ring_bytes / FRAME_ALIGN; step++) {
+        uint64_t published = atomic_load_explicit(self->writer_cursor, memory_order_acquire);
+        _Atomic uint64_t *head = frame_words(self, position);
+        uint64_t seq = atomic_load_explicit(&head[SEQ], memory_order_relaxed);
+        uint64_t flags = atomic_load_explicit(&head[FLAGS], memory_order_relaxed);
+        uint64_t frame = atomic_load_explicit(&head[FRAME_LEN], memory_order_relaxed);
+        if (atomic_load_explicit(&head[POSITION], memory_order_relaxed) != position || seq >= published ||
+            seq > cursor || (!(flags & FRAME_PADDING) && (seq == cursor || frame > self->frame_bytes)))
+            break;
+        position = flags & FRAME_PADDING ? next_lap(self, position) : position + frame_stride(frame);
+    }
+    return position;
+}
+
+/* join_head() -> (cursor, position): the writer's head, where a reader joining now begins. The writer
+ * stores its position after its cursor, so with the cursor unchanged around the position's load, the
+ * position is that cursor's, or the one before it, which seek steps over. */
+static PyObject *
+ring_join_head(Ring *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    uint64_t cursor, position;
+    do {
+        cursor = atomic_load_explicit(self->writer_cursor, memory_order_acquire);
+        position = atomic_load_explicit(self->writer_position, memory_order_acquire);
+    } while (atomic_load_explicit(self->writer_cursor, memory_order_acquire) != cursor);
+    return Py_BuildValue("(KK)", (unsigned long long)cursor, (unsigned long long)seek(self, cursor, position));
+}
+
+/* bind_reader(index, cursor, position, publish_every): make this ring reader `index`'s, starting at
+ * frame `cursor`, found from `position` (seek); its totals carry on from what the record holds.
+ * Returns the position it starts at. */
 static PyObject *
 ring_bind_reader(Ring *self, PyObject *args)
 {
     unsigned int index;
-    unsigned long long cursor, publish_every;
-    if (!PyArg_ParseTuple(args, "IKK", &index, &cursor, &publish_every) || check_record(self) < 0)
+    unsigned long long cursor, position, publish_every;
+    if (!PyArg_ParseTuple(args, "IKKK", &index, &cursor, &position, &publish_every) || check_record(self) < 0)
         return NULL;
     if (publish_every < 1) {
         PyErr_SetString(PyExc_ValueError, "publish_every must be at least 1");
@@ -1040,53 +1170,85 @@ ring_bind_reader(Ring *self, PyObject *args)
     self->is_reader = 1;
     self->reader_index = index;
     self->cursor = self->published = self->available = cursor;
+    self->position = self->published_position = seek(self, cursor, position);
     self->publish_every = publish_every;
     self->messages = atomic_load_explicit(self->field[F_MESSAGES], memory_order_relaxed);
     self->bytes = atomic_load_explicit(self->field[F_BYTES], memory_order_relaxed);
-    Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(self->position);
 }
 
-/* Store the totals and the cursor, then wake the writer if it sleeps for a cursor we just crossed.
- * Runs with the GIL held, so the heartbeat thread's publish_behind never interleaves with it. */
+/* Store the totals, the cursor and the position, then wake the writer if it sleeps for a position we
+ * just crossed. Runs with the GIL held, so the heartbeat thread's publish_behind never interleaves
+ * with it. */
 static void
 publish_reader_cursor(Ring *self)
 {
-    uint64_t previous = self->published, cursor = self->cursor;
+    uint64_t previous = self->published_position, position = self->position;
     if (self->stats) { /* before the cursor: whoever sees the cursor sees them */
         atomic_store_explicit(self->field[F_MESSAGES], self->messages, memory_order_relaxed);
         atomic_store_explicit(self->field[F_BYTES], self->bytes, memory_order_relaxed);
     }
-    self->published = cursor;
-    /* Release: our loads of the slots come before it, so the writer cannot reuse one we still copy. */
-    atomic_store_explicit(self->field[F_CURSOR], cursor, memory_order_release);
-    /* Dekker handshake with park_writer: cursor, full fence, then the writer's parked word, which
-     * holds the cursor that frees its slot: only the reader crossing it wakes it. */
+    self->published = self->cursor;
+    self->published_position = position;
+    atomic_store_explicit(self->field[F_CURSOR], self->cursor, memory_order_relaxed);
+    /* Release: our loads of the frames below it come before it, so the writer cannot overwrite one
+     * we still copy. After the cursor: a record read between the two stores has a position behind
+     * its cursor, which seek steps over, never ahead of it. */
+    atomic_store_explicit(self->field[F_POSITION], position, memory_order_release);
+    /* Dekker handshake with park_writer: position, full fence, then the writer's parked word, which
+     * holds the position that makes room for its frame: only the reader crossing it wakes it. */
     atomic_thread_fence(memory_order_seq_cst);
     uint64_t parked = atomic_load_explicit(self->writer_parked, memory_order_relaxed);
-    if (parked && previous < parked && parked <= cursor) {
+    if (parked && previous < parked && parked <= position) {
         /* Any new value makes a writer that is about to sleep return at once. */
-        atomic_store_explicit(self->writer_wake, (uint32_t)(((cursor & 0xFFFFFF) << 8) | (self->reader_index & 0xFF)),
+        atomic_store_explicit(self->writer_wake,
+                              (uint32_t)(((self->cursor & 0xFFFFFF) << 8) | (self->reader_index & 0xFF)),
                               memory_order_relaxed);
         futex_wake_all((void *)self->writer_wake, 1);
         if (self->stats)
             add(self->field[F_WAKEUPS], 1);
-        flight(self, OP_WAKE, cursor, 0, 0);
+        flight(self, OP_WAKE, self->cursor, 0, 0);
     }
 }
 
-/* Done with every message below `cursor`: publish at once if caught up or a batch is full. */
+/* Done with the frame at the cursor, which ends at `end`: publish at once if `now`, if caught up, or
+ * if a batch is full: publish_every frames, or a sixteenth of the ring, so that a batch of large
+ * frames never holds the writer back for long. */
 static void
-release_read(Ring *self, uint64_t cursor)
+release_read(Ring *self, uint64_t end, int now)
 {
-    self->cursor = cursor;
-    if (cursor >= self->available || cursor - self->published >= self->publish_every)
+    self->cursor += 1;
+    self->position = end;
+    if (now || self->cursor >= self->available || self->cursor - self->published >= self->publish_every ||
+        end - self->published_position >= self->ring_bytes / 16)
         publish_reader_cursor(self);
+}
+
+/* The header of the frame at the reader's cursor, once published, past a padding frame before it
+ * (which moves the reader's position to the next lap); NULL if the cursor is not published. */
+static _Atomic uint64_t *
+reader_head(Ring *self)
+{
+    uint64_t c = self->cursor;
+    if (c >= self->available) {
+        self->available = atomic_load_explicit(self->writer_cursor, memory_order_acquire);
+        if (c >= self->available)
+            return NULL;
+    }
+    _Atomic uint64_t *head = frame_words(self, self->position);
+    if (atomic_load_explicit(&head[FLAGS], memory_order_relaxed) == FRAME_PADDING &&
+        atomic_load_explicit(&head[SEQ], memory_order_relaxed) == c &&
+        atomic_load_explicit(&head[POSITION], memory_order_relaxed) == self->position) {
+        self->position = next_lap(self, self->position);
+        head = frame_words(self, self->position);
+    }
+    return head;
 }
 
 /* -- reading a frame ------------------------------------------------------------------------- */
 /* Where each segment of a frame lies: starts (from the frame start) and lengths, read from its
  * table once and checked against its `frame` bytes, so a table changed under us cannot send a
- * copy outside the slot. */
+ * copy outside the frame. */
 typedef struct {
     uint64_t local[2 * LOCAL_SEGMENTS];
     uint64_t *spans; /* start, length of segment i at 2i, 2i + 1 */
@@ -1181,7 +1343,7 @@ frame_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
-/* The frame of slot `slot` copied out: its stream as bytes, and for several segments a tuple
+/* A frame's payload copied out: its stream as bytes, and for several segments a tuple
  * (stream, [bytearray of each out-of-band buffer]). NULL without an error if the table does not
  * describe a frame of exactly `frame` bytes (corrupt: the Python path names it). */
 static PyObject *
@@ -1212,9 +1374,9 @@ copy_frame(const char *frame_start, uint64_t frame)
 }
 
 /* take_one() -> bytes | (bytes, [bytearray, ...]) | None: the reader's next message, if it is
- * published, fits one slot and has no flags: copied out (copy_frame), counted and released. None
- * otherwise (not published yet, flags, spans slots, a wrong sequence, a corrupt table), for the
- * Python path. */
+ * published, is one frame and has no flags: copied out (copy_frame), counted and released. None
+ * otherwise (not published yet, flags, in pieces, a header that is not this frame's, a corrupt
+ * table), for the Python path. */
 static PyObject *
 ring_take_one(Ring *self, PyObject *unused)
 {
@@ -1222,49 +1384,65 @@ ring_take_one(Ring *self, PyObject *unused)
         return NULL;
     if (self->held || (self->guard && self->guard != PyThread_get_thread_ident()))
         Py_RETURN_NONE; /* a message to finish first, or another thread in a slow path (enter() refuses it) */
-    uint64_t c = self->cursor;
-    if (c >= self->available) {
-        self->available = atomic_load_explicit(self->writer_cursor, memory_order_acquire);
-        if (c >= self->available)
-            Py_RETURN_NONE;
-    }
-    _Atomic uint64_t *slot = slot_words(self, c);
-    uint64_t frame = atomic_load_explicit(&slot[FRAME_LEN], memory_order_relaxed);
-    if (atomic_load_explicit(&slot[SEQ], memory_order_relaxed) != c ||
-        atomic_load_explicit(&slot[FLAGS], memory_order_relaxed) != 0 ||
-        atomic_load_explicit(&slot[TOTAL_LEN], memory_order_relaxed) != frame ||
-        frame > (uint64_t)self->chunk_bytes || frame < MIN_FRAME_BYTES)
+    _Atomic uint64_t *head = reader_head(self);
+    if (head == NULL)
         Py_RETURN_NONE;
-    PyObject *message = copy_frame((char *)slot + self->header_bytes, frame);
+    uint64_t c = self->cursor, position = self->position;
+    uint64_t frame = atomic_load_explicit(&head[FRAME_LEN], memory_order_relaxed);
+    if (atomic_load_explicit(&head[SEQ], memory_order_relaxed) != c ||
+        atomic_load_explicit(&head[POSITION], memory_order_relaxed) != position ||
+        atomic_load_explicit(&head[FLAGS], memory_order_relaxed) != 0 ||
+        atomic_load_explicit(&head[TOTAL_LEN], memory_order_relaxed) != frame || frame > self->frame_bytes ||
+        frame < MIN_FRAME_BYTES)
+        Py_RETURN_NONE;
+    PyObject *message = copy_frame((char *)head + FRAME_HEADER_BYTES, frame);
     if (message == NULL) {
         if (PyErr_Occurred())
             return NULL;
         Py_RETURN_NONE;
     }
-    /* The copy, then the sequence again: had the writer reused the slot meanwhile (it stores the
-     * new sequence before the new payload), the sequence would differ. */
+    /* The copy, then the header again: a writer that started a frame here meanwhile (it stores the
+     * header before the payload) changed it. Gating keeps a reader from being overwritten at all;
+     * this catches what gating cannot, a hostile edit or a reader evicted while alive. */
     atomic_thread_fence(memory_order_acquire);
-    if (atomic_load_explicit(&slot[SEQ], memory_order_relaxed) != c) {
+    if (atomic_load_explicit(&head[SEQ], memory_order_relaxed) != c ||
+        atomic_load_explicit(&head[POSITION], memory_order_relaxed) != position) {
         Py_DECREF(message);
         Py_RETURN_NONE;
     }
     self->messages += 1;
     self->bytes += frame;
-    release_read(self, c + 1);
+    release_read(self, position + frame_stride(frame), 0);
     flight(self, OP_GET, c, frame, 1);
     return message;
 }
 
-/* seq_after_copy(c) -> the sequence slot c holds now, loaded after every load before this call:
- * a reader's Python path copies a slot, then compares this with c (see write_slot_head). */
+/* head() -> header offset | None: where the header of the frame at the reader's cursor is in the
+ * segment, once it is published (past a padding frame before it), for the Python path, which
+ * checks it (its sequence and position) and its lengths. */
 static PyObject *
-ring_seq_after_copy(Ring *self, PyObject *arg)
+ring_head(Ring *self, PyObject *unused)
 {
-    uint64_t c;
-    if (as_u64(arg, &c) < 0 || check_open(self) < 0)
+    if (check_reader(self) < 0)
+        return NULL;
+    _Atomic uint64_t *head = reader_head(self);
+    if (head == NULL)
+        Py_RETURN_NONE;
+    return PyLong_FromSsize_t((char *)head - (char *)self->view.buf);
+}
+
+/* header_intact(seq) -> whether the frame at the reader's position still has its header (sequence
+ * `seq`, its position), loaded after every load before this call: the Python path's check after a copy. */
+static PyObject *
+ring_header_intact(Ring *self, PyObject *arg)
+{
+    uint64_t seq;
+    if (as_u64(arg, &seq) < 0 || check_reader(self) < 0)
         return NULL;
     atomic_thread_fence(memory_order_acquire);
-    return PyLong_FromUnsignedLongLong(atomic_load_explicit(&slot_words(self, c)[SEQ], memory_order_relaxed));
+    _Atomic uint64_t *head = frame_words(self, self->position);
+    return PyBool_FromLong(atomic_load_explicit(&head[SEQ], memory_order_relaxed) == seq &&
+                           atomic_load_explicit(&head[POSITION], memory_order_relaxed) == self->position);
 }
 
 /* count(nbytes): one more message received, through the Python path. */
@@ -1280,35 +1458,78 @@ ring_count(Ring *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-cursor_method(Ring *self, PyObject *arg, int now)
+/* The end of the frame at the reader's position, from a header the Python path checked; -1 with an
+ * error set if its length is not a frame's. */
+static int
+checked_end(Ring *self, uint64_t *end)
 {
-    uint64_t cursor;
-    if (as_u64(arg, &cursor) < 0 || check_reader(self) < 0)
-        return NULL;
-    if (cursor < self->cursor) {
-        PyErr_SetString(PyExc_ValueError, "a reader's cursor never goes back");
-        return NULL;
+    uint64_t frame = atomic_load_explicit(&frame_words(self, self->position)[FRAME_LEN], memory_order_relaxed);
+    if (frame > self->frame_bytes) {
+        PyErr_SetString(PyExc_ValueError, "the frame at the cursor has no valid length: skip() it");
+        return -1;
     }
-    if (now) {
-        self->cursor = cursor;
-        publish_reader_cursor(self);
-    } else {
-        release_read(self, cursor);
-    }
+    *end = self->position + frame_stride(frame);
+    return 0;
+}
+
+static PyObject *
+consume_method(Ring *self, int now)
+{
+    uint64_t end;
+    if (check_reader(self) < 0 || checked_end(self, &end) < 0)
+        return NULL;
+    release_read(self, end, now);
     Py_RETURN_NONE;
 }
 
+/* release_read(): done with the frame at the cursor; publish if caught up or a batch is full. */
 static PyObject *
-ring_release_read(Ring *self, PyObject *arg)
+ring_release_read(Ring *self, PyObject *unused)
 {
-    return cursor_method(self, arg, 0);
+    return consume_method(self, 0);
 }
 
+/* advance(): done with the frame at the cursor; publish now. */
 static PyObject *
-ring_advance(Ring *self, PyObject *arg)
+ring_advance(Ring *self, PyObject *unused)
 {
-    return cursor_method(self, arg, 1);
+    return consume_method(self, 1);
+}
+
+/* skip() -> cursor: step over the frame at the cursor, whose header is corrupt, to the next frame:
+ * the first header after it, on a FRAME_ALIGN boundary below the writer's position, that names the
+ * next frame at its own position (the writer's position itself, if that frame is not written yet).
+ * If none does, the reader goes to the writer's head. Publishes at once; returns the new cursor. */
+static PyObject *
+ring_skip(Ring *self, PyObject *unused)
+{
+    if (check_reader(self) < 0)
+        return NULL;
+    uint64_t next = self->cursor + 1, cursor, end;
+    do {
+        cursor = atomic_load_explicit(self->writer_cursor, memory_order_acquire);
+        end = atomic_load_explicit(self->writer_position, memory_order_acquire);
+    } while (atomic_load_explicit(self->writer_cursor, memory_order_acquire) != cursor);
+    uint64_t found = 0;
+    for (uint64_t q = self->position + FRAME_ALIGN; !found && q < end && q < self->position + self->ring_bytes;
+         q += FRAME_ALIGN) {
+        _Atomic uint64_t *head = frame_words(self, q);
+        if (atomic_load_explicit(&head[POSITION], memory_order_relaxed) == q &&
+            atomic_load_explicit(&head[SEQ], memory_order_relaxed) == next)
+            found = q;
+    }
+    if (found) {
+        self->cursor = next;
+        self->position = found;
+    } else if (next == cursor) {
+        self->cursor = next;
+        self->position = seek(self, cursor, end);
+    } else { /* the writer's head */
+        self->cursor = cursor;
+        self->position = seek(self, cursor, end);
+    }
+    publish_reader_cursor(self);
+    return PyLong_FromUnsignedLongLong(self->cursor);
 }
 
 /* publish_behind(): publish what was read but not published yet (the heartbeat, a wait, close). */
@@ -1317,7 +1538,7 @@ ring_publish_behind(Ring *self, PyObject *unused)
 {
     if (check_reader(self) < 0)
         return NULL;
-    if (self->published != self->cursor)
+    if (self->published != self->cursor || self->published_position != self->position)
         publish_reader_cursor(self);
     Py_RETURN_NONE;
 }
@@ -1371,20 +1592,35 @@ ring_get_cursor(Ring *self, void *closure)
 }
 
 static PyObject *
+ring_get_position(Ring *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->position);
+}
+
+static PyObject *
+ring_get_wanted(Ring *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->wanted);
+}
+
+static PyObject *
 ring_get_published(Ring *self, void *closure)
 {
     return PyLong_FromUnsignedLongLong(self->published);
 }
 
 static PyMethodDef ring_methods[] = {
-    {"publish", (PyCFunction)ring_publish, METH_O, "publish(cursor) -> woke: store the writer cursor, wake its sleepers."},
+    {"publish", (PyCFunction)ring_publish, METH_NOARGS,
+     "publish() -> woke: publish the frame reserve() began; wake the readers parked for it."},
     {"put_one", (PyCFunction)(void (*)(void))ring_put_one, METH_FASTCALL,
-     "put_one(flags, segments, traceparent) -> woke | None: write and publish a one-slot message if its slot is free."},
+     "put_one(flags, segments, traceparent) -> woke | None: write and publish a one-frame message if there is room."},
+    {"reserve", (PyCFunction)(void (*)(void))ring_reserve, METH_FASTCALL,
+     "reserve(frame, total, flags, traceparent) -> payload offset | None: begin the next frame if there is room."},
     {"bind_gating", (PyCFunction)ring_bind_gating, METH_VARARGS,
-     "bind_gating(reader_records, state_offset, cursor_offset, gating_below): the readers that hold a writer back."},
-    {"slot_free", (PyCFunction)ring_slot_free, METH_O, "slot_free(s) -> whether the writer may write message s."},
+     "bind_gating(reader_records, state_offset, position_offset, gating_below): the readers that hold a writer back."},
+    {"room", (PyCFunction)ring_room, METH_O, "room(frame) -> whether the writer may write a frame of that payload now."},
     {"park_writer", (PyCFunction)ring_park_writer, METH_O,
-     "park_writer(timeout_s) -> slept: sleep until a reader frees the next slot (the park/wake handshake)."},
+     "park_writer(timeout_s) -> slept: sleep until a reader makes room (the park/wake handshake)."},
     {"park_reader", (PyCFunction)ring_park_reader, METH_O,
      "park_reader(timeout_s) -> slept: sleep until the writer publishes past our cursor."},
     {"wake_readers", (PyCFunction)ring_wake_readers, METH_NOARGS, "wake_readers(): wake every parked reader."},
@@ -1394,13 +1630,13 @@ static PyMethodDef ring_methods[] = {
      "record(op, seq, size): note an operation of the Python paths in the flight ring."},
     {"enter", (PyCFunction)ring_enter, METH_NOARGS, "enter() -> False if another call is in a slow path."},
     {"leave", (PyCFunction)ring_leave, METH_NOARGS, "leave(): release the slow path if this thread holds it."},
-    {"write_head", (PyCFunction)(void (*)(void))ring_write_head, METH_FASTCALL,
-     "write_head(seq, frame, total, flags, traceparent): the header of one piece of a multi-slot message."},
     {"load_available", (PyCFunction)ring_load_available, METH_NOARGS, "load_available() -> the writer cursor now."},
     {"bind_record", (PyCFunction)ring_bind_record, METH_VARARGS,
      "bind_record(record_offset, stats, fields, hist_finite_buckets): the participant record this ring stores to."},
     {"bind_reader", (PyCFunction)ring_bind_reader, METH_VARARGS,
-     "bind_reader(index, cursor, publish_every): make this ring reader index's."},
+     "bind_reader(index, cursor, position, publish_every) -> position: make this ring reader index's."},
+    {"join_head", (PyCFunction)ring_join_head, METH_NOARGS,
+     "join_head() -> (cursor, position): the writer's head, where a reader joining now begins."},
     {"set_state", (PyCFunction)ring_set_state, METH_O, "set_state(state) -> now_ns: store the state and since when."},
     {"flush_counters", (PyCFunction)(void (*)(void))ring_flush_counters, METH_FASTCALL,
      "flush_counters(spins, yields, backoff_sleeps, backoff_sleep_ns, parks): add a wait's counters."},
@@ -1408,12 +1644,16 @@ static PyMethodDef ring_methods[] = {
      "end_wait(start_ns, state_after, spins, yields, backoff_sleeps, backoff_sleep_ns, parks) -> waited_ns."},
     {"take_one", (PyCFunction)ring_take_one, METH_NOARGS,
      "take_one() -> bytes | (bytes, buffers) | None: the next message copied out, if published and plain."},
-    {"seq_after_copy", (PyCFunction)ring_seq_after_copy, METH_O,
-     "seq_after_copy(c) -> the sequence slot c holds, loaded after the copy before this call."},
+    {"head", (PyCFunction)ring_head, METH_NOARGS,
+     "head() -> header offset | None: the frame at the cursor, once published."},
+    {"header_intact", (PyCFunction)ring_header_intact, METH_O,
+     "header_intact(seq) -> whether the frame at the cursor still has its header, after the copy before this call."},
     {"count", (PyCFunction)ring_count, METH_O, "count(nbytes): one more message received by the Python path."},
-    {"release_read", (PyCFunction)ring_release_read, METH_O,
-     "release_read(cursor): done below cursor; publish if caught up or a batch is full."},
-    {"advance", (PyCFunction)ring_advance, METH_O, "advance(cursor): done below cursor; publish now."},
+    {"release_read", (PyCFunction)ring_release_read, METH_NOARGS,
+     "release_read(): done with the frame at the cursor; publish if caught up or a batch is full."},
+    {"advance", (PyCFunction)ring_advance, METH_NOARGS, "advance(): done with the frame at the cursor; publish now."},
+    {"skip", (PyCFunction)ring_skip, METH_NOARGS,
+     "skip() -> cursor: step over a frame whose header is corrupt, to the next one found; publish now."},
     {"publish_behind", (PyCFunction)ring_publish_behind, METH_NOARGS,
      "publish_behind(): publish the cursor and totals if the last publish is behind them."},
     {"release", (PyCFunction)ring_release, METH_NOARGS, "release(): drop the segment; later calls raise ValueError."},
@@ -1427,8 +1667,10 @@ static PyMemberDef ring_members[] = {
 
 static PyGetSetDef ring_getset[] = {
     {"available", (getter)ring_get_available, NULL, "the writer cursor as last loaded by this ring", NULL},
-    {"written", (getter)ring_get_written, NULL, "a writer's cursor: it has published every message below it", NULL},
-    {"cursor", (getter)ring_get_cursor, NULL, "a reader's cursor: it has read every message below it", NULL},
+    {"written", (getter)ring_get_written, NULL, "a writer's cursor: it has published every frame below it", NULL},
+    {"cursor", (getter)ring_get_cursor, NULL, "a reader's cursor: it has read every frame below it", NULL},
+    {"position", (getter)ring_get_position, NULL, "a writer's or reader's position in the ring, in bytes", NULL},
+    {"wanted", (getter)ring_get_wanted, NULL, "the reader position a writer's refused claim waits for", NULL},
     {"published", (getter)ring_get_published, NULL, "a reader's cursor as last published", NULL},
     {NULL},
 };
@@ -1436,7 +1678,7 @@ static PyGetSetDef ring_getset[] = {
 static PyTypeObject RingType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmq._ring.Ring",
-    .tp_doc = PyDoc_STR("One process's view of a queue's ring: the one-slot fast path and every cursor publish."),
+    .tp_doc = PyDoc_STR("One process's view of a queue's ring: the one-frame fast path and every cursor publish."),
     .tp_basicsize = sizeof(Ring),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
@@ -1489,11 +1731,16 @@ PyInit__ring(void)
         return NULL;
     }
     /* The layout this build reads and writes, checked by shmq/layout.py at import. */
-    PyModule_AddIntConstant(module, "SLOT_SEQ", 8 * SEQ);
-    PyModule_AddIntConstant(module, "SLOT_FRAME_LEN", 8 * FRAME_LEN);
-    PyModule_AddIntConstant(module, "SLOT_TOTAL_LEN", 8 * TOTAL_LEN);
-    PyModule_AddIntConstant(module, "SLOT_FLAGS", 8 * FLAGS);
-    PyModule_AddIntConstant(module, "SLOT_TRACEPARENT", SLOT_TRACEPARENT);
+    PyModule_AddIntConstant(module, "FRAME_SEQ", 8 * SEQ);
+    PyModule_AddIntConstant(module, "FRAME_LEN", 8 * FRAME_LEN);
+    PyModule_AddIntConstant(module, "FRAME_TOTAL_LEN", 8 * TOTAL_LEN);
+    PyModule_AddIntConstant(module, "FRAME_FLAGS", 8 * FLAGS);
+    PyModule_AddIntConstant(module, "FRAME_POSITION", 8 * POSITION);
+    PyModule_AddIntConstant(module, "FRAME_TRACEPARENT", FRAME_TRACEPARENT);
+    PyModule_AddIntConstant(module, "FRAME_HEADER_BYTES", FRAME_HEADER_BYTES);
+    PyModule_AddIntConstant(module, "FRAME_ALIGN", FRAME_ALIGN);
+    PyModule_AddIntConstant(module, "FRAME_PADDING", FRAME_PADDING);
+    PyModule_AddIntConstant(module, "MIN_FRAME_BYTES", MIN_FRAME_BYTES);
     PyModule_AddIntConstant(module, "TRACEPARENT_BYTES", TRACEPARENT_BYTES);
     PyModule_AddIntConstant(module, "SEGMENT_ALIGN", SEGMENT_ALIGN);
     PyModule_AddIntConstant(module, "PARKED_BIT", PARKED_BIT);

@@ -22,8 +22,8 @@ class Handle:
     shm_name: str  #: the POSIX shared-memory object, ``shmq-`` plus a random suffix
     name: str  #: the queue's logical name, as it appears in metrics and logs
     n_readers: int  #: local reader slots
-    n_chunks: int  #: ring slots
-    chunk_bytes: int  #: payload bytes per slot
+    ring_bytes: int  #: the ring's size
+    frame_bytes: int  #: the largest payload of one frame
     instance_id: str  #: 32 hex digits, random per segment: a handle edited to name another queue is refused
     endpoint: str = ""  #: ZeroMQ endpoint for remote readers, "" without them
     version: int = L.LAYOUT_VERSION  #: the segment layout version
@@ -31,7 +31,7 @@ class Handle:
     def __str__(self) -> str:
         query = urllib.parse.urlencode({
             "v": self.version, "name": self.name, "readers": self.n_readers,
-            "chunks": self.n_chunks, "chunk_bytes": self.chunk_bytes, "id": self.instance_id,
+            "ring_bytes": self.ring_bytes, "frame_bytes": self.frame_bytes, "id": self.instance_id,
             "endpoint": self.endpoint,
         })
         return f"{_SCHEME}://{self.shm_name}?{query}"
@@ -47,10 +47,10 @@ class Handle:
             raise BadHandle(f"handle {text!r} is for layout version {version or '(none)'}; this shmq reads "
                             f"version {L.LAYOUT_VERSION}")
         try:
-            fields = {k: query[k][0] for k in ("name", "readers", "chunks", "chunk_bytes", "id")}
+            fields = {k: query[k][0] for k in ("name", "readers", "ring_bytes", "frame_bytes", "id")}
             handle = cls(
                 shm_name=parts.netloc, name=fields["name"], n_readers=int(fields["readers"]),
-                n_chunks=int(fields["chunks"]), chunk_bytes=int(fields["chunk_bytes"]), instance_id=fields["id"],
+                ring_bytes=int(fields["ring_bytes"]), frame_bytes=int(fields["frame_bytes"]), instance_id=fields["id"],
                 endpoint=query.get("endpoint", [""])[0],
             )
         except (KeyError, ValueError) as e:

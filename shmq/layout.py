@@ -6,21 +6,21 @@ One POSIX shared-memory object holds one queue::
     | HEADER (8 cache lines)                                       |
     |   line 0  magic | version | segment_bytes | creator_pid      |
     |           creator_start | creator_uid | created_ns | readers |
-    |   line 1  n_chunks | chunk_bytes | flags | max_message_bytes |
+    |   line 1  ring_bytes | frame_bytes | flags | max_message_bytes |
     |           instance id (128 bits, random)                     |
     |   line 2  queue name (64 B, UTF-8, NUL padded)               |
     |   line 3  remote endpoint (64 B, ASCII, NUL padded)          |
-    |   line 4  writer_cursor            (futex word: its low half)|
+    |   line 4  writer_cursor (futex word: its low half) | position |
     |   line 5  reader_parked[64]        (one byte per reader)     |
     |   line 6  writer_parked | writer_wake (futex word)           |
     |   line 7  flight_entries (per participant; 0: no recorder)    |
     +--------------------------------------------------------------+  HEADER_BYTES
     | PARTICIPANT RECORD 0: the writer          (RECORD_BYTES each)|
     | PARTICIPANT RECORD 1..n_readers: reader 0..n_readers-1       |
-    +--------------------------------------------------------------+  slots_offset()
-    | SLOT 0: slot header (SLOT_HEADER_BYTES) | payload chunk_bytes |
-    | ...                                                          |
-    | SLOT n_chunks-1                                              |
+    +--------------------------------------------------------------+  ring_offset()
+    | THE RING: ring_bytes of variable-length frames, each          |
+    |   frame header (FRAME_HEADER_BYTES) | payload | pad to 128 B  |
+    |   and a padding frame where a frame would cross the end      |
     +--------------------------------------------------------------+  flight_offset(..., 0)
     | FLIGHT RING 0..n_readers: each participant's last operations |
     |   line 0  head (entries written so far)                      |
@@ -34,6 +34,14 @@ torn. (``struct.pack_into`` is not used on shared fields: it zeroes the target
 before packing, so a concurrent reader could see the zeros.) Slot headers and
 payloads are only read after the cursor that publishes them, so they may be
 packed with ``struct``.
+
+Cursors count frames (messages, and the pieces of a message too large for one
+frame); positions count bytes. Both are 64-bit and only grow. Gating is by
+position: the writer may write a frame while it ends no more than ring_bytes
+past the slowest gating reader's position. Everything outside the ring (lag,
+the flight recorder, remote readers' sequence numbers, the park marks) speaks
+in frames, which is why the cursor stays the frame count and the position is
+kept beside it rather than replacing it.
 
 Each participant record is written by exactly one process, its owner; the only
 exception is a writer marking a *dead* reader evicted, when the owner can no
@@ -53,7 +61,7 @@ WORD = 8
 
 MAGIC = b"SHMQRNG\x00"
 MAGIC_WORD = int.from_bytes(MAGIC, "little")
-LAYOUT_VERSION = 3  # 2: instance id, record owner word, first/abort piece flags; 3: flight recorder
+LAYOUT_VERSION = 4  # 2: instance id, record owner word, first/abort piece flags; 3: flight recorder; 4: byte ring
 
 MAX_READERS = 64  # one parked byte per reader fits one cache line
 NAME_BYTES = 64
@@ -69,21 +77,23 @@ OFF_CREATOR_UID = OFF_CREATOR_START + WORD
 OFF_CREATED_NS = OFF_CREATOR_UID + WORD  # wall clock, time.time_ns()
 OFF_N_READERS = OFF_CREATED_NS + WORD
 # -- line 1: geometry ----------------------------------------------------------
-OFF_N_CHUNKS = OFF_N_READERS + WORD
-OFF_CHUNK_BYTES = OFF_N_CHUNKS + WORD
-OFF_FLAGS = OFF_CHUNK_BYTES + WORD
+OFF_RING_BYTES = OFF_N_READERS + WORD
+OFF_FRAME_BYTES = OFF_RING_BYTES + WORD  # the largest payload of one frame; larger messages go in pieces of it
+OFF_FLAGS = OFF_FRAME_BYTES + WORD
 OFF_MAX_MESSAGE_BYTES = OFF_FLAGS + WORD
 OFF_INSTANCE_ID = OFF_MAX_MESSAGE_BYTES + WORD  # two words: tells a queue from another of the same geometry
 INSTANCE_ID_BYTES = 2 * WORD
 # -- lines 2-3: names ----------------------------------------------------------
 OFF_NAME = 2 * CACHE_LINE
 OFF_ENDPOINT = OFF_NAME + NAME_BYTES
-# -- line 4: the writer cursor, alone on its line (read by every reader) -------
+# -- line 4: the writer cursor (frames published), then its position (the bytes they end at, stored
+#    after the cursor: see shmq/_ring.c, publish_writer_cursor) ------------------
 OFF_WRITER_CURSOR = OFF_ENDPOINT + ENDPOINT_BYTES
+OFF_WRITER_POSITION = OFF_WRITER_CURSOR + WORD
 # -- line 5: one "I am parked" byte per reader (0, or parked_mark(its cursor)) --
 OFF_READER_PARKED = OFF_WRITER_CURSOR + CACHE_LINE
-# -- line 6: the writer's park word (0, or the reader cursor that frees the slot
-#    it waits for) and the word it sleeps on -----------------------------------
+# -- line 6: the writer's park word (0, or the reader position that makes room for
+#    the frame it waits to write) and the word it sleeps on ----------------------
 OFF_WRITER_PARKED = OFF_READER_PARKED + CACHE_LINE
 OFF_WRITER_WAKE = OFF_WRITER_PARKED + WORD
 # -- line 7: the flight recorder's size ------------------------------------------
@@ -107,9 +117,11 @@ REC_INDEX = REC_ROLE + WORD
 REC_STATE = REC_INDEX + WORD
 REC_STATE_SINCE_NS = REC_STATE + WORD  # time.monotonic_ns() of the last change
 REC_HEARTBEAT_NS = REC_STATE_SINCE_NS + WORD  # time.monotonic_ns()
-REC_CURSOR = REC_HEARTBEAT_NS + WORD  # messages (slots) produced or consumed
-# line 1-2: counters, each a plain store by the owner
-REC_MESSAGES = REC_CURSOR + WORD
+REC_CURSOR = REC_HEARTBEAT_NS + WORD  # frames produced or consumed
+# line 1: a reader's position (the bytes of the ring it is done with: what gates the writer), then
+# counters, each a plain store by the owner
+REC_POSITION = REC_CURSOR + WORD
+REC_MESSAGES = REC_POSITION + WORD
 REC_BYTES = REC_MESSAGES + WORD
 REC_SPINS = REC_BYTES + WORD
 REC_YIELDS = REC_SPINS + WORD
@@ -118,7 +130,7 @@ REC_BACKOFF_SLEEP_NS = REC_BACKOFF_SLEEPS + WORD
 REC_PARKS = REC_BACKOFF_SLEEP_NS + WORD
 REC_WAKEUPS = REC_PARKS + WORD
 REC_TIMEOUTS = REC_WAKEUPS + WORD
-REC_OVERFLOW = REC_TIMEOUTS + WORD
+REC_OVERFLOW = REC_TIMEOUTS + WORD  # messages sent or received in pieces
 REC_WAITS = REC_OVERFLOW + WORD  # equals the sum of the histogram buckets
 REC_WAIT_NS = REC_WAITS + WORD
 REC_ATTACHES = REC_WAIT_NS + WORD
@@ -177,34 +189,64 @@ class Role(enum.IntEnum):
 class ParticipantState(enum.IntEnum):
     """Where a participant is. Stored in its record; 0 means never attached."""
 
-    PENDING = 0  #: a reader slot nobody has attached to yet; it gates the writer
+    PENDING = 0  #: a reader index nobody has attached to yet; it gates the writer
     IDLE = 1  #: attached, no call made yet
     BUSY = 2  #: outside the queue, in application code
     WAITING_READ = 3  #: inside get(), no message available
-    WAITING_WRITE = 4  #: inside put(), the ring is full
+    WAITING_WRITE = 4  #: inside put(), no room in the ring
     CLOSED = 5  #: closed cleanly; no longer gates the writer
     EVICTED = 6  #: found dead by the writer and left out of the minimum cursor
 
 
-# -- ring slots ----------------------------------------------------------------
-SLOT_SEQ = 0
-SLOT_FRAME_LEN = SLOT_SEQ + WORD  # payload bytes in this slot
-SLOT_TOTAL_LEN = SLOT_FRAME_LEN + WORD  # payload bytes of the whole message
-SLOT_FLAGS = SLOT_TOTAL_LEN + WORD
-SLOT_TRACEPARENT = SLOT_FLAGS + WORD
+# -- frames ----------------------------------------------------------------------
+# A frame is a header, then its payload, padded so the next frame starts FRAME_ALIGN-aligned. Two
+# cache lines: a frame never shares a line pair (what adjacent-line prefetchers fetch together) with
+# the next, and the end of the ring always has room for a padding frame's header.
+FRAME_SEQ = 0  # the frame's number: a reader's cursor names the frame it expects
+FRAME_LEN = FRAME_SEQ + WORD  # payload bytes in this frame
+FRAME_TOTAL_LEN = FRAME_LEN + WORD  # payload bytes of the whole message
+FRAME_FLAGS = FRAME_TOTAL_LEN + WORD
+FRAME_POSITION = FRAME_FLAGS + WORD  # the frame's own position: a reader checks it is where it expects
+FRAME_TRACEPARENT = CACHE_LINE
 TRACEPARENT_BYTES = 64  # W3C traceparent is 55 ASCII characters
-SLOT_HEADER_BYTES = 2 * CACHE_LINE
-assert SLOT_TRACEPARENT + TRACEPARENT_BYTES <= SLOT_HEADER_BYTES
+FRAME_HEADER_BYTES = 2 * CACHE_LINE
+FRAME_ALIGN = FRAME_HEADER_BYTES
+assert FRAME_POSITION + WORD <= FRAME_TRACEPARENT
+assert FRAME_TRACEPARENT + TRACEPARENT_BYTES <= FRAME_HEADER_BYTES
 
-SLOT_HEAD = struct.Struct("<QQQQ")  # seq, frame_len, total_len, flags
+FRAME_HEAD = struct.Struct("<QQQQQ")  # seq, frame_len, total_len, flags, position
 
-# Slot flags.
-SLOT_RAW = 1 << 0  # payload is the caller's bytes, not a serialized object
-SLOT_FRAGMENT = 1 << 1  # one piece of a message that spans several slots
-SLOT_LAST = 1 << 2  # the final piece of a message
-SLOT_TRACED = 1 << 3  # the traceparent field holds a W3C traceparent
-SLOT_FIRST = 1 << 4  # the first piece of a message that spans slots: where a reader may start one
-SLOT_ABORT = 1 << 5  # an empty last piece: the writer gave up this message (interrupt, timeout); drop it
+# Frame flags.
+FRAME_RAW = 1 << 0  # payload is the caller's bytes, not a serialized object
+FRAME_FRAGMENT = 1 << 1  # one piece of a message larger than frame_bytes
+FRAME_LAST = 1 << 2  # the final piece of a message
+FRAME_TRACED = 1 << 3  # the traceparent field holds a W3C traceparent
+FRAME_FIRST = 1 << 4  # the first piece of a message in pieces: where a reader may start one
+FRAME_ABORT = 1 << 5  # an empty last piece: the writer gave up this message (interrupt, timeout); drop it
+FRAME_PADDING = 1 << 6  # no message: the rest of the ring is skipped, the frame seq follows at its start
+
+MIN_FRAME_BYTES = 2 * WORD  # the table of one empty segment (shmq/_ring.c: MIN_FRAME_BYTES)
+
+#: The ring's default size, and the memory a queue costs (plus 512 B per reader and the flight rings).
+DEFAULT_RING_BYTES = 16 << 20
+
+
+def frame_stride(payload: int) -> int:
+    """The ring bytes a frame of `payload` bytes takes: its header, the payload and the padding after it."""
+    return align(FRAME_HEADER_BYTES + payload, FRAME_ALIGN)
+
+
+def default_frame_bytes(ring_bytes: int) -> int:
+    """The largest frame payload a ring of `ring_bytes` takes: a quarter of the ring, so a message that
+    big is still one frame, one larger streams in pieces of it, and four frames are in flight at once."""
+    return ring_bytes // 4 - FRAME_HEADER_BYTES
+
+
+def max_frame_bytes(ring_bytes: int) -> int:
+    """The largest frame payload a ring can take: half the ring, so that a frame fits after the padding
+    that the end of the ring may cost it, once every reader has caught up (shmq/_ring.c: claim)."""
+    return ring_bytes // 2 - FRAME_HEADER_BYTES
+
 
 # A serialized message is a table of segment lengths, then the segments:
 #   u64 count | u64 len[0] ... u64 len[count-1] | segment 0 | pad | segment 1 | pad | ...
@@ -256,28 +298,16 @@ def record_offset(participant: int) -> int:
     return HEADER_BYTES + participant * RECORD_BYTES
 
 
-def slots_offset(n_readers: int) -> int:
+def ring_offset(n_readers: int) -> int:
     return record_offset(1 + n_readers)
 
 
-def slot_stride(chunk_bytes: int) -> int:
-    return SLOT_HEADER_BYTES + align(chunk_bytes)
+def flight_offset(n_readers: int, ring_bytes: int, flight_entries: int, participant: int) -> int:
+    return ring_offset(n_readers) + ring_bytes + participant * flight_ring_bytes(flight_entries)
 
 
-def slots_end(n_readers: int, n_chunks: int, chunk_bytes: int) -> int:
-    return slots_offset(n_readers) + n_chunks * slot_stride(chunk_bytes)
-
-
-def flight_offset(n_readers: int, n_chunks: int, chunk_bytes: int, flight_entries: int, participant: int) -> int:
-    return slots_end(n_readers, n_chunks, chunk_bytes) + participant * flight_ring_bytes(flight_entries)
-
-
-def segment_bytes(n_readers: int, n_chunks: int, chunk_bytes: int, flight_entries: int) -> int:
-    return flight_offset(n_readers, n_chunks, chunk_bytes, flight_entries, 1 + n_readers)
-
-
-def slot_offset(n_readers: int, chunk_bytes: int, slot: int) -> int:
-    return slots_offset(n_readers) + slot * slot_stride(chunk_bytes)
+def segment_bytes(n_readers: int, ring_bytes: int, flight_entries: int) -> int:
+    return flight_offset(n_readers, ring_bytes, flight_entries, 1 + n_readers)
 
 
 def word(byte_offset: int) -> int:
@@ -316,7 +346,7 @@ DEFAULT_FLIGHT_ENTRIES = 1024
 
 class FlightOp(enum.IntEnum):
     PUT = 1  #: a message written and published
-    PIECE = 2  #: one piece of a message that spans slots, published
+    PIECE = 2  #: one piece of a message sent in pieces, published
     GET = 3  #: a message taken
     PARK = 4  #: asleep on the futex until woken or timed out (end_ns 0 while asleep)
     WAKE = 5  #: a futex wake issued for a parked peer
@@ -332,12 +362,14 @@ def flight_ring_bytes(flight_entries: int) -> int:
 
 # -- what shmq/_ring.c assumes ---------------------------------------------------------
 #: The record words the C paths store, in the order of its enum Field (bind_record takes their offsets).
-RECORD_FIELDS = (REC_STATE, REC_STATE_SINCE_NS, REC_CURSOR, REC_MESSAGES, REC_BYTES, REC_SPINS, REC_YIELDS,
+RECORD_FIELDS = (REC_STATE, REC_STATE_SINCE_NS, REC_CURSOR, REC_POSITION, REC_MESSAGES, REC_BYTES, REC_SPINS, REC_YIELDS,
                  REC_BACKOFF_SLEEPS, REC_BACKOFF_SLEEP_NS, REC_PARKS, REC_WAKEUPS, REC_WAITS, REC_WAIT_NS,
                  REC_HISTOGRAM)
-# The C extension reads and writes slot headers and parked bytes itself: a stale build must not guess.
-_C_LAYOUT = {"SLOT_SEQ": SLOT_SEQ, "SLOT_FRAME_LEN": SLOT_FRAME_LEN, "SLOT_TOTAL_LEN": SLOT_TOTAL_LEN,
-             "SLOT_FLAGS": SLOT_FLAGS, "SLOT_TRACEPARENT": SLOT_TRACEPARENT, "TRACEPARENT_BYTES": TRACEPARENT_BYTES,
+# The C extension reads and writes frame headers and parked bytes itself: a stale build must not guess.
+_C_LAYOUT = {"FRAME_SEQ": FRAME_SEQ, "FRAME_LEN": FRAME_LEN, "FRAME_TOTAL_LEN": FRAME_TOTAL_LEN,
+             "FRAME_FLAGS": FRAME_FLAGS, "FRAME_POSITION": FRAME_POSITION, "FRAME_TRACEPARENT": FRAME_TRACEPARENT,
+             "TRACEPARENT_BYTES": TRACEPARENT_BYTES, "FRAME_HEADER_BYTES": FRAME_HEADER_BYTES,
+             "FRAME_ALIGN": FRAME_ALIGN, "FRAME_PADDING": FRAME_PADDING, "MIN_FRAME_BYTES": MIN_FRAME_BYTES,
              "SEGMENT_ALIGN": SEGMENT_ALIGN, "PARKED_BIT": PARKED_BIT, "PARKED_CURSOR_MASK": PARKED_CURSOR_MASK,
              "N_RECORD_FIELDS": len(RECORD_FIELDS), "FLIGHT_ENTRY_BYTES": FLIGHT_ENTRY_BYTES,
              "FLIGHT_HEAD_BYTES": FLIGHT_HEAD_BYTES, **{f"FLIGHT_{op.name}": op.value for op in FlightOp}}

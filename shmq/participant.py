@@ -38,6 +38,7 @@ R_STATE = L.word(L.REC_STATE)
 R_STATE_SINCE = L.word(L.REC_STATE_SINCE_NS)
 R_HEARTBEAT = L.word(L.REC_HEARTBEAT_NS)
 R_CURSOR = L.word(L.REC_CURSOR)
+R_POSITION = L.word(L.REC_POSITION)
 R_MESSAGES = L.word(L.REC_MESSAGES)
 R_BYTES = L.word(L.REC_BYTES)
 R_TIMEOUTS = L.word(L.REC_TIMEOUTS)
@@ -51,6 +52,7 @@ R_PREDICTION_MISSES = L.word(L.REC_PREDICTION_MISSES)
 R_SPIN_BEFORE_ARRIVAL = L.word(L.REC_SPIN_BEFORE_ARRIVAL_NS)
 
 W_WRITER_CURSOR = L.word(L.OFF_WRITER_CURSOR)
+W_WRITER_POSITION = L.word(L.OFF_WRITER_POSITION)
 
 #: How a wait that ended without a message shows in the flight record (anything else: INTERRUPTED).
 _FAILED_WAIT = {QueueTimeout: L.FlightOp.TIMEOUT, ReaderDead: L.FlightOp.DEAD_CHECK, WriterDead: L.FlightOp.DEAD_CHECK}
@@ -161,7 +163,7 @@ class Participant:
     """Base of Writer and Reader: owns one record of the segment."""
 
     _role: L.Role
-    _cursor: int  #: slots this participant has written or read (a reader publishes it in batches)
+    _cursor: int  #: frames this participant has written or read (a reader publishes it in batches)
 
     def __init__(self, segment: Segment, record: int, *, wait: wait_module.WaitStrategy | None,
                  warn_after_s: float, hooks: hooks_module.MessageHooks | None) -> None:

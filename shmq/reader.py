@@ -17,16 +17,17 @@ from .errors import (
 from .handle import Handle
 from .participant import (
     CLOSE_WAIT_S, DEFAULT_WARN_AFTER_S, R_CURSOR, R_OWNER, R_PID, R_PROGRESS, R_START_TIME, R_STATE,
-    W_WRITER_CURSOR, WAITING_READ, Participant, State, checked_timeout,
+    R_POSITION, W_WRITER_CURSOR, WAITING_READ, Participant, State, checked_timeout,
 )
 from ._ring import compare_exchange, frame_spans, uninitialized_bytearray
 from .segment import SHM_DIR, Segment
 from .serialization import BytesSerializer, Serializer, resolve, stream_decoder
 
-_SLOT_HEAD = L.SLOT_HEAD
-_HEADER_BYTES = L.SLOT_HEADER_BYTES
-_FRAGMENT = L.SLOT_FRAGMENT
+_FRAME_HEAD = L.FRAME_HEAD
+_HEADER_BYTES = L.FRAME_HEADER_BYTES
+_FRAGMENT = L.FRAME_FRAGMENT
 _WRITER_RECORD = L.word(L.record_offset(0))
+_PUBLISH_EVERY = 64  # frames a reader reads through a backlog between publishes (shmq/_ring.c: release_read)
 
 
 class Receiving:
@@ -59,8 +60,8 @@ def _remaining(deadline: int | None) -> float | None:
 
 
 class _Assembly:
-    """A message that spans slots, being copied in: progress is the reader's cursor, so the copy resumes
-    where an interrupt or a timeout left it. Piece k holds bytes k * chunk_bytes onwards."""
+    """A message in pieces, being copied in: progress is the reader's cursor, so the copy resumes
+    where an interrupt or a timeout left it. Piece k holds bytes k * frame_bytes onwards."""
 
     __slots__ = ("first", "total", "flags", "whole", "traceparent", "waited", "wait_start")
 
@@ -83,31 +84,35 @@ class Reader(Receiving, Participant):
                             f"{index!r}")
         super().__init__(segment, 1 + index, wait=wait, warn_after_s=warn_after_s, hooks=hooks)
         self.index = index
-        cursor = self._take_record()
+        cursor, position, at_head = self._take_record()
         self._serializer = BytesSerializer() if segment.flags & L.FLAG_RAW_ONLY else serializer
         self._raw_only = self._serializer.raw
         self._loads = stream_decoder(self._serializer)  # get() calls it for almost every message
-        self._n = segment.n_chunks
-        self._cap = segment.chunk_bytes
+        self._frame_bytes = segment.frame_bytes
         self._max = segment.max_message_bytes
-        self._slot_base = [L.slot_offset(segment.n_readers, segment.chunk_bytes, i) for i in range(self._n)]
         self._readonly = segment.buf.toreadonly()  # leases hand out views the caller cannot write through
-        # What an interrupted call left (_resume): a message that spans slots, begun (an _Assembly), or a
+        # What an interrupted call left (_resume): a message in pieces, begun (an _Assembly), or a
         # message taken whose decode raised (stream, buffers, flags, failures). The next call finishes it.
         self._resume = None
-        # The ring keeps our cursor and totals and publishes them (shmq/_ring.c): once per batch while
-        # a backlog lasts, and at once when we catch up, as a publish (stores, a full fence, the parked
-        # check) costs a fifth of a small get(). If the application stops reading mid-batch, the
-        # heartbeat thread publishes the rest (_publish_behind).
-        self._ring.bind_reader(index, cursor, max(1, min(64, self._n // 16)))
+        # The ring keeps our cursor, position and totals and publishes them (shmq/_ring.c): once per
+        # batch while a backlog lasts, and at once when we catch up, as a publish (stores, a full fence,
+        # the parked check) costs a fifth of a small get(). If the application stops reading mid-batch,
+        # the heartbeat thread publishes the rest (_publish_behind).
+        self._ring.bind_reader(index, cursor, position, _PUBLISH_EVERY)
         self._buf = segment.buf
         self._register(index, stack_dumps)
-        # The writer may scan before our stores above reach it; the fence bounds that, and
-        # each slot's sequence number is checked after it is copied (take_one, _check_unchanged).
+        # A writer that scanned the readers before our state reached it may write up to ring_bytes past
+        # where it was then, which is at most the head we load after this fence (the writer's fence
+        # after each publish makes the pair a Dekker handshake: shmq/_ring.c, publish_writer_cursor).
+        # Joining at the head, we begin there; a reader gating from before (pending, or taking over a
+        # dead one's record) was never out of the writer's sight.
         sync.full_fence()
+        if at_head:
+            self._ring.bind_reader(index, *self._ring.join_head(), _PUBLISH_EVERY)
 
-    def _take_record(self) -> int:
-        """Claim our record (a compare-and-swap of its owner word) and choose where to start reading.
+    def _take_record(self) -> tuple[int, int, bool]:
+        """Claim our record (a compare-and-swap of its owner word) and choose where to start reading:
+        (cursor, position, whether that is the writer's head).
 
         Of two processes attaching at once exactly one swaps in its owner word; the other then sees
         a live owner and gets AlreadyAttached. A record is free when its owner word is 0 (never
@@ -127,24 +132,27 @@ class Reader(Receiving, Participant):
             if compare_exchange(self._segment.buf, owner_offset, owner, self._owner) == owner:
                 break
         state = w[rec + R_STATE]
+        at_head = state in (State.CLOSED, State.EVICTED)
         if state == State.PENDING:
-            cursor = 0  # first attach: the writer has waited for us, everything is still here
-        elif state in (State.CLOSED, State.EVICTED):
-            cursor = w[W_WRITER_CURSOR]  # the writer went on without us: join at the head
+            cursor = position = 0  # first attach: the writer has waited for us, everything is still here
+        elif at_head:
+            cursor, position = self._ring.join_head()  # the writer went on without us: join at the head
         else:
-            # The previous owner died un-evicted: carry on from the cursor it last published, so
-            # what it had taken from a backlog but not yet published (< 64 messages) comes again.
-            cursor = w[rec + R_CURSOR]
-        w[rec + R_CURSOR] = cursor  # before the state: the writer loads state, then cursor
-        return cursor
+            # The previous owner died un-evicted: carry on from what it last published, so what it
+            # had taken from a backlog but not yet published (< 64 messages) comes again.
+            cursor, position = w[rec + R_CURSOR], w[rec + R_POSITION]
+        # Before the state: the writer loads state, then position.
+        w[rec + R_CURSOR] = cursor
+        w[rec + R_POSITION] = position
+        return cursor, position, at_head
 
     # -- receiving ------------------------------------------------------------------------
     @contextlib.contextmanager
     def lease(self, *, timeout: float | None = None) -> Iterator[Any]:
-        """Zero-copy access: the message's buffers alias the ring slot until the block exits.
+        """Zero-copy access: the message's buffers alias the ring until the block exits.
 
-        Arrays in it are read-only and must not be kept after the block: the slot is
-        released on exit and the writer will reuse it. A message that spans slots, or one an
+        Arrays in it are read-only and must not be kept after the block: its frame is
+        released on exit and the writer will reuse it. A message in pieces, or one an
         interrupted call already took, is copied.
         """
         timeout = None if timeout is None else checked_timeout(timeout)
@@ -154,26 +162,26 @@ class Reader(Receiving, Participant):
                 yield self._receive_framed(self._cursor, 0, time.monotonic_ns(), timeout, raw=False)
                 return
             c, waited, wait_start = self._await_message(timeout)
-            c, base, frame, total, flags = self._next_head(c, _deadline(timeout))
+            c, head, frame, total, flags = self._next_head(c, _deadline(timeout))
             self._check_raw(flags, False)
             if flags & _FRAGMENT:
                 yield self._receive_pieces(c, total, flags, waited, wait_start, timeout, raw=False)
                 return
-            traceparent = self._traceparent(base, flags)
+            traceparent = self._traceparent(head, flags)
             try:
-                stream, buffers = self._frame(base, frame, c, copy=False)
+                stream, buffers = self._frame(head, frame, c, copy=False)
                 yield self._decode(stream, buffers, flags, raw=False)
             finally:
-                stream = buffers = None  # drop our views of the slot before releasing it
+                stream = buffers = None  # drop our views of the frame before releasing it
                 self._ring.count(total)
-                self._advance(c + 1)
+                self._advance()
                 self._trace_received(c, total, traceparent, waited, wait_start)
         finally:
             self._ring.leave()
 
     def get(self, *, timeout: float | None = None) -> Any:
         """The next message. Blocks until one arrives; `timeout` in seconds (None or inf: for ever)."""
-        # The usual message, one slot with no flags, is copied out, counted and released in C. The
+        # The usual message, one frame with no flags, is copied out, counted and released in C. The
         # timeout is checked when the call has to wait: the fast path pays nothing for it.
         message = self._ring.take_one()
         if message is None:
@@ -186,7 +194,7 @@ class Reader(Receiving, Participant):
         return self._receive(0, False) if message is None else self._decode_taken(message)
 
     def _receive(self, timeout: float | None, raw: bool) -> Any:
-        """Every message take_one() declines: not published yet, raw, traced, spanning slots, left by an
+        """Every message take_one() declines: not published yet, raw, traced, in pieces, left by an
         interrupted call, or corrupt; or another thread's call is in progress."""
         message = None
         try:
@@ -225,29 +233,25 @@ class Reader(Receiving, Participant):
         self._ring.held = unfinished is not None  # take_one() leaves the ring to the call that finishes it
 
     def _receive_framed(self, c: int, waited: int, wait_start: int, timeout: float | None, raw: bool) -> Any:
-        """Message `c`, published, read with its frame table: buffers, raw bytes, traced, spanning slots,
+        """Message `c`, published, read with its frame table: buffers, raw bytes, traced, in pieces,
         kept from an interrupted call, or corrupt."""
         if self._resume.__class__ is tuple:
             return self._decode_kept(raw)
         if self._resume is not None:
             return self._receive_pieces(c, 0, 0, waited, wait_start, timeout, raw)
         deadline = _deadline(timeout)
-        c, base, frame, total, flags = self._next_head(c, deadline)
+        c, head, frame, total, flags = self._next_head(c, deadline)
         self._check_raw(flags, raw)  # before anything is taken: the message stays for get()
         if flags & _FRAGMENT:
             return self._receive_pieces(c, total, flags, waited, wait_start, timeout, raw)
-        traceparent = self._traceparent(base, flags)
+        traceparent = self._traceparent(head, flags)
         try:
-            stream, buffers = self._frame(base, frame, c, copy=True)
+            stream, buffers = self._frame(head, frame, c, copy=True)
         except CorruptMessage:
-            self._release_read(c + 1)
+            self._release_read()
             raise
-        stream = bytes(stream)  # private, so the slot is released before the decode (bytes(raw) is no copy)
-        try:
-            self._check_unchanged(c)
-        except MessageOverwritten:
-            self._release_read(c + 1)
-            raise
+        stream = bytes(stream)  # private, so the frame is released before the decode (bytes(raw) is no copy)
+        self._check_unchanged(c)
         return self._deliver(c, total, stream, buffers, flags, raw, traceparent, waited, wait_start)
 
     def _deliver(self, c: int, total: int, stream, buffers: list, flags: int, raw: bool, traceparent: bytes | None,
@@ -255,9 +259,10 @@ class Reader(Receiving, Participant):
         """Count and release message `c` (its frame copied out of the ring), then decode it, last: from
         the release on, an exception (an interrupt, or the unpickler) keeps it for the next get()."""
         try:
-            self._resume = None  # a message that spanned slots is whole: from here on it is kept, not resumed
+            self._resume = None  # a message in pieces is whole: from here on it is kept, not resumed
             self._ring.count(total)
-            self._release_read(max(self._cursor, c + 1))  # a message that spanned slots released its own
+            if self._cursor == c:  # a message in pieces released its own
+                self._release_read()
             if flags & _FRAGMENT and self._stats:
                 self._w[self._rec + L.word(L.REC_OVERFLOW)] += 1
             self._trace_received(c, total, traceparent, waited, wait_start)
@@ -281,40 +286,66 @@ class Reader(Receiving, Participant):
         return message
 
     def _next_head(self, c: int, deadline: int | None) -> tuple[int, int, int, int, int]:
-        """The header of the next message at or after published message `c` that a reader can begin:
-        (c, slot base, frame, total, flags). Pieces of a message begun before `c` (we joined or were
-        moved past its start) are skipped; a slot whose header no writer could have written is skipped
-        and reported."""
+        """The header of the next message at or after published frame `c` that a reader can begin:
+        (c, header offset, frame, total, flags). Pieces of a message begun before `c` (we joined or were
+        moved past its start) are skipped; a header no writer could have written is skipped and
+        reported."""
         while True:
-            base = self._slot_base[c % self._n]
-            seq, frame, total, flags = _SLOT_HEAD.unpack_from(self._buf, base)
-            self._check_slot(c, seq)
-            if flags & _FRAGMENT and not flags & L.SLOT_FIRST:
-                self._advance(c + 1)  # the rest of a message we did not see begin
+            head = self._checked_head(c)
+            seq, frame, total, flags, position = _FRAME_HEAD.unpack_from(self._buf, head)
+            if flags & _FRAGMENT and not flags & L.FRAME_FIRST:
+                self._advance()  # the rest of a message we did not see begin
             else:
                 problem = self._head_problem(frame, total, flags)
                 if not problem:
-                    return c, base, frame, total, flags
-                self._advance(c + 1)
+                    return c, head, frame, total, flags
+                skipped = self._skip(frame)
                 raise CorruptMessage(f"queue {self.queue_name!r}: message {c} is corrupt ({problem}); reader "
-                                     f"{self.index} skipped it and reads on from the next message")
+                                     f"{self.index} skipped {skipped} and reads on from the next message")
             if not c + 1 < self._ring.load_available():
                 c, _, _ = self._await_message(_remaining(deadline))
             else:
                 c += 1
 
+    def _checked_head(self, c: int) -> int:
+        """The offset of published frame `c`'s header, which says it is frame `c` at our position; a
+        header that does not is reported, and the reader moves on to the next frame it can find."""
+        head = self._ring.head()
+        seq, _, _, _, position = _FRAME_HEAD.unpack_from(self._buf, head)
+        expected = self._ring.position
+        if seq == c and position == expected:
+            return head
+        self._ring.skip()
+        skipped = f"skipped to message {self._cursor}"
+        if position == expected and seq > c:
+            raise MessageOverwritten(f"queue {self.queue_name!r}: the writer overwrote message {c} (frame {seq} is "
+                                     f"there now) before reader {self.index} read it: was this reader evicted? "
+                                     f"It {skipped}")
+        raise CorruptMessage(f"queue {self.queue_name!r}: the header at ring position {expected:,}, where message "
+                             f"{c} belongs, says frame {seq} at position {position:,}, which its writer cannot have "
+                             f"written; reader {self.index} {skipped}")
+
+    def _skip(self, frame: int) -> str:
+        """Step over the message at the cursor, whose header is checked but its lengths corrupt: by its
+        length when it is a frame's, else to the next header found. Says what was skipped."""
+        c = self._cursor
+        if frame <= self._frame_bytes:
+            self._advance()
+            return "it"
+        return f"{self._ring.skip() - c} message(s)"
+
     def _head_problem(self, frame: int, total: int, flags: int) -> str:
-        """What is wrong with a first slot's lengths, or "" (checked before any allocation they size)."""
-        if frame > self._cap:
-            return f"its slot says {frame:,} bytes; a slot holds {self._cap:,}"
+        """What is wrong with a first frame's lengths, or "" (checked before any allocation they size)."""
+        if frame > self._frame_bytes:
+            return f"its header says {frame:,} bytes; a frame holds at most {self._frame_bytes:,}"
         if total > self._max:
             return f"it says {total:,} bytes; the queue's max_message_bytes is {self._max:,}"
         if flags & _FRAGMENT:
-            if frame != self._cap or total <= self._cap:
+            if frame != self._frame_bytes or total <= self._frame_bytes:
                 return f"its first piece holds {frame:,} of {total:,} bytes, but only a message larger than a " \
-                       f"slot is split, and every piece but the last fills its slot"
+                       f"frame is split, and every piece but the last fills its frame"
         elif frame != total:
-            return f"it fits one slot, yet says {frame:,} bytes in the slot and {total:,} in all"
+            return f"it is one frame, yet says {frame:,} bytes in the frame and {total:,} in all"
         return ""
 
     def _await_message(self, timeout: float | None) -> tuple[int, int, int]:
@@ -324,7 +355,7 @@ class Reader(Receiving, Participant):
         if self._cancelled:
             raise QueueClosed(f"{self._describe()} was cancelled")
         if not c < self._ring.load_available():
-            self._ring.publish_behind()  # a reader that waits holds no slot it has read
+            self._ring.publish_behind()  # a reader that waits holds no frame it has read
             if self._hooks is not None:
                 self._events = []
             waited = self._block(self._message_or_close, timeout, WAITING_READ)
@@ -340,18 +371,18 @@ class Reader(Receiving, Participant):
 
     def _receive_pieces(self, c: int, total: int, flags: int, waited: int, wait_start: int,
                         timeout: float | None, raw: bool) -> Any:
-        """Assemble a message that spans slots, releasing each slot as soon as it is copied.
+        """Assemble a message in pieces, releasing each frame as soon as it is copied.
 
         Begins the assembly at first piece `c` (with its total and flags), or resumes the one an
         interrupt or a timeout left. A timeout counts from this call's start, for every piece.
         """
         assembly = self._resume
         if assembly is None:
-            assembly = _Assembly(c, total, flags, self._traceparent(self._slot_base[c % self._n], flags), wait_start)
+            assembly = _Assembly(c, total, flags, self._traceparent(self._ring.head(), flags), wait_start)
             self._resume = assembly
         assembly.waited += waited
         deadline = _deadline(timeout)
-        cap, buf, whole = self._cap, self._buf, assembly.whole
+        cap, buf, whole = self._frame_bytes, self._buf, assembly.whole
         while (self._cursor - assembly.first) * cap < assembly.total:  # pieces left
             c = self._cursor
             if not c < self._ring.load_available():
@@ -364,40 +395,41 @@ class Reader(Receiving, Participant):
                     raise QueueTimeout(f"{e}, in the middle of message {assembly.first} ({(c - assembly.first) * cap:,} "
                                        f"of {assembly.total:,} bytes); the next get() resumes it") from None
                 assembly.waited += more_wait
-            base = self._slot_base[c % self._n]
-            seq, frame, total, flags = _SLOT_HEAD.unpack_from(buf, base)
-            if seq != c:
+            try:
+                head = self._checked_head(c)
+            except (CorruptMessage, MessageOverwritten):
                 self._resume = None
-                self._check_slot(c, seq)
+                raise
+            seq, frame, total, flags, _ = _FRAME_HEAD.unpack_from(buf, head)
             filled = (c - assembly.first) * cap
-            if flags & L.SLOT_ABORT:
+            if flags & L.FRAME_ABORT:
                 self._resume = None
-                self._advance(c + 1)
+                self._advance()
                 # The writer gave it up: nobody receives it. Read on from the next message.
                 if not self._cursor < self._ring.load_available():
                     self._await_message(_remaining(deadline))
                 return self._receive_framed(self._cursor, assembly.waited, assembly.wait_start,
                                             _remaining(deadline), raw)
-            last = flags & L.SLOT_LAST
-            if (total != assembly.total or not flags & _FRAGMENT or flags & L.SLOT_FIRST and c != assembly.first
+            last = flags & L.FRAME_LAST
+            if (total != assembly.total or not flags & _FRAGMENT or flags & L.FRAME_FIRST and c != assembly.first
                     or frame != (assembly.total - filled if last else cap) or frame > assembly.total - filled):
                 self._resume = None
-                self._advance(c + 1)
+                self._skip(frame)
                 raise CorruptMessage(f"queue {self.queue_name!r}: piece {c - assembly.first} of message "
                                      f"{assembly.first} does not continue it ({frame:,} bytes at {filled:,} of "
                                      f"{assembly.total:,}, flags {flags:#x}); reader {self.index} dropped the "
                                      "message and reads on from the next one")
-            whole[filled : filled + frame] = buf[base + _HEADER_BYTES : base + _HEADER_BYTES + frame]
+            whole[filled : filled + frame] = buf[head + _HEADER_BYTES : head + _HEADER_BYTES + frame]
             self._check_unchanged(c)
-            self._advance(c + 1)  # progress is the cursor: an interrupt from here on resumes at c + 1
+            self._advance()  # progress is the cursor: an interrupt from here on resumes at c + 1
         stream, buffers = self._frame_in(whole, 0, assembly.total, assembly.first)
         return self._deliver(assembly.first, assembly.total, stream, buffers, assembly.flags, raw, assembly.traceparent,
                              assembly.waited, assembly.wait_start)
 
     # -- frames --------------------------------------------------------------------------
-    def _frame(self, base: int, length: int, c: int, copy: bool) -> tuple[memoryview, list]:
-        """The frame's stream and buffers: buffers copied out, or read-only views of the slot for a lease."""
-        stream, views = self._frame_in(self._buf if copy else self._readonly, base + _HEADER_BYTES, length, c)
+    def _frame(self, head: int, length: int, c: int, copy: bool) -> tuple[memoryview, list]:
+        """The frame's stream and buffers: buffers copied out, or read-only views of the ring for a lease."""
+        stream, views = self._frame_in(self._buf if copy else self._readonly, head + _HEADER_BYTES, length, c)
         return stream, [bytearray(v) for v in views] if copy else views
 
     def _frame_in(self, buf: memoryview, offset: int, length: int, c: int) -> tuple[memoryview, list]:
@@ -410,29 +442,20 @@ class Reader(Receiving, Participant):
         return views[0], views[1:]
 
     def _check_raw(self, flags: int, raw: bool) -> None:
-        if (raw or self._serializer.raw) and not flags & L.SLOT_RAW:
+        if (raw or self._serializer.raw) and not flags & L.FRAME_RAW:
             raise NotRawMessage(f"queue {self.queue_name!r}: the next message was sent with put() and is not raw "
                                 "bytes; read it with get() (it is still there)")
 
     def _decode(self, stream: memoryview, buffers: list, flags: int, raw: bool) -> Any:
-        return bytes(stream) if flags & L.SLOT_RAW else self._serializer.decode(stream, buffers)
-
-    def _check_slot(self, c: int, seq: int) -> None:
-        if seq == c:
-            return
-        self._advance(c + 1)
-        if seq > c and (seq - c) % self._n == 0:
-            raise MessageOverwritten(f"queue {self.queue_name!r}: the writer reused the slot of message {c} (it holds "
-                                     f"message {seq}) before reader {self.index} read it: was this reader evicted?")
-        raise CorruptMessage(f"queue {self.queue_name!r}: the slot for message {c} holds sequence number {seq}, which "
-                             f"its writer cannot have written; reader {self.index} skipped it")
+        return bytes(stream) if flags & L.FRAME_RAW else self._serializer.decode(stream, buffers)
 
     def _check_unchanged(self, c: int) -> None:
-        # After the copy: had the writer reused the slot meanwhile, the sequence would differ.
-        if self._ring.seq_after_copy(c) != c:
+        # After the copy: a writer that started a frame here meanwhile changed the header.
+        if not self._ring.header_intact(c):
+            self._ring.skip()
             raise MessageOverwritten(f"queue {self.queue_name!r}: message {c} was overwritten while reader "
-                                     f"{self.index} copied it (the writer did not see this reader attach in time, "
-                                     "or evicted it)")
+                                     f"{self.index} copied it (was this reader evicted?); it skipped to message "
+                                     f"{self._cursor}")
 
     # -- publishing our progress -------------------------------------------------------------
     @property
@@ -440,26 +463,26 @@ class Reader(Receiving, Participant):
         """Every message below it has been read (it is published in batches: see _ring.c)."""
         return self._ring.cursor
 
-    def _release_read(self, cursor: int) -> None:
-        """Done with every message below `cursor`: publish now if caught up or a batch is full."""
+    def _release_read(self) -> None:
+        """Done with the frame at the cursor: publish now if caught up or a batch is full."""
         if self._idle:
             self._mark_busy()
-        self._ring.release_read(cursor)
+        self._ring.release_read()
 
-    def _advance(self, cursor: int) -> None:
-        """Done with every message below `cursor`: publish now, so the writer may reuse their slots."""
+    def _advance(self) -> None:
+        """Done with the frame at the cursor: publish now, so the writer may reuse its room."""
         if self._idle:
             self._mark_busy()
-        self._ring.advance(cursor)
+        self._ring.advance()
 
     def _publish_behind(self) -> None:
         """From the heartbeat: publish what the calling thread read but has not published yet."""
         self._ring.publish_behind()
 
-    def _traceparent(self, base: int, flags: int) -> bytes | None:
-        """The producer's traceparent, copied while the slot is still ours (None if untraced)."""
-        if flags & L.SLOT_TRACED and self._hooks is not None:
-            field = self._buf[base + L.SLOT_TRACEPARENT : base + L.SLOT_TRACEPARENT + L.TRACEPARENT_BYTES]
+    def _traceparent(self, head: int, flags: int) -> bytes | None:
+        """The producer's traceparent, copied while the frame is still ours (None if untraced)."""
+        if flags & L.FRAME_TRACED and self._hooks is not None:
+            field = self._buf[head + L.FRAME_TRACEPARENT : head + L.FRAME_TRACEPARENT + L.TRACEPARENT_BYTES]
             return bytes(field).rstrip(b"\x00")
         return None
 
@@ -559,12 +582,12 @@ def attach(handle: Handle | str, reader: int, *, wait: wait_module.WaitStrategy 
     handle = Handle.coerce(handle)
     segment = Segment.open(handle.shm_name, writable=True, shm_dir=shm_dir)
     try:
-        if (segment.n_readers, segment.n_chunks, segment.chunk_bytes) != (
-                handle.n_readers, handle.n_chunks, handle.chunk_bytes):
+        if (segment.n_readers, segment.ring_bytes, segment.frame_bytes) != (
+                handle.n_readers, handle.ring_bytes, handle.frame_bytes):
             raise BadHandle(
                 f"handle {handle} does not match segment {handle.shm_name}: the handle says "
-                f"{handle.n_readers} readers x {handle.n_chunks} chunks x {handle.chunk_bytes} bytes, the segment "
-                f"{segment.n_readers} x {segment.n_chunks} x {segment.chunk_bytes}")
+                f"{handle.n_readers} readers, a {handle.ring_bytes:,}-byte ring and {handle.frame_bytes:,}-byte "
+                f"frames, the segment {segment.n_readers}, {segment.ring_bytes:,} and {segment.frame_bytes:,}")
         if segment.instance_id != handle.instance_id:
             raise BadHandle(
                 f"handle of queue {handle.name!r} (instance {handle.instance_id}) names shared-memory object "

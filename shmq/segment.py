@@ -57,8 +57,8 @@ class Segment:
             self.address = 0
         w = self.words
         self.n_readers = w[L.word(L.OFF_N_READERS)]
-        self.n_chunks = w[L.word(L.OFF_N_CHUNKS)]
-        self.chunk_bytes = w[L.word(L.OFF_CHUNK_BYTES)]
+        self.ring_bytes = w[L.word(L.OFF_RING_BYTES)]
+        self.frame_bytes = w[L.word(L.OFF_FRAME_BYTES)]
         self.flags = w[L.word(L.OFF_FLAGS)]
         self.max_message_bytes = w[L.word(L.OFF_MAX_MESSAGE_BYTES)]
         self.flight_entries = w[L.word(L.OFF_FLIGHT_ENTRIES)]
@@ -71,16 +71,15 @@ class Segment:
 
     # -- creation ---------------------------------------------------------------
     @classmethod
-    def create(cls, *, name: str, n_readers: int, n_chunks: int, chunk_bytes: int, flags: int,
+    def create(cls, *, name: str, n_readers: int, ring_bytes: int, frame_bytes: int, flags: int,
                max_message_bytes: int, flight_entries: int, endpoint: str = "", shm_dir: str = SHM_DIR) -> Segment:
         _check_size("n_readers", n_readers, 1, L.MAX_READERS)
-        _check_size("n_chunks", n_chunks, 2, _MAX_SIZE)
-        _check_size("chunk_bytes", chunk_bytes, 64, _MAX_SIZE)
+        check_geometry(ring_bytes, frame_bytes, BadQueueArgument)
         _check_size("max_message_bytes", max_message_bytes, 0, _MAX_SIZE)
         _check_flight_entries(flight_entries)
         name_field = L.encode_text(name, L.NAME_BYTES, "queue name")
         endpoint_field = L.encode_text(endpoint, L.ENDPOINT_BYTES, "endpoint")
-        size = L.segment_bytes(n_readers, n_chunks, chunk_bytes, flight_entries)
+        size = L.segment_bytes(n_readers, ring_bytes, flight_entries)
         if size > shutil.disk_usage(shm_dir).total:  # posix_fallocate would refuse it too, after creating the file
             raise _no_room(errno.EFBIG, size, shm_dir)
         shm_name = new_shm_name()
@@ -102,8 +101,8 @@ class Segment:
         w[L.word(L.OFF_CREATOR_UID)] = os.getuid()
         w[L.word(L.OFF_CREATED_NS)] = time.time_ns()
         w[L.word(L.OFF_N_READERS)] = n_readers
-        w[L.word(L.OFF_N_CHUNKS)] = n_chunks
-        w[L.word(L.OFF_CHUNK_BYTES)] = chunk_bytes
+        w[L.word(L.OFF_RING_BYTES)] = ring_bytes
+        w[L.word(L.OFF_FRAME_BYTES)] = frame_bytes
         w[L.word(L.OFF_FLAGS)] = flags
         w[L.word(L.OFF_MAX_MESSAGE_BYTES)] = max_message_bytes
         w[L.word(L.OFF_FLIGHT_ENTRIES)] = flight_entries
@@ -157,13 +156,13 @@ class Segment:
         return cls(shm_name, path, mm, writable=writable)
 
     def ring(self, participant: int) -> _ring.Ring:
-        """Participant `participant`'s C view of the slots, the cursors and its record, for the hot
+        """Participant `participant`'s C view of the ring, the cursors and its record, for the hot
         path (shmq/_ring.c); close() releases it."""
-        ring = _ring.Ring(self.buf, slots_offset=L.slots_offset(self.n_readers), n_slots=self.n_chunks,
-                    slot_stride=L.slot_stride(self.chunk_bytes), header_bytes=L.SLOT_HEADER_BYTES,
-                    chunk_bytes=self.chunk_bytes, writer_cursor_offset=L.OFF_WRITER_CURSOR,
-                    reader_parked_offset=L.OFF_READER_PARKED, n_readers=self.n_readers,
-                    writer_parked_offset=L.OFF_WRITER_PARKED, writer_wake_offset=L.OFF_WRITER_WAKE)
+        ring = _ring.Ring(self.buf, ring_offset=L.ring_offset(self.n_readers), ring_bytes=self.ring_bytes,
+                          frame_bytes=self.frame_bytes, writer_cursor_offset=L.OFF_WRITER_CURSOR,
+                          writer_position_offset=L.OFF_WRITER_POSITION, reader_parked_offset=L.OFF_READER_PARKED,
+                          n_readers=self.n_readers, writer_parked_offset=L.OFF_WRITER_PARKED,
+                          writer_wake_offset=L.OFF_WRITER_WAKE)
         ring.bind_record(L.record_offset(participant), bool(self.flags & L.FLAG_STATS), L.RECORD_FIELDS,
                          L.HIST_FINITE_BUCKETS)
         if self.flight_entries:
@@ -172,7 +171,7 @@ class Segment:
         return ring
 
     def flight_offset(self, participant: int) -> int:
-        return L.flight_offset(self.n_readers, self.n_chunks, self.chunk_bytes, self.flight_entries, participant)
+        return L.flight_offset(self.n_readers, self.ring_bytes, self.flight_entries, participant)
 
     # -- closing ----------------------------------------------------------------
     def close(self) -> None:
@@ -205,6 +204,19 @@ def _check_size(what: str, value, low: int, high: int) -> None:
         raise BadQueueArgument(f"{what} must be in {low:,}..{high:,}, got {value:,}")
 
 
+def check_geometry(ring_bytes, frame_bytes, error: type[ShmqError]) -> None:
+    """A ring of `ring_bytes` (FRAME_ALIGN-aligned) and frames of at most `frame_bytes` payload, at most
+    half the ring (shmq/layout.py: max_frame_bytes); `error` names the bad argument or header field."""
+    if type(ring_bytes) is not int or type(frame_bytes) is not int:
+        raise error(f"ring_bytes and frame_bytes must be ints, got {ring_bytes!r} and {frame_bytes!r}")
+    if not 2 * L.FRAME_ALIGN <= ring_bytes <= _MAX_SIZE or ring_bytes % L.FRAME_ALIGN:
+        raise error(f"ring_bytes must be a multiple of {L.FRAME_ALIGN} in {2 * L.FRAME_ALIGN:,}..{_MAX_SIZE:,}, "
+                    f"got {ring_bytes:,}")
+    if not L.MIN_FRAME_BYTES <= frame_bytes <= L.max_frame_bytes(ring_bytes):
+        raise error(f"frame_bytes must be in {L.MIN_FRAME_BYTES}..{L.max_frame_bytes(ring_bytes):,} (half the ring "
+                    f"less a frame header) for ring_bytes={ring_bytes:,}, got {frame_bytes:,}")
+
+
 def _check_flight_entries(value) -> None:
     _check_size("flight_entries", value, 0, 1 << 20)
     if value & (value - 1):
@@ -226,7 +238,7 @@ def _no_room(errno_: int, size: int, shm_dir: str) -> ShmFull:
     return ShmFull(
         errno_,
         f"{shm_dir} has no room for a {size:,}-byte queue segment ({free:,} bytes free). "
-        "Shrink the queue (n_chunks x chunk_bytes) or give the container more shared memory: "
+        "Shrink the queue (ring_bytes) or give the container more shared memory: "
         "Docker --shm-size=1g or --ipc=host, or in Kubernetes an emptyDir with medium: Memory "
         "mounted at /dev/shm.",
     )
@@ -251,14 +263,17 @@ def _validate(mm: mmap.mmap, path: str, file_size: int, ready_timeout_s: float) 
             raise LayoutMismatch(f"{path} has layout version {version}; this shmq reads version {L.LAYOUT_VERSION}")
         declared = words[L.word(L.OFF_SEGMENT_BYTES)]
         n_readers = words[L.word(L.OFF_N_READERS)]
-        n_chunks = words[L.word(L.OFF_N_CHUNKS)]
-        chunk_bytes = words[L.word(L.OFF_CHUNK_BYTES)]
+        ring_bytes = words[L.word(L.OFF_RING_BYTES)]
+        frame_bytes = words[L.word(L.OFF_FRAME_BYTES)]
         flight_entries = words[L.word(L.OFF_FLIGHT_ENTRIES)]
-        if not 1 <= n_readers <= L.MAX_READERS or n_chunks < 2 or chunk_bytes < 64 or \
-                flight_entries & (flight_entries - 1) or flight_entries > _MAX_SIZE:
-            raise LayoutMismatch(f"{path} has a corrupt header: n_readers={n_readers}, n_chunks={n_chunks}, "
-                                 f"chunk_bytes={chunk_bytes}, flight_entries={flight_entries}")
-        expected = L.segment_bytes(n_readers, n_chunks, chunk_bytes, flight_entries)
+        if not 1 <= n_readers <= L.MAX_READERS or flight_entries & (flight_entries - 1) or flight_entries > _MAX_SIZE:
+            raise LayoutMismatch(f"{path} has a corrupt header: n_readers={n_readers}, "
+                                 f"flight_entries={flight_entries}")
+        try:
+            check_geometry(ring_bytes, frame_bytes, LayoutMismatch)
+        except LayoutMismatch as e:
+            raise LayoutMismatch(f"{path} has a corrupt header: {e}") from None
+        expected = L.segment_bytes(n_readers, ring_bytes, flight_entries)
         if declared != expected or file_size != expected:
             raise LayoutMismatch(f"{path} has a corrupt header: it declares {declared:,} bytes, its geometry "
                                  f"needs {expected:,} bytes, and the object is {file_size:,} bytes")

@@ -1,4 +1,4 @@
-"""The writer: claims slots behind the slowest reader, fills them, publishes its cursor."""
+"""The writer: claims room in the ring behind the slowest reader, writes frames there, publishes its cursor."""
 
 from __future__ import annotations
 
@@ -10,23 +10,23 @@ from . import hooks as hooks_module
 from . import layout as L
 from . import procs, sync
 from . import wait as wait_module
-from .errors import MessageTooLarge, QueueClosed, QueueTimeout, ReaderDead, ShmqError
+from .errors import BadQueueArgument, MessageTooLarge, QueueClosed, QueueTimeout, ReaderDead, ShmqError
 from .handle import Handle
 from .participant import (
-    CLOSE_WAIT_S, DEFAULT_WARN_AFTER_S, R_BYTES, R_CURSOR, R_MESSAGES, R_OVERFLOW, R_OWNER, R_PID, R_PROGRESS,
-    R_STATE, R_STATE_SINCE, WAITING_WRITE, Participant, State, checked_timeout,
+    CLOSE_WAIT_S, DEFAULT_WARN_AFTER_S, R_BYTES, R_CURSOR, R_MESSAGES, R_OVERFLOW, R_OWNER, R_PID, R_POSITION,
+    R_PROGRESS, R_STATE, R_STATE_SINCE, WAITING_WRITE, Participant, State, checked_timeout,
     log,
 )
 from ._ring import compare_exchange, frame_length
 from .segment import SHM_DIR, Segment
 from .serialization import Serializer, resolve
 
-DEFAULT_CHUNK_BYTES = 1 << 20
-DEFAULT_N_CHUNKS = 16
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 31
 ON_DEAD_READER = ("raise", "evict")
+# The fixed slots of shmq before the byte ring, for create(chunk_bytes=..., n_chunks=...) given one of them.
+OLD_DEFAULT_CHUNK_BYTES = 1 << 20
+OLD_DEFAULT_N_CHUNKS = 16
 
-_HEADER_BYTES = L.SLOT_HEADER_BYTES
 _GATING = State.CLOSED  # states below this hold the writer back; CLOSED and EVICTED do not
 
 
@@ -41,18 +41,17 @@ class Writer(Participant):
                  stack_dumps: bool | str = True) -> None:
         super().__init__(segment, 0, wait=wait, warn_after_s=warn_after_s, hooks=hooks)
         self._serializer = serializer
-        self._raw_flag = L.SLOT_RAW if serializer.raw else 0
+        self._raw_flag = L.FRAME_RAW if serializer.raw else 0
         self._on_dead_reader = on_dead_reader
-        self._n = segment.n_chunks
-        self._cap = segment.chunk_bytes
+        self._frame_bytes = segment.frame_bytes
+        self._ring_bytes = segment.ring_bytes
         self._max = segment.max_message_bytes
-        self._slot_base = [L.slot_offset(segment.n_readers, self._cap, i) for i in range(self._n)]
         self._reader_records = [L.word(L.record_offset(1 + i)) for i in range(segment.n_readers)]
         self._buf = segment.buf
         self._unfinished: tuple[int, int] | None = None  # (first piece, total) of a message cut short
-        # The ring gates our cursor on these readers' (shmq/_ring.c: slot_free, the Disruptor's gating sequence).
+        # The ring gates our position on these readers' (shmq/_ring.c: claim, the Disruptor's gating sequence).
         self._ring.bind_gating(tuple(L.record_offset(1 + i) for i in range(segment.n_readers)), L.REC_STATE,
-                               L.REC_CURSOR, _GATING)
+                               L.REC_POSITION, _GATING)
         self._remote = None
         if n_remote_readers:
             from .remote import RemotePublisher  # pyzmq is only needed with remote readers
@@ -61,7 +60,7 @@ class Writer(Participant):
             segment.set_endpoint(self._remote.endpoint)
         self.handle = Handle(
             shm_name=segment.shm_name, name=segment.name, n_readers=segment.n_readers,
-            n_chunks=self._n, chunk_bytes=self._cap, instance_id=segment.instance_id, endpoint=segment.endpoint,
+            ring_bytes=segment.ring_bytes, frame_bytes=segment.frame_bytes, instance_id=segment.instance_id, endpoint=segment.endpoint,
         )
         self._register(0, stack_dumps)
 
@@ -76,7 +75,7 @@ class Writer(Participant):
 
     def put_bytes(self, data, *, timeout: float | None = None) -> None:
         """Send raw bytes; readers get them back unpickled-free with get_bytes() or get()."""
-        self._send([data], L.SLOT_RAW, timeout)
+        self._send([data], L.FRAME_RAW, timeout)
 
     def _send(self, segments: list, flags: int, timeout: float | None) -> None:
         if self._closed:
@@ -90,14 +89,14 @@ class Writer(Participant):
             trace = self._hooks.start_send(self.queue_name)
             if trace is not None:
                 traceparent = trace.traceparent
-                flags |= L.SLOT_TRACED
+                flags |= L.FRAME_TRACED
                 self._events = []
         s = self._ring.written
         waited = 0
         try:
-            # The usual message: one C call claims the slot (below the slowest reader's cursor + n),
+            # The usual message: one C call claims its room (ending within ring_bytes of the slowest reader),
             # writes, publishes and counts it, or refuses (ring full, another thread inside): the slow path.
-            if total > self._cap or self._unfinished is not None or \
+            if total > self._frame_bytes or self._unfinished is not None or \
                     self._ring.put_one(flags, segments, traceparent) is None:
                 try:
                     if not self._ring.enter():
@@ -121,16 +120,16 @@ class Writer(Participant):
 
     def _send_slow(self, segments: list, total: int, flags: int, traceparent: bytes | None,
                    timeout: float | None) -> int:
-        """Send a message that must wait for a slot, spans slots, or follows one cut short. Returns the wait."""
+        """Send a message that must wait for room, goes in pieces, or follows one cut short. Returns the wait."""
         if self._unfinished is not None:
             self._abort_unfinished(timeout)
-        if total > self._cap:
-            waited = self._send_slots(segments, total, flags, traceparent, timeout)
+        if total > self._frame_bytes:
+            waited = self._send_pieces(segments, total, flags, traceparent, timeout)
             if self._stats:
                 self._w[self._rec + R_MESSAGES] += 1
                 self._w[self._rec + R_BYTES] += total
             return waited
-        waited = self._claim(self._cursor, timeout)
+        waited = self._claim(total, timeout)
         self._ring.put_one(flags, segments, traceparent)
         return waited
 
@@ -139,11 +138,11 @@ class Writer(Participant):
         trace.finish(message_id=message_id, body_size=total, wait_ns=waited,
                      spins=self._last_wait_spins if waited else 0, events=events, error=error)
 
-    def _send_slots(self, segments: list, total: int, flags: int, traceparent: bytes | None,
-                    timeout: float | None) -> int:
-        """A message larger than a chunk, in a frame of `total` bytes, streamed through consecutive slots.
+    def _send_pieces(self, segments: list, total: int, flags: int, traceparent: bytes | None,
+                     timeout: float | None) -> int:
+        """A message larger than a frame, `total` bytes, streamed through consecutive frames of frame_bytes.
 
-        Each slot is published as soon as it is full, so readers copy piece k while
+        Each frame is published as soon as it is full, so readers copy piece k while
         the writer fills piece k+1 and a message may be larger than the whole ring.
         `timeout` covers every piece. If the call ends early (a timeout, an interrupt) after a
         piece was published, the message is unfinished: the next put() or close() publishes an
@@ -159,27 +158,24 @@ class Writer(Participant):
                 sources.append(memoryview(bytes(offset - position)))  # alignment padding
             sources.append(view)
             position = offset + len(view)
-        flags |= L.SLOT_FRAGMENT
+        flags |= L.FRAME_FRAGMENT
         if self._stats:
             self._w[self._rec + R_OVERFLOW] += 1
-        n_slots = -(-total // self._cap)
+        n_pieces = -(-total // self._frame_bytes)
         buf = self._buf
         source, offset = 0, 0
         waited = 0
         first = self._cursor
         deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
         try:
-            for piece in range(n_slots):
-                s = self._cursor
-                if not self._ring.slot_free(s):
+            for piece in range(n_pieces):
+                frame = min(self._frame_bytes, total - piece * self._frame_bytes)
+                kind = (L.FRAME_FIRST if piece == 0 else 0) | (L.FRAME_LAST if piece == n_pieces - 1 else 0)
+                if not self._ring.room(frame):
                     remaining = timeout if piece == 0 or deadline is None else \
                         max(1e-9, (deadline - time.monotonic_ns()) / 1e9)  # > 0: a timeout, not WouldBlock
-                    waited += self._claim(s, remaining)
-                frame = min(self._cap, total - piece * self._cap)
-                kind = (L.SLOT_FIRST if piece == 0 else 0) | (L.SLOT_LAST if piece == n_slots - 1 else 0)
-                base = self._slot_base[s % self._n]
-                self._ring.write_head(s, frame, total, flags | kind, traceparent)
-                dest, need = base + _HEADER_BYTES, frame
+                    waited += self._claim(frame, remaining)
+                dest, need = self._ring.reserve(frame, total, flags | kind, traceparent), frame
                 while need:
                     view = sources[source]
                     take = min(need, len(view) - offset)
@@ -189,7 +185,7 @@ class Writer(Participant):
                     offset += take
                     if offset == len(view):
                         source, offset = source + 1, 0
-                self._publish(s + 1)
+                self._publish()
         except BaseException:
             if self._cursor > first:  # readers hold the beginning of a message that will not be finished
                 self._unfinished = (first, total)
@@ -200,9 +196,9 @@ class Writer(Participant):
         """Publish the abort piece of the message an earlier call left unfinished."""
         first, total = self._unfinished
         s = self._cursor
-        self._claim(s, timeout)
-        self._ring.write_head(s, 0, total, L.SLOT_FRAGMENT | L.SLOT_LAST | L.SLOT_ABORT, None)
-        self._publish(s + 1)
+        self._claim(0, timeout)
+        self._ring.reserve(0, total, L.FRAME_FRAGMENT | L.FRAME_LAST | L.FRAME_ABORT, None)
+        self._publish()
         self._unfinished = None
         log.warning("shmq queue %r: message %d was interrupted after %d of its pieces; readers drop it",
                     self.queue_name, first, s - first)
@@ -212,18 +208,19 @@ class Writer(Participant):
         """Every message below it is published (shmq/_ring.c keeps it: see Ring.written)."""
         return self._ring.written
 
-    def _publish(self, cursor: int) -> None:
-        # The slot's stores, the release store of the cursor, a full fence, then a wake for the
-        # readers parked for this message: shmq/_ring.c argues the order.
-        self._ring.publish(cursor)
+    def _publish(self) -> None:
+        # The frame's stores, the release store of the cursor, a full fence, then a wake for the
+        # readers parked for this frame: shmq/_ring.c argues the order.
+        self._ring.publish()
 
-    # -- waiting for space --------------------------------------------------------------
-    def _claim(self, s: int, timeout: float | None) -> int:
-        """Make slot `s` free: rescan the readers, and wait if the slowest still holds it."""
-        free = self._ring.slot_free
-        if free(s):
+    # -- waiting for room --------------------------------------------------------------
+    def _claim(self, frame: int, timeout: float | None) -> int:
+        """Make room for a frame of `frame` payload bytes: rescan the readers, and wait while the slowest
+        still holds it."""
+        room = self._ring.room
+        if room(frame):
             return 0
-        return self._block(lambda: free(s), timeout, WAITING_WRITE)
+        return self._block(lambda: room(frame), timeout, WAITING_WRITE)
 
     def park(self, timeout_s: float) -> None:
         if self._closed:
@@ -233,10 +230,10 @@ class Writer(Participant):
             self.idle_event("park", start, time.monotonic_ns() - start)
 
     def _gating_readers(self) -> list[int]:
-        """Indexes of the readers whose cursors keep the next slot from being free."""
-        w, s = self._w, self._cursor
+        """Indexes of the readers whose positions keep the next frame from fitting."""
+        w, wanted = self._w, self._ring.wanted
         return [i for i, rec in enumerate(self._reader_records)
-                if w[rec + R_STATE] < _GATING and s - w[rec + R_CURSOR] >= self._n]
+                if w[rec + R_STATE] < _GATING and w[rec + R_POSITION] < wanted]
 
     def _check_peers(self, waited_ns: int) -> None:
         w = self._w
@@ -271,8 +268,9 @@ class Writer(Participant):
                 parts.append(f"reader {i} has not attached")
                 continue
             parts.append(f"reader {i} (pid {w[rec + R_PID]}, state {State(w[rec + R_STATE]).name.lower()}, "
-                         f"lag {self._cursor - w[rec + R_CURSOR]} messages, no progress for "
-                         f"{(now - w[rec + R_PROGRESS]) / 1e9:.1f} s)")
+                         f"lag {self._cursor - w[rec + R_CURSOR]} messages, "
+                         f"{self._ring.position - w[rec + R_POSITION]:,} of {self._ring_bytes:,} ring bytes, "
+                         f"no progress for {(now - w[rec + R_PROGRESS]) / 1e9:.1f} s)")
         return "blocked by " + ("; ".join(parts) if parts else "no reader any more")
 
     def _describe(self) -> str:
@@ -332,8 +330,8 @@ class Writer(Participant):
         return f"<shmq.Writer {self.queue_name!r} {self.handle.shm_name} {where}>"
 
 
-def create(n_readers: int, *, name: str | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-           n_chunks: int = DEFAULT_N_CHUNKS, wait: wait_module.WaitStrategy | None = None,
+def create(n_readers: int, *, name: str | None = None, ring_bytes: int | None = None,
+           chunk_bytes: int | None = None, n_chunks: int | None = None, wait: wait_module.WaitStrategy | None = None,
            serializer=None, on_dead_reader: str = "raise", n_remote_readers: int = 0,
            remote_bind: str = "tcp://127.0.0.1:*", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
            stats: bool = True, warn_after_s: float = DEFAULT_WARN_AFTER_S,
@@ -341,6 +339,12 @@ def create(n_readers: int, *, name: str | None = None, chunk_bytes: int = DEFAUL
            stack_dumps: bool | str = True, flight_entries: int = L.DEFAULT_FLIGHT_ENTRIES) -> Writer:
     """Create a queue in shared memory and return its writer.
 
+    One ring of `ring_bytes` (default 16 MiB, a multiple of 128) holds messages of every size as
+    frames: a message up to a quarter of the ring is one frame, a larger one (up to
+    `max_message_bytes`, even larger than the ring) streams through it in pieces of that size.
+    `chunk_bytes` and `n_chunks`, the fixed slots of shmq before 0.4, are still accepted: they make a
+    ring that holds `n_chunks` messages of `chunk_bytes`, whose larger messages go in pieces of
+    `chunk_bytes`; they cannot be combined with `ring_bytes`.
     `n_readers` local readers attach with ``shmq.attach(writer.handle, reader=i)``;
     `n_remote_readers` more attach over ZeroMQ TCP at `remote_bind`. `stats=False`
     turns the per-participant counters off (for measuring their cost). `stack_dumps`
@@ -351,10 +355,11 @@ def create(n_readers: int, *, name: str | None = None, chunk_bytes: int = DEFAUL
     """
     if on_dead_reader not in ON_DEAD_READER:
         raise ValueError(f"on_dead_reader must be one of {ON_DEAD_READER}, got {on_dead_reader!r}")
+    ring_bytes, frame_bytes = _geometry(ring_bytes, chunk_bytes, n_chunks)
     resolved = resolve(serializer)
     flags = (L.FLAG_STATS if stats else 0) | (L.FLAG_RAW_ONLY if resolved.raw else 0)
     segment = Segment.create(
-        name=name or f"queue-{os.getpid()}", n_readers=n_readers, n_chunks=n_chunks, chunk_bytes=chunk_bytes,
+        name=name or f"queue-{os.getpid()}", n_readers=n_readers, ring_bytes=ring_bytes, frame_bytes=frame_bytes,
         flags=flags, max_message_bytes=max_message_bytes, flight_entries=flight_entries, shm_dir=shm_dir,
     )
     try:
@@ -365,3 +370,21 @@ def create(n_readers: int, *, name: str | None = None, chunk_bytes: int = DEFAUL
         segment.unlink()
         segment.close()
         raise
+
+
+def _geometry(ring_bytes: int | None, chunk_bytes: int | None, n_chunks: int | None) -> tuple[int, int]:
+    """(ring_bytes, frame_bytes) from create()'s arguments: the ring's size, or the fixed slots of old."""
+    if chunk_bytes is None and n_chunks is None:
+        ring_bytes = L.DEFAULT_RING_BYTES if ring_bytes is None else ring_bytes
+        if type(ring_bytes) is not int:
+            raise BadQueueArgument(f"ring_bytes must be an int, got {type(ring_bytes).__name__} {ring_bytes!r}")
+        return ring_bytes, L.default_frame_bytes(ring_bytes)
+    if ring_bytes is not None:
+        raise BadQueueArgument("give ring_bytes, or the old chunk_bytes and n_chunks, not both: one ring now "
+                               "serves every message size")
+    chunk_bytes = OLD_DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    n_chunks = OLD_DEFAULT_N_CHUNKS if n_chunks is None else n_chunks
+    for what, value, low in (("chunk_bytes", chunk_bytes, L.MIN_FRAME_BYTES), ("n_chunks", n_chunks, 2)):
+        if type(value) is not int or value < low:
+            raise BadQueueArgument(f"{what} must be an int >= {low}, got {value!r}")
+    return n_chunks * L.frame_stride(chunk_bytes), chunk_bytes
