@@ -83,10 +83,10 @@ def watchdog_rules(t: Thresholds) -> list[AlertRule]:
             "from the host.", t),
         _watchdog_rule(
             N.RULE_WRITER_BLOCKED, 15, "critical",
-            "writer waits for a free slot: the ring is full",
-            f"The writer is the victim. Read {EVENTS}: it names the readers that hold the minimum cursor; "
+            "writer waits for room in the ring: the ring is full",
+            f"The writer is the victim. Read {EVENTS}: it names the readers that hold the minimum position; "
             "look at those readers (their own ShmqReaderStalled alert, state and stack). If they are "
-            "only slow, the ring is too small for the burst (raise n_chunks) or a reader needs more workers.", t),
+            "only slow, the ring is too small for the burst (raise ring_bytes) or a reader needs more workers.", t),
         _watchdog_rule(
             N.RULE_DEAD, 0, "critical",
             "participant process is gone (or its pid was reused)",
@@ -122,7 +122,7 @@ def fallback_rules(t: Thresholds) -> list[AlertRule]:
         AlertRule(
             "ShmqWriterNoProgress", f"({Q.writer_stuck_age()}) > {t.no_progress_s}",
             t.hold("ShmqWriterNoProgress", 60), "critical",
-            f"shmq writer has waited for a free slot with no progress for over {t.no_progress_s}s ({WHERE})",
+            f"shmq writer has waited for room in the ring with no progress for over {t.no_progress_s}s ({WHERE})",
             "Fallback rule from the exporter's series alone. The ring is full: the reader with the largest lag "
             f"and the oldest progress holds it (why-is-it-stuck dashboard, {STUCK_PATH}). Check whether the "
             "watchdog runs (ShmqWatchdogDown), then inspect that reader with `shmq top --once` and py-spy."),

@@ -43,8 +43,8 @@ def throughput_panels() -> list:
 
 
 def ring_panels() -> list:
-    occupancy = S.ring_panel(QUEUES, "Slots published that the slowest gating reader has not consumed. When "
-                             "occupancy reaches capacity, the writer blocks.", width=8)
+    occupancy = S.ring_panel(QUEUES, "Ring bytes published that the slowest gating reader has not consumed. When "
+                             "the next message no longer fits in the rest, the writer blocks.", width=8)
     lag = P.timeseries_panel(
         "Reader lag", "Messages published that each reader has not consumed yet. A lag that grows while the "
         "reader's msgs/s is flat names the slow or stuck reader.", "short",
@@ -64,7 +64,7 @@ def waiting_panels() -> list:
         P.wait_heatmap(
             "Wait time", "How long put() and get() waited, from the shmq_wait_seconds log2 buckets of every "
             "selected participant. Readers wait for messages (normal when the writer is idle); the writer waits "
-            "for a free slot (back-pressure).", Q.by("sum", ("le",), buckets)),
+            "for room in the ring (back-pressure).", Q.by("sum", ("le",), buckets)),
         P.timeseries_panel(
             "Wait time p50 / p99", "Quantiles of the wait per participant, from the same buckets; the log2 bucket "
             "bounds limit the precision to a factor of two.", "s",
@@ -84,8 +84,8 @@ def waiting_panels() -> list:
 
 def fault_panels() -> list:
     return [
-        _rate_panel("Overflow messages per second", "Messages larger than one slot, streamed through several "
-                    "consecutive slots. Many of them mean chunk_bytes is too small.", "ops",
+        _rate_panel("Overflow messages per second", "Messages larger than a frame (a quarter of the ring), "
+                    "streamed through it in pieces. Many of them mean ring_bytes is too small.", "ops",
                     {"": N.OVERFLOW_MESSAGES}),
         _rate_panel("Timeouts per second", "put() and get() calls that gave up after their timeout.", "ops",
                     {"": N.TIMEOUTS}),
@@ -100,7 +100,7 @@ def participant_panels() -> list:
     return [
         P.state_timeline_panel(
             "Participant states", "Where each participant is: busy in application code, waiting to read, waiting "
-            "for a free slot (writer), closed or evicted. A reader stuck in busy or waiting_read while its lag "
+            "for room in the ring (writer), closed or evicted. A reader stuck in busy or waiting_read while its lag "
             "grows is the culprit.", [P.query(Q.state_code(*PARTICIPANTS), WHO)], STATE_CODES),
         S.watchdog_alerts_panel(QUEUES, "Alerts the watchdog holds per participant and rule.", WHO),
     ]

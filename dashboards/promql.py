@@ -65,7 +65,7 @@ def reader_stuck_age(*matchers: str) -> str:
 
 
 def writer_stuck_age(*matchers: str) -> str:
-    """Seconds since a writer waiting for a free slot last moved; a writer with nothing to send has no series."""
+    """Seconds since a writer waiting for room in the ring last moved; a writer with nothing to send has no series."""
     writer = eq(N.LABEL_ROLE, ROLE_WRITER)
     return (f"({progress_age(writer, *matchers)}) and on (instance, {N.LABEL_QUEUE}) "
             f"({in_state(ParticipantState.WAITING_WRITE, writer, *matchers)})")

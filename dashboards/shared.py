@@ -32,7 +32,7 @@ def ring_panel(queue: str, description: str, *, width: int = 12) -> P.timeseries
     """Occupancy of each selected queue against its capacity, drawn dashed."""
     per_queue = (N.LABEL_QUEUE,)
     return P.timeseries_panel(
-        "Ring occupancy against capacity", description, "short",
+        "Ring occupancy against capacity", description, "bytes",
         [P.query(Q.by("max", per_queue, Q.series(N.RING_OCCUPANCY, queue)), "{{queue}} occupancy"),
          P.query(Q.by("max", per_queue, Q.series(N.RING_CAPACITY, queue)), "{{queue}} capacity")],
         width=width).override_by_regexp(".* capacity", P.DASHED_LIMIT)

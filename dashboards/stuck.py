@@ -61,7 +61,7 @@ def culprit_table() -> P.table.Panel:
     return P.table_panel(
         "Who is holding the queue?",
         "One row per participant, now. Stuck for = seconds without progress while it has work (a reader with "
-        "lag, a writer waiting for a slot); an idle participant has none there. The culprit is the largest. "
+        "lag, a writer waiting for room); an idle participant has none there. The culprit is the largest. "
         "Its state says why: busy = slow application code, waiting_read "
         "with lag = lost wake-up or livelock, no state change and a stale heartbeat = frozen process (SIGSTOP, "
         "GIL held, D state). The writer in waiting_write is the victim, not the cause.",
@@ -90,7 +90,7 @@ def history_panels() -> list:
         P.timeseries_panel(
             "Spins per second", "Busy-poll iterations while waiting. Spinning with no progress is a livelock.",
             "ops", [P.query(Q.participant_rate(N.SPINS, (QUEUE,), "$__rate_interval"), WHO)]),
-        S.ring_panel(QUEUE, "When occupancy meets capacity the writer blocks."),
+        S.ring_panel(QUEUE, "When the next message no longer fits in capacity less occupancy, the writer blocks."),
         S.watchdog_alerts_panel(QUEUE, "The watchdog's verdict per participant and rule.", WHO),
     ]
 

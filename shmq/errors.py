@@ -68,11 +68,11 @@ class ConcurrentUse(ShmqError, RuntimeError):
 
 
 class CorruptMessage(ShmqError, ValueError):
-    """A slot holds lengths or a frame its writer cannot have written; the reader has moved past it."""
+    """A frame holds a header, lengths or a table its writer cannot have written; the reader has moved past it."""
 
 
 class MessageOverwritten(ShmqError):
-    """The writer reused a slot before this reader copied it (the reader was evicted, or attached late)."""
+    """The writer overwrote a frame before this reader copied it (the reader was evicted while alive)."""
 
 
 class NotRawMessage(ShmqError, TypeError):

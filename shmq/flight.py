@@ -184,7 +184,7 @@ def read(view: QueueView) -> Flight:
     participants = []
     for number, record in enumerate((snapshot.writer, *snapshot.readers)):
         if number and not record.pid and not record.attaches:
-            continue  # a reader slot never attached has recorded nothing
+            continue  # a reader index never attached has recorded nothing
         who = "writer" if number == 0 else f"reader {record.index}"
         operations = tuple(filter(None, (_operation(who, entry) for entry in view.flight_ring(number))))
         participants.append(Participant(who, record, operations))
@@ -248,7 +248,7 @@ def _writer_doing(writer: Participant, behind: list[Participant], now_ns: int) -
         return f"dead (pid {record.pid})"
     if record.state == State.WAITING_WRITE:
         held = ", ".join(p.who for p in behind[:3]) or "a reader"
-        return f"waiting for a free slot, held by {held}" + _since_last(last, now_ns)
+        return f"waiting for room in the ring, held by {held}" + _since_last(last, now_ns)
     return State(record.state).name.lower() + _since_last(last, now_ns)
 
 

@@ -21,7 +21,7 @@ class Handle:
 
     shm_name: str  #: the POSIX shared-memory object, ``shmq-`` plus a random suffix
     name: str  #: the queue's logical name, as it appears in metrics and logs
-    n_readers: int  #: local reader slots
+    n_readers: int  #: local reader indexes
     ring_bytes: int  #: the ring's size
     frame_bytes: int  #: the largest payload of one frame
     instance_id: str  #: 32 hex digits, random per segment: a handle edited to name another queue is refused

@@ -13,7 +13,7 @@ IdleEvent = tuple[str, int, int]
 
 
 class SendTrace(Protocol):
-    #: The W3C traceparent to store in the slot header, ASCII.
+    #: The W3C traceparent to store in the frame header, ASCII.
     traceparent: bytes
 
     def finish(self, *, message_id: int, body_size: int, wait_ns: int, spins: int,

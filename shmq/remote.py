@@ -30,7 +30,7 @@ from .reader import Receiving
 from . import layout as L
 from .serialization import BytesSerializer, resolve
 
-_HEAD = struct.Struct("<QQQ")  # seq, next seq, slot flags; the traceparent follows
+_HEAD = struct.Struct("<QQQ")  # seq, next seq, frame flags; the traceparent follows
 _END = 1 << 63  # flag: the writer closed
 _POLL_MS = 50  # how often a blocked get() looks at cancel() and the connection
 DEFAULT_GRACE_S = 10.0  # how long a lost connection may stay lost before the writer is called dead
@@ -134,7 +134,7 @@ class RemoteReader(Receiving):
         self._expected = next_seq
         traceparent = bytes(frames[0].buffer[_HEAD.size :])
         stream = frames[1].buffer
-        if flags & L.SLOT_RAW:
+        if flags & L.FRAME_RAW:
             message = bytes(stream)
         elif raw or isinstance(self._serializer, BytesSerializer):
             raise NotRawMessage(f"queue {self.queue_name!r}: this message was sent with put(); read it with get()")

@@ -1,10 +1,10 @@
 """Serializers turn an object into buffers and back; the ring only moves buffers.
 
 A serializer's ``encode(obj)`` returns a list of buffers: the first is the main
-stream, the rest are out-of-band buffers copied into the slot verbatim (pickle
+stream, the rest are out-of-band buffers copied into the frame verbatim (pickle
 protocol 5 puts a numpy array's bytes there, so they are copied once, straight
 into shared memory). ``decode(stream, buffers)`` gets the stream as a read-only
-view of the slot (valid only during the call) and the buffers as private,
+view of the ring (valid only during the call) and the buffers as private,
 writable copies the result may keep.
 """
 

@@ -41,7 +41,8 @@ class ParticipantStats:
     state_since_ns: int  #: monotonic time of the last state change
     heartbeat_ns: int  #: monotonic time of the owner's last heartbeat
     progress_ns: int  #: monotonic time the cursor last moved (to heartbeat resolution)
-    cursor: int  #: slots produced (writer) or consumed (reader) so far
+    cursor: int  #: frames produced (writer) or consumed (reader) so far
+    position: int  #: ring bytes produced (writer) or consumed (reader) so far
     messages: int  #: messages sent or received
     bytes: int  #: payload bytes sent or received
     spins: int  #: busy-poll iterations while waiting
@@ -51,7 +52,7 @@ class ParticipantStats:
     parks: int  #: futex parks (or fallback sleeps)
     wakeups: int  #: futex wake calls issued to parked peers
     timeouts: int  #: put()/get() calls that timed out
-    overflow_messages: int  #: messages that spanned several slots
+    overflow_messages: int  #: messages sent or received in pieces (larger than a frame)
     waits: int  #: calls that had to wait; equals sum(histogram)
     wait_ns: int  #: total time spent in those waits
     attaches: int  #: how many times a process attached to this record
@@ -80,12 +81,13 @@ class QueueStats:
     name: str  #: the queue's logical name
     creator_pid: int  #: the process that created the segment
     created_ns: int  #: wall-clock creation time
-    n_readers: int  #: local reader slots
-    n_chunks: int  #: ring capacity in slots
-    chunk_bytes: int  #: payload bytes per slot
+    n_readers: int  #: local reader indexes
+    ring_bytes: int  #: the ring's size
+    frame_bytes: int  #: the largest payload of one frame
     stats_enabled: bool  #: whether counters are kept
     endpoint: str  #: ZeroMQ endpoint of remote readers, or ""
-    writer_cursor: int  #: slots published so far
+    writer_cursor: int  #: frames published so far
+    writer_position: int  #: ring bytes published so far
     monotonic_ns: int  #: time.monotonic_ns() when the snapshot was taken
     time_ns: int  #: time.time_ns() when the snapshot was taken
     writer: ParticipantStats  #: the writer's record
@@ -98,12 +100,30 @@ class QueueStats:
 
     @property
     def occupancy(self) -> int:
-        """Slots published that the slowest gating reader has not consumed."""
+        """Frames published that the slowest gating reader has not consumed."""
         gating = self.gating_readers
-        return self.writer_cursor - min(r.cursor for r in gating) if gating else 0
+        return max(0, self.writer_cursor - min(r.cursor for r in gating)) if gating else 0
+
+    @property
+    def occupancy_bytes(self) -> int:
+        """Ring bytes published that the slowest gating reader has not consumed: the ring is full when
+        the next frame does not fit in ring_bytes minus this."""
+        gating = self.gating_readers
+        return max(0, self.writer_position - min(r.position for r in gating)) if gating else 0
+
+    @property
+    def may_be_full(self) -> bool:
+        """Whether the next frame may not fit: less room left than two of the largest frames (one, and
+        the padding that precedes it when it would cross the end of the ring)."""
+        return self.ring_bytes - self.occupancy_bytes < 2 * L.frame_stride(self.frame_bytes)
 
     def lag(self, reader: ParticipantStats) -> int:
+        """Frames published that `reader` has not consumed."""
         return max(0, self.writer_cursor - reader.cursor)
+
+    def lag_bytes(self, reader: ParticipantStats) -> int:
+        """Ring bytes published that `reader` has not consumed."""
+        return max(0, self.writer_position - reader.position)
 
     def wall_time_s(self, monotonic_ns: int) -> float:
         """A record's monotonic timestamp as Unix time in seconds."""
@@ -113,12 +133,13 @@ class QueueStats:
 # Word indexes, resolved once: the watchdog takes a snapshot of every queue ten times a second.
 _COUNTER_NAMES = tuple(name for name, _ in L.COUNTER_FIELDS)
 _counter_values = operator.itemgetter(*(L.word(offset) for _, offset in L.COUNTER_FIELDS))
-_PID, _START_TIME, _ROLE, _STATE, _STATE_SINCE, _HEARTBEAT, _PROGRESS, _CURSOR = (L.word(offset) for offset in (
-    L.REC_PID, L.REC_START_TIME, L.REC_ROLE, L.REC_STATE, L.REC_STATE_SINCE_NS, L.REC_HEARTBEAT_NS,
-    L.REC_PROGRESS_NS, L.REC_CURSOR))
+_PID, _START_TIME, _ROLE, _STATE, _STATE_SINCE, _HEARTBEAT, _PROGRESS, _CURSOR, _POSITION = (
+    L.word(offset) for offset in (L.REC_PID, L.REC_START_TIME, L.REC_ROLE, L.REC_STATE, L.REC_STATE_SINCE_NS,
+                                  L.REC_HEARTBEAT_NS, L.REC_PROGRESS_NS, L.REC_CURSOR, L.REC_POSITION))
 _HISTOGRAM = L.word(L.REC_HISTOGRAM)
 _RECORD_WORDS = L.RECORD_BYTES // L.WORD
 _WRITER_CURSOR = L.word(L.OFF_WRITER_CURSOR)
+_WRITER_POSITION = L.word(L.OFF_WRITER_POSITION)
 _STATES = {state.value: state for state in State}
 _ROLES = {role.value: role for role in L.Role}
 
@@ -136,18 +157,22 @@ class QueueView:
     def snapshot(self) -> QueueStats:
         seg = self._segment
         w = seg.words
-        writer_cursor = w[_WRITER_CURSOR]
-        writer = self._record(w, 0, cursor=writer_cursor)  # the writer publishes its cursor in the header
+        # The readers first: a reader is never ahead of the writer's cursor and position loaded after it.
         readers = tuple(self._record(w, p) for p in range(1, 1 + seg.n_readers))
+        writer_cursor, writer_position = w[_WRITER_CURSOR], w[_WRITER_POSITION]
+        # The writer publishes its cursor and position in the header.
+        writer = self._record(w, 0, cursor=writer_cursor, position=writer_position)
         return QueueStats(
             shm_name=seg.shm_name, name=seg.name, creator_pid=seg.creator_pid, created_ns=seg.created_ns,
-            n_readers=seg.n_readers, n_chunks=seg.n_chunks, chunk_bytes=seg.chunk_bytes,
+            n_readers=seg.n_readers, ring_bytes=seg.ring_bytes, frame_bytes=seg.frame_bytes,
             stats_enabled=bool(seg.flags & L.FLAG_STATS), endpoint=seg.endpoint, writer_cursor=writer_cursor,
+            writer_position=writer_position,
             monotonic_ns=time.monotonic_ns(), time_ns=time.time_ns(), writer=writer, readers=readers,
         )
 
     @staticmethod
-    def _record(w: memoryview, participant: int, cursor: int | None = None) -> ParticipantStats:
+    def _record(w: memoryview, participant: int, cursor: int | None = None,
+                position: int | None = None) -> ParticipantStats:
         base = L.word(L.record_offset(participant))
         r = w[base : base + _RECORD_WORDS].tolist()  # one copy, so fields are close in time
         role = _ROLES.get(r[_ROLE]) if r[_ROLE] else (L.Role.WRITER if participant == 0 else L.Role.READER)
@@ -164,6 +189,7 @@ class QueueView:
             heartbeat_ns=r[_HEARTBEAT],
             progress_ns=r[_PROGRESS],
             cursor=r[_CURSOR] if cursor is None else cursor,
+            position=r[_POSITION] if position is None else position,
             histogram=tuple(r[_HISTOGRAM : _HISTOGRAM + L.HIST_BUCKETS]),
         )
         # Every field is set here, so the frozen dataclass's __init__ (one object.__setattr__ per

@@ -207,7 +207,7 @@ class Adaptive(SpinYieldPark):
     No predicted park is shorter than `min_park_s`: a timed wake is tens of µs late.
     Irregular traffic, a gap longer than predicted, or intervals too short to park in, fall back to
     SpinYieldPark, so an idle queue parks (about 0 CPU) and a burst never sleeps.
-    The writer waiting on a full ring learns the rhythm of freed slots the same way.
+    The writer waiting on a full ring learns the rhythm of freed room the same way.
     """
 
     def __init__(self, spins: int = 20, yields: int = 200, park_timeout_s: float = 0.05,

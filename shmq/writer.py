@@ -314,7 +314,7 @@ class Writer(Participant):
         if self._unfinished is not None:
             try:
                 self._abort_unfinished(0)
-            except ShmqError:  # no free slot: readers waiting for its rest see the close instead
+            except ShmqError:  # no room: readers waiting for its rest see the close instead
                 pass
         self._set_state(State.CLOSED)
         sync.full_fence()
@@ -342,7 +342,7 @@ def create(n_readers: int, *, name: str | None = None, ring_bytes: int | None = 
     One ring of `ring_bytes` (default 16 MiB, a multiple of 128) holds messages of every size as
     frames: a message up to a quarter of the ring is one frame, a larger one (up to
     `max_message_bytes`, even larger than the ring) streams through it in pieces of that size.
-    `chunk_bytes` and `n_chunks`, the fixed slots of shmq before 0.4, are still accepted: they make a
+    `chunk_bytes` and `n_chunks`, the fixed slots of shmq's layout 3, are still accepted: they make a
     ring that holds `n_chunks` messages of `chunk_bytes`, whose larger messages go in pieces of
     `chunk_bytes`; they cannot be combined with `ring_bytes`.
     `n_readers` local readers attach with ``shmq.attach(writer.handle, reader=i)``;

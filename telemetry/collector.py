@@ -47,7 +47,7 @@ _BUCKET_BOUNDS = tuple(floatToGoString(bound) for bound in L.HISTOGRAM_UPPER_BOU
 _COUNTERS = (
     (N.MESSAGES, "messages", 1, "Messages sent (writer) or received (reader)."),
     (N.BYTES, "bytes", 1, "Payload bytes sent or received, framing included."),
-    (N.OVERFLOW_MESSAGES, "overflow_messages", 1, "Messages larger than a slot, streamed through several slots."),
+    (N.OVERFLOW_MESSAGES, "overflow_messages", 1, "Messages larger than a frame (a quarter of the ring), streamed through it in pieces."),
     (N.SPINS, "spins", 1, "Busy-poll iterations while waiting."),
     (N.YIELDS, "yields", 1, "sched_yield calls while waiting."),
     (N.BACKOFF_SLEEPS, "backoff_sleeps", 1, "Sleeps taken by the Backoff wait strategy."),
@@ -147,11 +147,15 @@ class _Families:
         self.counters = [(CounterMetricFamily(name, help_, labels=_PARTICIPANT, unit=_UNITS.get(name, "")),
                           field, scale) for name, field, scale, help_ in _COUNTERS]
         self.wait = HistogramMetricFamily(
-            N.WAIT_SECONDS, "Time put() waited for a free slot (writer) or get() for a message (reader), per wait; "
+            N.WAIT_SECONDS, "Time put() waited for room in the ring (writer) or get() for a message (reader), per wait; "
             "buckets double from 1 us.", labels=_PARTICIPANT, unit="seconds")
-        self.capacity = GaugeMetricFamily(N.RING_CAPACITY, "Ring slots: messages the ring holds.", labels=_QUEUE)
+        self.capacity = GaugeMetricFamily(N.RING_CAPACITY, "The ring's size in bytes.", labels=_QUEUE, unit="bytes")
         self.occupancy = GaugeMetricFamily(
-            N.RING_OCCUPANCY, "Slots published that the slowest attached reader has not consumed.", labels=_QUEUE)
+            N.RING_OCCUPANCY, "Ring bytes published that the slowest gating reader has not consumed; the writer "
+            "blocks when the next message does not fit in the rest.", labels=_QUEUE, unit="bytes")
+        self.occupancy_messages = GaugeMetricFamily(
+            N.RING_OCCUPANCY_MESSAGES, "Frames (messages, and the pieces of messages larger than a frame) published "
+            "that the slowest gating reader has not consumed.", labels=_QUEUE)
         self.lag = GaugeMetricFamily(N.READER_LAG, "Messages published that this reader has not consumed.",
                                      labels=_PARTICIPANT)
         self.progress = GaugeMetricFamily(
@@ -162,12 +166,14 @@ class _Families:
         self.info = InfoMetricFamily(N.PARTICIPANT_INFO, "The process behind a participant.", labels=_PARTICIPANT)
 
     def all(self) -> list:
-        return [*(family for family, _, _ in self.counters), self.wait, self.capacity, self.occupancy, self.lag,
+        return [*(family for family, _, _ in self.counters), self.wait, self.capacity, self.occupancy,
+                self.occupancy_messages, self.lag,
                 self.progress, self.state, self.info]
 
     def add_queue(self, queue: str, snapshot: QueueStats) -> None:
-        self.capacity.add_metric([queue], snapshot.n_chunks)
-        self.occupancy.add_metric([queue], snapshot.occupancy)
+        self.capacity.add_metric([queue], snapshot.ring_bytes)
+        self.occupancy.add_metric([queue], snapshot.occupancy_bytes)
+        self.occupancy_messages.add_metric([queue], snapshot.occupancy)
         gating = {r.index for r in snapshot.gating_readers}
         for participant in (snapshot.writer, *snapshot.readers):
             labels = [queue, _ROLE[participant.role], "" if participant.role == L.Role.WRITER else str(participant.index)]
@@ -178,7 +184,7 @@ class _Families:
     def _add_participant(self, labels: list[str], p: ParticipantStats, snapshot: QueueStats) -> None:
         for state, state_label in _STATES:
             self.state.add_metric([*labels, state_label], 1 if p.state == state else 0)
-        if p.pid:  # a reader slot nobody has attached to yet has no process and no progress time
+        if p.pid:  # a reader index nobody has attached to yet has no process and no progress time
             self.info.add_metric(labels, {N.LABEL_PID: str(p.pid), N.LABEL_HOST: self._host})
             self.progress.add_metric(labels, snapshot.wall_time_s(p.progress_ns))
         if not snapshot.stats_enabled:

@@ -39,8 +39,9 @@ EXPORTER_ERRORS = "shmq_exporter_errors"
 WAIT_SECONDS = "shmq_wait_seconds"
 
 # Gauges
-RING_CAPACITY = "shmq_ring_capacity_messages"
-RING_OCCUPANCY = "shmq_ring_occupancy_messages"
+RING_CAPACITY = "shmq_ring_capacity_bytes"
+RING_OCCUPANCY = "shmq_ring_occupancy_bytes"
+RING_OCCUPANCY_MESSAGES = "shmq_ring_occupancy_messages"
 READER_LAG = "shmq_reader_lag_messages"
 LAST_PROGRESS = "shmq_last_progress_timestamp_seconds"
 PARTICIPANT_STATE = "shmq_participant_state"

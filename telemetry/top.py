@@ -54,8 +54,9 @@ class QueueRow:
 
     label: str
     shm_name: str
-    occupancy: int
-    capacity: int
+    occupancy: int  #: frames the slowest gating reader has not consumed
+    occupancy_bytes: int  #: ring bytes the slowest gating reader has not consumed
+    capacity: int  #: the ring's bytes
     time_to_full_s: float
     participants: tuple[ParticipantRow, ...]
 
@@ -93,7 +94,7 @@ class Window:
                 for number, (p, then, role) in enumerate(((last.writer, first.writer, "writer"),
                                                           *((r, f, "reader") for r, f in zip(last.readers,
                                                                                               first.readers)))))
-            table.append(QueueRow(ids[shm_name].label, shm_name, last.occupancy, last.n_chunks,
+            table.append(QueueRow(ids[shm_name].label, shm_name, last.occupancy, last.occupancy_bytes, last.ring_bytes,
                                   time_to_full.get(shm_name, math.inf), participants))
         return table
 
@@ -122,6 +123,15 @@ def number(value: float) -> str:
     return f"{value:.0f}" if value >= 10 or value == 0 else f"{value:.1f}"
 
 
+def _size(n: int) -> str:
+    """Bytes as B, KiB, MiB or GiB, whichever keeps the number short."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024 * 10:
+            return f"{n:,} {unit}" if unit == "B" else f"{n:.1f} {unit}".replace(".0 ", " ")
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -142,7 +152,8 @@ def cells(p: ParticipantRow) -> tuple[str, ...]:
 def title(q: QueueRow) -> str:
     ttf = "" if math.isinf(q.time_to_full_s) else (", full" if q.time_to_full_s == 0 else
                                                    f", full in {duration(q.time_to_full_s)}")
-    return f"queue {q.label} ({q.shm_name}): ring {q.occupancy}/{q.capacity}{ttf}"
+    return (f"queue {q.label} ({q.shm_name}): ring {_size(q.occupancy_bytes)}/{_size(q.capacity)} "
+            f"({q.occupancy} messages){ttf}")
 
 
 def render_text(table: list[QueueRow]) -> str:

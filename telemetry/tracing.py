@@ -1,7 +1,7 @@
 """OpenTelemetry traces of shmq messages, following the messaging semantic conventions.
 
 For a sampled message the writer's ``send <queue>`` span (kind PRODUCER) stores
-its W3C ``traceparent`` in the slot header, and every reader's ``receive <queue>``
+its W3C ``traceparent`` in the frame header, and every reader's ``receive <queue>``
 span (kind CONSUMER) *links* to it. Links, not parents: one message fans out to N
 readers, and each reader's span belongs to that reader's own trace (its ambient
 span, if it has one). Remote readers get the traceparent in the message's header
@@ -194,7 +194,7 @@ def message_attributes(operation: str, queue: str, message_id: int, body_size: i
 
 
 def producer_context(traceparent: bytes) -> trace.SpanContext | None:
-    """The producer span a slot's W3C traceparent names; None if it is not a valid version-00 traceparent."""
+    """The producer span a frame's W3C traceparent names; None if it is not a valid version-00 traceparent."""
     found = _TRACEPARENT.fullmatch(traceparent)
     if found is None:
         return None

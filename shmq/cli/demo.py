@@ -56,7 +56,7 @@ class DemoConfig:
     tokens: int = 512  #: int32 tokens per item
     seconds: float = 20.0  #: how long the engine sends
     rate_hz: float = 50.0  #: batches per second, as an engine's steps; a late engine catches up
-    ring: int = 256  #: slots of the request ring: at `rate_hz` a stopped worker fills it in ring / rate_hz s
+    ring: int = 256  #: batches the request ring holds: at `rate_hz` a stopped worker fills it in ring / rate_hz s
     inject: str = "stall"  #: one of INJECTIONS, done to the last worker; "" for a healthy run
     fault_at_s: float = 5.0  #: when the fault starts, after the first batch
     fault_s: float = 7.0  #: how long it lasts
@@ -80,7 +80,7 @@ def worker(handle: str, index: int, result_handles, config: DemoConfig, fault) -
     """
     victim = index == config.victim
     spin = victim and config.inject == "livelock"
-    with create(1, name=f"demo-results-{index}", chunk_bytes=64 << 10, n_chunks=32) as results:
+    with create(1, name=f"demo-results-{index}", ring_bytes=2 << 20) as results:
         result_handles.put((index, str(results.handle)))
         with attach(handle, index, wait=wait_module.BusySpin() if spin else None) as requests:
             if spin:
@@ -268,7 +268,9 @@ def run(config: DemoConfig, console) -> DemoReport:
     """The engine and its workers, with the fault injected; `console` shows what happens (see LineLog)."""
     rng = np.random.default_rng(0)
     on_dead = "evict" if config.inject == "kill" else "raise"
-    with create(config.workers, name=REQUESTS, chunk_bytes=32 << 10, n_chunks=config.ring,
+    # Room for `ring` batches of int32 tokens, each with its pickle stream (under 1 KiB) in one frame.
+    batch_frame = L.frame_stride(config.items * config.tokens * 4 + 1024)
+    with create(config.workers, name=REQUESTS, ring_bytes=config.ring * batch_frame,
                 on_dead_reader=on_dead) as requests:
         result_handles = _FORK.Queue()
         fault = _FORK.Event()
@@ -418,7 +420,8 @@ class LineLog:
                 snap = view.snapshot()
                 lags = ", ".join(f"{snap.lag(r)}" for r in snap.readers)
                 self.say(f"status: {engine.sent} batches sent, {engine.in_flight} in flight, "
-                         f"ring {snap.occupancy}/{snap.n_chunks}, worker lags {lags}, writer "
+                         f"ring {snap.occupancy_bytes >> 10:,}/{snap.ring_bytes >> 10:,} KiB ({snap.occupancy} "
+                         f"batches), worker lags {lags}, writer "
                          f"{snap.writer.state.name.lower()}")
 
     def close(self) -> None:

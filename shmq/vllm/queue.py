@@ -24,18 +24,9 @@ from typing import Any
 
 import shmq
 from shmq.errors import BadQueueArgument, QueueClosed, QueueTimeout, ShmqError
-from shmq.writer import DEFAULT_CHUNK_BYTES
 
 log = logging.getLogger(__name__)
 
-#: shmq's slot for vLLM's queues: a 1 MiB tensor and its pickle header fit one slot.
-SLOT_BYTES = DEFAULT_CHUNK_BYTES + 4096
-#: Slots in the ring at least. A deep ring keeps the writer from waiting on readers for small messages,
-#: and a shallow one stays in the cache for large ones; shmq bench, 3 interleaved runs each, against
-#: vLLM's MessageQueue in the same run (small dict at 4 readers / 1 MiB array): 16 slots 2.8x / 1.26x,
-#: 32 slots 3.65x / 0.78x, 64 slots 3.9x / 0.73x. The engine's broadcast is mostly small messages.
-#: One geometry cannot serve both: that is what the byte ring of issue 18 is for.
-RING_SLOTS = 32
 #: vLLM's default period for "No available shared memory broadcast block found" (its
 #: VLLM_RINGBUFFER_WARNING_INTERVAL); shmq's warning at that period says who blocks the queue.
 DEFAULT_WARNING_INTERVAL_S = 60
@@ -141,17 +132,15 @@ class MessageQueue:
         self.n_remote_reader = n_reader - n_local_reader
         self.local_reader_rank = -1
         self.shutting_down = False
-        # Not vLLM's max_chunks x max_chunk_bytes (240 MiB for the engine's broadcast): slots of at most
-        # 1 MiB + 4 KiB, and a message larger than a slot streams through consecutive slots instead of
-        # leaving shared memory as in vLLM.
-        slot_bytes = min(max_chunk_bytes, SLOT_BYTES)
+        # Not vLLM's max_chunks x max_chunk_bytes (240 MiB for the engine's broadcast): shmq's default ring,
+        # whose frames take messages of every size up to a quarter of it, and stream larger ones through it
+        # in pieces instead of leaving shared memory as in vLLM.
         remote, ipv6 = {}, False
         if self.n_remote_reader:
             bind, ipv6 = _remote_bind(connect_ip)
             remote = {"n_remote_readers": self.n_remote_reader, "remote_bind": bind}
         self._writer = shmq.create(
-            n_local_reader, name=name or _role_name(), chunk_bytes=slot_bytes,
-            n_chunks=max(RING_SLOTS, max_chunks), warn_after_s=_warning_interval(), **remote)
+            n_local_reader, name=name or _role_name(), warn_after_s=_warning_interval(), **remote)
         self._reader = None
         queue = self._writer.handle
         self.handle = Handle(

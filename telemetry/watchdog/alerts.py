@@ -149,9 +149,9 @@ def describe(queue: QueueId, f: Finding) -> str:
         return (f"{where}: {who} has {f.lag} messages pending and has not moved for {f.stalled_s:.1f} s: "
                 f"{f.cause} (state {f.state})")
     if f.rule == N.RULE_WRITER_BLOCKED:
-        return f"{where}: {who} has waited {f.stalled_s:.1f} s for a free slot; held by {blockers or 'nobody'}"
+        return f"{where}: {who} has waited {f.stalled_s:.1f} s for room in the ring; held by {blockers or 'nobody'}"
     if f.rule == N.RULE_LIVELOCK:
         return (f"{where}: {who} spins at {f.spin_rate:.0f}/s ({f.cause}) while no cursor has moved for "
                 f"{f.stalled_s:.1f} s")
     ttf = "full" if f.time_to_full_s == 0 else f"full in {f.time_to_full_s:.1f} s"
-    return f"{where}: ring {f.occupancy}/{f.capacity} and {ttf}; slowest: {blockers}"
+    return f"{where}: ring {f.occupancy:,}/{f.capacity:,} bytes and {ttf}; slowest: {blockers}"

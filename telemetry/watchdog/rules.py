@@ -39,7 +39,7 @@ class Cause(str, enum.Enum):
     WAITING_WITH_DATA = "waiting_with_data"  #: inside get() although data is there: lost wake-up or livelock
     BUSY = "busy"  #: outside the queue, in application code: a slow consumer
     FROZEN = "frozen"  #: heartbeat stale or process halted: SIGSTOP, a C call holding the GIL, D state
-    NOT_ATTACHED = "not_attached"  #: a reader slot nobody attached to, which still holds the writer back
+    NOT_ATTACHED = "not_attached"  #: a reader index nobody attached to, which still holds the writer back
     SPINNING_WITH_DATA = "spinning_with_data"  #: livelock of a reader: spins while messages wait for it
     SPINNING_WITH_SPACE = "spinning_with_space"  #: livelock of the writer: spins while the ring has room
     WAITING_WITH_SPACE = "waiting_with_space"  #: the writer waits although no reader holds the ring full
@@ -91,12 +91,12 @@ class Finding:
     role: str  #: "writer" or "reader"
     reader: int  #: the reader index; -1 for the writer
     cause: Cause
-    pid: int  #: the process the finding is about (0 for a slot nobody attached to)
+    pid: int  #: the process the finding is about (0 for a reader index nobody attached to)
     start_time: int  #: its start time, to ask it for stacks without hitting a reused pid
     state: str  #: its participant state
     lag: int  #: messages pending for it (readers) or in the ring (writer)
-    occupancy: int  #: ring slots in use
-    capacity: int  #: ring slots
+    occupancy: int  #: ring bytes in use
+    capacity: int  #: the ring's bytes
     stalled_s: float  #: seconds without progress while work was pending
     spin_rate: float  #: its spins+yields per second
     time_to_full_s: float  #: projected seconds until the ring is full (inf: not filling)
@@ -173,7 +173,7 @@ class QueueMonitor:
     def observe(self, snap: QueueStats, active: set[tuple[str, str, int]]) -> list[Finding]:
         """Findings for this snapshot. `active` holds the keys of alerts already raised (for hysteresis)."""
         now = snap.monotonic_ns
-        occupancy = snap.occupancy
+        occupancy = snap.occupancy_bytes
         self._remember(snap, occupancy)
         self.time_to_full_s = self._time_to_full(snap, occupancy)
         findings: list[Finding] = []
@@ -245,9 +245,9 @@ class QueueMonitor:
         gating = snap.gating_readers
         if not gating:
             return ()
-        lowest = min(r.cursor for r in gating)
+        lowest = min(r.position for r in gating)
         return tuple(Blocker(r.index, r.pid, r.state.name.lower(), snap.lag(r), self.classify(r, now))
-                     for r in gating if r.cursor == lowest)
+                     for r in gating if r.position == lowest)
 
     # -- rules -------------------------------------------------------------------------------
     def _finding(self, rule: str, p: ParticipantStats, cause: Cause, snap: QueueStats, occupancy: int,
@@ -256,14 +256,14 @@ class QueueMonitor:
         return Finding(
             rule=rule, role="writer" if writer else "reader", reader=-1 if writer else p.index, cause=cause,
             pid=p.pid, start_time=p.start_time, state=p.state.name.lower(),
-            lag=occupancy if writer else snap.lag(p), occupancy=occupancy, capacity=snap.n_chunks,
+            lag=snap.occupancy if writer else snap.lag(p), occupancy=occupancy, capacity=snap.ring_bytes,
             stalled_s=round(stalled_ns / 1e9, 3), spin_rate=round(spin_rate, 1),
             time_to_full_s=self.time_to_full_s, blockers=blockers,
         )
 
     def _dead(self, p: ParticipantStats, snap: QueueStats) -> Finding:
         cause = Cause.EXITED if self._run_state(p.pid) in (None, "Z") else Cause.PID_REUSED
-        return self._finding(N.RULE_DEAD, p, cause, snap, snap.occupancy)
+        return self._finding(N.RULE_DEAD, p, cause, snap, snap.occupancy_bytes)
 
     def _reader_stalled(self, p: ParticipantStats, snap: QueueStats, now: int, occupancy: int,
                         stalled: int) -> Finding:
@@ -275,19 +275,19 @@ class QueueMonitor:
         if w.state != State.WAITING_WRITE or now - w.state_since_ns < self._stall_ns:
             return None
         blockers = self._blockers(snap, now)
-        cause = blockers[0].cause if blockers and occupancy >= snap.n_chunks else Cause.WAITING_WITH_SPACE
+        cause = blockers[0].cause if blockers and snap.may_be_full else Cause.WAITING_WITH_SPACE
         return self._finding(N.RULE_WRITER_BLOCKED, w, cause, snap, occupancy, now - w.state_since_ns,
                              self._tracks[0].spin_rate(w, now), blockers)
 
     def _time_to_full(self, snap: QueueStats, occupancy: int) -> float:
-        if occupancy >= snap.n_chunks:
+        if occupancy >= snap.ring_bytes:
             return 0.0
         then = self._past(self.t.rate_window_s)
         seconds = (snap.monotonic_ns - then.monotonic_ns) / 1e9
         growth = occupancy - then.occupancy
         if seconds < self.t.rate_window_s / 4 or growth <= 0:
             return math.inf  # too little history for a rate, or not filling
-        return (snap.n_chunks - occupancy) / (growth / seconds)
+        return (snap.ring_bytes - occupancy) / (growth / seconds)
 
     def _freeze_risk(self, snap: QueueStats, occupancy: int, raised: bool) -> Finding | None:
         """Raised when the ring is high and filling on consecutive polls, in one of two shapes:
@@ -300,16 +300,17 @@ class QueueMonitor:
         while the ring is not yet full (it warns before the writer blocks); once
         raised it holds while the ring stays at least half full and filling or full.
         """
-        t, capacity, ttf = self.t, snap.n_chunks, self.time_to_full_s
+        t, capacity, ttf = self.t, snap.ring_bytes, self.time_to_full_s
         high = self._high
         if raised:  # hysteresis: hold at a lower occupancy, as long as the ring still fills (or is full)
             high.clear()
             holds = occupancy >= t.freeze_hold_occupancy * capacity and ttf < 2 * t.freeze_horizon_s
             return self._freeze_finding(snap, occupancy) if holds else None
-        if not t.freeze_occupancy * capacity <= occupancy < capacity or ttf >= t.freeze_horizon_s:
+        if not t.freeze_occupancy * capacity <= occupancy < capacity or ttf >= t.freeze_horizon_s or \
+                snap.writer.state == State.WAITING_WRITE:
             high.clear()  # a full ring is writer_blocked's business: this rule is the warning before it
             return None
-        high.append((occupancy, snap.writer_cursor - occupancy))  # (occupancy, the slowest reader's cursor)
+        high.append((occupancy, snap.writer_position - occupancy))  # (occupancy, the slowest reader's position)
         recent = list(high)
         standing = len(recent) >= 2 and recent[-1][1] == recent[-2][1]
         climbing = len(recent) == t.freeze_polls and all(a[0] <= b[0] for a, b in zip(recent, recent[1:]))
@@ -325,7 +326,7 @@ class QueueMonitor:
         if quiet_ns < self._stall_ns:
             return []
         findings = []
-        waiting = [(0, snap.writer, occupancy < snap.n_chunks and snap.writer.state == State.WAITING_WRITE,
+        waiting = [(0, snap.writer, not snap.may_be_full and snap.writer.state == State.WAITING_WRITE,
                     Cause.SPINNING_WITH_SPACE)]
         waiting += [(1 + r.index, r, r.state == State.WAITING_READ and snap.lag(r) > 0, Cause.SPINNING_WITH_DATA)
                     for r in snap.readers]

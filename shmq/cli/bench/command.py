@@ -31,7 +31,8 @@ peers and limits, e.g. to measure the cost of counters or tracing:
 
 A configuration is key=value options joined by '+': wait=NAME[:ARG=VALUE...], stats=on|off,
 lease=on|off, hooks=MODULE:CALLABLE (called in every process, its result passed
-to shmq.hooks.install; hooks=off installs none), chunk_bytes=INT, n_chunks=INT.
+to shmq.hooks.install; hooks=off installs none), ring_bytes=INT, and chunk_bytes=INT with
+n_chunks=INT (a ring sized as shmq's old fixed slots: n_chunks frames of chunk_bytes).
 
 --cadence measures an engine's step cadence instead (module cadence): one ~500 B
 message (and one carrying a 10 KB array) every 0.1, 1, 10 and 50 ms (± 2 %) to 1, 4

@@ -12,8 +12,9 @@ A spec is one configuration: ``key=value`` options joined by ``+``, for example
     hooks=MODULE:NAME    NAME() is called in the writer and in every reader process and its
                          result is installed with shmq.hooks.install() (e.g. tracing hooks);
                          hooks=off installs none
-    chunk_bytes=INT      slot payload size (default: chosen per workload, see queue_geometry)
-    n_chunks=INT         slots in the ring (default: chosen per workload)
+    ring_bytes=INT       the ring's size (default: shmq's, 16 MiB)
+    chunk_bytes=INT      with n_chunks: a ring sized as the fixed slots of shmq's layout 3 were,
+    n_chunks=INT         n_chunks frames of chunk_bytes, larger messages in pieces of chunk_bytes
 
 A name from PRESETS stands for its list: ``--compare tracing`` is what stats
 and tracing cost (the factories are in tracing_hooks).
@@ -44,13 +45,16 @@ class ShmqConfig:
     recorder: bool = True  #: the flight recorder, at its default size
     lease: bool = False  #: read with reader.lease() instead of reader.get()
     hooks: str = ""  #: "module:callable" returning MessageHooks, or "" for none
-    chunk_bytes: int | None = None  #: None: the workload's default geometry
-    n_chunks: int | None = None  #: None: the workload's default geometry
+    ring_bytes: int | None = None  #: None: shmq's default ring
+    chunk_bytes: int | None = None  #: with n_chunks, a ring sized as fixed slots were (shmq.create)
+    n_chunks: int | None = None
 
-    def create_arguments(self, chunk_bytes: int, n_chunks: int) -> dict:
-        """shmq.create()'s keyword arguments for this configuration, on a workload's default geometry."""
-        return {"wait": self.strategy(), "stats": self.stats, "chunk_bytes": self.chunk_bytes or chunk_bytes,
-                "n_chunks": self.n_chunks or n_chunks, **({} if self.recorder else {"flight_entries": 0})}
+    def create_arguments(self) -> dict:
+        """shmq.create()'s keyword arguments for this configuration."""
+        geometry = {key: value for key, value in (("ring_bytes", self.ring_bytes), ("chunk_bytes", self.chunk_bytes),
+                                                  ("n_chunks", self.n_chunks)) if value is not None}
+        return {"wait": self.strategy(), "stats": self.stats, **geometry,
+                **({} if self.recorder else {"flight_entries": 0})}
 
     def strategy(self) -> wait_module.WaitStrategy:
         name, *arguments = self.wait.split(":")
@@ -105,13 +109,13 @@ def _parse_value(key: str, value: str, spec: str):
         if ":" not in value:
             raise ValueError(f"--compare {spec!r}: hooks must be MODULE:CALLABLE, not {value!r}")
         return value
-    if key in ("chunk_bytes", "n_chunks"):
+    if key in ("ring_bytes", "chunk_bytes", "n_chunks"):
         try:
             return int(value, 0)
         except ValueError:
             raise ValueError(f"--compare {spec!r}: {key} must be an integer, not {value!r}") from None
-    raise ValueError(f"--compare {spec!r}: unknown key {key!r} (use wait, stats, recorder, lease, hooks, chunk_bytes, "
-                     "n_chunks)")
+    raise ValueError(f"--compare {spec!r}: unknown key {key!r} (use wait, stats, recorder, lease, hooks, ring_bytes, "
+                     "chunk_bytes, n_chunks)")
 
 
 def _strategy_argument(text: str) -> tuple[str, float]:

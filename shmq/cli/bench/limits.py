@@ -100,7 +100,7 @@ def ping_pong_row(rounds: int, timeout_s: float = 30.0) -> Row:
                note="pure-Python spin on one shared word; p50/p99 are half a round trip")
 
 
-_SMALL_SLOT_BYTES, _SMALL_SLOTS = Workload("small", 1).queue_geometry()  # the small rows' shmq ring
+_SMALL_SLOT_BYTES, _SMALL_SLOTS = 1024, 1024  # the pickle-only ring: 1,024 slots of 1 KiB
 
 
 def _pickle_ring_reader(mm: mmap.mmap, index: int, count: int, deadline: float, conn) -> None:

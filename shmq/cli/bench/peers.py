@@ -134,10 +134,8 @@ class ShmqPeer(Peer):
         self.label = config.label
 
     def open(self, workload: Workload, workdir: str) -> Link:
-        chunk_bytes, n_chunks = workload.queue_geometry()
         self.config.install_hooks()
-        writer = shmq.create(workload.n_readers, name=f"bench-{os.getpid()}",
-                             **self.config.create_arguments(chunk_bytes, n_chunks))
+        writer = shmq.create(workload.n_readers, name=f"bench-{os.getpid()}", **self.config.create_arguments())
         return _ShmqLink(writer, self.config)
 
 

@@ -91,9 +91,8 @@ def run_soak(messages: int, n_readers: int, config: ShmqConfig, stall_s: float =
     """Run the soak; returns its report as markdown, and whether nothing was lost or left behind."""
     before = _listing()
     workload = Workload("small", n_readers)
-    chunk_bytes, n_chunks = workload.queue_geometry()
     config.install_hooks()
-    writer = shmq.create(n_readers, name=f"soak-{os.getpid()}", **config.create_arguments(chunk_bytes, n_chunks))
+    writer = shmq.create(n_readers, name=f"soak-{os.getpid()}", **config.create_arguments())
     readers, pipes = [], []
     reports: list[ProcessReport] = []
     elapsed = 0.0

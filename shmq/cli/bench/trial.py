@@ -90,7 +90,6 @@ def _reader_main(peer_link, index: int, workload: Workload, plan: Plan, board: B
 def _read_phases(receiver, index: int, workload: Workload, plan: Plan, board: Board) -> ReaderReport:
     ready, acked = board.views()
     take, stall = receiver.take, plan.stall_s
-    expected_bytes = workload.array_bytes
     if receiver.probe:
         while (got := take(stall)) is not None and got[0] >= 0:
             pass
@@ -112,8 +111,8 @@ def _read_phases(receiver, index: int, workload: Workload, plan: Plan, board: Bo
         received += 1
         if not received & 255:
             acked[index] = expect  # progress, so a slow but moving row is not taken for a stalled one
-        if seq != expect or nbytes != expected_bytes:
-            lost += 1 if seq < expect or nbytes != expected_bytes else seq - expect
+        if seq != expect or nbytes != workload.bytes_of(seq):
+            lost += 1 if seq < expect or nbytes != workload.bytes_of(seq) else seq - expect
         expect = max(expect, seq + 1)
     done_ns = time.perf_counter_ns()
     throughput_cpu = time.process_time() - cpu0
@@ -132,7 +131,7 @@ def _read_phases(receiver, index: int, workload: Workload, plan: Plan, board: Bo
                 break
             seq, sent_ns, nbytes = got
             received += 1
-            if seq != expect or nbytes != expected_bytes:
+            if seq != expect or nbytes != workload.bytes_of(seq):
                 lost += 1
             times.append(now - sent_ns)
             expect = seq + 1

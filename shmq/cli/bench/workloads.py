@@ -7,18 +7,21 @@ import time
 
 import numpy as np
 
-KINDS = ("small", "large", "huge")
+KINDS = ("small", "large", "huge", "mixed")
 DEFAULT_WORKLOADS = "small-1,small-4,small-8,large-1,huge-1"
 MiB = 1 << 20
 
 _TOKENS = list(range(1000, 1048))  # with seq and timestamp: a 200-byte pickle
+_MIXED_MEDIUM, _MIXED_LARGE = 64 << 10, 4 * MiB
 
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
     """One kind of message sent to `n_readers` readers."""
 
-    kind: str  #: small (a ~200 B dict), large (a 1 MiB numpy array), huge (16 MiB: the multi-slot path)
+    #: small (a ~200 B dict), large (a 1 MiB numpy array), huge (16 MiB: in pieces through the default ring),
+    #: mixed (of every 100 messages, 90 small, 9 with a 64 KiB array and 1 with a 4 MiB one, interleaved)
+    kind: str
     n_readers: int  #: readers, each receiving every message
 
     @property
@@ -27,12 +30,21 @@ class Workload:
 
     @property
     def array_bytes(self) -> int:
-        """Bytes of the numpy array in each message; 0 for small messages."""
-        return {"small": 0, "large": MiB, "huge": 16 * MiB}[self.kind]
+        """Bytes of the largest numpy array a message carries; 0 for small messages."""
+        return {"small": 0, "large": MiB, "huge": 16 * MiB, "mixed": _MIXED_LARGE}[self.kind]
+
+    def bytes_of(self, seq: int) -> int:
+        """Bytes of the array in message `seq` (what its readers check); 0 for a small one."""
+        if self.kind != "mixed":
+            return self.array_bytes
+        slot = seq % 100
+        return _MIXED_LARGE if slot == 50 else _MIXED_MEDIUM if slot % 10 == 5 else 0
 
     @property
-    def payload_bytes(self) -> int:
-        """What one message carries, for GB/s: the array, or the pickled size of a small dict."""
+    def payload_bytes(self) -> float:
+        """What one message carries on average, for GB/s: its array, or the pickled size of a small dict."""
+        if self.kind == "mixed":
+            return sum(self.bytes_of(seq) or 200 for seq in range(100)) / 100
         return self.array_bytes or 200
 
     def maker(self):
@@ -41,27 +53,20 @@ class Workload:
         Every call builds a new dict: multiprocessing.Queue pickles in a feeder
         thread after put() returns, so a reused dict would be sent mutated.
         """
+        tokens = _TOKENS
         if self.kind == "small":
-            tokens = _TOKENS
             return lambda seq: {"seq": seq, "t": time.perf_counter_ns(), "op": "step", "tokens": tokens}
+        if self.kind == "mixed":
+            arrays = {n: np.arange(n, dtype=np.uint8) for n in (_MIXED_MEDIUM, _MIXED_LARGE)}
+
+            def mixed(seq):
+                n = self.bytes_of(seq)
+                if not n:
+                    return {"seq": seq, "t": time.perf_counter_ns(), "op": "step", "tokens": tokens}
+                return {"seq": seq, "t": time.perf_counter_ns(), "data": arrays[n]}
+            return mixed
         data = np.arange(self.array_bytes, dtype=np.uint8)
         return lambda seq: {"seq": seq, "t": time.perf_counter_ns(), "data": data}
-
-    def queue_geometry(self) -> tuple[int, int]:
-        """(chunk_bytes, n_chunks) that the shmq rows use unless a --compare spec sets them.
-
-        Small messages get many small slots, so a burst fills the ring only after
-        1024 messages; a 1 MiB array (plus its pickle header) fits one slot, and
-        four of them keep the ring in cache (8 slots measured 10-20% slower); a
-        16 MiB array streams through four slots of 1 MiB, for the same reason
-        (3 interleaved runs: 5.07 GB/s, against 4.42 with 8 slots and 4.24 with
-        the default 16).
-        """
-        if self.kind == "small":
-            return 1024, 1024
-        if self.kind == "large":
-            return MiB + 4096, 4
-        return MiB, 4
 
 
 def parse_workloads(text: str) -> list[Workload]:
@@ -101,6 +106,8 @@ def plan_for(workload: Workload, *, quick: bool, idle_s: float, scale: float = 1
         ("large", True): (60, 20, 0),
         ("huge", False): (150, 30, 0),
         ("huge", True): (6, 4, 0),
+        ("mixed", False): (5000, 300, 0),
+        ("mixed", True): (200, 20, 0),
     }
     throughput, latency, wake = counts[workload.kind, quick]
     small = workload.kind == "small"
