@@ -1,4 +1,4 @@
-"""Helpers for tests of code that uses shmq: isolated queue names, leak checks and fault injection.
+"""Helpers for tests of code that uses shmq: isolated queue names, leak checks, a full ring and fault injection.
 
 ``blind(reader)`` is the fault the watchdog calls waiting_with_data and
 livelock: the reader stops seeing what the writer publishes, as if its loads of
@@ -12,9 +12,10 @@ from __future__ import annotations
 import itertools
 import os
 
-from .errors import ShmqError
+from .errors import ShmqError, WouldBlock
 from .reader import Reader
 from .segment import PREFIX, SHM_DIR
+from .writer import Writer
 
 _counter = itertools.count()
 
@@ -27,6 +28,17 @@ def unique_name(prefix: str = "test") -> str:
 def shm_segments(shm_dir: str = SHM_DIR) -> set[str]:
     """Names of the shmq segments now in `shm_dir`, to compare before and after a test."""
     return {n for n in os.listdir(shm_dir) if n.startswith(PREFIX)}
+
+
+def fill_ring(writer: Writer, message=0) -> int:
+    """Put `message` until the ring has no room for it (readers hold it); returns how many were put."""
+    count = 0
+    while True:
+        try:
+            writer.put_nowait(message)
+        except WouldBlock:
+            return count
+        count += 1
 
 
 # -- fault injection ---------------------------------------------------------------------------------

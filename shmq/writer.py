@@ -384,7 +384,8 @@ def _geometry(ring_bytes: int | None, chunk_bytes: int | None, n_chunks: int | N
                                "serves every message size")
     chunk_bytes = OLD_DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     n_chunks = OLD_DEFAULT_N_CHUNKS if n_chunks is None else n_chunks
-    for what, value, low in (("chunk_bytes", chunk_bytes, L.MIN_FRAME_BYTES), ("n_chunks", n_chunks, 2)):
-        if type(value) is not int or value < low:
-            raise BadQueueArgument(f"{what} must be an int >= {low}, got {value!r}")
+    for what, value, low, high in (("chunk_bytes", chunk_bytes, L.MIN_FRAME_BYTES, 1 << 40),
+                                   ("n_chunks", n_chunks, 2, 1 << 32)):
+        if type(value) is not int or not low <= value <= high:
+            raise BadQueueArgument(f"{what} must be an int in {low:,}..{high:,}, got {type(value).__name__} {value!r}")
     return n_chunks * L.frame_stride(chunk_bytes), chunk_bytes

@@ -60,8 +60,11 @@ def test_a_corrupt_header_is_refused(writer, foreign_file):
     name = copy_of(writer, foreign_file, L.OFF_SEGMENT_BYTES, 12345)
     with pytest.raises(shmq.LayoutMismatch, match="declares 12,345 bytes"):
         shmq.stats.open(name)
-    name = copy_of(writer, foreign_file, L.OFF_N_CHUNKS, 0)
-    with pytest.raises(shmq.LayoutMismatch, match="corrupt header: n_readers=2, n_chunks=0"):
+    name = copy_of(writer, foreign_file, L.OFF_RING_BYTES, 100)
+    with pytest.raises(shmq.LayoutMismatch, match="corrupt header: ring_bytes must be a multiple of 128 .* got 100"):
+        shmq.stats.open(name)
+    name = copy_of(writer, foreign_file, L.OFF_FRAME_BYTES, writer.handle.ring_bytes)
+    with pytest.raises(shmq.LayoutMismatch, match="corrupt header: frame_bytes must be in 16..16,768 .* got 33,792"):
         shmq.stats.open(name)
 
 
@@ -88,8 +91,8 @@ def test_segments_are_private_to_their_owner(writer):
     ("", "not a shmq handle"),
     ("shmq-abc", "not a shmq handle"),
     (f"shmq://shmq-abc?v={L.LAYOUT_VERSION}&name=q", "malformed"),
-    (f"shmq://shmq-abc?v={L.LAYOUT_VERSION}&name=q&readers=x&chunks=1&chunk_bytes=1&id=00", "malformed"),
-    ("shmq://shmq-abc?v=7&name=q&readers=1&chunks=2&chunk_bytes=64", "layout version 7"),
+    (f"shmq://shmq-abc?v={L.LAYOUT_VERSION}&name=q&readers=x&ring_bytes=1&frame_bytes=1&id=00", "malformed"),
+    ("shmq://shmq-abc?v=7&name=q&readers=1&ring_bytes=256&frame_bytes=64", "layout version 7"),
 ])
 def test_a_wrong_handle_string_is_refused(text, problem):
     with pytest.raises(shmq.BadHandle, match=problem):
@@ -98,11 +101,11 @@ def test_a_wrong_handle_string_is_refused(text, problem):
 
 def test_a_handle_to_a_missing_queue_says_so():
     with pytest.raises(shmq.QueueNotFound, match="the handle is wrong or its writer has closed"):
-        shmq.attach(f"shmq://shmq-000000?v={L.LAYOUT_VERSION}&name=q&readers=1&chunks=2&chunk_bytes=64&id=00", 0)
+        shmq.attach(f"shmq://shmq-000000?v={L.LAYOUT_VERSION}&name=q&readers=1&ring_bytes=256&frame_bytes=64&id=00", 0)
 
 
 def test_a_handle_that_does_not_match_its_segment_is_refused(writer):
-    wrong = shmq.Handle(writer.handle.shm_name, "q", n_readers=5, n_chunks=8, chunk_bytes=4096,
+    wrong = shmq.Handle(writer.handle.shm_name, "q", n_readers=5, ring_bytes=1 << 20, frame_bytes=4096,
                         instance_id=writer.handle.instance_id)
     with pytest.raises(shmq.BadHandle, match="the handle says 5 readers"):
         shmq.attach(wrong, 0)
@@ -194,7 +197,7 @@ def test_stats_open_finds_a_queue_by_its_name_and_refuses_an_unknown_or_ambiguou
             garbage.write(secrets.token_bytes(4096))  # an unreadable segment beside them is passed over
         with shmq.create(1, name="engine", n_chunks=4, chunk_bytes=256, shm_dir=shm_dir) as writer:
             with shmq.stats.open("engine", shm_dir=shm_dir) as view:
-                assert view.shm_name == writer.handle.shm_name and view.snapshot().n_chunks == 4
+                assert view.shm_name == writer.handle.shm_name and view.snapshot().ring_bytes == 4 * L.frame_stride(256)
             with pytest.raises(shmq.QueueNotFound, match="no shmq segment .* holds a queue named 'nothing'"):
                 shmq.stats.open("nothing", shm_dir=shm_dir)
             with shmq.create(1, name="engine", n_chunks=4, chunk_bytes=256, shm_dir=shm_dir):

@@ -1,4 +1,4 @@
-"""Hostile use of a local queue: racing attaches, fork, threads, interrupts, timeouts, corrupt slots,
+"""Hostile use of a local queue: racing attaches, fork, threads, interrupts, timeouts, corrupt frames,
 edited handles. Each ends in correct data or a named error, never a hang, and other readers lose nothing."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 
 import shmq
 from shmq import layout as L
+from shmq.testing import fill_ring
 
 from .conftest import FORK
 
@@ -158,8 +159,7 @@ def test_a_second_thread_calling_into_a_reader_gets_concurrent_use_and_cancel_st
 @pytest.mark.timeout(30)
 def test_a_second_thread_calling_into_a_writer_gets_concurrent_use(writer):
     with shmq.attach(writer.handle, 0), shmq.attach(writer.handle, 1):
-        for i in range(writer.handle.n_chunks):
-            writer.put(i)
+        fill_ring(writer)
         errors = []
 
         def blocked_put():
@@ -194,7 +194,7 @@ def raise_interrupt(signum, frame):
 
 
 def messages(seed: int, count: int, chunk_bytes: int) -> list:
-    """Small and multi-slot messages, mixed."""
+    """Small messages and messages in pieces, mixed."""
     rng = random.Random(seed)
     return [(i, bytes([i % 251]) * rng.choice([10, 100, chunk_bytes * 3, chunk_bytes * 7])) for i in range(count)]
 
@@ -343,24 +343,36 @@ def test_a_timeout_mid_message_is_honoured_on_both_sides_and_the_next_calls_carr
             assert reader.get_bytes(timeout=5) == b"c" * 700
 
 
+def frame_offset(mm, handle, frame: int) -> int:
+    """Where frame `frame` of the first lap of the ring is in the segment, found by walking the headers."""
+    start, position = L.ring_offset(handle.n_readers), 0
+    while True:
+        seq, length, _, flags, _ = L.FRAME_HEAD.unpack_from(mm, start + position)
+        if flags & L.FRAME_PADDING:
+            raise AssertionError("the frame is past the first lap")
+        if seq == frame:
+            return start + position
+        position += L.frame_stride(length)
+
+
 def corrupt(writer, message: int, **fields) -> None:
-    """Overwrite header words of message `message`'s slot, as a buggy process could."""
-    offsets = {"seq": L.SLOT_SEQ, "frame": L.SLOT_FRAME_LEN, "total": L.SLOT_TOTAL_LEN, "flags": L.SLOT_FLAGS}
-    base = L.slot_offset(writer.handle.n_readers, writer.handle.chunk_bytes, message % writer.handle.n_chunks)
+    """Overwrite header words of frame `message`, as a buggy process could."""
+    offsets = {"seq": L.FRAME_SEQ, "frame": L.FRAME_LEN, "total": L.FRAME_TOTAL_LEN, "flags": L.FRAME_FLAGS}
     with open(os.path.join("/dev/shm", writer.handle.shm_name), "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+        base = frame_offset(mm, writer.handle, message)
         for name, value in fields.items():
             mm[base + offsets[name] : base + offsets[name] + 8] = value.to_bytes(8, "little")
 
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("message, fields, problem", [
-    ("small", {"frame": 1 << 40, "total": 1 << 40}, "a slot holds"),
-    ("small", {"frame": 40, "total": 90}, "fits one slot, yet"),
+    ("small", {"frame": 1 << 40, "total": 1 << 40}, "a frame holds at most"),
+    ("small", {"frame": 40, "total": 90}, "one frame, yet"),
     ("small", {"seq": 12345}, "cannot have written"),
     ("large", {"total": 1 << 62}, "max_message_bytes"),
-    ("large", {"frame": 100}, "every piece but the last fills its slot"),
+    ("large", {"frame": 100}, "every piece but the last fills its frame"),
 ])
-def test_a_corrupt_slot_is_a_named_error_and_every_reader_reads_on(writer, message, fields, problem):
+def test_a_corrupt_frame_is_a_named_error_and_every_reader_reads_on(writer, message, fields, problem):
     payload = "s" if message == "small" else b"L" * 10_000
     with shmq.attach(writer.handle, 0) as reader, shmq.attach(writer.handle, 1) as other:
         writer.put(payload)
@@ -394,9 +406,14 @@ def test_a_raw_read_of_a_pickled_message_is_refused_and_leaves_it_for_get(writer
 
 
 @pytest.mark.parametrize("arguments, error, problem", [
-    ({"chunk_bytes": 2**62}, shmq.BadQueueArgument, "chunk_bytes must be in"),
-    ({"chunk_bytes": 1 << 40, "n_chunks": 1 << 8}, shmq.ShmFull, "no room for a"),
-    ({"n_chunks": "8"}, shmq.BadQueueArgument, "n_chunks must be an int, got str"),
+    ({"ring_bytes": 1000}, shmq.BadQueueArgument, "ring_bytes must be a multiple of 128"),
+    ({"ring_bytes": 1 << 60}, shmq.BadQueueArgument, "ring_bytes must be a multiple of 128 in"),
+    ({"ring_bytes": 1 << 40}, shmq.ShmFull, "no room for a"),
+    ({"ring_bytes": "1M"}, shmq.BadQueueArgument, "ring_bytes must be an int, got str"),
+    ({"ring_bytes": 1 << 20, "n_chunks": 8}, shmq.BadQueueArgument, "not both"),
+    ({"chunk_bytes": 2**62}, shmq.BadQueueArgument, "chunk_bytes must be an int in"),
+    ({"chunk_bytes": 1 << 40, "n_chunks": 4}, shmq.ShmFull, "no room for a"),
+    ({"n_chunks": "8"}, shmq.BadQueueArgument, "n_chunks must be an int in .*, got str"),
     ({"n_readers": 0}, shmq.BadQueueArgument, "n_readers must be in 1..64"),
     ({"max_message_bytes": -1}, shmq.BadQueueArgument, "max_message_bytes must be in"),
     ({"name": "x" * 100}, shmq.BadQueueArgument, "queue name"),

@@ -96,7 +96,9 @@ def test_histogram_buckets_are_log2_microseconds():
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(chunk_bytes=st.integers(64, 700), n_chunks=st.integers(2, 6), data=st.data())
 def test_any_bytes_come_back_identical_whatever_the_chunk_size(chunk_bytes, n_chunks, data):
-    capacity = chunk_bytes * n_chunks - L.ONE_SEGMENT.size  # a single thread cannot wait on itself
+    # A single thread cannot wait on itself: the whole message is in the ring at once, its pieces of
+    # chunk_bytes and the padding before one of them.
+    capacity = chunk_bytes * (n_chunks - 1) - L.ONE_SEGMENT.size
     bodies = data.draw(st.lists(st.binary(max_size=capacity), min_size=1, max_size=6))
     with shmq.create(1, name="hypothesis", chunk_bytes=chunk_bytes, n_chunks=n_chunks) as writer:
         with shmq.attach(writer.handle, 0) as reader:

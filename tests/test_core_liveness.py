@@ -12,6 +12,7 @@ import pytest
 
 import shmq
 from shmq import participant, wait
+from shmq.testing import fill_ring
 
 from .conftest import FORK
 
@@ -35,9 +36,10 @@ def test_get_on_an_empty_queue_times_out(writer):
 
 def test_put_on_a_full_ring_times_out_and_names_the_slow_reader(writer):
     with shmq.attach(writer.handle, 0) as reader, shmq.attach(writer.handle, 1) as other:
-        fill(writer, writer.handle.n_chunks)
+        count = fill_ring(writer)
         reader.get()
-        with pytest.raises(shmq.QueueTimeout, match=rf"reader 1 \(pid {os.getpid()}, state idle, lag 8"):
+        with pytest.raises(shmq.QueueTimeout, match=rf"reader 1 \(pid {os.getpid()}, state idle, lag {count} "
+                                                    r"messages, [\d,]+ of 33,792 ring bytes"):
             writer.put("one too many", timeout=0.2)
         with pytest.raises(shmq.WouldBlock, match="reader 1"):
             writer.put_nowait("one too many")
@@ -48,13 +50,14 @@ def test_put_on_a_full_ring_times_out_and_names_the_slow_reader(writer):
 
 
 def test_a_reader_with_a_backlog_publishes_in_batches_and_wakes_the_parked_writer_once(queue_name, monkeypatch):
-    # 64 slots: a reader with a backlog publishes its cursor every 4 messages, so the cursor
-    # the parked writer waits for (1) is jumped over, not landed on.
+    # Small ints take 256-byte frames: 64 fill this ring, and a reader with a backlog publishes its
+    # position every 4 of them (a sixteenth of the ring), so the position the parked writer waits
+    # for (256: the end of the first frame) is jumped over, not landed on.
     monkeypatch.setattr(participant, "HEARTBEAT_INTERVAL_S", 60.0)  # no heartbeat publishes meanwhile
     never_spin = wait.SpinYieldPark(spins=0, yields=0)
-    with shmq.create(1, name=queue_name, chunk_bytes=256, n_chunks=64, wait=never_spin) as writer, \
+    with shmq.create(1, name=queue_name, ring_bytes=64 * 256, wait=never_spin) as writer, \
             shmq.attach(writer.handle, 0) as reader, shmq.stats.open(writer.handle) as view:
-        fill(writer, 64)
+        assert fill_ring(writer) == 64
         blocked = threading.Thread(target=writer.put, args=("one more",), kwargs={"timeout": 10})
         blocked.start()
         deadline = time.monotonic() + 5
@@ -138,8 +141,7 @@ def test_a_killed_reader_makes_a_blocked_put_raise_reader_dead_within_a_second(q
         victim = children(attach_and_wait, writer.handle, 0, attached)
         attached.wait(10)
         with shmq.attach(writer.handle, 1) as survivor:
-            fill(writer, 4)
-            for _ in range(4):
+            for _ in range(fill_ring(writer)):
                 survivor.get()
             os.kill(victim.pid, signal.SIGKILL)
             victim.join(5)
@@ -158,11 +160,11 @@ def test_a_killed_reader_is_evicted_and_the_others_lose_nothing(queue_name, chil
         with shmq.attach(writer.handle, 1) as survivor:
             os.kill(victim.pid, signal.SIGKILL)
             victim.join(5)
-            received = []
-            for i in range(40):  # ten times the ring: only possible once reader 0 is evicted
+            received, count = [], 3 * writer.handle.ring_bytes // 256  # small ints take 256-byte frames
+            for i in range(count):  # three times the ring: only possible once reader 0 is evicted
                 writer.put(i, timeout=5)
                 received.append(survivor.get(timeout=5))
-            assert received == list(range(40))
+            assert received == list(range(count))
             with shmq.stats.open(writer.handle) as view:
                 assert view.snapshot().readers[0].state == shmq.ParticipantState.EVICTED
     assert f"evicted dead reader 0 (pid {victim.pid})" in caplog.text
@@ -195,12 +197,12 @@ def test_a_killed_writer_makes_a_blocked_get_raise_writer_dead_after_the_last_me
 
 def test_a_reader_that_attaches_late_gets_everything_from_the_start(writer):
     with shmq.attach(writer.handle, 1) as early:
-        fill(writer, writer.handle.n_chunks)  # the ring is now full: reader 0 holds it
+        count = fill_ring(writer)  # the ring is now full: reader 0 holds it
         with pytest.raises(shmq.QueueTimeout, match="reader 0 has not attached"):
             writer.put("waits for reader 0", timeout=0.1)
         with shmq.attach(writer.handle, 0) as late:
-            assert [late.get() for _ in range(8)] == list(range(8))
-        assert [early.get() for _ in range(8)] == list(range(8))
+            assert [late.get() for _ in range(count)] == [0] * count
+        assert [early.get() for _ in range(count)] == [0] * count
 
 
 def test_a_reader_that_closes_stops_gating_and_can_attach_again(writer):
@@ -228,11 +230,11 @@ def test_a_reader_index_held_by_a_live_process_cannot_be_taken(writer):
 def test_a_long_wait_logs_who_blocks_it(queue_name, caplog):
     with shmq.create(1, name=queue_name, chunk_bytes=4096, n_chunks=2, warn_after_s=0.2) as writer:
         with shmq.attach(writer.handle, 0):
-            fill(writer, 2)
+            count = fill_ring(writer)
             with caplog.at_level(logging.WARNING, logger="shmq"), pytest.raises(shmq.QueueTimeout):
                 writer.put("blocked", timeout=0.5)
     assert f"writer (pid {os.getpid()}) has waited" in caplog.text
-    assert f"reader 0 (pid {os.getpid()}, state idle, lag 2 messages, no progress for" in caplog.text
+    assert f"reader 0 (pid {os.getpid()}, state idle, lag {count} messages, " in caplog.text
 
 
 def idle_reader(handle, index):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import shmq
+from shmq import layout as L
 from shmq import wait
 
 from .conftest import FORK
@@ -92,7 +93,7 @@ def test_received_array_never_changes_afterwards(writer):
         writer.put(original)
         kept = reader.get()
         other.get()
-        for i in range(3 * writer.handle.n_chunks):
+        for i in range(3 * writer.handle.ring_bytes // L.frame_stride(256 * 8)):
             writer.put(np.full(256, -1.0))
             reader.get()
             other.get()

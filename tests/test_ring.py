@@ -1,4 +1,4 @@
-"""shmq/_ring.c as a unit, on private memory: the slots and records it writes are the ones layout.py describes."""
+"""shmq/_ring.c as a unit, on private memory: the frames and records it writes are the ones layout.py describes."""
 
 from __future__ import annotations
 
@@ -15,21 +15,21 @@ import shmq
 from shmq import _ring
 from shmq import layout as L
 
-
-N_READERS, N_SLOTS, CHUNK, FLIGHT_ENTRIES = 3, 4, 256, 8
+# A ring of 2,048 bytes: 8 frames of a small message (256 bytes each), frames of at most 256 bytes of payload.
+N_READERS, RING, FRAME, FLIGHT_ENTRIES = 3, 2048, 256, 8
+SMALL = 256  # the ring bytes of a frame of a few bytes: its header, then its table and payload, padded
 
 
 @pytest.fixture
 def memory():
-    return bytearray(L.segment_bytes(N_READERS, N_SLOTS, CHUNK, FLIGHT_ENTRIES))
+    return bytearray(L.segment_bytes(N_READERS, RING, FLIGHT_ENTRIES))
 
 
-def ring_on(memory) -> _ring.Ring:
-    return _ring.Ring(memory, slots_offset=L.slots_offset(N_READERS), n_slots=N_SLOTS,
-                      slot_stride=L.slot_stride(CHUNK), header_bytes=L.SLOT_HEADER_BYTES, chunk_bytes=CHUNK,
-                      writer_cursor_offset=L.OFF_WRITER_CURSOR, reader_parked_offset=L.OFF_READER_PARKED,
-                      n_readers=N_READERS, writer_parked_offset=L.OFF_WRITER_PARKED,
-                      writer_wake_offset=L.OFF_WRITER_WAKE)
+def ring_on(memory, ring_bytes: int = RING, frame_bytes: int = FRAME) -> _ring.Ring:
+    return _ring.Ring(memory, ring_offset=L.ring_offset(N_READERS), ring_bytes=ring_bytes, frame_bytes=frame_bytes,
+                      writer_cursor_offset=L.OFF_WRITER_CURSOR, writer_position_offset=L.OFF_WRITER_POSITION,
+                      reader_parked_offset=L.OFF_READER_PARKED, n_readers=N_READERS,
+                      writer_parked_offset=L.OFF_WRITER_PARKED, writer_wake_offset=L.OFF_WRITER_WAKE)
 
 
 def bound_ring_on(memory, participant: int) -> _ring.Ring:
@@ -38,9 +38,9 @@ def bound_ring_on(memory, participant: int) -> _ring.Ring:
     return ring
 
 
-def reader_ring_on(memory, index: int = 0, publish_every: int = 1) -> _ring.Ring:
+def reader_ring_on(memory, index: int = 0, publish_every: int = 1, cursor: int = 0, position: int = 0) -> _ring.Ring:
     ring = bound_ring_on(memory, 1 + index)
-    ring.bind_reader(index, 0, publish_every)
+    ring.bind_reader(index, cursor, position, publish_every)
     return ring
 
 
@@ -52,25 +52,31 @@ def record_word(memory, index: int, field: int) -> int:
     return words(memory)[L.word(L.record_offset(1 + index) + field)]
 
 
-def test_put_one_writes_the_slot_layout_py_reads_publishes_the_cursor_and_counts(memory):
+def at(position: int) -> int:
+    """Where the frame at ring position `position` is in the segment."""
+    return L.ring_offset(N_READERS) + position % RING
+
+
+def test_put_one_writes_the_frame_layout_py_reads_publishes_cursor_and_position_and_counts(memory):
     ring = bound_ring_on(memory, 0)
-    stream = pickle.dumps({"seq": 5}, protocol=5)
+    assert ring.put_one(0, [b"first"], None) is False  # nobody parked: no wake
+    stream = pickle.dumps({"seq": 1}, protocol=5)
     traceparent = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
-    ring.publish(5)  # the writer has sent messages 0..4: put_one writes at its cursor, 5
-    assert ring.written == 5
-    assert ring.put_one(L.SLOT_TRACED, [stream], traceparent) is False  # nobody parked: no wake
-    assert ring.written == 6
-    base = L.slot_offset(N_READERS, CHUNK, 5 % N_SLOTS)
+    assert ring.put_one(L.FRAME_TRACED, [stream], traceparent) is False
     frame = len(stream) + L.ONE_SEGMENT.size
-    assert L.SLOT_HEAD.unpack_from(memory, base) == (5, frame, frame, L.SLOT_TRACED)
-    assert L.ONE_SEGMENT.unpack_from(memory, base + L.SLOT_HEADER_BYTES) == (1, len(stream))
-    field = memory[base + L.SLOT_TRACEPARENT : base + L.SLOT_TRACEPARENT + L.TRACEPARENT_BYTES]
+    assert (ring.written, ring.position) == (2, SMALL + L.frame_stride(frame))
+    base = at(SMALL)  # the second frame follows the first
+    assert L.FRAME_HEAD.unpack_from(memory, base) == (1, frame, frame, L.FRAME_TRACED, SMALL)
+    assert L.ONE_SEGMENT.unpack_from(memory, base + L.FRAME_HEADER_BYTES) == (1, len(stream))
+    field = memory[base + L.FRAME_TRACEPARENT : base + L.FRAME_TRACEPARENT + L.TRACEPARENT_BYTES]
     assert field == traceparent.ljust(L.TRACEPARENT_BYTES, b"\x00")
-    body = base + L.SLOT_HEADER_BYTES + L.ONE_SEGMENT.size
+    body = base + L.FRAME_HEADER_BYTES + L.ONE_SEGMENT.size
     assert memory[body : body + len(stream)] == stream
-    assert words(memory)[L.word(L.OFF_WRITER_CURSOR)] == 6
+    assert words(memory)[L.word(L.OFF_WRITER_CURSOR)] == 2
+    assert words(memory)[L.word(L.OFF_WRITER_POSITION)] == ring.position
     record = L.record_offset(0)
-    assert words(memory)[L.word(record + L.REC_MESSAGES)] == 1 and words(memory)[L.word(record + L.REC_BYTES)] == frame
+    assert words(memory)[L.word(record + L.REC_MESSAGES)] == 2
+    assert words(memory)[L.word(record + L.REC_BYTES)] == frame + len(b"first") + L.ONE_SEGMENT.size
 
 
 def test_take_one_returns_only_a_published_plain_message_and_counts_it(memory):
@@ -79,15 +85,16 @@ def test_take_one_returns_only_a_published_plain_message_and_counts_it(memory):
     assert reader.take_one() is None  # nothing published
     writer.put_one(0, [stream], None)
     assert reader.take_one() == stream and reader.cursor == 1 and reader.available == 1
-    writer.put_one(L.SLOT_RAW, [stream], None)
+    assert reader.position == SMALL
+    writer.put_one(L.FRAME_RAW, [stream], None)
     assert reader.take_one() is None and reader.cursor == 1  # flags: the Python path decides
-    reader.advance(2)
+    reader.advance()
     writer.put_one(0, [stream], None)
-    words(memory)[L.word(L.slot_offset(N_READERS, CHUNK, 2))] = 99  # the slot holds another message now
+    words(memory)[L.word(at(2 * SMALL))] = 99  # the header names another frame now
     assert reader.take_one() is None and reader.cursor == 2
     frame = len(stream) + L.ONE_SEGMENT.size
     assert record_word(memory, 0, L.REC_MESSAGES) == 1 and record_word(memory, 0, L.REC_BYTES) == frame
-    assert record_word(memory, 0, L.REC_CURSOR) == 2
+    assert record_word(memory, 0, L.REC_CURSOR) == 2 and record_word(memory, 0, L.REC_POSITION) == 2 * SMALL
 
 
 def test_out_of_band_buffers_are_laid_out_as_layout_py_says_and_come_back_as_private_copies(memory):
@@ -98,14 +105,14 @@ def test_out_of_band_buffers_are_laid_out_as_layout_py_says_and_come_back_as_pri
     offsets, frame = L.segment_layout(lengths)
     assert _ring.frame_length(segments) == frame
     writer.put_one(0, segments, None)
-    start = L.slot_offset(N_READERS, CHUNK, 0) + L.SLOT_HEADER_BYTES
+    start = at(0) + L.FRAME_HEADER_BYTES
     assert struct.unpack_from(f"<{1 + len(segments)}Q", memory, start) == (len(segments), *lengths)
     for offset, segment in zip(offsets, segments):
         assert memory[start + offset : start + offset + len(segment)] == bytes(segment)
     stream, copies = reader.take_one()
     assert stream == b"stream" and copies == [bytearray(b) for b in buffers]
     assert all(type(copy) is bytearray for copy in copies)
-    memory[start + offsets[1]] = ord("z")  # the slot is reused: the copies do not change
+    memory[start + offsets[1]] = ord("z")  # the frame is overwritten: the copies do not change
     assert copies[0] == b"a" * 7
     assert record_word(memory, 0, L.REC_BYTES) == frame
 
@@ -126,7 +133,7 @@ def test_frame_spans_finds_the_segments_layout_py_lays_out_and_refuses_a_corrupt
 
 def test_a_corrupt_frame_table_is_left_to_the_python_path(memory):
     writer, reader = ring_on(memory), reader_ring_on(memory)
-    start = L.slot_offset(N_READERS, CHUNK, 0) + L.SLOT_HEADER_BYTES
+    start = at(0) + L.FRAME_HEADER_BYTES
     writer.put_one(0, [b"stream", b"buffer"], None)
     table = memoryview(memory)[start : start + 24].cast("Q")
     for count, first, second in ((0, 6, 6), (3, 6, 6), (2, 6, 7), (2, 6, 5), (2, 50, 6), (2, 2 ** 63, 6), (2, 6, 2 ** 64 - 1)):
@@ -137,42 +144,74 @@ def test_a_corrupt_frame_table_is_left_to_the_python_path(memory):
     table.release()
 
 
-def test_a_piece_of_a_multi_slot_message_gets_its_header_and_the_reader_sees_its_sequence(memory):
-    writer, reader = ring_on(memory), reader_ring_on(memory)
+def test_a_piece_gets_its_header_at_once_and_is_published_when_its_payload_is_in(memory):
+    writer, reader = bound_ring_on(memory, 0), reader_ring_on(memory)
     traceparent = b"00-" + b"c" * 32 + b"-" + b"d" * 16 + b"-01"
-    writer.write_head(6, CHUNK, 3 * CHUNK, L.SLOT_FRAGMENT, traceparent)
-    base = L.slot_offset(N_READERS, CHUNK, 6 % N_SLOTS)
-    assert L.SLOT_HEAD.unpack_from(memory, base) == (6, CHUNK, 3 * CHUNK, L.SLOT_FRAGMENT)
-    assert memory[base + L.SLOT_TRACEPARENT : base + L.SLOT_TRACEPARENT + len(traceparent)] == traceparent
+    payload = writer.reserve(FRAME, 3 * FRAME, L.FRAME_FRAGMENT | L.FRAME_FIRST, traceparent)
+    assert payload == at(0) + L.FRAME_HEADER_BYTES
+    assert L.FRAME_HEAD.unpack_from(memory, at(0)) == (0, FRAME, 3 * FRAME, L.FRAME_FRAGMENT | L.FRAME_FIRST, 0)
+    assert memory[at(0) + L.FRAME_TRACEPARENT : at(0) + L.FRAME_TRACEPARENT + len(traceparent)] == traceparent
     assert words(memory)[L.word(L.OFF_WRITER_CURSOR)] == 0  # the caller fills the piece, then publishes
-    assert reader.seq_after_copy(6) == 6 and reader.seq_after_copy(2) == 6  # slots 2 and 6 are one slot
-    with pytest.raises(ValueError, match="does not fit"):
-        writer.write_head(7, CHUNK + 1, 3 * CHUNK, L.SLOT_FRAGMENT, None)
+    assert reader.head() is None
+    assert writer.publish() is False and (writer.written, writer.position) == (1, L.frame_stride(FRAME))
+    assert reader.head() == at(0) and reader.header_intact(0) and not reader.header_intact(1)
+    with pytest.raises(ValueError, match="larger than the ring's frames"):
+        writer.reserve(FRAME + 1, 3 * FRAME, L.FRAME_FRAGMENT, None)
+    with pytest.raises(RuntimeError, match="without a frame from reserve"):
+        writer.publish()
 
 
-def test_a_backlog_is_published_once_per_batch_and_at_once_when_caught_up(memory):
-    writer, reader = ring_on(memory), reader_ring_on(memory, publish_every=2)
+def test_a_frame_that_would_cross_the_end_of_the_ring_starts_the_next_lap_after_a_padding_frame(memory):
+    writer, reader = ring_on(memory), reader_ring_on(memory)
+    for n in range(7):  # 7 small frames: 256 bytes of the ring are left
+        writer.put_one(0, [b"%d" % n], None)
+        assert reader.take_one() == b"%d" % n
+    big = b"b" * 200  # a frame of 384 bytes does not fit the 256 left
+    writer.put_one(0, [big], None)
+    assert L.FRAME_HEAD.unpack_from(memory, at(7 * SMALL)) == (7, SMALL - L.FRAME_HEADER_BYTES, 0, L.FRAME_PADDING,
+                                                               7 * SMALL)
+    assert L.FRAME_HEAD.unpack_from(memory, at(RING))[::4] == (7, RING)  # seq and position: the next lap
+    assert writer.position == RING + L.frame_stride(len(big) + L.ONE_SEGMENT.size)
+    assert reader.take_one() == big and reader.position == writer.position
+
+
+def test_a_backlog_is_published_once_per_batch_and_at_once_when_caught_up():
+    memory = bytearray(L.segment_bytes(N_READERS, 16 * RING, FLIGHT_ENTRIES))  # a sixteenth is 8 small frames
+    writer = ring_on(memory, ring_bytes=16 * RING)
+    reader = ring_on(memory, ring_bytes=16 * RING)
+    reader.bind_record(L.record_offset(1), True, L.RECORD_FIELDS, L.HIST_FINITE_BUCKETS)
+    reader.bind_reader(0, 0, 0, 2)
     for _ in range(3):
         writer.put_one(0, [b"x"], None)
     published = []
     for _ in range(3):
         reader.take_one()
-        published.append(record_word(memory, 0, L.REC_CURSOR))
-    assert published == [0, 2, 3]  # the batch of 2, then caught up
+        published.append((record_word(memory, 0, L.REC_CURSOR), record_word(memory, 0, L.REC_POSITION)))
+    assert published == [(0, 0), (2, 2 * SMALL), (3, 3 * SMALL)]  # the batch of 2, then caught up
+    writer.put_one(0, [b"x"], None)
     reader.count(100)  # a message of the Python path: counted, then published with the cursor
     reader.publish_behind()  # nothing behind: no store
     assert record_word(memory, 0, L.REC_MESSAGES) == 3
-    reader.advance(3)
-    assert record_word(memory, 0, L.REC_MESSAGES) == 4 and reader.published == 3
-    with pytest.raises(ValueError, match="never goes back"):
-        reader.advance(2)
+    reader.advance()
+    assert record_word(memory, 0, L.REC_MESSAGES) == 4 and (reader.published, reader.position) == (4, 4 * SMALL)
+
+
+def test_a_batch_of_large_frames_is_published_at_a_sixteenth_of_the_ring(memory):
+    big = ring_on(memory, ring_bytes=RING, frame_bytes=RING // 2 - L.FRAME_HEADER_BYTES)
+    reader = bound_ring_on(memory, 1)
+    reader.bind_reader(0, 0, 0, 64)
+    big.put_one(0, [b"x" * 200], None)  # 384 bytes: more than a sixteenth of the ring (128)
+    big.put_one(0, [b"x" * 200], None)
+    reader.take_one()
+    assert record_word(memory, 0, L.REC_CURSOR) == 1  # published although far from 64 frames
 
 
 def test_the_writer_wakes_only_a_reader_parked_for_this_message_and_counts_it(memory):
     ring = bound_ring_on(memory, 0)
     memory[L.OFF_READER_PARKED + 1] = L.parked_mark(7)  # reader 1 sleeps until message 7 comes
-    assert ring.publish(7) is False
-    assert ring.publish(8) is True
+    for n in range(7):
+        assert ring.put_one(0, [b"x"], None) is False
+    assert ring.put_one(0, [b"x"], None) is True
     assert words(memory)[L.word(L.record_offset(0) + L.REC_WAKEUPS)] == 1
 
 
@@ -194,30 +233,29 @@ def test_a_wait_ends_with_its_counters_its_histogram_bucket_and_the_next_state(m
     assert words(memory)[L.word(record + L.REC_STATE)] == L.ParticipantState.BUSY
 
 
-def test_a_reader_wakes_the_writer_only_when_it_crosses_its_mark(memory):
-    reader = reader_ring_on(memory)
+def test_a_reader_wakes_the_writer_only_when_its_position_crosses_the_mark(memory):
+    writer, reader = ring_on(memory), reader_ring_on(memory)
+    for _ in range(4):
+        writer.put_one(0, [b"x"], None)
     w = words(memory)
-    w[L.word(L.OFF_WRITER_PARKED)] = 10  # the writer sleeps until some reader's cursor reaches 10
-    reader.advance(9)
+    w[L.word(L.OFF_WRITER_PARKED)] = 300  # the writer sleeps until some reader's position reaches 300
+    reader.advance()  # 256
     assert record_word(memory, 0, L.REC_WAKEUPS) == 0
-    reader.advance(12)  # crosses 10
+    reader.advance()  # 512: crosses 300
     assert record_word(memory, 0, L.REC_WAKEUPS) == 1
-    assert w[L.word(L.OFF_WRITER_WAKE)] & 0xFFFFFFFF == (12 << 8) | 0
-    reader.advance(13)  # already past it
+    assert w[L.word(L.OFF_WRITER_WAKE)] & 0xFFFFFFFF == (2 << 8) | 0
+    reader.advance()  # already past it
     assert record_word(memory, 0, L.REC_WAKEUPS) == 1
 
 
 def test_bad_arguments_are_refused_without_touching_memory(memory):
-    with pytest.raises(ValueError, match="geometry"):
-        _ring.Ring(memory, slots_offset=L.slots_offset(N_READERS), n_slots=N_SLOTS * 1000,
-                   slot_stride=L.slot_stride(CHUNK), header_bytes=L.SLOT_HEADER_BYTES, chunk_bytes=CHUNK,
-                   writer_cursor_offset=L.OFF_WRITER_CURSOR, reader_parked_offset=L.OFF_READER_PARKED,
-                   n_readers=N_READERS, writer_parked_offset=L.OFF_WRITER_PARKED,
-                   writer_wake_offset=L.OFF_WRITER_WAKE)
+    for ring_bytes, frame_bytes in ((RING * 1000, FRAME), (RING, RING // 2), (RING + 64, FRAME), (RING, 8)):
+        with pytest.raises(ValueError, match="geometry"):
+            ring_on(memory, ring_bytes, frame_bytes)
     ring = ring_on(memory)
     before = bytes(memory)
-    with pytest.raises(ValueError, match="does not fit"):
-        ring.put_one(0, [b"x" * CHUNK], None)
+    with pytest.raises(ValueError, match="larger than the ring's frames"):
+        ring.put_one(0, [b"x" * FRAME], None)
     with pytest.raises(TypeError, match="list of buffers"):
         ring.put_one(0, [], None)
     with pytest.raises(TypeError, match="bytes-like"):
@@ -245,20 +283,48 @@ def test_a_closed_reader_raises_instead_of_touching_the_unmapped_segment():
             reader.get(timeout=1)
 
 
-def test_the_writer_writes_no_slot_a_gating_reader_still_holds(memory):
+def test_the_writer_writes_no_byte_a_gating_reader_still_holds(memory):
     writer, reader = ring_on(memory), reader_ring_on(memory)
-    writer.bind_gating(tuple(L.record_offset(1 + i) for i in range(N_READERS)), L.REC_STATE, L.REC_CURSOR,
+    writer.bind_gating(tuple(L.record_offset(1 + i) for i in range(N_READERS)), L.REC_STATE, L.REC_POSITION,
                        L.ParticipantState.CLOSED)
     for i in range(N_READERS):  # readers 1 and 2 have closed: they hold nothing
         words(memory)[L.word(L.record_offset(1 + i) + L.REC_STATE)] = L.ParticipantState.BUSY if i == 0 else \
             L.ParticipantState.CLOSED
-    for n in range(N_SLOTS):
+    for n in range(RING // SMALL):
         assert writer.put_one(0, [b"%d" % n], None) is False
-    assert writer.put_one(0, [b"full"], None) is None and not writer.slot_free(N_SLOTS)  # reader 0 holds slot 0
-    assert writer.written == N_SLOTS and words(memory)[L.word(L.OFF_WRITER_CURSOR)] == N_SLOTS
-    assert reader.take_one() == b"0"  # publishes its cursor: slot 0 is free again
-    assert writer.slot_free(N_SLOTS) and not writer.slot_free(N_SLOTS + 1)
+    assert writer.put_one(0, [b"full"], None) is None and not writer.room(1)  # reader 0 holds frame 0
+    assert writer.wanted == SMALL  # the end of frame 0: reader 0's position must reach it
+    assert writer.written == RING // SMALL and words(memory)[L.word(L.OFF_WRITER_CURSOR)] == RING // SMALL
+    assert reader.take_one() == b"0"  # publishes its position: frame 0's bytes are free again
+    assert writer.room(1) and not writer.room(SMALL)  # a frame of 1 byte fits the 256 freed, one of 256 does not
     assert writer.put_one(0, [b"next"], None) is False and writer.put_one(0, [b"more"], None) is None
+
+
+def test_a_reader_joining_finds_its_frame_from_any_boundary_before_it(memory):
+    writer = ring_on(memory)
+    for n in range(5):
+        writer.put_one(0, [b"%d" % n], None)
+    joined = reader_ring_on(memory, 0, cursor=3, position=SMALL)  # frames 1 and 2 are stepped over
+    assert joined.position == 3 * SMALL and joined.take_one() == b"3"
+    head = reader_ring_on(memory, 1)
+    assert head.join_head() == (5, 5 * SMALL)
+    # The writer stores its cursor, then its position: a join between the two sees the position one frame
+    # behind the cursor, and steps over that frame.
+    words(memory)[L.word(L.OFF_WRITER_POSITION)] = 4 * SMALL
+    assert head.join_head() == (5, 5 * SMALL)
+
+
+def test_a_frame_whose_length_is_corrupt_is_skipped_to_the_next_header_found(memory):
+    writer, reader = ring_on(memory), reader_ring_on(memory)
+    writer.put_one(0, [b"x" * 150], None)  # 384 bytes
+    writer.put_one(0, [b"after"], None)
+    words(memory)[L.word(at(0) + L.FRAME_LEN)] = 1 << 40
+    assert reader.take_one() is None  # not a frame's length: the Python path reports it
+    assert reader.skip() == 1 and reader.position == 384
+    assert reader.take_one() == b"after"
+    writer.put_one(0, [b"last"], None)
+    words(memory)[L.word(at(384 + SMALL) + L.FRAME_LEN)] = 1 << 40
+    assert reader.skip() == 3 and reader.position == writer.position  # no frame after it yet: the head
 
 
 def test_the_fast_paths_take_nothing_while_another_thread_holds_the_slow_path(memory):
@@ -291,21 +357,21 @@ def test_the_fast_paths_take_nothing_while_another_thread_holds_the_slow_path(me
 
 def test_the_layout_refuses_a_c_build_that_disagrees_with_it():
     code = ("import importlib, shmq._ring as c, shmq.layout as layout\n"
-            "c.SLOT_FLAGS = 99\n"
+            "c.FRAME_FLAGS = 99\n"
             "try:\n    importlib.reload(layout)\nexcept ImportError as e:\n    print(e)\n")
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert "disagree on {'SLOT_FLAGS': (24, 99)}" in shown.stdout and "rebuild shmq" in shown.stdout, shown
+    assert "disagree on {'FRAME_FLAGS': (24, 99)}" in shown.stdout and "rebuild shmq" in shown.stdout, shown
 
 
 def flight_of(memory, participant: int) -> list[tuple]:
-    return _ring.flight_entries(memory, L.flight_offset(N_READERS, N_SLOTS, CHUNK, FLIGHT_ENTRIES, participant),
+    return _ring.flight_entries(memory, L.flight_offset(N_READERS, RING, FLIGHT_ENTRIES, participant),
                                 FLIGHT_ENTRIES)
 
 
 def test_the_flight_recorder_keeps_each_participants_last_operations_and_skips_a_torn_entry(memory):
     writer, reader = bound_ring_on(memory, 0), reader_ring_on(memory)
     for participant, ring in ((0, writer), (1, reader)):
-        ring.bind_flight(L.flight_offset(N_READERS, N_SLOTS, CHUNK, FLIGHT_ENTRIES, participant), FLIGHT_ENTRIES)
+        ring.bind_flight(L.flight_offset(N_READERS, RING, FLIGHT_ENTRIES, participant), FLIGHT_ENTRIES)
     for n in range(3):
         writer.put_one(0, [b"m%d" % n], None)
         assert reader.take_one() == b"m%d" % n
@@ -317,12 +383,12 @@ def test_the_flight_recorder_keeps_each_participants_last_operations_and_skips_a
     assert [(L.FlightOp(e[1]), e[2], e[3]) for e in gets] == [(L.FlightOp.GET, n, frame) for n in range(3)]
     assert [e[3] for e in puts[:3]] == [frame] * 3
     assert all(0 < e[4] <= e[5] for e in puts + gets)  # begin <= end, monotonic ns
-    for n in range(3, 3 + FLIGHT_ENTRIES):  # the ring wraps: only the last FLIGHT_ENTRIES stay
+    for n in range(3, 3 + FLIGHT_ENTRIES):  # the flight ring wraps: only the last FLIGHT_ENTRIES stay
         writer.put_one(0, [b"x"], None)
         reader.take_one()
     assert [e[2] for e in flight_of(memory, 1)] == list(range(3, 3 + FLIGHT_ENTRIES))
     # An entry its owner is writing (stamp 0) is left out, not read half-written.
-    first = L.flight_offset(N_READERS, N_SLOTS, CHUNK, FLIGHT_ENTRIES, 1) + L.FLIGHT_HEAD_BYTES
+    first = L.flight_offset(N_READERS, RING, FLIGHT_ENTRIES, 1) + L.FLIGHT_HEAD_BYTES
     words(memory)[L.word(first + L.FLIGHT_STAMP)] = 0
     assert len(flight_of(memory, 1)) == FLIGHT_ENTRIES - 1
 
