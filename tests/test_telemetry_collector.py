@@ -52,9 +52,10 @@ def test_counters_gauges_and_states_of_a_queue_in_both_formats(queue_name):
                 assert value(samples, N.total(N.MESSAGES), **who(queue_name, 0)) == 3
                 assert value(samples, N.total(N.BYTES), **who(queue_name)) == 5 * FRAME
                 assert value(samples, N.total(N.BYTES), **who(queue_name, 0)) == 3 * FRAME
-                assert value(samples, N.RING_CAPACITY, queue=queue_name) == 8
+                assert value(samples, N.RING_CAPACITY, queue=queue_name) == 8 * L.frame_stride(256)
                 # Reader 1 never attached: it still gates the writer, so occupancy counts from its cursor 0.
-                assert value(samples, N.RING_OCCUPANCY, queue=queue_name) == 5
+                assert value(samples, N.RING_OCCUPANCY_MESSAGES, queue=queue_name) == 5
+                assert value(samples, N.RING_OCCUPANCY, queue=queue_name) == 5 * L.frame_stride(FRAME)
                 assert value(samples, N.READER_LAG, **who(queue_name, 0)) == 2
                 assert value(samples, N.READER_LAG, **who(queue_name, 1)) == 5
                 assert value(samples, N.PARTICIPANT_STATE, **who(queue_name, 1), state="pending") == 1
@@ -97,7 +98,8 @@ def test_a_queue_without_stats_exports_its_gauges_but_no_counters(queue_name):
         writer.put_bytes(PAYLOAD)
         samples = scrape(ShmqCollector([writer.handle]))
     names = {name for name, _ in samples}
-    assert value(samples, N.RING_OCCUPANCY, queue=queue_name) == 1
+    assert value(samples, N.RING_OCCUPANCY_MESSAGES, queue=queue_name) == 1
+    assert value(samples, N.RING_OCCUPANCY, queue=queue_name) == L.frame_stride(FRAME)
     assert N.total(N.MESSAGES) not in names and N.WAIT_SECONDS + "_count" not in names
 
 
@@ -114,7 +116,7 @@ def test_watching_everything_finds_new_segments_and_forgets_unlinked_ones(shm_di
     assert not [k for k in scrape(collector) if k[0] == N.RING_CAPACITY]
     writer = shmq.create(1, name="appears", chunk_bytes=256, shm_dir=shm_dir)
     try:
-        assert value(scrape(collector), N.RING_CAPACITY, queue="appears") == writer.handle.n_chunks
+        assert value(scrape(collector), N.RING_CAPACITY, queue="appears") == writer.handle.ring_bytes
     finally:
         writer.close()
     assert not [k for k in scrape(collector) if k[0] == N.RING_CAPACITY]
@@ -136,12 +138,12 @@ def test_a_record_corrupted_after_discovery_is_skipped_and_counted_at_each_scrap
     with shmq.create(1, name="corrupted", chunk_bytes=256, shm_dir=shm_dir) as writer, \
             shmq.create(1, name="healthy", chunk_bytes=256, shm_dir=shm_dir):
         collector = ShmqCollector(shm_dir=shm_dir)
-        assert value(scrape(collector), N.RING_CAPACITY, queue="corrupted") == writer.handle.n_chunks
+        assert value(scrape(collector), N.RING_CAPACITY, queue="corrupted") == writer.handle.ring_bytes
         corrupt_word(os.path.join(shm_dir, writer.handle.shm_name), L.record_offset(0) + L.REC_ROLE, 99)
         for errors in (1, 2):
             samples = scrape(collector)
             assert value(samples, N.total(N.EXPORTER_ERRORS)) == errors
-            assert value(samples, N.RING_CAPACITY, queue="healthy") == writer.handle.n_chunks
+            assert value(samples, N.RING_CAPACITY, queue="healthy") == writer.handle.ring_bytes
             assert not [k for k in samples if dict(k[1]).get(N.LABEL_QUEUE) == "corrupted"]
         collector.close()
 
@@ -152,4 +154,4 @@ def test_serve_binds_loopback_and_answers_a_scrape(queue_name):
         assert exporter.addr == "127.0.0.1"
         with urllib.request.urlopen(exporter.url, timeout=5) as response:
             samples = sample_values(parse_text(response.read().decode()))
-        assert value(samples, N.RING_CAPACITY, queue=queue_name) == writer.handle.n_chunks
+        assert value(samples, N.RING_CAPACITY, queue=queue_name) == writer.handle.ring_bytes

@@ -116,8 +116,8 @@ def test_the_exporter_skips_corrupt_and_foreign_segments_counts_them_and_stays_u
                 for openmetrics in (False, True):
                     samples = scrape(url, openmetrics=openmetrics)
                     assert value(samples, N.total(N.EXPORTER_ERRORS)) == len(unreadable)
-                    assert value(samples, N.RING_CAPACITY, queue="good") == writer.handle.n_chunks
+                    assert value(samples, N.RING_CAPACITY, queue="good") == writer.handle.ring_bytes
             for path in unreadable:
                 os.unlink(path)
             samples = scrape(url)
-            assert value(samples, N.RING_CAPACITY, queue="good") == writer.handle.n_chunks
+            assert value(samples, N.RING_CAPACITY, queue="good") == writer.handle.ring_bytes

@@ -16,6 +16,7 @@ from shmq.telemetry.watchdog.alerts import AlertBook, event_fields
 from shmq.telemetry.watchdog.rules import Cause, QueueMonitor, Thresholds
 
 S = 1_000_000_000  # ns per second
+FRAME = 256  # the ring bytes of each made-up message: a small frame
 TICK = S // 10  # the default poll interval
 QUEUE = QueueId("shmq-test", "engine")
 
@@ -26,7 +27,7 @@ def record(index: int, *, cursor: int = 0, state: State = State.WAITING_READ, pi
     counters.update(
         role=Role.WRITER if index < 0 else Role.READER, index=index, pid=1000 + index if pid is None else pid,
         start_time=1, state=state, state_since_ns=state_since_ns, heartbeat_ns=heartbeat_ns,
-        progress_ns=progress_ns, cursor=cursor, spins=spins, histogram=(0,) * HIST_BUCKETS)
+        progress_ns=progress_ns, cursor=cursor, position=cursor * FRAME, spins=spins, histogram=(0,) * HIST_BUCKETS)
     return ParticipantStats(**counters)
 
 
@@ -35,7 +36,8 @@ def snapshot(now_ns: int, writer_cursor: int, readers: list[ParticipantStats], *
     writer = record(-1, cursor=writer_cursor, state=writer_state, heartbeat_ns=now_ns, state_since_ns=writer_since_ns,
                     spins=writer_spins)
     return QueueStats(shm_name=QUEUE.shm_name, name=QUEUE.label, creator_pid=999, created_ns=0, n_readers=len(readers),
-                      n_chunks=n_chunks, chunk_bytes=64, stats_enabled=True, endpoint="", writer_cursor=writer_cursor,
+                      ring_bytes=n_chunks * FRAME, frame_bytes=16, stats_enabled=True, endpoint="",
+                      writer_cursor=writer_cursor, writer_position=writer_cursor * FRAME,
                       monotonic_ns=now_ns, time_ns=now_ns, writer=writer, readers=tuple(readers))
 
 
@@ -164,7 +166,7 @@ def test_freeze_risk_is_raised_on_the_second_poll_above_three_quarters_while_fil
     raised_at = next(i for i, findings in enumerate(polls) if freeze(findings))
     assert raised_at + 1 == 13, "occupancy 12 (75%) holds first at poll 12, twice at poll 13"
     finding = freeze(polls[raised_at])[0]
-    assert (finding.role, finding.reader, finding.occupancy) == ("writer", -1, 13)
+    assert (finding.role, finding.reader, finding.occupancy) == ("writer", -1, 13 * FRAME)
     assert finding.time_to_full_s == pytest.approx(0.3, abs=0.05)
     assert [b.reader for b in finding.blockers] == [0]
 
@@ -191,7 +193,7 @@ def test_bursts_that_fill_the_ring_while_the_reader_keeps_reading_are_no_freeze_
 def test_a_reader_slower_than_the_writer_raises_freeze_risk_after_three_rising_polls():
     polls = run_ring(Harness(), [(3, 1)] * 16, n_chunks=32)  # occupancy 2, 4, ... 24 (75 %) at poll 12, 26, 28
     assert [bool(p) for p in polls] == [False] * 13 + [True] * 3
-    assert polls[13][0].cause == Cause.BUSY and polls[13][0].occupancy == 28
+    assert polls[13][0].cause == Cause.BUSY and polls[13][0].occupancy == 28 * FRAME
 
 
 def test_a_ring_that_is_high_but_no_longer_filling_has_no_freeze_risk():
