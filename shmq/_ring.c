@@ -1532,13 +1532,15 @@ ring_skip(Ring *self, PyObject *unused)
     return PyLong_FromUnsignedLongLong(self->cursor);
 }
 
-/* publish_behind(): publish what was read but not published yet (the heartbeat, a wait, close). */
+/* publish_behind(): publish what was read or counted but not published yet (the heartbeat, a wait,
+ * close, a message in pieces counted after its frames were released). */
 static PyObject *
 ring_publish_behind(Ring *self, PyObject *unused)
 {
     if (check_reader(self) < 0)
         return NULL;
-    if (self->published != self->cursor || self->published_position != self->position)
+    if (self->published != self->cursor || self->published_position != self->position ||
+        (self->stats && atomic_load_explicit(self->field[F_MESSAGES], memory_order_relaxed) != self->messages))
         publish_reader_cursor(self);
     Py_RETURN_NONE;
 }

@@ -248,7 +248,7 @@ class Reader(Receiving, Participant):
         try:
             stream, buffers = self._frame(head, frame, c, copy=True)
         except CorruptMessage:
-            self._release_read()
+            self._skip()
             raise
         stream = bytes(stream)  # private, so the frame is released before the decode (bytes(raw) is no copy)
         self._check_unchanged(c)
@@ -261,8 +261,10 @@ class Reader(Receiving, Participant):
         try:
             self._resume = None  # a message in pieces is whole: from here on it is kept, not resumed
             self._ring.count(total)
-            if self._cursor == c:  # a message in pieces released its own
+            if self._cursor == c:
                 self._release_read()
+            else:  # a message in pieces released its frames as it copied them: its count goes out now
+                self._ring.publish_behind()
             if flags & _FRAGMENT and self._stats:
                 self._w[self._rec + L.word(L.REC_OVERFLOW)] += 1
             self._trace_received(c, total, traceparent, waited, wait_start)
@@ -299,9 +301,8 @@ class Reader(Receiving, Participant):
                 problem = self._head_problem(frame, total, flags)
                 if not problem:
                     return c, head, frame, total, flags
-                skipped = self._skip(frame)
                 raise CorruptMessage(f"queue {self.queue_name!r}: message {c} is corrupt ({problem}); reader "
-                                     f"{self.index} skipped {skipped} and reads on from the next message")
+                                     f"{self.index} {self._skip()} and reads on from the next message")
             if not c + 1 < self._ring.load_available():
                 c, _, _ = self._await_message(_remaining(deadline))
             else:
@@ -315,9 +316,10 @@ class Reader(Receiving, Participant):
         expected = self._ring.position
         if seq == c and position == expected:
             return head
+        available = self._ring.available
         self._ring.skip()
         skipped = f"skipped to message {self._cursor}"
-        if position == expected and seq > c:
+        if position == expected and c < seq < available:
             raise MessageOverwritten(f"queue {self.queue_name!r}: the writer overwrote message {c} (frame {seq} is "
                                      f"there now) before reader {self.index} read it: was this reader evicted? "
                                      f"It {skipped}")
@@ -325,14 +327,12 @@ class Reader(Receiving, Participant):
                              f"{c} belongs, says frame {seq} at position {position:,}, which its writer cannot have "
                              f"written; reader {self.index} {skipped}")
 
-    def _skip(self, frame: int) -> str:
-        """Step over the message at the cursor, whose header is checked but its lengths corrupt: by its
-        length when it is a frame's, else to the next header found. Says what was skipped."""
+    def _skip(self) -> str:
+        """Step over the frame at the cursor, which is corrupt, to the next header found after it (its
+        length may be what is corrupt: shmq/_ring.c, skip). Says what was skipped."""
         c = self._cursor
-        if frame <= self._frame_bytes:
-            self._advance()
-            return "it"
-        return f"{self._ring.skip() - c} message(s)"
+        skipped = self._ring.skip() - c
+        return "skipped it" if skipped == 1 else f"skipped {skipped} messages"
 
     def _head_problem(self, frame: int, total: int, flags: int) -> str:
         """What is wrong with a first frame's lengths, or "" (checked before any allocation they size)."""
@@ -414,7 +414,7 @@ class Reader(Receiving, Participant):
             if (total != assembly.total or not flags & _FRAGMENT or flags & L.FRAME_FIRST and c != assembly.first
                     or frame != (assembly.total - filled if last else cap) or frame > assembly.total - filled):
                 self._resume = None
-                self._skip(frame)
+                self._skip()
                 raise CorruptMessage(f"queue {self.queue_name!r}: piece {c - assembly.first} of message "
                                      f"{assembly.first} does not continue it ({frame:,} bytes at {filled:,} of "
                                      f"{assembly.total:,}, flags {flags:#x}); reader {self.index} dropped the "

@@ -147,7 +147,7 @@ def test_a_queue_that_does_not_fit_dev_shm_raises_shm_full_with_the_fixes(tmp_pa
         with pytest.raises(shmq.ShmFull) as raised:
             shmq.create(1, name=queue_name, chunk_bytes=1 << 20, n_chunks=4, shm_dir=str(mountpoint))
         message = str(raised.value)
-        size = L.segment_bytes(1, 4, 1 << 20, L.DEFAULT_FLIGHT_ENTRIES)
+        size = L.segment_bytes(1, 4 * L.frame_stride(1 << 20), L.DEFAULT_FLIGHT_ENTRIES)
         assert f"no room for a {size:,}-byte" in message and "bytes free" in message
         assert "--shm-size" in message and "--ipc=host" in message and "medium: Memory" in message
         assert os.listdir(mountpoint) == []  # nothing half-made is left

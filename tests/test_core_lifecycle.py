@@ -42,7 +42,8 @@ def test_interpreter_exit_leaves_nothing_in_dev_shm():
 @pytest.mark.timeout(30)
 def test_ctrl_c_in_a_blocked_put_leaves_nothing_in_dev_shm():
     # No reader ever attaches, so the third put blocks until Ctrl-C.
-    child, shm_name = run_child("writer.put(1); writer.put(2); print('blocking', flush=True); writer.put(3)")
+    child, shm_name = run_child("from shmq.testing import fill_ring; fill_ring(writer); print('blocking', flush=True); "
+                                "writer.put(3)")
     assert child.stdout.readline().strip() == "blocking"
     time.sleep(0.3)
     child.send_signal(signal.SIGINT)
