@@ -209,8 +209,8 @@ def check_geometry(ring_bytes, frame_bytes, error: type[ShmqError]) -> None:
     half the ring (shmq/layout.py: max_frame_bytes); `error` names the bad argument or header field."""
     if type(ring_bytes) is not int or type(frame_bytes) is not int:
         raise error(f"ring_bytes and frame_bytes must be ints, got {ring_bytes!r} and {frame_bytes!r}")
-    if not 2 * L.FRAME_ALIGN <= ring_bytes <= _MAX_SIZE or ring_bytes % L.FRAME_ALIGN:
-        raise error(f"ring_bytes must be a multiple of {L.FRAME_ALIGN} in {2 * L.FRAME_ALIGN:,}..{_MAX_SIZE:,}, "
+    if not L.MIN_RING_BYTES <= ring_bytes <= _MAX_SIZE or ring_bytes % L.FRAME_ALIGN:
+        raise error(f"ring_bytes must be a multiple of {L.FRAME_ALIGN} in {L.MIN_RING_BYTES:,}..{_MAX_SIZE:,}, "
                     f"got {ring_bytes:,}")
     if not L.MIN_FRAME_BYTES <= frame_bytes <= L.max_frame_bytes(ring_bytes):
         raise error(f"frame_bytes must be in {L.MIN_FRAME_BYTES}..{L.max_frame_bytes(ring_bytes):,} (half the ring "

@@ -51,7 +51,7 @@ def analysed(writer) -> tuple[flight.Flight, flight.Analysis]:
 
 def stalled_queue(queue_name, children, then: str):
     """Reader 0 keeps up; reader 1 takes 3 messages, then does `then`; the writer fills the ring behind it."""
-    writer = shmq.create(2, name=queue_name, chunk_bytes=256, n_chunks=8, stack_dumps=False)
+    writer = shmq.create(2, name=queue_name, ring_bytes=8 * 256, stack_dumps=False)  # 8 frames of a small int
     ready = [FORK.Event(), FORK.Event()]
     culprit = children(worker, str(writer.handle), 1, 3, then, ready[1])
     children(worker, str(writer.handle), 0, 0, "read", ready[0])

@@ -70,12 +70,13 @@ def test_counters_gauges_and_states_of_a_queue_in_both_formats(queue_name):
 
 
 def test_wait_histogram_is_cumulative_and_its_count_is_the_records_waits(queue_name):
+    chunk = b"c" * 240  # with its table, the whole of a 256-byte chunk: two fill the ring
     with shmq.create(1, name=queue_name, n_chunks=2, chunk_bytes=256) as writer:
         with shmq.attach(writer.handle, reader=0) as reader:
-            writer.put_bytes(PAYLOAD)
-            writer.put_bytes(PAYLOAD)
+            writer.put_bytes(chunk)
+            writer.put_bytes(chunk)
             with pytest.raises(shmq.QueueTimeout):  # the ring is full: the writer waits, then gives up
-                writer.put_bytes(PAYLOAD, timeout=0.002)
+                writer.put_bytes(chunk, timeout=0.002)
             reader.get_bytes()
             reader.get_bytes()
             with pytest.raises(shmq.QueueTimeout):  # the ring is empty: the reader waits, then gives up

@@ -76,8 +76,9 @@ def test_a_known_workload_is_exported_exactly_per_participant(queue_name, childr
                 assert value(samples, N.PARTICIPANT_STATE, **labels, state=record.state.name.lower()) == 1
                 assert started - 1 <= value(samples, N.LAST_PROGRESS, **labels) <= time.time() + 1
             assert records.writer.waits > 0, "the slow reader should have made the writer wait"
-            assert value(samples, N.RING_CAPACITY, queue=queue_name) == RING
-            assert value(samples, N.RING_OCCUPANCY, queue=queue_name) == HELD_BACK
+            assert value(samples, N.RING_CAPACITY, queue=queue_name) == RING * L.frame_stride(256)
+            assert value(samples, N.RING_OCCUPANCY_MESSAGES, queue=queue_name) == HELD_BACK
+            assert value(samples, N.RING_OCCUPANCY, queue=queue_name) == HELD_BACK * L.frame_stride(FRAME)
             for index, (count, _) in readers.items():
                 assert value(samples, N.READER_LAG, **who(queue_name, index)) == MESSAGES - count
         for pipe in pipes.values():
@@ -91,7 +92,7 @@ def test_the_exporter_discovers_a_new_segment_and_forgets_an_unlinked_one():
         writer = shmq.create(1, name="late", n_chunks=4, chunk_bytes=256, shm_dir=shm_dir)
         try:
             samples = scrape_until(url, lambda s: (N.RING_CAPACITY, frozenset({(N.LABEL_QUEUE, "late")})) in s)
-            assert value(samples, N.RING_CAPACITY, queue="late") == 4
+            assert value(samples, N.RING_CAPACITY, queue="late") == 4 * L.frame_stride(256)
         finally:
             writer.close()
         samples = scrape_until(url, lambda s: not [k for k in s if k[0] == N.RING_CAPACITY])

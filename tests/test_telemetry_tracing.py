@@ -26,6 +26,8 @@ from shmq.telemetry import tracing
 from .conftest import FORK
 from .telemetry_helpers import ROOT
 
+SMALL_FRAME = 256  # the ring bytes of the frame of a small message
+
 
 @pytest.fixture(autouse=True)
 def no_hooks_left_installed():
@@ -125,7 +127,7 @@ def test_every_reader_receive_span_links_to_the_producer_span_of_its_message(que
 def test_parks_and_backoff_sleeps_inside_traced_calls_become_span_events(strategy, event, queue_name, children):
     provider, exporter = in_memory_provider()
     tracing.install(provider)
-    with shmq.create(1, name=queue_name, n_chunks=2, chunk_bytes=256, wait=strategy) as writer:
+    with shmq.create(1, name=queue_name, ring_bytes=2 * SMALL_FRAME, wait=strategy) as writer:
         (pipe,) = start_readers(children, writer, 4, indexes=(0,), wait_strategy=strategy, delay_s=0.05).values()
         writer.wait_for_readers(timeout=15)
         time.sleep(0.05)  # the reader waits for the first message
@@ -153,7 +155,7 @@ def test_a_send_inside_an_application_span_is_its_child(queue_name):
 def test_a_failed_put_ends_its_span_with_the_error(queue_name):
     provider, exporter = in_memory_provider()
     tracing.install(provider)
-    with shmq.create(1, name=queue_name, n_chunks=2, chunk_bytes=256) as writer, shmq.attach(writer.handle, 0):
+    with shmq.create(1, name=queue_name, ring_bytes=2 * SMALL_FRAME) as writer, shmq.attach(writer.handle, 0):
         writer.put(1)
         writer.put(2)
         with pytest.raises(shmq.WouldBlock):

@@ -30,7 +30,7 @@ def read_after(handle: str, index: int, go) -> None:
 @pytest.mark.timeout(40)
 def test_top_once_prints_a_row_per_participant_with_its_lag_and_alerts(queue_name, children):
     go = FORK.Event()
-    with shmq.create(2, name=queue_name, chunk_bytes=256, n_chunks=8, stack_dumps=False) as writer:
+    with shmq.create(2, name=queue_name, ring_bytes=8 * 256, stack_dumps=False) as writer:  # 8 frames of an int
         readers = [children(read_after, str(writer.handle), i, go) for i in range(2)]
         writer.wait_for_readers(timeout=10)
         for i in range(5):
@@ -38,7 +38,7 @@ def test_top_once_prints_a_row_per_participant_with_its_lag_and_alerts(queue_nam
         out = top_once("--queue", queue_name, "--window", "1.5")
         go.set()
     lines = out.splitlines()
-    assert lines[0] == f"queue {queue_name} ({writer.handle.shm_name}): ring 5/8"
+    assert lines[0] == f"queue {queue_name} ({writer.handle.shm_name}): ring 1,280 B/2,048 B (5 messages)"
     assert lines[1].split() == ["role", "pid", "state", "cursor", "lag", "msgs/s", "spins/s", "parks/s", "p50",
                                 "wait", "p99", "wait", "last", "op", "alerts"]
     rows = {}
