@@ -5,9 +5,12 @@ from __future__ import annotations
 import array
 import json
 import random
+import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import shmq
 from shmq import layout as L
@@ -15,7 +18,7 @@ from shmq import wait
 
 from .conftest import FORK
 
-CHUNK = 1024
+RING = 16 << 10  # frames of up to 4 KiB; the largest messages are three rings long
 STRATEGIES = {
     "BusySpin": wait.BusySpin,
     "Yield": wait.Yield,
@@ -29,9 +32,12 @@ def payload_for(seq: int, size: int) -> bytes:
 
 
 def sizes(count: int, seed: int = 7) -> list[int]:
+    """From 0 B to 3 rings: mostly small, a sixth up to a ring, a fiftieth up to three; the edges first."""
     rng = random.Random(seed)
-    # Zero, one chunk exactly and multi-slot messages must all occur.
-    return [0, CHUNK, CHUNK - 16, 3 * CHUNK] + [rng.randint(0, 3 * CHUNK) for _ in range(count - 4)]
+    frame = L.default_frame_bytes(RING)
+    edges = [0, frame - 64, frame, frame + 1, RING, 3 * RING]
+    return edges + [rng.randint(0, 3 * RING) if rng.random() < 0.02 else rng.randint(0, RING)
+                    if rng.random() < 0.17 else rng.randint(0, 300) for _ in range(count - len(edges))]
 
 
 def verify_stream(handle, reader, count, strategy_name, results, remote=False):
@@ -56,10 +62,9 @@ def verify_stream(handle, reader, count, strategy_name, results, remote=False):
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_eight_readers_on_two_cores_get_every_message_in_order(strategy, queue_name, children):
-    count, n_readers = 20_000, 8
+    count, n_readers = 6_000, 8
     results = FORK.Queue()
-    with shmq.create(n_readers, name=queue_name, chunk_bytes=CHUNK, n_chunks=16,
-                     wait=STRATEGIES[strategy]()) as writer:
+    with shmq.create(n_readers, name=queue_name, ring_bytes=RING, wait=STRATEGIES[strategy]()) as writer:
         for i in range(n_readers):
             children(verify_stream, writer.handle, i, count, strategy, results)
         writer.wait_for_readers(timeout=30)
@@ -73,7 +78,7 @@ def test_eight_readers_on_two_cores_get_every_message_in_order(strategy, queue_n
 def test_remote_reader_gets_the_same_stream_as_local_readers(queue_name, children):
     count = 20_000
     results = FORK.Queue()
-    with shmq.create(2, name=queue_name, chunk_bytes=CHUNK, n_chunks=16, n_remote_readers=1) as writer:
+    with shmq.create(2, name=queue_name, ring_bytes=RING, n_remote_readers=1) as writer:
         assert writer.handle.endpoint.startswith("tcp://127.0.0.1:")
         children(verify_stream, writer.handle, 0, count, "SpinYieldPark", results)
         children(verify_stream, writer.handle, 1, count, "SpinYieldPark", results)
@@ -228,3 +233,48 @@ def test_handle_round_trips_through_its_string_form(writer):
     import pickle
 
     assert pickle.loads(pickle.dumps(writer.handle)) == writer.handle
+
+
+def exactly_to_the_end(writer) -> int | None:
+    """The size of a raw message whose frame fills the ring to the end of its lap, if one fits a frame."""
+    ring, frame = writer.handle.ring_bytes, writer.handle.frame_bytes
+    left = ring - writer._ring.position % ring
+    size = left - L.FRAME_HEADER_BYTES - L.ONE_SEGMENT.size
+    return size if 0 <= size <= frame - L.ONE_SEGMENT.size else None
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=60, deadline=None)
+@given(ring_lines=st.integers(4, 96), actions=st.lists(st.one_of(
+    st.tuples(st.just("put"), st.integers(0, 40_000)),  # up to three times the largest ring
+    st.tuples(st.just("put"), st.integers(0, 300)),
+    st.tuples(st.just("to the end"), st.just(0)),  # a frame of exactly the room left before the end
+    st.tuples(st.just("join"), st.integers(0, 2_000))), min_size=1, max_size=40))
+def test_any_mix_of_sizes_through_any_ring_arrives_whole_in_order_and_a_joining_reader_starts_at_the_head(
+        ring_lines, actions):
+    ring = ring_lines * L.FRAME_ALIGN
+    sent, joined = [], []
+    with shmq.create(2, name="hypothesis-ring", ring_bytes=ring) as writer:
+        with shmq.attach(writer.handle, 0) as follower:
+            shmq.attach(writer.handle, 1).close()  # reader 1 holds nothing until it joins
+            received = []
+            reading = threading.Thread(target=lambda: received.extend(
+                follower.get_bytes(timeout=30) for _ in range(len(actions))))
+            reading.start()
+            for action, size in actions:
+                if action == "to the end":
+                    size = exactly_to_the_end(writer)
+                    body = b"e" * (size if size is not None else 1)
+                elif action == "join":  # at the head, mid-stream: its first message is the next one sent
+                    body = bytes([len(sent) % 251]) * min(size, writer.handle.frame_bytes - L.ONE_SEGMENT.size)
+                    with shmq.attach(writer.handle, 1) as late:
+                        writer.put_bytes(body, timeout=10)
+                        joined.append(late.get_bytes(timeout=10) == body)
+                else:
+                    body = bytes([len(sent) % 251]) * size
+                if action != "join":
+                    writer.put_bytes(body, timeout=30)
+                sent.append(body)
+            reading.join(60)
+    assert not reading.is_alive() and received == sent
+    assert all(joined)
