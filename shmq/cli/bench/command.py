@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="few messages and a short idle phase (a smoke run of seconds, not a measurement)")
     parser.add_argument("--workloads", default=workloads.DEFAULT_WORKLOADS, metavar="LIST",
-                        help=f"comma-separated KIND-N, KIND in small|large|huge (default {workloads.DEFAULT_WORKLOADS})")
+                        help=f"comma-separated KIND-N, KIND in small|large|huge|mixed (default {workloads.DEFAULT_WORKLOADS})")
     parser.add_argument("--compare", action="append", metavar="SPECS",
                         help="compare shmq configurations: SPEC[,SPEC...]; may be repeated (see below)")
     parser.add_argument("--repeat", type=int, default=1, metavar="R",

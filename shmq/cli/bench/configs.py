@@ -12,6 +12,9 @@ A spec is one configuration: ``key=value`` options joined by ``+``, for example
     hooks=MODULE:NAME    NAME() is called in the writer and in every reader process and its
                          result is installed with shmq.hooks.install() (e.g. tracing hooks);
                          hooks=off installs none
+    build=PATH           the shmq package of another checkout (PATH/shmq, its _ring built in place,
+                         e.g. by an editable install there), loaded beside this one: a before/after
+                         comparison in one run, e.g. build=../old+chunk_bytes=1024+n_chunks=1024
     ring_bytes=INT       the ring's size (default: shmq's, 16 MiB)
     chunk_bytes=INT      with n_chunks: a ring sized as the fixed slots of shmq's layout 3 were,
     n_chunks=INT         n_chunks frames of chunk_bytes, larger messages in pieces of chunk_bytes
@@ -23,7 +26,12 @@ and tracing cost (the factories are in tracing_hooks).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import importlib
+import importlib.util
+import os
+import sys
 
 from shmq import hooks as hooks_module
 from shmq import wait as wait_module
@@ -45,6 +53,7 @@ class ShmqConfig:
     recorder: bool = True  #: the flight recorder, at its default size
     lease: bool = False  #: read with reader.lease() instead of reader.get()
     hooks: str = ""  #: "module:callable" returning MessageHooks, or "" for none
+    build: str = ""  #: the checkout whose shmq package the row runs; "" for this one
     ring_bytes: int | None = None  #: None: shmq's default ring
     chunk_bytes: int | None = None  #: with n_chunks, a ring sized as fixed slots were (shmq.create)
     n_chunks: int | None = None
@@ -56,9 +65,13 @@ class ShmqConfig:
         return {"wait": self.strategy(), "stats": self.stats, **geometry,
                 **({} if self.recorder else {"flight_entries": 0})}
 
-    def strategy(self) -> wait_module.WaitStrategy:
+    def module(self):
+        """The shmq package this row runs: this one, or the one in `build`."""
+        return _build(self.build) if self.build else sys.modules["shmq"]
+
+    def strategy(self):
         name, *arguments = self.wait.split(":")
-        return wait_module.ALL[name](**dict(_strategy_argument(a) for a in arguments))
+        return self.module().wait.ALL[name](**dict(_strategy_argument(a) for a in arguments))
 
     def install_hooks(self) -> None:
         """Install this configuration's hooks in the calling process (each process has its own)."""
@@ -103,6 +116,10 @@ def _parse_value(key: str, value: str, spec: str):
         if value.lower() not in _SWITCH:
             raise ValueError(f"--compare {spec!r}: {key} must be on or off, not {value!r}")
         return _SWITCH[value.lower()]
+    if key == "build":
+        if not os.path.isfile(os.path.join(value, "shmq", "__init__.py")):
+            raise ValueError(f"--compare {spec!r}: build must be a checkout holding shmq/__init__.py, not {value!r}")
+        return os.path.abspath(value)
     if key == "hooks":
         if value == "off":
             return ""
@@ -114,8 +131,22 @@ def _parse_value(key: str, value: str, spec: str):
             return int(value, 0)
         except ValueError:
             raise ValueError(f"--compare {spec!r}: {key} must be an integer, not {value!r}") from None
-    raise ValueError(f"--compare {spec!r}: unknown key {key!r} (use wait, stats, recorder, lease, hooks, ring_bytes, "
-                     "chunk_bytes, n_chunks)")
+    raise ValueError(f"--compare {spec!r}: unknown key {key!r} (use wait, stats, recorder, lease, hooks, build, "
+                     "ring_bytes, chunk_bytes, n_chunks)")
+
+
+@functools.cache
+def _build(checkout: str):
+    """The shmq package of another checkout, imported as shmq_build_<n> (its modules import each other
+    relatively, so the copy and this one do not meet)."""
+    name = "shmq_build_" + hashlib.sha1(checkout.encode()).hexdigest()[:8]
+    package = os.path.join(checkout, "shmq")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(package, "__init__.py"),
+                                                  submodule_search_locations=[package])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _strategy_argument(text: str) -> tuple[str, float]:

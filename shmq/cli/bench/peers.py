@@ -29,8 +29,6 @@ import shutil
 import struct
 import time
 
-import shmq
-
 from .configs import ShmqConfig
 from .workloads import MiB, Workload
 
@@ -135,7 +133,8 @@ class ShmqPeer(Peer):
 
     def open(self, workload: Workload, workdir: str) -> Link:
         self.config.install_hooks()
-        writer = shmq.create(workload.n_readers, name=f"bench-{os.getpid()}", **self.config.create_arguments())
+        writer = self.config.module().create(workload.n_readers, name=f"bench-{os.getpid()}",
+                                             **self.config.create_arguments())
         return _ShmqLink(writer, self.config)
 
 
@@ -150,8 +149,9 @@ class _ShmqLink(Link):
 
     def receiver(self, index: int) -> Receiver:
         self._config.install_hooks()
-        reader = shmq.attach(self._handle, reader=index, wait=self._config.strategy())
-        return _ShmqLeaseReceiver(reader) if self._config.lease else _ShmqReceiver(reader)
+        module = self._config.module()
+        reader = module.attach(self._handle, reader=index, wait=self._config.strategy())
+        return (_ShmqLeaseReceiver if self._config.lease else _ShmqReceiver)(reader, module.QueueTimeout)
 
     def close(self) -> None:
         self._writer.close()
@@ -166,14 +166,15 @@ class _ShmqSender(Sender):
 
 
 class _ShmqReceiver(Receiver):
-    def __init__(self, reader) -> None:
+    def __init__(self, reader, timed_out: type[Exception]) -> None:
         self._reader = reader
         self._get = reader.get
+        self._timed_out = timed_out  # the QueueTimeout of the shmq package the row runs
 
     def take(self, timeout: float):
         try:
             return fields(self._get(timeout=timeout))
-        except shmq.QueueTimeout:
+        except self._timed_out:
             return None
 
     def close(self) -> None:
@@ -181,13 +182,13 @@ class _ShmqReceiver(Receiver):
 
 
 class _ShmqLeaseReceiver(_ShmqReceiver):
-    """Zero-copy: the array aliases the ring slot while the fields are read, then the slot is released."""
+    """Zero-copy: the array aliases the ring while the fields are read, then its frame is released."""
 
     def take(self, timeout: float):
         try:
             with self._reader.lease(timeout=timeout) as message:
                 return fields(message)
-        except shmq.QueueTimeout:
+        except self._timed_out:
             return None
 
 
