@@ -228,6 +228,7 @@ FRAME_PADDING = 1 << 6  # no message: the rest of the ring is skipped, the frame
 MIN_FRAME_BYTES = 2 * WORD  # the table of one empty segment (shmq/_ring.c: MIN_FRAME_BYTES)
 
 MIN_RING_BYTES = 4 * FRAME_ALIGN  # two frames of the smallest message
+PAGE_BYTES = 4096
 
 #: The ring's default size, and the memory a queue costs (plus 512 B per reader and the flight rings).
 DEFAULT_RING_BYTES = 16 << 20
@@ -239,11 +240,11 @@ def frame_stride(payload: int) -> int:
 
 
 def default_frame_bytes(ring_bytes: int) -> int:
-    """The largest frame payload a ring of `ring_bytes` takes: a quarter of the ring, so a message that
-    big is still one frame, one larger streams in pieces of it, and four frames are in flight at once
-    (in a ring too small for that, half of it)."""
-    quarter = ring_bytes // 4 - FRAME_HEADER_BYTES
-    return quarter if quarter >= MIN_FRAME_BYTES else max_frame_bytes(ring_bytes)
+    """The largest frame payload a ring of `ring_bytes` takes: a sixteenth of the ring and a page, so an
+    array of a sixteenth of the ring (arrays are often a power of two) and its pickle stream is still
+    one frame, and a larger message streams through the ring in pieces of this size, with readers
+    copying one while the writer fills the next (in a ring too small for that, half of it)."""
+    return min(ring_bytes // 16 + PAGE_BYTES - FRAME_HEADER_BYTES, max_frame_bytes(ring_bytes))
 
 
 def max_frame_bytes(ring_bytes: int) -> int:

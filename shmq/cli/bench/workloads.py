@@ -106,7 +106,7 @@ def plan_for(workload: Workload, *, quick: bool, idle_s: float, scale: float = 1
         ("large", True): (60, 20, 0),
         ("huge", False): (150, 30, 0),
         ("huge", True): (6, 4, 0),
-        ("mixed", False): (5000, 300, 0),
+        ("mixed", False): (30_000 if workload.n_readers <= 4 else 10_000, 300, 0),
         ("mixed", True): (200, 20, 0),
     }
     throughput, latency, wake = counts[workload.kind, quick]
