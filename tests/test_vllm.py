@@ -232,11 +232,13 @@ def test_shutdown_wakes_a_reader_blocked_in_another_thread():
         reader.enqueue("x")
     with pytest.raises(WrongEnd):
         writer.dequeue()
-    with pytest.raises(TimeoutError):  # the laggard never reads: the ring fills
-        for i in range(1_000):
-            writer.enqueue(i, timeout=0.1)
-    laggard.shutdown()
-    writer.shutdown()
+    try:
+        with pytest.raises(TimeoutError):  # the laggard never reads: the ring fills (16 MiB of small frames)
+            for i in range(1_000_000):
+                writer.enqueue(i, timeout=0.1)
+    finally:
+        laggard.shutdown()
+        writer.shutdown()
 
 
 def test_bad_arguments_are_named():
