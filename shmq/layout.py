@@ -31,7 +31,7 @@ Every shared field is a naturally aligned 8-byte word, so the queue reads and
 writes them through one ``memoryview.cast("Q")`` of the whole segment: CPython
 moves such an item with a single aligned 8-byte load or store, which is never
 torn. (``struct.pack_into`` is not used on shared fields: it zeroes the target
-before packing, so a concurrent reader could see the zeros.) Slot headers and
+before packing, so a concurrent reader could see the zeros.) Frame headers and
 payloads are only read after the cursor that publishes them, so they may be
 packed with ``struct``.
 

@@ -186,7 +186,7 @@ def test_a_serializer_that_returns_no_buffer_fails_cleanly_and_the_stream_goes_o
         with shmq.attach(writer.handle, 0) as reader:
             with pytest.raises(TypeError, match="bytes-like"):
                 writer.put("text")
-            writer.put_bytes(b"after")  # slot 0 was not taken by the failed put
+            writer.put_bytes(b"after")  # the failed put took no room
             assert reader.get_bytes(timeout=5) == b"after"
 
 

@@ -70,7 +70,7 @@ def test_stats_record_counts_exactly_what_happened(queue_name):
             for i in range(3):
                 writer.put_bytes(b"x" * 100)
                 reader.get_bytes()
-            writer.put_bytes(b"y" * 600)  # spans three 256-byte slots
+            writer.put_bytes(b"y" * 600)  # in three pieces of 256 bytes
             reader.get_bytes()
             with pytest.raises(shmq.QueueTimeout):
                 reader.get(timeout=0.05)
@@ -111,9 +111,9 @@ def test_any_bytes_come_back_identical_whatever_the_chunk_size(chunk_bytes, n_ch
 @settings(max_examples=40, deadline=None)
 @given(shape=st.lists(st.integers(0, 12), min_size=1, max_size=3),
        dtype=st.sampled_from(["u1", "<i4", "<f8", "<c16"]), extra=st.binary(max_size=100))
-def test_arrays_with_out_of_band_buffers_round_trip_across_slots(shape, dtype, extra):
+def test_arrays_with_out_of_band_buffers_round_trip_in_pieces(shape, dtype, extra):
     array = np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape)
-    # Up to 2 x 28 kB of arrays through 512-byte slots, always within the 64 kB ring.
+    # Up to 2 x 28 kB of arrays through 512-byte frames, always within the 64 kB ring.
     with shmq.create(1, name="hypothesis", chunk_bytes=512, n_chunks=128) as writer:
         with shmq.attach(writer.handle, 0) as reader:
             writer.put((extra, array, array[::-1].copy()), timeout=5)

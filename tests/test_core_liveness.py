@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import threading
 import time
@@ -168,6 +169,39 @@ def test_a_killed_reader_is_evicted_and_the_others_lose_nothing(queue_name, chil
             with shmq.stats.open(writer.handle) as view:
                 assert view.snapshot().readers[0].state == shmq.ParticipantState.EVICTED
     assert f"evicted dead reader 0 (pid {victim.pid})" in caplog.text
+
+
+def read_mid_stream_then_hang(handle, index, read, ready):
+    reader = shmq.attach(handle, index)
+    for _ in range(read):
+        reader.get(timeout=10)
+    ready.set()
+    time.sleep(60)  # killed by the test long before, holding frames of a stream that wraps the ring
+
+
+@pytest.mark.timeout(60)
+def test_a_reader_killed_mid_stream_of_every_size_is_evicted_and_the_survivor_gets_every_message(
+        queue_name, children):
+    ring = 16 << 10
+    rng = random.Random(5)
+    sizes = [rng.choice([0, 50, 300, 5000, ring // 3, ring, 3 * ring]) for _ in range(300)]
+    sizes[20:25] = [50] * 5  # the 5 the victim never reads: they fit beside what it holds
+    with shmq.create(2, name=queue_name, ring_bytes=ring, on_dead_reader="evict") as writer, \
+            shmq.attach(writer.handle, 1) as survivor:
+        ready = FORK.Event()
+        victim = children(read_mid_stream_then_hang, writer.handle, 0, 20, ready)
+        received = []
+        reading = threading.Thread(target=lambda: received.extend(survivor.get_bytes(timeout=30) for _ in sizes))
+        reading.start()
+        for i, size in enumerate(sizes):
+            if i == 25:
+                assert ready.wait(10)
+                os.kill(victim.pid, signal.SIGKILL)  # in the middle of the stream, holding 5 messages unread
+            writer.put_bytes(bytes([i % 251]) * size, timeout=30)
+        reading.join(60)
+        assert received == [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+        with shmq.stats.open(writer.handle) as view:
+            assert view.snapshot().readers[0].state == shmq.ParticipantState.EVICTED
 
 
 def write_then_die(handle_box, count, ready):

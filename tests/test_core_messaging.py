@@ -138,7 +138,7 @@ def test_bytes_pass_through_without_pickle(writer):
 
 def test_put_bytes_sends_every_byte_of_a_buffer_whatever_its_item_size(queue_name):
     doubles = array.array("d", range(10))  # len() counts 10 items; the buffer holds 80 bytes
-    matrix = np.arange(1000, dtype=np.float64).reshape(10, 100)  # 8000 bytes: spans two 4 KiB slots
+    matrix = np.arange(1000, dtype=np.float64).reshape(10, 100)  # 8000 bytes: two pieces of 4 KiB
     with shmq.create(1, name=queue_name, chunk_bytes=4096, n_chunks=8) as writer, \
             shmq.attach(writer.handle, 0) as reader:
         writer.put_bytes(doubles)
@@ -147,7 +147,7 @@ def test_put_bytes_sends_every_byte_of_a_buffer_whatever_its_item_size(queue_nam
         assert reader.get_bytes(timeout=5) == matrix.tobytes()
         with pytest.raises(ValueError, match="contiguous"):
             writer.put_bytes(matrix[:, ::2])
-        writer.put_bytes(b"after")  # the refused buffer took no slot
+        writer.put_bytes(b"after")  # the refused buffer took no room
         assert reader.get_bytes(timeout=5) == b"after"
 
 
@@ -207,7 +207,7 @@ class JsonSerializer:
 def test_a_serializer_of_the_callers_own_carries_every_message(queue_name):
     with shmq.create(1, name=queue_name, chunk_bytes=256, n_chunks=8, serializer=JsonSerializer()) as writer, \
             shmq.attach(writer.handle, 0, serializer=JsonSerializer()) as reader:
-        sent = [{"seq": i, "text": "x" * (i * 40)} for i in range(20)]  # the last ones span slots
+        sent = [{"seq": i, "text": "x" * (i * 40)} for i in range(20)]  # the last ones go in pieces
         received = []
         for message in sent:
             writer.put(message)
@@ -215,13 +215,13 @@ def test_a_serializer_of_the_callers_own_carries_every_message(queue_name):
         assert received == sent
 
 
-def test_lease_aliases_the_slot_until_the_block_exits(writer):
+def test_lease_aliases_the_ring_until_the_block_exits(writer):
     with shmq.attach(writer.handle, 0) as reader, shmq.attach(writer.handle, 1) as other:
         writer.put(np.arange(100, dtype=np.int32))
         with reader.lease() as array:
             assert not array.flags.writeable
             assert int(array.sum()) == 4950
-            assert reader.lag == 1  # the slot is still held
+            assert reader.lag == 1  # the frame is still held
         assert reader.lag == 0
         np.testing.assert_array_equal(other.get(), np.arange(100, dtype=np.int32))
 

@@ -260,14 +260,14 @@ def test_tracing_is_configured_by_the_standard_environment_variables(queue_name)
     assert failed.returncode != 0 and "no OpenTelemetry span exporter 'no-such-exporter'" in failed.stderr
 
 
-@pytest.mark.parametrize("slot", [b"", b"garbage", b"\xff" * 55, b"01-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01",
+@pytest.mark.parametrize("field", [b"", b"garbage", b"\xff" * 55, b"01-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01",
                                   b"00-" + b"0" * 32 + b"-" + b"b" * 16 + b"-01",
                                   b"00-" + b"A" * 32 + b"-" + b"b" * 16 + b"-01"])
-def test_a_slot_traceparent_that_is_not_valid_w3c_is_ignored(slot):
-    assert tracing.producer_context(slot) is None
+def test_a_frame_traceparent_that_is_not_valid_w3c_is_ignored(field):
+    assert tracing.producer_context(field) is None
 
 
-def test_a_valid_slot_traceparent_names_the_remote_producer_span():
+def test_a_valid_frame_traceparent_names_the_remote_producer_span():
     producer = tracing.producer_context(b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01")
     assert (producer.trace_id, producer.span_id, producer.is_remote) == (int("a" * 32, 16), int("b" * 16, 16), True)
     assert producer.trace_flags.sampled

@@ -234,9 +234,10 @@ def healthy_margins(stack_dir: str, seconds: float) -> dict:
                     worst["heartbeat_s"] = max(worst["heartbeat_s"], (now - r.heartbeat_ns) / 1e9)
                 if snap.writer.state == shmq.ParticipantState.WAITING_WRITE:
                     worst["writer_wait_s"] = max(worst["writer_wait_s"], (now - snap.writer.state_since_ns) / 1e9)
-                worst["occupancy"] = max(worst["occupancy"], snap.occupancy / capacity)
-                worst["high_twice"] += high and snap.occupancy >= 0.75 * capacity
-                high = snap.occupancy >= 0.75 * capacity
+                full = snap.occupancy_bytes / snap.ring_bytes  # the watchdog's measure of a ring filling
+                worst["occupancy"] = max(worst["occupancy"], full)
+                worst["high_twice"] += high and full >= 0.75
+                high = full >= 0.75
                 time.sleep(0.1)
         stop.set()
         writer.join(10)
@@ -251,7 +252,7 @@ def margins_table(stack_dir: str, seconds: float) -> None:
     print("| measure | worst seen | default threshold |\n|---|---|---|")
     print(f"| no progress while data pending | {m['stall_s'] * 1000:.0f} ms | stall 1 s |")
     print(f"| heartbeat age | {m['heartbeat_s'] * 1000:.0f} ms | heartbeat-stale 0.5 s |")
-    print(f"| writer wait for a slot | {m['writer_wait_s'] * 1000:.0f} ms | stall 1 s |")
+    print(f"| writer wait for room | {m['writer_wait_s'] * 1000:.0f} ms | stall 1 s |")
     print(f"| ring occupancy | {m['occupancy'] * 100:.0f} % | freeze-occupancy 75 % |")
     print(f"| polls >= 75 % full twice in a row | {m['high_twice']:.0f} | freeze_risk needs this and time-to-full "
           f"< 5 s |")

@@ -37,8 +37,8 @@ class Workload:
         """Bytes of the array in message `seq` (what its readers check); 0 for a small one."""
         if self.kind != "mixed":
             return self.array_bytes
-        slot = seq % 100
-        return _MIXED_LARGE if slot == 50 else _MIXED_MEDIUM if slot % 10 == 5 else 0
+        place = seq % 100
+        return _MIXED_LARGE if place == 50 else _MIXED_MEDIUM if place % 10 == 5 else 0
 
     @property
     def payload_bytes(self) -> float:
