@@ -80,8 +80,9 @@ class Reader(Receiving, Participant):
                  wait: wait_module.WaitStrategy | None, warn_after_s: float,
                  hooks: hooks_module.MessageHooks | None, stack_dumps: bool | str = True) -> None:
         if not isinstance(index, int) or not 0 <= index < segment.n_readers:
-            raise BadHandle(f"queue {segment.name!r} has readers 0..{segment.n_readers - 1}; there is no reader "
-                            f"{index!r}")
+            readers = f"readers 0..{segment.n_readers - 1}" if segment.n_readers else \
+                "only remote readers (shmq.attach_remote)"
+            raise BadHandle(f"queue {segment.name!r} has {readers}; there is no reader {index!r}")
         super().__init__(segment, 1 + index, wait=wait, warn_after_s=warn_after_s, hooks=hooks)
         self.index = index
         cursor, position, at_head = self._take_record()

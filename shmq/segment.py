@@ -73,7 +73,7 @@ class Segment:
     @classmethod
     def create(cls, *, name: str, n_readers: int, ring_bytes: int, frame_bytes: int, flags: int,
                max_message_bytes: int, flight_entries: int, endpoint: str = "", shm_dir: str = SHM_DIR) -> Segment:
-        _check_size("n_readers", n_readers, 1, L.MAX_READERS)
+        _check_size("n_readers", n_readers, 0, L.MAX_READERS)
         check_geometry(ring_bytes, frame_bytes, BadQueueArgument)
         _check_size("max_message_bytes", max_message_bytes, 0, _MAX_SIZE)
         _check_flight_entries(flight_entries)
@@ -266,7 +266,7 @@ def _validate(mm: mmap.mmap, path: str, file_size: int, ready_timeout_s: float) 
         ring_bytes = words[L.word(L.OFF_RING_BYTES)]
         frame_bytes = words[L.word(L.OFF_FRAME_BYTES)]
         flight_entries = words[L.word(L.OFF_FLIGHT_ENTRIES)]
-        if not 1 <= n_readers <= L.MAX_READERS or flight_entries & (flight_entries - 1) or flight_entries > _MAX_SIZE:
+        if not 0 <= n_readers <= L.MAX_READERS or flight_entries & (flight_entries - 1) or flight_entries > _MAX_SIZE:
             raise LayoutMismatch(f"{path} has a corrupt header: n_readers={n_readers}, "
                                  f"flight_entries={flight_entries}")
         try:

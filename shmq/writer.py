@@ -346,7 +346,8 @@ def create(n_readers: int, *, name: str | None = None, ring_bytes: int | None = 
     ring that holds `n_chunks` messages of `chunk_bytes`, whose larger messages go in pieces of
     `chunk_bytes`; they cannot be combined with `ring_bytes`.
     `n_readers` local readers attach with ``shmq.attach(writer.handle, reader=i)``;
-    `n_remote_readers` more attach over ZeroMQ TCP at `remote_bind`. `stats=False`
+    `n_remote_readers` more attach over ZeroMQ TCP at `remote_bind` (a queue may have only those:
+    its ring then holds nobody back). `stats=False`
     turns the per-participant counters off (for measuring their cost). `stack_dumps`
     lets a watchdog ask this process for its Python stacks (shmq.diagnostics); a
     string is the directory for the dump file. `flight_entries` sizes each participant's
@@ -355,6 +356,8 @@ def create(n_readers: int, *, name: str | None = None, ring_bytes: int | None = 
     """
     if on_dead_reader not in ON_DEAD_READER:
         raise ValueError(f"on_dead_reader must be one of {ON_DEAD_READER}, got {on_dead_reader!r}")
+    if n_readers == 0 and not n_remote_readers:
+        raise BadQueueArgument("a queue needs a reader: n_readers local ones, or n_remote_readers remote ones")
     ring_bytes, frame_bytes = _geometry(ring_bytes, chunk_bytes, n_chunks)
     resolved = resolve(serializer)
     flags = (L.FLAG_STATS if stats else 0) | (L.FLAG_RAW_ONLY if resolved.raw else 0)

@@ -224,3 +224,16 @@ def test_a_late_reader_tells_where_it_started(queue_name):
 def test_a_bad_grace_is_refused(writer, grace):
     with pytest.raises(BadQueueArgument, match="grace_s"):
         shmq.attach_remote(writer.handle, endpoint="tcp://127.0.0.1:1", grace_s=grace)
+
+
+@pytest.mark.timeout(30)
+def test_a_queue_with_only_remote_readers_never_holds_its_writer_back(queue_name):
+    with shmq.create(0, name=queue_name, ring_bytes=4096, n_remote_readers=1) as writer:
+        with pytest.raises(shmq.BadHandle, match="only remote readers"):
+            shmq.attach(writer.handle, 0)
+        with shmq.attach_remote(writer.handle) as remote:
+            writer.wait_for_readers(timeout=10)
+            sent = [bytes([i % 251]) * (i * 37 % 3000) for i in range(500)]  # 500 kB through a 4 KiB ring
+            for body in sent:
+                writer.put_bytes(body, timeout=0)  # nothing local to wait for
+            assert [remote.get_bytes(timeout=10) for _ in sent] == sent

@@ -207,6 +207,23 @@ def test_local_and_remote_readers_get_the_same_stream(children):
     writer.shutdown()
 
 
+@pytest.mark.timeout(60)
+def test_a_queue_with_only_remote_readers_reaches_them_all(children):
+    # create_from_process_group_single_reader across nodes: the writer has no reader on its own node.
+    writer = MessageQueue(2, 0, connect_ip="127.0.0.1")
+    handle = writer.export_handle()
+    assert handle.local_reader_ranks == [] and writer.queue.handle.n_readers == 0
+    count = 2_000
+    readers = [children(_mixed_reader, handle, rank, count) for rank in (0, 1)]
+    writer.wait_until_ready()
+    for i in range(count):
+        writer.enqueue({"step": i, "tokens": list(range(i % 50))}, timeout=30)
+    for reader in readers:
+        reader.join(30)
+    assert [r.exitcode for r in readers] == [0, 0]
+    writer.shutdown()
+
+
 # -- shutdown, wrong ends, dead workers ------------------------------------------------------------------------
 def test_shutdown_wakes_a_reader_blocked_in_another_thread():
     writer = MessageQueue(2, 2)

@@ -122,10 +122,6 @@ class MessageQueue:
             raise BadQueueArgument(
                 f"MessageQueue(n_reader={n_reader}, n_local_reader={n_local_reader}, local_reader_ranks="
                 f"{local_reader_ranks}): need 0 <= n_local_reader <= n_reader and one rank per local reader")
-        if n_local_reader == 0:
-            raise BadQueueArgument(
-                "MessageQueue with only remote readers (n_local_reader=0) is not supported by shmq.vllm yet: "
-                "a shmq queue needs at least one local reader")
         if max_chunk_bytes <= 0 or max_chunks <= 0:
             raise BadQueueArgument(f"max_chunk_bytes and max_chunks must be > 0, got {max_chunk_bytes}, {max_chunks}")
         self.n_local_reader = n_local_reader
