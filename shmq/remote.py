@@ -32,6 +32,7 @@ from .serialization import BytesSerializer, resolve
 
 _HEAD = struct.Struct("<QQQ")  # seq, next seq, frame flags; the traceparent follows
 _END = 1 << 63  # flag: the writer closed
+_ZERO_COPY_BYTES = 64 << 10  # frames sent without a copy start here (RemotePublisher.send)
 _POLL_MS = 50  # how often a blocked get() looks at cancel() and the connection
 DEFAULT_GRACE_S = 10.0  # how long a lost connection may stay lost before the writer is called dead
 
@@ -75,8 +76,11 @@ class RemotePublisher:
         frames = [_HEAD.pack(seq, next_seq, flags) + traceparent, *segments]
         last = len(frames) - 1
         for i, frame in enumerate(frames):
-            # Immutable bytes go without a copy; a caller's buffer is copied, as it may change after put().
-            self._socket.send(frame, zmq.SNDMORE if i < last else 0, copy=not isinstance(frame, bytes))
+            # Large immutable bytes go without a copy; a caller's buffer is copied, as it may change after
+            # put(), and so is a small frame: pyzmq frees zero-copy frames through a thread of its own,
+            # which costs more than the copy below tens of kB and can hold Context.term() at close.
+            zero_copy = isinstance(frame, bytes) and len(frame) >= _ZERO_COPY_BYTES
+            self._socket.send(frame, zmq.SNDMORE if i < last else 0, copy=not zero_copy)
 
     def close(self, cursor: int) -> None:
         self._socket.send(_HEAD.pack(cursor, cursor, _END))
