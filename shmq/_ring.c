@@ -415,6 +415,14 @@ next_lap(Ring *self, uint64_t position)
     return position - position % self->ring_bytes + self->ring_bytes;
 }
 
+/* 1 if the header `head` names frame `seq` at its own `position`: a header this lap's writer wrote. */
+static inline int
+names_frame(_Atomic uint64_t *head, uint64_t seq, uint64_t position)
+{
+    return atomic_load_explicit(&head[SEQ], memory_order_relaxed) == seq &&
+           atomic_load_explicit(&head[POSITION], memory_order_relaxed) == position;
+}
+
 static inline uint64_t
 monotonic_ns(void)
 {
@@ -520,13 +528,13 @@ publish_writer_cursor(Ring *self, uint64_t cursor, uint64_t position)
     self->written = cursor;
     self->position = position;
     atomic_store_explicit(self->writer_cursor, cursor, memory_order_release);
-    /* After the cursor: a reader that loads the position, then the cursor, holds a pair it can
-     * check (head_pair). */
+    /* After the cursor: a reader that loads the cursor around the position holds a pair it can
+     * check (writer_head). */
     atomic_store_explicit(self->writer_position, position, memory_order_release);
     /* Dekker handshake with park_reader (parked byte, fence, cursor load): with a full fence on
      * both sides at least one of us sees the other's store, so no wake-up is lost. The same fence
      * orders the position before the writer's next scan of the readers' states (claim), against
-     * a reader joining at the head (join_at_head). */
+     * a reader joining at the head (Reader.__init__ in shmq/reader.py). */
     atomic_thread_fence(memory_order_seq_cst);
     /* Only readers asleep for this very message: one woken earlier may wait milliseconds for a
      * core, and waking it again on every message meanwhile would be a syscall per message. */
@@ -542,6 +550,15 @@ publish_writer_cursor(Ring *self, uint64_t cursor, uint64_t position)
     return 0;
 }
 
+/* Publish the frame reserve_frame began, whose payload is in: frame `written`, ending at reserved_end. */
+static int
+publish_reserved(Ring *self)
+{
+    uint64_t end = self->reserved_end;
+    self->reserved_end = 0;
+    return publish_writer_cursor(self, self->written + 1, end);
+}
+
 /* publish() -> woke: publish the frame reserve() began, once Python has filled its payload. */
 static PyObject *
 ring_publish(Ring *self, PyObject *unused)
@@ -553,8 +570,7 @@ ring_publish(Ring *self, PyObject *unused)
         return NULL;
     }
     uint64_t seq = self->written, at = flight_clock(self);
-    int woke = publish_writer_cursor(self, seq + 1, self->reserved_end);
-    self->reserved_end = 0;
+    int woke = publish_reserved(self);
     flight_at(self, OP_PIECE, seq, 0, at, 1);
     if (woke)
         flight_at(self, OP_WAKE, seq, 0, at, 0);
@@ -675,7 +691,7 @@ write_frame_head(Ring *self, uint64_t position, uint64_t seq, uint64_t frame, ui
         memcpy(field, PyBytes_AS_STRING(traceparent), (size_t)n);
         memset(field + n, 0, (size_t)(TRACEPARENT_BYTES - n));
     }
-    /* A reader re-checks the header after its copy (header_after_copy): the header before the payload. */
+    /* A reader re-checks the header after its copy (header_intact): the header before the payload. */
     atomic_thread_fence(memory_order_release);
     return (char *)head + FRAME_HEADER_BYTES;
 }
@@ -717,6 +733,17 @@ claim(Ring *self, uint64_t end)
     return 0;
 }
 
+/* 0 if a frame of `payload` bytes fits the ring's frames; -1 with a ValueError if not. */
+static int
+check_frame_fits(Ring *self, uint64_t payload)
+{
+    if (payload <= self->frame_bytes)
+        return 0;
+    PyErr_Format(PyExc_ValueError, "a %llu-byte frame is larger than the ring's frames (%llu bytes)",
+                 (unsigned long long)payload, (unsigned long long)self->frame_bytes);
+    return -1;
+}
+
 /* Claim room for a frame of `payload` bytes and write its header (and the padding frame before it,
  * if it starts the next lap); returns where its payload starts, or NULL if the readers hold the room
  * (`wanted` says how far they must go). The frame ends at reserved_end. */
@@ -748,13 +775,9 @@ ring_reserve(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
     uint64_t words[3];
     if (check_nargs(nargs, 4, "reserve(frame, total, flags, traceparent)") < 0 ||
-        as_u64s(args, 3, words) < 0 || check_open(self) < 0 || check_traceparent(args[3]) < 0)
+        as_u64s(args, 3, words) < 0 || check_open(self) < 0 || check_traceparent(args[3]) < 0 ||
+        check_frame_fits(self, words[0]) < 0)
         return NULL;
-    if (words[0] > self->frame_bytes) {
-        PyErr_Format(PyExc_ValueError, "a %llu-byte frame is larger than the ring's frames (%llu bytes)",
-                     (unsigned long long)words[0], (unsigned long long)self->frame_bytes);
-        return NULL;
-    }
     char *payload = reserve_frame(self, words[0], words[1], words[2], args[3]);
     if (payload == NULL)
         Py_RETURN_NONE;
@@ -767,9 +790,9 @@ static PyObject *
 ring_bind_gating(Ring *self, PyObject *args)
 {
     PyObject *records;
-    Py_ssize_t state_at, cursor_at;
+    Py_ssize_t state_at, position_at;
     unsigned long long below;
-    if (!PyArg_ParseTuple(args, "O!nnK", &PyTuple_Type, &records, &state_at, &cursor_at, &below) ||
+    if (!PyArg_ParseTuple(args, "O!nnK", &PyTuple_Type, &records, &state_at, &position_at, &below) ||
         check_open(self) < 0)
         return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(records);
@@ -781,14 +804,14 @@ ring_bind_gating(Ring *self, PyObject *args)
         Py_ssize_t record = PyLong_AsSsize_t(PyTuple_GET_ITEM(records, i));
         if (PyErr_Occurred())
             goto fail;
-        Py_ssize_t last = state_at > cursor_at ? state_at : cursor_at;
-        if (record < 0 || state_at < 0 || cursor_at < 0 || (record + state_at) % 8 || (record + cursor_at) % 8 ||
+        Py_ssize_t last = state_at > position_at ? state_at : position_at;
+        if (record < 0 || state_at < 0 || position_at < 0 || (record + state_at) % 8 || (record + position_at) % 8 ||
             record + last + 8 > self->view.len) {
             PyErr_SetString(PyExc_ValueError, "a reader record is outside the segment");
             goto fail;
         }
         states[i] = (_Atomic uint64_t *)((char *)self->view.buf + record + state_at);
-        positions[i] = (_Atomic uint64_t *)((char *)self->view.buf + record + cursor_at);
+        positions[i] = (_Atomic uint64_t *)((char *)self->view.buf + record + position_at);
     }
     PyMem_Free(self->gate_state);
     PyMem_Free(self->gate_position);
@@ -934,10 +957,8 @@ ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
     if (segments_get(&segments, args[1]) < 0)
         return NULL;
     uint64_t frame = segments_length(&segments);
-    if (frame > self->frame_bytes) {
+    if (check_frame_fits(self, frame) < 0) {
         segments_release(&segments);
-        PyErr_Format(PyExc_ValueError, "a %llu-byte frame is larger than the ring's frames (%llu bytes)",
-                     (unsigned long long)frame, (unsigned long long)self->frame_bytes);
         return NULL;
     }
     char *frame_start = reserve_frame(self, frame, frame, flags, args[2]);
@@ -957,9 +978,8 @@ ring_put_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         position += (uint64_t)view->len;
     }
     segments_release(&segments);
-    uint64_t at = flight_clock(self), end = self->reserved_end;
-    self->reserved_end = 0;
-    int woke = publish_writer_cursor(self, seq + 1, end);
+    uint64_t at = flight_clock(self);
+    int woke = publish_reserved(self);
     if (self->stats) {
         add(self->field[F_MESSAGES], 1);
         add(self->field[F_BYTES], frame);
@@ -1146,19 +1166,27 @@ seek(Ring *self, uint64_t cursor, uint64_t position)
     return position;
 }
 
-/* join_head() -> (cursor, position): the writer's head, where a reader joining now begins. The writer
- * stores its position after its cursor, so with the cursor unchanged around the position's load, the
- * position is that cursor's, or the one before it, which seek steps over. */
+/* The writer's cursor, and in *position the position it publishes with it. The writer stores its
+ * position after its cursor, so with the cursor unchanged around the position's load, the position is
+ * that cursor's, or the one before it, which seek steps over. */
+static uint64_t
+writer_head(Ring *self, uint64_t *position)
+{
+    uint64_t cursor;
+    do {
+        cursor = atomic_load_explicit(self->writer_cursor, memory_order_acquire);
+        *position = atomic_load_explicit(self->writer_position, memory_order_acquire);
+    } while (atomic_load_explicit(self->writer_cursor, memory_order_acquire) != cursor);
+    return cursor;
+}
+
+/* join_head() -> (cursor, position): the writer's head, where a reader joining now begins. */
 static PyObject *
 ring_join_head(Ring *self, PyObject *unused)
 {
     if (check_open(self) < 0)
         return NULL;
-    uint64_t cursor, position;
-    do {
-        cursor = atomic_load_explicit(self->writer_cursor, memory_order_acquire);
-        position = atomic_load_explicit(self->writer_position, memory_order_acquire);
-    } while (atomic_load_explicit(self->writer_cursor, memory_order_acquire) != cursor);
+    uint64_t position, cursor = writer_head(self, &position);
     return Py_BuildValue("(KK)", (unsigned long long)cursor, (unsigned long long)seek(self, cursor, position));
 }
 
@@ -1246,8 +1274,7 @@ reader_head(Ring *self)
     }
     _Atomic uint64_t *head = frame_words(self, self->position);
     if (atomic_load_explicit(&head[FLAGS], memory_order_relaxed) == FRAME_PADDING &&
-        atomic_load_explicit(&head[SEQ], memory_order_relaxed) == c &&
-        atomic_load_explicit(&head[POSITION], memory_order_relaxed) == self->position) {
+        names_frame(head, c, self->position)) {
         self->position = next_lap(self, self->position);
         head = frame_words(self, self->position);
     }
@@ -1398,9 +1425,7 @@ ring_take_one(Ring *self, PyObject *unused)
         Py_RETURN_NONE;
     uint64_t c = self->cursor, position = self->position;
     uint64_t frame = atomic_load_explicit(&head[FRAME_LEN], memory_order_relaxed);
-    if (atomic_load_explicit(&head[SEQ], memory_order_relaxed) != c ||
-        atomic_load_explicit(&head[POSITION], memory_order_relaxed) != position ||
-        atomic_load_explicit(&head[FLAGS], memory_order_relaxed) != 0 ||
+    if (!names_frame(head, c, position) || atomic_load_explicit(&head[FLAGS], memory_order_relaxed) != 0 ||
         atomic_load_explicit(&head[TOTAL_LEN], memory_order_relaxed) != frame || frame > self->frame_bytes ||
         frame < MIN_FRAME_BYTES)
         Py_RETURN_NONE;
@@ -1414,8 +1439,7 @@ ring_take_one(Ring *self, PyObject *unused)
      * header before the payload) changed it. Gating keeps a reader from being overwritten at all;
      * this catches what gating cannot, a hostile edit or a reader evicted while alive. */
     atomic_thread_fence(memory_order_acquire);
-    if (atomic_load_explicit(&head[SEQ], memory_order_relaxed) != c ||
-        atomic_load_explicit(&head[POSITION], memory_order_relaxed) != position) {
+    if (!names_frame(head, c, position)) {
         Py_DECREF(message);
         Py_RETURN_NONE;
     }
@@ -1449,9 +1473,7 @@ ring_header_intact(Ring *self, PyObject *arg)
     if (as_u64(arg, &seq) < 0 || check_reader(self) < 0)
         return NULL;
     atomic_thread_fence(memory_order_acquire);
-    _Atomic uint64_t *head = frame_words(self, self->position);
-    return PyBool_FromLong(atomic_load_explicit(&head[SEQ], memory_order_relaxed) == seq &&
-                           atomic_load_explicit(&head[POSITION], memory_order_relaxed) == self->position);
+    return PyBool_FromLong(names_frame(frame_words(self, self->position), seq, self->position));
 }
 
 /* count(nbytes): one more message received, through the Python path. */
@@ -1514,26 +1536,16 @@ ring_skip(Ring *self, PyObject *unused)
 {
     if (check_reader(self) < 0)
         return NULL;
-    uint64_t next = self->cursor + 1, cursor, end;
-    do {
-        cursor = atomic_load_explicit(self->writer_cursor, memory_order_acquire);
-        end = atomic_load_explicit(self->writer_position, memory_order_acquire);
-    } while (atomic_load_explicit(self->writer_cursor, memory_order_acquire) != cursor);
-    uint64_t found = 0;
+    uint64_t next = self->cursor + 1, end, cursor = writer_head(self, &end), found = 0;
     for (uint64_t q = self->position + FRAME_ALIGN; !found && q < end && q < self->position + self->ring_bytes;
          q += FRAME_ALIGN) {
-        _Atomic uint64_t *head = frame_words(self, q);
-        if (atomic_load_explicit(&head[POSITION], memory_order_relaxed) == q &&
-            atomic_load_explicit(&head[SEQ], memory_order_relaxed) == next)
+        if (names_frame(frame_words(self, q), next, q))
             found = q;
     }
     if (found) {
         self->cursor = next;
         self->position = found;
-    } else if (next == cursor) {
-        self->cursor = next;
-        self->position = seek(self, cursor, end);
-    } else { /* the writer's head */
+    } else { /* the writer's head: the next frame itself when it is not written yet */
         self->cursor = cursor;
         self->position = seek(self, cursor, end);
     }

@@ -294,8 +294,7 @@ class Reader(Receiving, Participant):
         moved past its start) are skipped; a header no writer could have written is skipped and
         reported."""
         while True:
-            head = self._checked_head(c)
-            seq, frame, total, flags, position = _FRAME_HEAD.unpack_from(self._buf, head)
+            head, frame, total, flags = self._checked_head(c)
             if flags & _FRAGMENT and not flags & L.FRAME_FIRST:
                 self._advance()  # the rest of a message we did not see begin
             else:
@@ -309,14 +308,15 @@ class Reader(Receiving, Participant):
             else:
                 c += 1
 
-    def _checked_head(self, c: int) -> int:
-        """The offset of published frame `c`'s header, which says it is frame `c` at our position; a
-        header that does not is reported, and the reader moves on to the next frame it can find."""
+    def _checked_head(self, c: int) -> tuple[int, int, int, int]:
+        """Published frame `c`'s header, which says it is frame `c` at our position: (its offset, frame,
+        total, flags); a header that does not is reported, and the reader moves on to the next frame it
+        can find."""
         head = self._ring.head()
-        seq, _, _, _, position = _FRAME_HEAD.unpack_from(self._buf, head)
+        seq, frame, total, flags, position = _FRAME_HEAD.unpack_from(self._buf, head)
         expected = self._ring.position
         if seq == c and position == expected:
-            return head
+            return head, frame, total, flags
         available = self._ring.available
         self._ring.skip()
         skipped = f"skipped to message {self._cursor}"
@@ -397,11 +397,10 @@ class Reader(Receiving, Participant):
                                        f"of {assembly.total:,} bytes); the next get() resumes it") from None
                 assembly.waited += more_wait
             try:
-                head = self._checked_head(c)
+                head, frame, total, flags = self._checked_head(c)
             except (CorruptMessage, MessageOverwritten):
                 self._resume = None
                 raise
-            seq, frame, total, flags, _ = _FRAME_HEAD.unpack_from(buf, head)
             filled = (c - assembly.first) * cap
             if flags & L.FRAME_ABORT:
                 self._resume = None
