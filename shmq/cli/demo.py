@@ -365,11 +365,12 @@ def describe_event(event: dict) -> str:
 
 def main_thread_frames(stack: str) -> list[str]:
     """Where the main thread is, from an event's stack: its innermost frame and, if that is inside
-    shmq or the standard library, the innermost frame of the application."""
+    shmq, the standard library or an installed package (numpy), the innermost frame of the application."""
     threads = diagnostics.threads(stack)
     frames = diagnostics.frames(threads[0]) if threads else []
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    library = (package, sysconfig.get_paths()["stdlib"])
+    paths = sysconfig.get_paths()
+    library = (package, paths["stdlib"], paths["purelib"], paths["platlib"])
     caller = next((f for f in frames if not f.file.startswith(library) or f.file == os.path.abspath(__file__)), None)
     shown = frames[:1] + ([caller] if caller is not None and caller is not frames[0] else [])
     return [f"{f.function} ({os.path.basename(f.file)}:{f.line})" for f in shown]
