@@ -7,9 +7,9 @@
 
 from . import stats, wait
 from .errors import (
-    AlreadyAttached, BadQueueArgument, BadHandle, BadTimeout, ConcurrentUse, CorruptMessage, ForkedParticipant,
-    LayoutMismatch, MessageOverwritten, MessagesLost, MessageTooLarge, NotRawMessage, PeerDead, QueueClosed,
-    QueueTimeout, ReaderDead, ShmFull, ShmqError, WouldBlock, WriterDead,
+    AlreadyAttached, BadQueueArgument, BadHandle, BadTimeout, ConcurrentUse, ConnectionLost, CorruptMessage,
+    ForkedParticipant, LayoutMismatch, MessageOverwritten, MessageTooLarge, NotRawMessage, PeerDead, QueueClosed,
+    QueueTimeout, ReaderDead, ReaderEvicted, ShmFull, ShmqError, WouldBlock, WriterDead,
 )
 from .handle import Handle
 from .layout import ParticipantState, Role
@@ -18,18 +18,18 @@ from .segment import ForeignSegment, QueueNotFound, SegmentInfo, cleanup, list_s
 from .writer import Writer, create
 
 
-def attach_remote(handle, **kwargs):
-    """Attach a reader over ZeroMQ TCP (see shmq.remote.attach_remote)."""
+def attach_remote(handle, reader: int = 0, **kwargs):
+    """Attach remote reader `reader` over ZeroMQ TCP (see shmq.remote.attach_remote)."""
     from .remote import attach_remote as _attach_remote
 
-    return _attach_remote(handle, **kwargs)
+    return _attach_remote(handle, reader, **kwargs)
 
 
 __all__ = [
-    "AlreadyAttached", "BadQueueArgument", "BadHandle", "BadTimeout", "ConcurrentUse", "CorruptMessage",
-    "ForeignSegment", "ForkedParticipant", "Handle", "LayoutMismatch", "MessageOverwritten", "MessagesLost",
+    "AlreadyAttached", "BadQueueArgument", "BadHandle", "BadTimeout", "ConcurrentUse", "ConnectionLost",
+    "CorruptMessage", "ForeignSegment", "ForkedParticipant", "Handle", "LayoutMismatch", "MessageOverwritten",
     "MessageTooLarge", "NotRawMessage",
     "ParticipantState", "PeerDead", "QueueClosed", "QueueNotFound", "QueueTimeout", "Reader", "ReaderDead",
-    "Role", "SegmentInfo", "ShmFull", "ShmqError", "WouldBlock", "Writer", "WriterDead", "attach",
+    "ReaderEvicted", "Role", "SegmentInfo", "ShmFull", "ShmqError", "WouldBlock", "Writer", "WriterDead", "attach",
     "attach_remote", "cleanup", "create", "list_segments", "stats", "wait",
 ]

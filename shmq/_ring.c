@@ -246,8 +246,10 @@ typedef struct {
     int stats;                          /* counters and histogram kept (the segment's FLAG_STATS) */
     uint64_t hist_finite_buckets;
     /* A reader's own state, after bind_reader: its cursor and the position of the frame at it (past
-     * a padding frame already skipped), and what it last published. It publishes once per batch of publish_every frames while a backlog lasts, and at
-     * once when it catches up; its totals are absolute values, stored with each publish. */
+     * a padding frame already skipped), and what it last published. It publishes once per batch of
+     * publish_every frames while a backlog lasts, and at once when it catches up; its totals are
+     * absolute values, stored with each publish. With publish_every 0 it never publishes by itself:
+     * it reads ahead for a remote reader, whose acknowledgements publish (acknowledge). */
     int is_reader;
     uint32_t reader_index;
     uint64_t cursor, published, published_position, publish_every, messages, bytes;
@@ -1192,7 +1194,7 @@ ring_join_head(Ring *self, PyObject *unused)
 
 /* bind_reader(index, cursor, position, publish_every): make this ring reader `index`'s, starting at
  * frame `cursor`, found from `position` (seek); its totals carry on from what the record holds.
- * Returns the position it starts at. */
+ * publish_every 0: only acknowledge() publishes. Returns the position it starts at. */
 static PyObject *
 ring_bind_reader(Ring *self, PyObject *args)
 {
@@ -1200,10 +1202,6 @@ ring_bind_reader(Ring *self, PyObject *args)
     unsigned long long cursor, position, publish_every;
     if (!PyArg_ParseTuple(args, "IKKK", &index, &cursor, &position, &publish_every) || check_record(self) < 0)
         return NULL;
-    if (publish_every < 1) {
-        PyErr_SetString(PyExc_ValueError, "publish_every must be at least 1");
-        return NULL;
-    }
     self->is_reader = 1;
     self->reader_index = index;
     self->cursor = self->published = self->available = cursor;
@@ -1218,16 +1216,16 @@ ring_bind_reader(Ring *self, PyObject *args)
  * just crossed. Runs with the GIL held, so the heartbeat thread's publish_behind never interleaves
  * with it. */
 static void
-publish_reader_cursor(Ring *self)
+publish_reader(Ring *self, uint64_t cursor, uint64_t position)
 {
-    uint64_t previous = self->published_position, position = self->position;
+    uint64_t previous = self->published_position;
     if (self->stats) { /* before the cursor: whoever sees the cursor sees them */
         atomic_store_explicit(self->field[F_MESSAGES], self->messages, memory_order_relaxed);
         atomic_store_explicit(self->field[F_BYTES], self->bytes, memory_order_relaxed);
     }
-    self->published = self->cursor;
+    self->published = cursor;
     self->published_position = position;
-    atomic_store_explicit(self->field[F_CURSOR], self->cursor, memory_order_relaxed);
+    atomic_store_explicit(self->field[F_CURSOR], cursor, memory_order_relaxed);
     /* Release: our loads of the frames below it come before it, so the writer cannot overwrite one
      * we still copy. After the cursor: a record read between the two stores has a position behind
      * its cursor, which seek steps over, never ahead of it. */
@@ -1239,13 +1237,19 @@ publish_reader_cursor(Ring *self)
     if (parked && previous < parked && parked <= position) {
         /* Any new value makes a writer that is about to sleep return at once. */
         atomic_store_explicit(self->writer_wake,
-                              (uint32_t)(((self->cursor & 0xFFFFFF) << 8) | (self->reader_index & 0xFF)),
+                              (uint32_t)(((cursor & 0xFFFFFF) << 8) | (self->reader_index & 0xFF)),
                               memory_order_relaxed);
         futex_wake_all((void *)self->writer_wake, 1);
         if (self->stats)
             add(self->field[F_WAKEUPS], 1);
-        flight(self, OP_WAKE, self->cursor, 0, 0);
+        flight(self, OP_WAKE, cursor, 0, 0);
     }
+}
+
+static void
+publish_reader_cursor(Ring *self)
+{
+    publish_reader(self, self->cursor, self->position);
 }
 
 /* Done with the frame at the cursor, which ends at `end`: publish at once if `now`, if caught up, or
@@ -1256,8 +1260,9 @@ release_read(Ring *self, uint64_t end, int now)
 {
     self->cursor += 1;
     self->position = end;
-    if (now || self->cursor >= self->available || self->cursor - self->published >= self->publish_every ||
-        end - self->published_position >= self->ring_bytes / 16)
+    if (now || (self->publish_every && (self->cursor >= self->available ||
+                                        self->cursor - self->published >= self->publish_every ||
+                                        end - self->published_position >= self->ring_bytes / 16)))
         publish_reader_cursor(self);
 }
 
@@ -1566,6 +1571,44 @@ ring_publish_behind(Ring *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* acknowledge(cursor, position, messages, bytes): a reader that reads ahead (publish_every 0)
+ * publishes how far its remote reader has consumed: frames below `cursor`, ending at `position`,
+ * and the totals they make. Never behind what it published, never past what it read. */
+static PyObject *
+ring_acknowledge(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t cursor, position, messages, bytes;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "acknowledge(cursor, position, messages, bytes)");
+        return NULL;
+    }
+    if (as_u64(args[0], &cursor) < 0 || as_u64(args[1], &position) < 0 || as_u64(args[2], &messages) < 0 ||
+        as_u64(args[3], &bytes) < 0 || check_reader(self) < 0)
+        return NULL;
+    if (cursor < self->published || cursor > self->cursor || position < self->published_position ||
+        position > self->position) {
+        PyErr_Format(PyExc_ValueError, "acknowledged frame %llu at byte %llu is outside what was read (frames %llu..%llu)",
+                     (unsigned long long)cursor, (unsigned long long)position, (unsigned long long)self->published,
+                     (unsigned long long)self->cursor);
+        return NULL;
+    }
+    self->messages = messages;
+    self->bytes = bytes;
+    publish_reader(self, cursor, position);
+    Py_RETURN_NONE;
+}
+
+/* rewind(): read again from what was last published (a remote reader that lost frames in flight). */
+static PyObject *
+ring_rewind(Ring *self, PyObject *unused)
+{
+    if (check_reader(self) < 0)
+        return NULL;
+    self->cursor = self->published;
+    self->position = self->published_position;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 ring_release(Ring *self, PyObject *unused)
 {
@@ -1679,6 +1722,9 @@ static PyMethodDef ring_methods[] = {
      "skip() -> cursor: step over a frame whose header is corrupt, to the next one found; publish now."},
     {"publish_behind", (PyCFunction)ring_publish_behind, METH_NOARGS,
      "publish_behind(): publish the cursor and totals if the last publish is behind them."},
+    {"acknowledge", (PyCFunction)(void (*)(void))ring_acknowledge, METH_FASTCALL,
+     "acknowledge(cursor, position, messages, bytes): publish what a remote reader consumed (publish_every 0)."},
+    {"rewind", (PyCFunction)ring_rewind, METH_NOARGS, "rewind(): read again from the last published frame."},
     {"release", (PyCFunction)ring_release, METH_NOARGS, "release(): drop the segment; later calls raise ValueError."},
     {NULL},
 };

@@ -39,6 +39,14 @@ class WriterDead(PeerDead):
     """The writer of the queue has died."""
 
 
+class ConnectionLost(PeerDead):
+    """A remote reader's connection to the writer stayed lost for its grace: the network or the writer's host is down."""
+
+
+class ReaderEvicted(ShmqError):
+    """The writer evicted this remote reader (its connection stayed lost for the writer's grace)."""
+
+
 class ShmFull(ShmqError, OSError):
     """/dev/shm has no room for the segment."""
 
@@ -77,7 +85,3 @@ class MessageOverwritten(ShmqError):
 
 class NotRawMessage(ShmqError, TypeError):
     """get_bytes() met a message that was sent with put(); it must be read with get()."""
-
-
-class MessagesLost(ShmqError):
-    """A remote reader found a gap in the sequence numbers it received."""

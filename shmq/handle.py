@@ -26,13 +26,14 @@ class Handle:
     frame_bytes: int  #: the largest payload of one frame
     instance_id: str  #: 32 hex digits, random per segment: a handle edited to name another queue is refused
     endpoint: str = ""  #: ZeroMQ endpoint for remote readers, "" without them
+    n_remote_readers: int = 0  #: remote reader slots (shmq.attach_remote(handle, reader=j))
     version: int = L.LAYOUT_VERSION  #: the segment layout version
 
     def __str__(self) -> str:
         query = urllib.parse.urlencode({
             "v": self.version, "name": self.name, "readers": self.n_readers,
             "ring_bytes": self.ring_bytes, "frame_bytes": self.frame_bytes, "id": self.instance_id,
-            "endpoint": self.endpoint,
+            "endpoint": self.endpoint, "remote_readers": self.n_remote_readers,
         })
         return f"{_SCHEME}://{self.shm_name}?{query}"
 
@@ -51,7 +52,7 @@ class Handle:
             handle = cls(
                 shm_name=parts.netloc, name=fields["name"], n_readers=int(fields["readers"]),
                 ring_bytes=int(fields["ring_bytes"]), frame_bytes=int(fields["frame_bytes"]), instance_id=fields["id"],
-                endpoint=query.get("endpoint", [""])[0],
+                endpoint=query.get("endpoint", [""])[0], n_remote_readers=int(query.get("remote_readers", ["0"])[0]),
             )
         except (KeyError, ValueError) as e:
             raise BadHandle(f"malformed shmq handle {text!r}: {e!r}") from None

@@ -7,7 +7,7 @@ One POSIX shared-memory object holds one queue::
     |   line 0  magic | version | segment_bytes | creator_pid      |
     |           creator_start | creator_uid | created_ns | readers |
     |   line 1  ring_bytes | frame_bytes | flags | max_message_bytes |
-    |           instance id (128 bits, random)                     |
+    |           instance id (128 bits, random) | remote_readers    |
     |   line 2  queue name (64 B, UTF-8, NUL padded)               |
     |   line 3  remote endpoint (64 B, ASCII, NUL padded)          |
     |   line 4  writer_cursor (futex word: its low half) | position |
@@ -17,6 +17,7 @@ One POSIX shared-memory object holds one queue::
     +--------------------------------------------------------------+  HEADER_BYTES
     | PARTICIPANT RECORD 0: the writer          (RECORD_BYTES each)|
     | PARTICIPANT RECORD 1..n_readers: reader 0..n_readers-1       |
+    |   (the last remote_readers of them: remote readers' slots)   |
     +--------------------------------------------------------------+  ring_offset()
     | THE RING: ring_bytes of variable-length frames, each          |
     |   frame header (FRAME_HEADER_BYTES) | payload | pad to 128 B  |
@@ -45,7 +46,8 @@ kept beside it rather than replacing it.
 
 Each participant record is written by exactly one process, its owner; the only
 exception is a writer marking a *dead* reader evicted, when the owner can no
-longer write. Records are whole cache lines apart, so readers never false-share.
+longer write. A remote reader's record is written by the writer's process (its
+remote server), from what the reader reports over the network. Records are whole cache lines apart, so readers never false-share.
 """
 
 from __future__ import annotations
@@ -61,9 +63,10 @@ WORD = 8
 
 MAGIC = b"SHMQRNG\x00"
 MAGIC_WORD = int.from_bytes(MAGIC, "little")
-LAYOUT_VERSION = 4  # 2: instance id, record owner word, first/abort piece flags; 3: flight recorder; 4: byte ring
+LAYOUT_VERSION = 5  # 2: instance id, record owner word, first/abort piece flags; 3: flight recorder; 4: byte ring;
+# 5: remote readers' records
 
-MAX_READERS = 64  # one parked byte per reader fits one cache line
+MAX_READERS = 64  # one parked byte per reader (local or remote) fits one cache line
 NAME_BYTES = 64
 ENDPOINT_BYTES = 64
 
@@ -75,7 +78,7 @@ OFF_CREATOR_PID = OFF_SEGMENT_BYTES + WORD
 OFF_CREATOR_START = OFF_CREATOR_PID + WORD  # /proc start time, guards pid reuse
 OFF_CREATOR_UID = OFF_CREATOR_START + WORD
 OFF_CREATED_NS = OFF_CREATOR_UID + WORD  # wall clock, time.time_ns()
-OFF_N_READERS = OFF_CREATED_NS + WORD
+OFF_N_READERS = OFF_CREATED_NS + WORD  # reader records, local and remote
 # -- line 1: geometry ----------------------------------------------------------
 OFF_RING_BYTES = OFF_N_READERS + WORD
 OFF_FRAME_BYTES = OFF_RING_BYTES + WORD  # the largest payload of one frame; larger messages go in pieces of it
@@ -83,6 +86,7 @@ OFF_FLAGS = OFF_FRAME_BYTES + WORD
 OFF_MAX_MESSAGE_BYTES = OFF_FLAGS + WORD
 OFF_INSTANCE_ID = OFF_MAX_MESSAGE_BYTES + WORD  # two words: tells a queue from another of the same geometry
 INSTANCE_ID_BYTES = 2 * WORD
+OFF_N_REMOTE_READERS = OFF_INSTANCE_ID + INSTANCE_ID_BYTES  # the last of the reader records are remote slots
 # -- lines 2-3: names ----------------------------------------------------------
 OFF_NAME = 2 * CACHE_LINE
 OFF_ENDPOINT = OFF_NAME + NAME_BYTES
@@ -100,7 +104,7 @@ OFF_WRITER_WAKE = OFF_WRITER_PARKED + WORD
 OFF_FLIGHT_ENTRIES = OFF_WRITER_PARKED + CACHE_LINE
 HEADER_BYTES = OFF_FLIGHT_ENTRIES + CACHE_LINE
 
-assert OFF_INSTANCE_ID + INSTANCE_ID_BYTES <= OFF_NAME
+assert OFF_N_REMOTE_READERS + WORD <= OFF_NAME
 assert OFF_WRITER_CURSOR % CACHE_LINE == 0 and OFF_READER_PARKED % CACHE_LINE == 0
 assert HEADER_BYTES == 8 * CACHE_LINE
 
@@ -147,10 +151,16 @@ REC_PREDICTED_WAKES = REC_HISTOGRAM + HIST_BUCKETS * WORD  # timed wake-ups just
 REC_PREDICTION_HITS = REC_PREDICTED_WAKES + WORD  # arrivals within the spin budget after such a wake-up
 REC_PREDICTION_MISSES = REC_PREDICTION_HITS + WORD  # arrivals before the predicted wake-up, or after the budget
 REC_SPIN_BEFORE_ARRIVAL_NS = REC_PREDICTION_MISSES + WORD  # time spun from a predicted wake-up to a hit
+# line 7: a remote reader's slot (written by the writer's remote server, shmq/remote.py): the reader's
+# host; it is alive while its heartbeat is younger than the grace
+REC_HOST = 7 * CACHE_LINE  # UTF-8, NUL padded
+HOST_BYTES = 6 * WORD
+REC_GRACE_NS = REC_HOST + HOST_BYTES
 RECORD_BYTES = 8 * CACHE_LINE
 
 assert REC_OWNER + WORD <= REC_HISTOGRAM
-assert REC_SPIN_BEFORE_ARRIVAL_NS + WORD <= RECORD_BYTES
+assert REC_SPIN_BEFORE_ARRIVAL_NS + WORD <= REC_HOST
+assert REC_GRACE_NS + WORD <= RECORD_BYTES
 
 HISTOGRAM_UPPER_BOUNDS_S = tuple(2.0**k / 1e6 for k in range(HIST_FINITE_BUCKETS))
 
@@ -184,6 +194,7 @@ def wait_bucket(wait_ns: int) -> int:
 class Role(enum.IntEnum):
     WRITER = 1
     READER = 2
+    REMOTE_READER = 3  #: a reader on another host; its record is kept by the writer's remote server
 
 
 class ParticipantState(enum.IntEnum):

@@ -79,8 +79,8 @@ class Reader(Receiving, Participant):
     def __init__(self, segment: Segment, index: int, *, serializer: Serializer,
                  wait: wait_module.WaitStrategy | None, warn_after_s: float,
                  hooks: hooks_module.MessageHooks | None, stack_dumps: bool | str = True) -> None:
-        if not isinstance(index, int) or not 0 <= index < segment.n_readers:
-            readers = f"readers 0..{segment.n_readers - 1}" if segment.n_readers else \
+        if not isinstance(index, int) or not 0 <= index < segment.n_local_readers:
+            readers = f"readers 0..{segment.n_local_readers - 1}" if segment.n_local_readers else \
                 "only remote readers (shmq.attach_remote)"
             raise BadHandle(f"queue {segment.name!r} has {readers}; there is no reader {index!r}")
         super().__init__(segment, 1 + index, wait=wait, warn_after_s=warn_after_s, hooks=hooks)
@@ -582,12 +582,12 @@ def attach(handle: Handle | str, reader: int, *, wait: wait_module.WaitStrategy 
     handle = Handle.coerce(handle)
     segment = Segment.open(handle.shm_name, writable=True, shm_dir=shm_dir)
     try:
-        if (segment.n_readers, segment.ring_bytes, segment.frame_bytes) != (
+        if (segment.n_local_readers, segment.ring_bytes, segment.frame_bytes) != (
                 handle.n_readers, handle.ring_bytes, handle.frame_bytes):
             raise BadHandle(
                 f"handle {handle} does not match segment {handle.shm_name}: the handle says "
                 f"{handle.n_readers} readers, a {handle.ring_bytes:,}-byte ring and {handle.frame_bytes:,}-byte "
-                f"frames, the segment {segment.n_readers}, {segment.ring_bytes:,} and {segment.frame_bytes:,}")
+                f"frames, the segment {segment.n_local_readers}, {segment.ring_bytes:,} and {segment.frame_bytes:,}")
         if segment.instance_id != handle.instance_id:
             raise BadHandle(
                 f"handle of queue {handle.name!r} (instance {handle.instance_id}) names shared-memory object "

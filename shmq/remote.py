@@ -1,20 +1,38 @@
-"""Readers on other machines: the same message stream over ZeroMQ TCP.
+"""Readers on other machines: the ring's frames over ZeroMQ TCP, acknowledged and resumable.
 
-The writer publishes every message on an XPUB socket with no high-water mark, so
-nothing is dropped (pyzmq's default HWM silently drops a burst). XPUB_VERBOSE
-reports each subscription, which is how ``Writer.wait_for_readers`` knows a
-remote reader is connected before the first message goes out. Each message
-carries its sequence number and the next one's, so a remote reader notices any
-gap instead of silently skipping it, reports it once and reads on.
+Each remote reader holds one of the queue's remote slots: a reader record in the segment, kept by the
+writer's remote server (a thread in the writer's process). The server reads the ring ahead of the
+slot's record and sends the frames; the record moves only when the reader acknowledges what it has
+consumed. So the ring itself is the resend buffer, and a slot gates the writer exactly as a local
+reader does: a slow remote reader blocks the writer, and `window_bytes` (default: the ring) bounds
+what is in flight, hence what the writer's socket and the reader's socket can buffer.
 
-A lost connection is not a dead writer: ZeroMQ reconnects by itself, so the reader
-waits up to `grace_s` for the connection to return before it raises WriterDead.
+The protocol (ROUTER at the writer, DEALER at each reader). Every message is multipart; its first
+part starts with a kind byte:
+  reader -> server  HELLO  slot, pid, resume cursor (-1: a new reader), token, host
+                    ACK    frames consumed, message and byte totals, state (busy or waiting)
+                    BYE    the reader closed
+  server -> reader  WELCOME  start cursor, window, frame size, writer pid, start time, host
+                    REFUSED  why
+                    FRAME    seq, frame bytes, message bytes, flags, [traceparent]; then the payload
+                    TICK     the writer's cursor, once a second: the writer's heartbeat
+                    END      the writer closed after frame c
+                    EVICTED  why
+A connection that drops loses what was in flight; the reader's HELLO with its next expected frame
+resumes the slot there, and it drops anything it already has, so nothing is lost or duplicated.
+ZeroMQ heartbeats close a connection whose peer went silent; the server sees a slot's connection
+gone when a send to it fails (ROUTER_MANDATORY), and calls the reader dead after `grace_s` without one.
 """
 
 from __future__ import annotations
 
+import collections
 import math
+import os
+import secrets
+import socket as socket_module
 import struct
+import threading
 import time
 from typing import Any
 
@@ -22,177 +40,707 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import hooks as hooks_module
+from . import layout as L
+from . import procs, sync
 from .errors import (
-    BadHandle, BadQueueArgument, MessagesLost, NotRawMessage, QueueClosed, QueueTimeout, WouldBlock, WriterDead,
+    AlreadyAttached, BadHandle, BadQueueArgument, ConnectionLost, CorruptMessage, NotRawMessage, QueueClosed,
+    QueueTimeout, ReaderEvicted, WouldBlock, WriterDead,
 )
 from .handle import Handle
+from .participant import (
+    BUSY, R_ATTACHES, R_CURSOR, R_HEARTBEAT, R_INDEX, R_OWNER, R_PID, R_POSITION, R_PROGRESS, R_ROLE, R_START_TIME,
+    R_STATE, WAITING_READ, State, W_WRITER_CURSOR, checked_timeout, log,
+)
 from .reader import Receiving
-from . import layout as L
+from ._ring import frame_spans, uninitialized_bytearray
 from .serialization import BytesSerializer, resolve
 
-_HEAD = struct.Struct("<QQQ")  # seq, next seq, frame flags; the traceparent follows
-_END = 1 << 63  # flag: the writer closed
-_ZERO_COPY_BYTES = 64 << 10  # frames sent without a copy start here (RemotePublisher.send)
-_POLL_MS = 50  # how often a blocked get() looks at cancel() and the connection
-DEFAULT_GRACE_S = 10.0  # how long a lost connection may stay lost before the writer is called dead
+DEFAULT_GRACE_S = 10.0  # how long a slot's connection may stay lost before its reader is called dead
+ATTACH_TIMEOUT_S = 10.0  # how long attach_remote waits for the writer's answer
+TICK_S = 1.0  # the server's heartbeat to each reader, and its check of each slot's connection
+ZMQ_HEARTBEAT_MS = 1000  # ZeroMQ's own pings: a connection silent for ZMQ_HEARTBEAT_TIMEOUT_MS is closed
+ZMQ_HEARTBEAT_TIMEOUT_MS = 3000
+ACK_EVERY = 64  # frames a reader consumes between acknowledgements while a backlog lasts
+_POLL_MS = 50  # how often a blocked get() looks at cancel(), the connection and the grace
+
+HELLO, ACK, BYE = b"H", b"A", b"B"
+WELCOME, REFUSED, FRAME, TICK, END, EVICTED = b"W", b"R", b"F", b"T", b"E", b"X"
+_HELLO = struct.Struct("<Iqi16s")  # slot, resume cursor (-1: new), pid, token; the host follows
+_ACK = struct.Struct("<QQQQ")  # cursor, messages, bytes, state
+_WELCOME = struct.Struct("<QQQQiQ")  # start cursor, window, frame bytes, max message bytes, writer pid, start time
+_FRAME = struct.Struct("<QQQQ")  # seq, frame bytes, message bytes, flags; the traceparent follows if traced
+_CURSOR = struct.Struct("<Q")
 
 
-def _checked_grace(grace_s) -> float:
+def _checked_seconds(name: str, value) -> float:
     try:
-        seconds = float(grace_s)
+        seconds = float(value)
     except (TypeError, ValueError):
-        raise BadQueueArgument(f"grace_s must be a number of seconds, got {grace_s!r}") from None
+        raise BadQueueArgument(f"{name} must be a number of seconds, got {value!r}") from None
     if not 0 <= seconds < math.inf:
-        raise BadQueueArgument(f"grace_s must be a finite number of seconds >= 0, got {grace_s!r}")
+        raise BadQueueArgument(f"{name} must be a finite number of seconds >= 0, got {value!r}")
     return seconds
 
 
-class RemotePublisher:
-    """The writer's side: one XPUB socket that every remote reader subscribes to."""
+def _heartbeats(sock: zmq.Socket) -> None:
+    sock.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
 
-    def __init__(self, bind: str, n_remote_readers: int) -> None:
+
+# -- the writer's side ---------------------------------------------------------------------------
+class _Slot:
+    """One remote reader slot: its record, the ring read ahead for it, and who holds it."""
+
+    def __init__(self, number: int, index: int, ring, words: memoryview) -> None:
+        self.number = number  # 0..n_remote_readers - 1, as attach_remote names it
+        self.index = index  # the reader index of its record
+        self.ring = ring  # reads ahead of the record; acknowledge() publishes (shmq/_ring.c)
+        self.rec = L.word(L.record_offset(1 + index))
+        self.words = words
+        self.peer: bytes | None = None  # the holder's ZeroMQ routing id
+        self.token = b""  # the holder's, from its HELLO: a resume must carry it
+        self.pid = 0
+        self.host = ""
+        self.connected = False
+        self.lost_since = 0  # monotonic ns when its connection was found gone
+        self.lost: str | None = None  # why it is dead, once the grace ran out (on_dead_reader="raise")
+        # (cursor, position) after each frame sent and not yet acknowledged, oldest first
+        self.in_flight: collections.deque = collections.deque()
+        self.acked_position = 0
+
+    @property
+    def state(self) -> int:
+        return self.words[self.rec + R_STATE]
+
+    def describe(self) -> str:
+        who = f"pid {self.pid} on {self.host}" if self.peer is not None else "nobody"
+        return f"remote reader {self.number} (reader {self.index}, {who})"
+
+
+class RemoteServer:
+    """The writer's remote end: one ROUTER socket and one thread that serves every remote slot."""
+
+    def __init__(self, segment, writer, bind: str, *, grace_s: float | None, window_bytes: int | None,
+                 on_dead_reader: str) -> None:
+        self._segment = segment
+        self._words = segment.words
+        self._buf = segment.buf
+        self._queue_name = segment.name
+        grace_s = DEFAULT_GRACE_S if grace_s is None else _checked_seconds("remote_grace_s", grace_s)
+        self._grace_ns = int(grace_s * 1e9)
+        window = segment.ring_bytes if window_bytes is None else window_bytes
+        if type(window) is not int or not L.frame_stride(segment.frame_bytes) <= window <= segment.ring_bytes:
+            raise BadQueueArgument(f"remote_window_bytes must be an int from one frame "
+                                   f"({L.frame_stride(segment.frame_bytes):,}) to the ring ({segment.ring_bytes:,}), "
+                                   f"got {window!r}")
+        self.window_bytes = window
+        self._evict = on_dead_reader == "evict"
+        self._writer_pid = os.getpid()
+        self._writer_start = procs.start_time(self._writer_pid) or 0
+        self._owner = writer._owner
+        host = socket_module.gethostname()
+        self._host = host.encode()[: L.HOST_BYTES - 1].decode("utf-8", "ignore")
+        first = segment.n_local_readers
+        self._slots = []
+        for number in range(segment.n_remote_readers):
+            slot = _Slot(number, first + number, segment.ring(1 + first + number), self._words)
+            self._init_record(slot)
+            self._slots.append(slot)
         self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.XPUB)
+        self._socket = self._context.socket(zmq.ROUTER)
         try:
-            self._socket.setsockopt(zmq.SNDHWM, 0)
-            self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)
+            self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a lost connection fails: we notice
+            self._socket.setsockopt(zmq.SNDHWM, 0)  # the window bounds what is queued, not the HWM
+            self._socket.setsockopt(zmq.RCVHWM, 0)
+            self._socket.setsockopt(zmq.LINGER, 0)
+            _heartbeats(self._socket)
             self._socket.bind(bind)
         except BaseException:  # a context left to the garbage collector hangs interpreter exit in term()
             self._socket.close(linger=0)
             self._context.term()
             raise
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._expected = n_remote_readers
-        self._subscribed = 0
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.parked = False  # the thread sleeps in poll(): a publish must notify() it
+        self._closing: int | None = None  # the final cursor, once the writer closes
+        self._seen_cursor = 0
+        self._thread = threading.Thread(target=self._run, name=f"shmq-remote-{segment.name}", daemon=True)
+        self._thread.start()
 
-    def missing(self) -> int:
-        """Remote readers that have not subscribed yet."""
-        while self._socket.poll(0, zmq.POLLIN):
-            event = self._socket.recv()
-            self._subscribed += 1 if event[:1] == b"\x01" else -1
-        return max(0, self._expected - self._subscribed)
+    # -- called from the writer's thread --------------------------------------------------------
+    def notify(self) -> None:
+        """The writer published: wake the server if it sleeps (a plain flag: the GIL orders the two)."""
+        if self.parked:
+            os.eventfd_write(self._wake_fd, 1)
 
-    def send(self, seq: int, next_seq: int, flags: int, traceparent: bytes, segments: list) -> None:
-        frames = [_HEAD.pack(seq, next_seq, flags) + traceparent, *segments]
-        last = len(frames) - 1
-        for i, frame in enumerate(frames):
-            # Large immutable bytes go without a copy; a caller's buffer is copied, as it may change after
-            # put(), and so is a small frame: pyzmq frees zero-copy frames through a thread of its own,
-            # which costs more than the copy below tens of kB and can hold Context.term() at close.
-            zero_copy = isinstance(frame, bytes) and len(frame) >= _ZERO_COPY_BYTES
-            self._socket.send(frame, zmq.SNDMORE if i < last else 0, copy=not zero_copy)
+    def lost(self, index: int) -> str | None:
+        """Why the remote reader of reader record `index` is dead, or None (alive, or not a remote slot)."""
+        number = index - self._segment.n_local_readers
+        return self._slots[number].lost if 0 <= number < len(self._slots) else None
 
-    def close(self, cursor: int) -> None:
-        self._socket.send(_HEAD.pack(cursor, cursor, _END))
-        self._socket.close(linger=2000)
+    def host_of(self, index: int) -> str | None:
+        number = index - self._segment.n_local_readers
+        return self._slots[number].host if 0 <= number < len(self._slots) else None
+
+    def close(self, cursor: int, drain_s: float) -> None:
+        """Send every held slot the rest of the stream (up to `drain_s` while they acknowledge), then END."""
+        self._drain_deadline = time.monotonic_ns() + int(drain_s * 1e9)
+        self._closing = cursor
+        os.eventfd_write(self._wake_fd, 1)
+        self._thread.join(drain_s + 5)
+        self._socket.close(linger=0)
         self._context.term()
+        os.close(self._wake_fd)
+
+    # -- the records --------------------------------------------------------------------------------
+    def _init_record(self, slot: _Slot) -> None:
+        w, rec = self._words, slot.rec
+        w[rec + R_ROLE] = L.Role.REMOTE_READER
+        w[rec + R_INDEX] = slot.index
+        w[rec + L.word(L.REC_GRACE_NS)] = self._grace_ns
+        w[rec + R_OWNER] = self._owner  # no local process may claim it
+
+    def _store_holder(self, slot: _Slot) -> None:
+        w, rec, now = self._words, slot.rec, time.monotonic_ns()
+        w[rec + R_PID] = slot.pid
+        w[rec + R_START_TIME] = 0
+        w[rec + R_HEARTBEAT] = now
+        w[rec + R_PROGRESS] = now
+        w[rec + R_ATTACHES] += 1
+        off = L.record_offset(1 + slot.index) + L.REC_HOST
+        self._buf[off : off + L.HOST_BYTES] = L.encode_text(slot.host[:40], L.HOST_BYTES, "host")
+
+    # -- the thread ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._wake_fd, zmq.POLLIN)
+        next_tick = 0
+        try:
+            while True:
+                self._receive_all()
+                sent = self._send_all()
+                now = time.monotonic_ns()
+                if now >= next_tick:
+                    next_tick = now + int(TICK_S * 1e9)
+                    self._tick(now)
+                if self._closing is not None and self._drained(now):
+                    self._end()
+                    return
+                if sent:
+                    continue
+                self.parked = True
+                if self._words[W_WRITER_CURSOR] != self._seen_cursor and self._closing is None:
+                    self.parked = False  # published after our look: no wake-up will come for it
+                    continue
+                poller.poll(max(1, (next_tick - now) // 1_000_000))
+                self.parked = False
+                try:
+                    os.eventfd_read(self._wake_fd)
+                except BlockingIOError:
+                    pass
+        except Exception:  # the remote readers then see the writer's heartbeat stop
+            log.exception("shmq queue %r: the remote server stopped", self._queue_name)
+
+    def _receive_all(self) -> None:
+        sock = self._socket
+        while True:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(parts) < 2 or not parts[1]:
+                continue
+            peer, body = parts[0], parts[1]
+            kind = body[:1]
+            try:
+                if kind == HELLO and len(body) >= 1 + _HELLO.size:
+                    self._hello(peer, body)
+                elif kind == ACK and len(body) == 1 + _ACK.size:
+                    self._ack(peer, *_ACK.unpack_from(body, 1))
+                elif kind == BYE:
+                    self._bye(peer)
+            except zmq.ZMQError:  # the peer went away while we answered: its slot notices on the next send
+                pass
+
+    def _holder(self, peer: bytes) -> _Slot | None:
+        for slot in self._slots:
+            if slot.peer == peer:
+                return slot
+        return None
+
+    def _hello(self, peer: bytes, body: bytes) -> None:
+        number, resume, pid, token = _HELLO.unpack_from(body, 1)
+        host = body[1 + _HELLO.size :].decode("utf-8", "replace")
+        if not 0 <= number < len(self._slots):
+            self._refuse(peer, f"queue {self._queue_name!r} has {len(self._slots)} remote reader slots; there is "
+                               f"no remote reader {number}")
+            return
+        slot = self._slots[number]
+        if resume >= 0:
+            if slot.token != token:
+                evicted = slot.state == State.EVICTED and slot.peer is None
+                self._send(peer, [EVICTED if evicted else REFUSED,
+                                  f"{slot.describe()} is no longer this reader's: it was "
+                                  f"{'evicted after its connection stayed lost for the grace' if evicted else 'taken over'}"
+                                  .encode()], None)
+                return
+            slot.peer, slot.connected, slot.lost = peer, True, None
+            self._restart(slot, resume)
+            log.info("shmq queue %r: %s resumed at frame %d", self._queue_name, slot.describe(), resume)
+            return
+        if slot.peer is not None and slot.token != token and self._holder_alive(slot):
+            self._refuse(peer, f"{slot.describe()} is attached and connected; attach another remote reader, or "
+                               "close that one first")
+            return
+        state = slot.state
+        if state in (State.CLOSED, State.EVICTED):  # nobody held it since: join at the writer's head
+            cursor, position = slot.ring.join_head()
+            at_head = True
+        else:  # never attached (the writer kept everything), or taken over where the last holder acknowledged
+            cursor, position = self._words[slot.rec + R_CURSOR], self._words[slot.rec + R_POSITION]
+            at_head = False
+        w = self._words
+        w[slot.rec + R_CURSOR] = cursor
+        w[slot.rec + R_POSITION] = position
+        slot.ring.set_state(State.IDLE)
+        sync.full_fence()  # as a local reader joining at the head (shmq/reader.py, Reader.__init__)
+        if at_head:
+            cursor, position = slot.ring.join_head()
+            w[slot.rec + R_CURSOR] = cursor
+            w[slot.rec + R_POSITION] = position
+        slot.ring.bind_reader(slot.index, cursor, position, 0)
+        slot.acked_position = slot.ring.position
+        slot.in_flight.clear()
+        slot.peer, slot.token, slot.pid, slot.host = peer, token, pid, host
+        slot.connected, slot.lost = True, None
+        self._store_holder(slot)
+        self._send(slot.peer, [WELCOME + _WELCOME.pack(cursor, self.window_bytes, self._segment.frame_bytes,
+                                                      self._segment.max_message_bytes, self._writer_pid,
+                                                      self._writer_start) + self._host.encode()], slot)
+        log.info("shmq queue %r: %s attached at frame %d", self._queue_name, slot.describe(), cursor)
+
+    def _holder_alive(self, slot: _Slot) -> bool:
+        """Whether the slot's holder is still connected: a probe it would ignore (ROUTER_MANDATORY)."""
+        if slot.connected:
+            self._send(slot.peer, [TICK + _CURSOR.pack(self._words[W_WRITER_CURSOR])], slot)
+        return slot.connected
+
+    def _restart(self, slot: _Slot, cursor: int) -> None:
+        """Send again from frame `cursor`: what the reader expects next, after a lost connection."""
+        ring = slot.ring
+        ring.rewind()
+        slot.in_flight.clear()
+        while ring.cursor < cursor:
+            head = ring.head()
+            if head is None:
+                break
+            ring.release_read()
+            slot.in_flight.append((ring.cursor, ring.position))
+        self._send(slot.peer, [WELCOME + _WELCOME.pack(ring.cursor, self.window_bytes, self._segment.frame_bytes,
+                                                      self._segment.max_message_bytes, self._writer_pid,
+                                                      self._writer_start) + self._host.encode()], slot)
+
+    def _refuse(self, peer: bytes, reason: str) -> None:
+        self._send(peer, [REFUSED + reason.encode()], None)
+
+    def _ack(self, peer: bytes, cursor: int, messages: int, nbytes: int, state: int) -> None:
+        slot = self._holder(peer)
+        if slot is None:
+            return
+        now = time.monotonic_ns()
+        w = self._words
+        w[slot.rec + R_HEARTBEAT] = now
+        if state in (BUSY, WAITING_READ) and state != slot.state:
+            slot.ring.set_state(state)
+        position = None
+        while slot.in_flight and slot.in_flight[0][0] <= cursor:
+            position = slot.in_flight.popleft()[1]
+        if position is not None:
+            slot.ring.acknowledge(cursor, position, messages, nbytes)
+            slot.acked_position = position
+            w[slot.rec + R_PROGRESS] = now
+
+    def _bye(self, peer: bytes) -> None:
+        slot = self._holder(peer)
+        if slot is None:
+            return
+        slot.ring.set_state(State.CLOSED)
+        slot.peer, slot.token, slot.connected = None, b"", False
+        log.info("shmq queue %r: %s closed", self._queue_name, slot.describe())
+
+    def _send(self, peer: bytes, parts: list, slot: _Slot | None) -> bool:
+        """Send to a peer; a lost connection marks `slot` lost (from now) instead of raising."""
+        try:
+            self._socket.send_multipart([peer, *parts], copy=True)
+            return True
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EHOSTUNREACH:
+                raise
+            if slot is not None and slot.connected:
+                slot.connected = False
+                slot.lost_since = time.monotonic_ns()
+                slot.ring.rewind()  # what was in flight is sent again when the reader resumes
+                slot.in_flight.clear()
+                log.warning("shmq queue %r: lost the connection of %s", self._queue_name, slot.describe())
+            return False
+
+    def _send_all(self) -> bool:
+        """Send each connected slot what is published and fits its window. Returns whether anything went."""
+        self._seen_cursor = self._words[W_WRITER_CURSOR]
+        buf, any_sent = self._buf, False
+        for slot in self._slots:
+            ring = slot.ring
+            while slot.connected and slot.peer is not None:
+                head = ring.head()
+                if head is None:
+                    break
+                seq, frame, total, flags, position = L.FRAME_HEAD.unpack_from(buf, head)
+                if seq != ring.cursor or position != ring.position or frame > self._segment.frame_bytes:
+                    # A header its writer cannot have written (a hostile edit): the reader hears of it.
+                    self._send(slot.peer, [FRAME + _FRAME.pack(ring.cursor, 0, 0, L.FRAME_ABORT)], slot)
+                    slot.in_flight.clear()
+                    ring.skip()
+                    slot.acked_position = ring.position
+                    continue
+                end = position + L.frame_stride(frame)
+                if slot.in_flight and end - slot.acked_position > self.window_bytes:
+                    break
+                header = FRAME + _FRAME.pack(seq, frame, total, flags)
+                if flags & L.FRAME_TRACED:
+                    header += bytes(buf[head + L.FRAME_TRACEPARENT : head + L.FRAME_TRACEPARENT + L.TRACEPARENT_BYTES])
+                payload = buf[head + L.FRAME_HEADER_BYTES : head + L.FRAME_HEADER_BYTES + frame]
+                if not self._send(slot.peer, [header, payload], slot):
+                    break
+                ring.release_read()
+                slot.in_flight.append((ring.cursor, ring.position))
+                any_sent = True
+        return any_sent
+
+    def _tick(self, now: int) -> None:
+        """Once a second: each holder hears the writer is alive; a lost slot past the grace is dead."""
+        tick = TICK + _CURSOR.pack(self._words[W_WRITER_CURSOR])
+        for slot in self._slots:
+            if slot.peer is None:
+                continue
+            if slot.connected and self._send(slot.peer, [tick], slot):
+                self._words[slot.rec + R_HEARTBEAT] = now  # its connection is alive
+            if slot.connected or slot.lost is not None or now - slot.lost_since < self._grace_ns:
+                continue
+            lag = self._words[W_WRITER_CURSOR] - self._words[slot.rec + R_CURSOR]
+            reason = (f"{slot.describe()} of queue {self._queue_name!r} lost its connection "
+                      f"{(now - slot.lost_since) / 1e9:.1f} s ago (remote_grace_s {self._grace_ns / 1e9:g}), "
+                      f"{lag} messages behind the writer")
+            if self._evict:
+                self._evict_slot(slot, reason)
+            else:
+                slot.lost = reason
+                log.warning("shmq %s", reason)
+
+    def _evict_slot(self, slot: _Slot, reason: str) -> None:
+        w = self._words
+        slot.ring.set_state(State.EVICTED)
+        slot.ring.record(L.FlightOp.EVICT, w[slot.rec + R_CURSOR], slot.index)
+        slot.peer, slot.connected = None, False  # its token stays: a resume hears it was evicted
+        log.warning("shmq %s: evicted", reason)
+
+    def _drained(self, now: int) -> bool:
+        """Closing: whether every connected holder has acknowledged the final cursor, or the time is up."""
+        if now >= self._drain_deadline:
+            return True
+        return all(not s.connected or s.peer is None or self._words[s.rec + R_CURSOR] >= self._closing
+                   for s in self._slots)
+
+    def _end(self) -> None:
+        for slot in self._slots:
+            if slot.connected and slot.peer is not None:
+                self._send(slot.peer, [END + _CURSOR.pack(self._closing)], slot)
+        time.sleep(0.05)  # LINGER is 0: give the END a moment on the wire
 
 
+# -- the reader's side ---------------------------------------------------------------------------
 class RemoteReader(Receiving):
-    """A reader on another host. Same get() API as a local Reader; made by ``shmq.attach_remote``."""
+    """A reader on another host, holding remote slot `reader`. Same get() API as a local Reader;
+    made by ``shmq.attach_remote``."""
 
-    def __init__(self, handle: Handle | str, *, endpoint: str | None = None, serializer=None,
-                 hooks: hooks_module.MessageHooks | None = None, index: int = -1,
-                 grace_s: float = DEFAULT_GRACE_S) -> None:
-        self._grace_s = _checked_grace(grace_s)
+    def __init__(self, handle: Handle | str, reader: int, *, endpoint: str | None = None, serializer=None,
+                 hooks: hooks_module.MessageHooks | None = None, grace_s: float = DEFAULT_GRACE_S,
+                 timeout: float = ATTACH_TIMEOUT_S) -> None:
+        self._grace_ns = int(_checked_seconds("grace_s", grace_s) * 1e9)
         handle = Handle.coerce(handle)
         self.queue_name = handle.name
-        self.index = index
+        if not isinstance(reader, int) or not 0 <= reader < handle.n_remote_readers:
+            raise BadHandle(f"queue {handle.name!r} has {handle.n_remote_readers} remote reader slots; there is no "
+                            f"remote reader {reader!r}")
+        self.slot = reader
+        self.index = handle.n_readers + reader  #: the reader index of its record, as stats and metrics name it
         self._endpoint = endpoint or handle.endpoint
         if not self._endpoint:
             raise BadHandle(f"queue {handle.name!r} has no remote endpoint: create it with n_remote_readers > 0")
         self._serializer = resolve(serializer)
         self._hooks = hooks if hooks is not None else hooks_module.installed()
+        self._token = secrets.token_bytes(16)
+        self._host = socket_module.gethostname()
         self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.SUB)
+        self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.RCVHWM, 0)
+        self._socket.setsockopt(zmq.SNDHWM, 0)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        _heartbeats(self._socket)
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self._socket.connect(self._endpoint)
-        self._socket.setsockopt(zmq.SUBSCRIBE, b"")
-        self._expected: int | None = None
-        self._after_gap: list | None = None  # the message that revealed a gap, for the get() after MessagesLost
-        #: Sequence number of the first message this reader received; None before the first one.
-        self.start_seq: int | None = None
-        self._connected = False
-        self._lost_since: float | None = None  # monotonic time the connection dropped, None while connected
-        self._cancelled = False
-        self._closed = False
+        self._cancelled = self._closed = False
+        self._connections = 0
+        self._lost_since: int | None = None  # monotonic ns the connection dropped, None while connected
+        self._heard = time.monotonic_ns()
+        self._messages = self._bytes = 0
+        self._acked = 0
+        self._state = 0
+        self._assembly = None  # (first, total, flags, traceparent, bytearray) of a message in pieces
+        self._kept = None  # a message whose decode an exception interrupted: the next get()'s
+        try:
+            self._hello(-1)
+            self._welcome(timeout)
+        except BaseException:
+            self.close()
+            raise
+        #: Sequence number of the first frame this reader reads (where its slot starts).
+        self.start_seq = self._expected
+        self._acked = self._expected
 
+    # -- the handshake --------------------------------------------------------------------------------
+    def _hello(self, resume: int) -> None:
+        body = HELLO + _HELLO.pack(self.slot, resume, os.getpid(), self._token) + self._host.encode()
+        self._socket.send(body)
+
+    def _welcome(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise QueueTimeout(f"remote reader {self.slot} of queue {self.queue_name!r}: no answer from the writer "
+                                   f"at {self._endpoint} within {timeout} s")
+            if self._socket.poll(min(_POLL_MS, max(1, int(left * 1000))), zmq.POLLIN):
+                body = self._socket.recv()
+                kind = body[:1]
+                if kind == WELCOME:
+                    self._welcomed(body)
+                    return
+                if kind in (REFUSED, EVICTED):
+                    message = body[1:].decode("utf-8", "replace")
+                    raise AlreadyAttached(f"queue {self.queue_name!r}: {message}") if kind == REFUSED else \
+                        ReaderEvicted(f"queue {self.queue_name!r}: {message}")
+            self._watch_connection(resend_hello=False)
+
+    def _welcomed(self, body: bytes) -> None:
+        start, self._window, self._frame_bytes, self._max, self._writer_pid, self._writer_start = \
+            _WELCOME.unpack_from(body, 1)
+        self._writer_host = body[1 + _WELCOME.size :].decode("utf-8", "replace")
+        self._expected = start  # a resume starts at the frame we expect: a message in pieces carries on
+        self._heard = time.monotonic_ns()
+
+    # -- receiving ------------------------------------------------------------------------------------
     def _receive(self, timeout: float | None, raw: bool) -> Any:
-        start = time.monotonic_ns()
-        frames, self._after_gap = self._after_gap, None
-        if frames is None:
-            frames = self._await_frames(timeout)
-        waited = time.monotonic_ns() - start
-        seq, next_seq, flags = _HEAD.unpack_from(frames[0].buffer)
-        if flags & _END:
-            raise QueueClosed(f"queue {self.queue_name!r} was closed by its writer after {seq} messages")
-        if self.start_seq is None:
-            self.start_seq = seq
-        expected = self._expected
-        if expected is not None and seq != expected:
-            # Reported once; the message that showed the gap is the next get()'s.
-            self._after_gap, self._expected = frames, seq
-            raise MessagesLost(f"remote reader of queue {self.queue_name!r} expected message {expected} "
-                               f"and got {seq}: {seq - expected} messages were lost on the way")
-        self._expected = next_seq
-        traceparent = bytes(frames[0].buffer[_HEAD.size :])
-        stream = frames[1].buffer
-        if flags & L.FRAME_RAW:
-            message = bytes(stream)
-        elif raw or isinstance(self._serializer, BytesSerializer):
-            raise NotRawMessage(f"queue {self.queue_name!r}: this message was sent with put(); read it with get()")
-        else:
-            message = self._serializer.decode(stream, [bytearray(f.buffer) for f in frames[2:]])
-        if traceparent and self._hooks is not None:
-            body = L.segment_layout([len(f.buffer) for f in frames[1:]])[1]  # as local readers count it
-            self._hooks.received(queue=self.queue_name, reader=self.index, message_id=seq, body_size=body,
-                                 traceparent=traceparent, wait_start_ns=start, wait_ns=waited, spins=0, events=[])
+        if self._cancelled or self._closed:
+            raise QueueClosed(f"remote reader {self.slot} of queue {self.queue_name!r} was cancelled or closed")
+        if self._kept is not None:
+            return self._decode_kept(raw)
+        deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+        wait_start = time.monotonic_ns()
+        waited = False
+        while True:
+            parts = self._next(deadline, timeout)
+            if parts is None:
+                waited = True
+                continue
+            seq, frame, total, flags = _FRAME.unpack_from(parts[0], 1)
+            traceparent = bytes(parts[0][1 + _FRAME.size :]).rstrip(b"\x00") or None
+            payload = parts[1] if len(parts) > 1 else b""
+            if waited:
+                self._ack(BUSY)
+            if flags & L.FRAME_ABORT and not flags & L.FRAME_FRAGMENT:  # the server stepped over a corrupt frame
+                self._consumed(seq, 0, 0)
+                raise CorruptMessage(f"queue {self.queue_name!r}: frame {seq} was corrupt in the writer's ring; "
+                                     f"remote reader {self.slot} skipped it")
+            message = self._take(seq, frame, total, flags, payload)
+            if message is None:
+                continue
+            stream, buffers, flags = message
+            if (raw or self._serializer.raw) and not flags & L.FRAME_RAW:
+                self._kept = (stream, buffers, flags)
+                raise NotRawMessage(f"queue {self.queue_name!r}: the next message was sent with put() and is not raw "
+                                    "bytes; read it with get() (it is still there)")
+            if traceparent and self._hooks is not None:
+                self._hooks.received(queue=self.queue_name, reader=self.index, message_id=seq, body_size=total,
+                                     traceparent=traceparent, wait_start_ns=wait_start,
+                                     wait_ns=time.monotonic_ns() - wait_start, spins=0, events=[])
+            self._kept = (stream, buffers, flags)
+            return self._decode_kept(raw)
+
+    def _take(self, seq: int, frame: int, total: int, flags: int, payload) -> tuple | None:
+        """Frame `seq`: a whole message (stream, buffers, flags), or None for a piece of one not yet whole."""
+        if len(payload) != frame or frame > self._frame_bytes or total > self._max:
+            self._consumed(seq, 0, 0)
+            raise CorruptMessage(f"queue {self.queue_name!r}: frame {seq} says {frame:,} bytes of a {total:,}-byte "
+                                 f"message and carries {len(payload):,}; remote reader {self.slot} dropped it")
+        if not flags & L.FRAME_FRAGMENT:
+            self._assembly = None
+            spans = frame_spans(payload, 0, frame)
+            self._consumed(seq, 1, total)
+            if spans is None:
+                raise CorruptMessage(f"queue {self.queue_name!r}: message {seq} has a corrupt frame table; remote "
+                                     f"reader {self.slot} dropped it")
+            view = memoryview(payload)
+            return bytes(view[spans[0][0] : spans[0][1]]), [bytearray(view[a:b]) for a, b in spans[1:]], flags
+        if flags & L.FRAME_ABORT:  # the writer gave this message up
+            self._assembly = None
+            self._consumed(seq, 0, 0)
+            return None
+        if flags & L.FRAME_FIRST:
+            self._assembly = (seq, total, flags, uninitialized_bytearray(total))
+        if self._assembly is None:  # the rest of a message that began before our slot's start
+            self._consumed(seq, 0, 0)
+            return None
+        first, whole_total, first_flags, whole = self._assembly
+        offset = (seq - first) * self._frame_bytes
+        if total != whole_total or offset + frame > total:
+            self._assembly = None
+            self._consumed(seq, 0, 0)
+            raise CorruptMessage(f"queue {self.queue_name!r}: piece {seq - first} of message {first} does not "
+                                 f"continue it; remote reader {self.slot} dropped the message")
+        whole[offset : offset + frame] = payload
+        if not flags & L.FRAME_LAST:
+            self._consumed(seq, 0, 0)
+            return None
+        self._assembly = None
+        self._consumed(seq, 1, total)
+        spans = frame_spans(whole, 0, total)
+        if spans is None:
+            raise CorruptMessage(f"queue {self.queue_name!r}: message {first} has a corrupt frame table; remote "
+                                 f"reader {self.slot} dropped it")
+        view = memoryview(whole)
+        return view[spans[0][0] : spans[0][1]], [bytearray(view[a:b]) for a, b in spans[1:]], first_flags
+
+    def _decode_kept(self, raw: bool) -> Any:
+        stream, buffers, flags = self._kept
+        if (raw or self._serializer.raw) and not flags & L.FRAME_RAW:
+            raise NotRawMessage(f"queue {self.queue_name!r}: the next message was sent with put() and is not raw "
+                                "bytes; read it with get() (it is still there)")
+        try:
+            message = bytes(stream) if flags & L.FRAME_RAW else self._serializer.decode(stream, buffers)
+        except Exception:  # the message's own fault: dropped, as a local reader drops it the second time
+            self._kept = None
+            raise
+        self._kept = None
         return message
 
-    def _await_frames(self, timeout: float | None) -> list:
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def _consumed(self, seq: int, messages: int, nbytes: int) -> None:
+        """Frame `seq` is ours: acknowledge in batches while a backlog lasts (and before any wait)."""
+        self._expected = seq + 1
+        self._messages += messages
+        self._bytes += nbytes
+        if self._expected - self._acked >= ACK_EVERY:
+            self._ack(BUSY)
+
+    def _ack(self, state: int) -> None:
+        self._acked = self._expected
+        self._state = state
+        try:
+            self._socket.send(ACK + _ACK.pack(self._expected, self._messages, self._bytes, state), zmq.NOBLOCK)
+        except zmq.Again:  # no connection at the moment: the next acknowledgement carries it
+            pass
+
+    def _next(self, deadline: int | None, timeout: float | None) -> list | None:
+        """The next frame we expect ([header, payload]), handling what else comes; None after a wait slice."""
+        sock = self._socket
         while True:
-            if self._cancelled or self._closed:
-                raise QueueClosed(f"remote reader of queue {self.queue_name!r} was cancelled or closed")
-            if self._socket.poll(0, zmq.POLLIN):
-                return self._socket.recv_multipart(copy=False)
-            self._watch_connection()
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    if timeout == 0:
-                        raise WouldBlock(f"no message for the remote reader of queue {self.queue_name!r}")
-                    raise QueueTimeout(f"remote reader of queue {self.queue_name!r} timed out after {timeout} s")
-                poll_ms = min(_POLL_MS, max(1, int(left * 1000)))
-            else:
-                poll_ms = _POLL_MS
-            self._socket.poll(poll_ms, zmq.POLLIN)
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            self._heard = time.monotonic_ns()
+            kind = parts[0][:1]
+            if kind == FRAME:
+                seq = _FRAME.unpack_from(parts[0], 1)[0]
+                if seq == self._expected:
+                    return parts
+                if seq > self._expected:  # frames lost on the way (a dropped connection): from where we are
+                    self._hello(self._expected)
+                continue  # seq < expected: sent again after a resume, and we have it
+            self._control(kind, parts[0])
+        # Nothing to read: acknowledge what we consumed (the writer may wait for it), then wait a slice.
+        if self._acked != self._expected or self._state != WAITING_READ:
+            self._ack(WAITING_READ)
+        now = time.monotonic_ns()
+        if deadline is not None and now >= deadline:
+            if timeout == 0:
+                raise WouldBlock(f"no message for remote reader {self.slot} of queue {self.queue_name!r}")
+            raise QueueTimeout(f"remote reader {self.slot} of queue {self.queue_name!r} timed out after {timeout} s")
+        if self._cancelled or self._closed:
+            raise QueueClosed(f"remote reader {self.slot} of queue {self.queue_name!r} was cancelled or closed")
+        self._watch_connection(resend_hello=True)
+        self._check_writer(now)
+        slice_ms = _POLL_MS if deadline is None else max(1, min(_POLL_MS, (deadline - now) // 1_000_000))
+        sock.poll(slice_ms, zmq.POLLIN)
+        return None
 
-    def _watch_connection(self) -> None:
+    def _control(self, kind: bytes, body: bytes) -> None:
+        if kind == END:
+            end = _CURSOR.unpack_from(body, 1)[0]
+            missing = f"; it did not receive frames {self._expected}..{end - 1}" if self._expected < end else ""
+            raise QueueClosed(f"queue {self.queue_name!r} was closed by its writer after {end} frames{missing}")
+        if kind == EVICTED:
+            raise ReaderEvicted(f"queue {self.queue_name!r}: {body[1:].decode('utf-8', 'replace')}")
+        if kind == REFUSED:
+            raise AlreadyAttached(f"queue {self.queue_name!r}: {body[1:].decode('utf-8', 'replace')}")
+        if kind == WELCOME:  # the answer to a resume
+            self._welcomed(body)
+
+    def _watch_connection(self, resend_hello: bool) -> None:
         while self._monitor.poll(0, zmq.POLLIN):
-            event = recv_monitor_message(self._monitor)
-            if event["event"] == zmq.EVENT_CONNECTED:
-                self._connected = True
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_CONNECTED:
+                self._connections += 1
                 self._lost_since = None
-            elif event["event"] == zmq.EVENT_DISCONNECTED and self._connected:
-                self._connected = False
-                self._lost_since = time.monotonic()
-        # The writer sends an end marker before it closes; a connection lost without one that
-        # stays lost for the grace, after draining what arrived, means the writer is gone.
-        if self._lost_since is not None and time.monotonic() - self._lost_since >= self._grace_s \
-                and not self._socket.poll(0, zmq.POLLIN):
-            raise WriterDead(f"the writer of queue {self.queue_name!r} at {self._endpoint} went away without "
-                             f"closing the queue: no connection for {self._grace_s:g} s (grace_s)")
+                if resend_hello and self._connections > 1:  # a new connection: resume where we are
+                    self._hello(self._expected)
+            elif event == zmq.EVENT_DISCONNECTED and self._lost_since is None:
+                self._lost_since = time.monotonic_ns()
 
+    def _check_writer(self, now: int) -> None:
+        """WriterDead when the writer is gone for sure (on this host, its pid; anywhere, its heartbeat
+        stopped on a live connection); ConnectionLost when the connection stays lost for the grace."""
+        silent = now - self._heard
+        if silent < 2 * TICK_S * 1e9:
+            return
+        if self._writer_host == socket_module.gethostname() and not procs.is_alive(self._writer_pid, self._writer_start):
+            raise WriterDead(f"the writer (pid {self._writer_pid}) of queue {self.queue_name!r} died; remote reader "
+                             f"{self.slot} received every frame below {self._expected}")
+        if silent < self._grace_ns:
+            return
+        if self._lost_since is None:
+            raise WriterDead(f"the writer of queue {self.queue_name!r} at {self._endpoint} has not been heard from "
+                             f"for {silent / 1e9:.1f} s on a live connection (grace_s {self._grace_ns / 1e9:g}): "
+                             "its heartbeat stopped")
+        raise ConnectionLost(f"remote reader {self.slot} of queue {self.queue_name!r} has had no connection to "
+                             f"{self._endpoint} for {(now - self._lost_since) / 1e9:.1f} s (grace_s "
+                             f"{self._grace_ns / 1e9:g}): the network or the writer's host is down")
+
+    # -- lifecycle ------------------------------------------------------------------------------------
     def cancel(self) -> None:
         """Make a get() blocked in another thread raise QueueClosed within 50 ms. Thread-safe."""
         self._cancelled = True
 
     def close(self) -> None:
+        """Give the slot back (the next holder joins at the writer's head) and close the socket."""
         if self._closed:
             return
         self._closed = True
+        try:
+            self._socket.send(BYE, zmq.NOBLOCK)
+            time.sleep(0.01)  # LINGER is 0
+        except zmq.ZMQError:
+            pass
         self._socket.disable_monitor()
         self._monitor.close(linger=0)
         self._socket.close(linger=0)
@@ -205,12 +753,14 @@ class RemoteReader(Receiving):
         self.close()
 
 
-def attach_remote(handle: Handle | str, *, endpoint: str | None = None, serializer=None,
-                  hooks: hooks_module.MessageHooks | None = None, index: int = -1,
-                  grace_s: float = DEFAULT_GRACE_S) -> RemoteReader:
-    """Attach a reader through ZeroMQ TCP; `endpoint` overrides the handle's (e.g. the writer host's address).
+def attach_remote(handle: Handle | str, reader: int = 0, *, endpoint: str | None = None, serializer=None,
+                  hooks: hooks_module.MessageHooks | None = None, grace_s: float = DEFAULT_GRACE_S,
+                  timeout: float = ATTACH_TIMEOUT_S) -> RemoteReader:
+    """Attach remote reader `reader` (one of the queue's n_remote_readers slots) through ZeroMQ TCP.
 
-    A connection lost for longer than `grace_s` seconds makes get() raise WriterDead.
+    `endpoint` overrides the handle's (e.g. the writer host's address). The reader starts at the first
+    frame its slot has not acknowledged (``start_seq``). A connection lost for longer than `grace_s`
+    seconds makes get() raise ConnectionLost; WriterDead means the writer is gone for sure.
     """
-    return RemoteReader(handle, endpoint=endpoint, serializer=serializer, hooks=hooks, index=index,
-                        grace_s=grace_s)
+    return RemoteReader(handle, reader, endpoint=endpoint, serializer=serializer, hooks=hooks, grace_s=grace_s,
+                        timeout=checked_timeout(timeout) or ATTACH_TIMEOUT_S)

@@ -56,7 +56,8 @@ class Segment:
         else:
             self.address = 0
         w = self.words
-        self.n_readers = w[L.word(L.OFF_N_READERS)]
+        self.n_readers = w[L.word(L.OFF_N_READERS)]  # reader records: the local readers', then the remote slots
+        self.n_remote_readers = w[L.word(L.OFF_N_REMOTE_READERS)]
         self.ring_bytes = w[L.word(L.OFF_RING_BYTES)]
         self.frame_bytes = w[L.word(L.OFF_FRAME_BYTES)]
         self.flags = w[L.word(L.OFF_FLAGS)]
@@ -72,8 +73,11 @@ class Segment:
     # -- creation ---------------------------------------------------------------
     @classmethod
     def create(cls, *, name: str, n_readers: int, ring_bytes: int, frame_bytes: int, flags: int,
-               max_message_bytes: int, flight_entries: int, endpoint: str = "", shm_dir: str = SHM_DIR) -> Segment:
+               max_message_bytes: int, flight_entries: int, n_remote_readers: int = 0, endpoint: str = "",
+               shm_dir: str = SHM_DIR) -> Segment:
         _check_size("n_readers", n_readers, 0, L.MAX_READERS)
+        _check_size("n_remote_readers", n_remote_readers, 0, L.MAX_READERS - n_readers)
+        n_readers += n_remote_readers
         check_geometry(ring_bytes, frame_bytes, BadQueueArgument)
         _check_size("max_message_bytes", max_message_bytes, 0, _MAX_SIZE)
         _check_flight_entries(flight_entries)
@@ -101,6 +105,7 @@ class Segment:
         w[L.word(L.OFF_CREATOR_UID)] = os.getuid()
         w[L.word(L.OFF_CREATED_NS)] = time.time_ns()
         w[L.word(L.OFF_N_READERS)] = n_readers
+        w[L.word(L.OFF_N_REMOTE_READERS)] = n_remote_readers
         w[L.word(L.OFF_RING_BYTES)] = ring_bytes
         w[L.word(L.OFF_FRAME_BYTES)] = frame_bytes
         w[L.word(L.OFF_FLAGS)] = flags
@@ -114,6 +119,11 @@ class Segment:
         w[L.word(L.OFF_VERSION)] = L.LAYOUT_VERSION
         w.release()
         return cls(shm_name, path, mm, writable=True)
+
+    @property
+    def n_local_readers(self) -> int:
+        """The readers that attach to the segment itself (reader records 1..n_local_readers)."""
+        return self.n_readers - self.n_remote_readers
 
     def set_endpoint(self, endpoint: str) -> None:
         self.buf[L.OFF_ENDPOINT : L.OFF_ENDPOINT + L.ENDPOINT_BYTES] = L.encode_text(endpoint, L.ENDPOINT_BYTES, "endpoint")
@@ -263,12 +273,14 @@ def _validate(mm: mmap.mmap, path: str, file_size: int, ready_timeout_s: float) 
             raise LayoutMismatch(f"{path} has layout version {version}; this shmq reads version {L.LAYOUT_VERSION}")
         declared = words[L.word(L.OFF_SEGMENT_BYTES)]
         n_readers = words[L.word(L.OFF_N_READERS)]
+        n_remote_readers = words[L.word(L.OFF_N_REMOTE_READERS)]
         ring_bytes = words[L.word(L.OFF_RING_BYTES)]
         frame_bytes = words[L.word(L.OFF_FRAME_BYTES)]
         flight_entries = words[L.word(L.OFF_FLIGHT_ENTRIES)]
-        if not 0 <= n_readers <= L.MAX_READERS or flight_entries & (flight_entries - 1) or flight_entries > _MAX_SIZE:
-            raise LayoutMismatch(f"{path} has a corrupt header: n_readers={n_readers}, "
-                                 f"flight_entries={flight_entries}")
+        if not 0 <= n_remote_readers <= n_readers <= L.MAX_READERS or flight_entries & (flight_entries - 1) \
+                or flight_entries > _MAX_SIZE:
+            raise LayoutMismatch(f"{path} has a corrupt header: n_readers={n_readers}, n_remote_readers="
+                                 f"{n_remote_readers}, flight_entries={flight_entries}")
         try:
             check_geometry(ring_bytes, frame_bytes, LayoutMismatch)
         except LayoutMismatch as e:

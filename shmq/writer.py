@@ -26,6 +26,7 @@ ON_DEAD_READER = ("raise", "evict")
 # The fixed slots of shmq before the byte ring, for create(chunk_bytes=..., n_chunks=...) given one of them.
 OLD_DEFAULT_CHUNK_BYTES = 1 << 20
 OLD_DEFAULT_N_CHUNKS = 16
+REMOTE_CLOSE_DRAIN_S = 5.0  # how long close() keeps sending remote readers the rest of the stream
 
 _GATING = State.CLOSED  # states below this hold the writer back; CLOSED and EVICTED do not
 
@@ -37,8 +38,8 @@ class Writer(Participant):
 
     def __init__(self, segment: Segment, *, serializer: Serializer, on_dead_reader: str,
                  wait: wait_module.WaitStrategy | None, warn_after_s: float,
-                 hooks: hooks_module.MessageHooks | None, n_remote_readers: int, remote_bind: str,
-                 stack_dumps: bool | str = True) -> None:
+                 hooks: hooks_module.MessageHooks | None, remote_bind: str, remote_grace_s: float | None,
+                 remote_window_bytes: int | None, stack_dumps: bool | str = True) -> None:
         super().__init__(segment, 0, wait=wait, warn_after_s=warn_after_s, hooks=hooks)
         self._serializer = serializer
         self._raw_flag = L.FRAME_RAW if serializer.raw else 0
@@ -53,14 +54,16 @@ class Writer(Participant):
         self._ring.bind_gating(tuple(L.record_offset(1 + i) for i in range(segment.n_readers)), L.REC_STATE,
                                L.REC_POSITION, _GATING)
         self._remote = None
-        if n_remote_readers:
-            from .remote import RemotePublisher  # pyzmq is only needed with remote readers
+        if segment.n_remote_readers:
+            from .remote import RemoteServer  # pyzmq is only needed with remote readers
 
-            self._remote = RemotePublisher(remote_bind, n_remote_readers)
+            self._remote = RemoteServer(segment, self, remote_bind, grace_s=remote_grace_s,
+                                        window_bytes=remote_window_bytes, on_dead_reader=on_dead_reader)
             segment.set_endpoint(self._remote.endpoint)
         self.handle = Handle(
-            shm_name=segment.shm_name, name=segment.name, n_readers=segment.n_readers,
-            ring_bytes=segment.ring_bytes, frame_bytes=segment.frame_bytes, instance_id=segment.instance_id, endpoint=segment.endpoint,
+            shm_name=segment.shm_name, name=segment.name, n_readers=segment.n_local_readers,
+            ring_bytes=segment.ring_bytes, frame_bytes=segment.frame_bytes, instance_id=segment.instance_id,
+            endpoint=segment.endpoint, n_remote_readers=segment.n_remote_readers,
         )
         self._register(0, stack_dumps)
 
@@ -116,7 +119,7 @@ class Writer(Participant):
         if trace is not None:
             self._finish_trace(trace, s, total, waited, None)
         if self._remote is not None:
-            self._remote.send(s, self._cursor, flags, traceparent or b"", segments)
+            self._remote.notify()
 
     def _send_slow(self, segments: list, total: int, flags: int, traceparent: bytes | None,
                    timeout: float | None) -> int:
@@ -212,6 +215,8 @@ class Writer(Participant):
         # The frame's stores, the release store of the cursor, a full fence, then a wake for the
         # readers parked for this frame: shmq/_ring.c argues the order.
         self._ring.publish()
+        if self._remote is not None:  # the remote server streams the pieces as they come
+            self._remote.notify()
 
     # -- waiting for room --------------------------------------------------------------
     def _claim(self, frame: int, timeout: float | None) -> int:
@@ -239,6 +244,9 @@ class Writer(Participant):
         w = self._w
         for i in self._gating_readers():
             rec = self._reader_records[i]
+            lost = self._remote.lost(i) if self._remote is not None else None
+            if lost is not None:  # a remote reader: its server evicts it itself under on_dead_reader='evict'
+                raise ReaderDead(f"{lost}; create the queue with on_dead_reader='evict' to carry on without it")
             owner = w[rec + R_OWNER]
             if w[rec + R_STATE] == State.PENDING or owner in (0, L.OWNER_EVICTING) or procs.owner_is_alive(owner):
                 continue
@@ -267,7 +275,9 @@ class Writer(Participant):
             if w[rec + R_STATE] == State.PENDING:
                 parts.append(f"reader {i} has not attached")
                 continue
-            parts.append(f"reader {i} (pid {w[rec + R_PID]}, state {State(w[rec + R_STATE]).name.lower()}, "
+            host = self._remote.host_of(i) if self._remote is not None else None
+            where = f"remote, pid {w[rec + R_PID]} on {host}" if host is not None else f"pid {w[rec + R_PID]}"
+            parts.append(f"reader {i} ({where}, state {State(w[rec + R_STATE]).name.lower()}, "
                          f"lag {self._cursor - w[rec + R_CURSOR]} messages, "
                          f"{self._ring.position - w[rec + R_POSITION]:,} of {self._ring_bytes:,} ring bytes, "
                          f"no progress for {(now - w[rec + R_PROGRESS]) / 1e9:.1f} s)")
@@ -281,18 +291,17 @@ class Writer(Participant):
 
     # -- readers ---------------------------------------------------------------------
     def wait_for_readers(self, timeout: float | None = None) -> None:
-        """Wait until every local reader has attached and every remote reader has subscribed."""
+        """Wait until every reader, local and remote, has attached once."""
         timeout = None if timeout is None else checked_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         w = self._w
         while True:
             missing = [i for i, rec in enumerate(self._reader_records) if w[rec + R_STATE] == State.PENDING]
-            remote_missing = self._remote.missing() if self._remote is not None else 0
-            if not missing and not remote_missing:
+            if not missing:
                 return
             if deadline is not None and time.monotonic() > deadline:
                 raise QueueTimeout(f"queue {self.queue_name!r}: after {timeout} s, readers {missing} have not "
-                                   f"attached and {remote_missing} remote readers have not subscribed")
+                                   f"attached (remote readers are {self._segment.n_local_readers} and above)")
             time.sleep(0.001)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -319,8 +328,8 @@ class Writer(Participant):
         self._set_state(State.CLOSED)
         sync.full_fence()
         self._ring.wake_readers()  # parked readers see the close now, not at their timeout
-        if self._remote is not None:
-            self._remote.close(self._cursor)
+        if self._remote is not None:  # remote readers get the rest of the stream first
+            self._remote.close(self._cursor, drain_s=REMOTE_CLOSE_DRAIN_S)
         self._stop_heartbeat()
         self._segment.unlink()
         self._segment.close()
@@ -333,7 +342,8 @@ class Writer(Participant):
 def create(n_readers: int, *, name: str | None = None, ring_bytes: int | None = None,
            chunk_bytes: int | None = None, n_chunks: int | None = None, wait: wait_module.WaitStrategy | None = None,
            serializer=None, on_dead_reader: str = "raise", n_remote_readers: int = 0,
-           remote_bind: str = "tcp://127.0.0.1:*", max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+           remote_bind: str = "tcp://127.0.0.1:*", remote_grace_s: float | None = None,
+           remote_window_bytes: int | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
            stats: bool = True, warn_after_s: float = DEFAULT_WARN_AFTER_S,
            hooks: hooks_module.MessageHooks | None = None, shm_dir: str = SHM_DIR,
            stack_dumps: bool | str = True, flight_entries: int = L.DEFAULT_FLIGHT_ENTRIES) -> Writer:
@@ -346,8 +356,12 @@ def create(n_readers: int, *, name: str | None = None, ring_bytes: int | None = 
     ring that holds `n_chunks` messages of `chunk_bytes`, whose larger messages go in pieces of
     `chunk_bytes`; they cannot be combined with `ring_bytes`.
     `n_readers` local readers attach with ``shmq.attach(writer.handle, reader=i)``;
-    `n_remote_readers` more attach over ZeroMQ TCP at `remote_bind` (a queue may have only those:
-    its ring then holds nobody back). `stats=False`
+    `n_remote_readers` more attach over ZeroMQ TCP at `remote_bind` with
+    ``shmq.attach_remote(writer.handle, reader=j)`` (a queue may have only those). A remote reader
+    gates the writer as a local one does, through what it acknowledges; at most
+    `remote_window_bytes` of ring (default: all of it) is in flight to it, which bounds what its
+    socket and ours buffer. A remote reader whose connection stays lost for `remote_grace_s`
+    (default 10 s) is dead (`on_dead_reader` applies); one that comes back sooner resumes where it was. `stats=False`
     turns the per-participant counters off (for measuring their cost). `stack_dumps`
     lets a watchdog ask this process for its Python stacks (shmq.diagnostics); a
     string is the directory for the dump file. `flight_entries` sizes each participant's
@@ -363,12 +377,13 @@ def create(n_readers: int, *, name: str | None = None, ring_bytes: int | None = 
     flags = (L.FLAG_STATS if stats else 0) | (L.FLAG_RAW_ONLY if resolved.raw else 0)
     segment = Segment.create(
         name=name or f"queue-{os.getpid()}", n_readers=n_readers, ring_bytes=ring_bytes, frame_bytes=frame_bytes,
-        flags=flags, max_message_bytes=max_message_bytes, flight_entries=flight_entries, shm_dir=shm_dir,
+        flags=flags, max_message_bytes=max_message_bytes, flight_entries=flight_entries,
+        n_remote_readers=n_remote_readers, shm_dir=shm_dir,
     )
     try:
         return Writer(segment, serializer=resolved, on_dead_reader=on_dead_reader, wait=wait,
-                      warn_after_s=warn_after_s, hooks=hooks, n_remote_readers=n_remote_readers,
-                      remote_bind=remote_bind, stack_dumps=stack_dumps)
+                      warn_after_s=warn_after_s, hooks=hooks, remote_bind=remote_bind, remote_grace_s=remote_grace_s,
+                      remote_window_bytes=remote_window_bytes, stack_dumps=stack_dumps)
     except BaseException:
         segment.unlink()
         segment.close()
