@@ -18,7 +18,7 @@ from .segment import ForeignSegment, QueueNotFound, SegmentInfo, cleanup, list_s
 from .writer import Writer, create
 
 
-def attach_remote(handle, reader: int = 0, **kwargs):
+def attach_remote(handle, reader: int | None = None, **kwargs):
     """Attach remote reader `reader` over ZeroMQ TCP (see shmq.remote.attach_remote)."""
     from .remote import attach_remote as _attach_remote
 

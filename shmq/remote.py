@@ -278,8 +278,8 @@ class RemoteServer:
             return
         slot = self._slots[number]
         if resume >= 0:
-            if slot.token != token:
-                evicted = slot.state == State.EVICTED and slot.peer is None
+            if slot.token != token or slot.peer is None:
+                evicted = slot.state == State.EVICTED and slot.token == token
                 self._send(peer, [EVICTED if evicted else REFUSED,
                                   f"{slot.describe()} is no longer this reader's: it was "
                                   f"{'evicted after its connection stayed lost for the grace' if evicted else 'taken over'}"
@@ -460,20 +460,18 @@ class RemoteServer:
 
 # -- the reader's side ---------------------------------------------------------------------------
 class RemoteReader(Receiving):
-    """A reader on another host, holding remote slot `reader`. Same get() API as a local Reader;
-    made by ``shmq.attach_remote``."""
+    """A reader on another host, holding remote slot `reader` (None: the first free one). Same get()
+    API as a local Reader; made by ``shmq.attach_remote``."""
 
-    def __init__(self, handle: Handle | str, reader: int, *, endpoint: str | None = None, serializer=None,
+    def __init__(self, handle: Handle | str, reader: int | None, *, endpoint: str | None = None, serializer=None,
                  hooks: hooks_module.MessageHooks | None = None, grace_s: float = DEFAULT_GRACE_S,
                  timeout: float = ATTACH_TIMEOUT_S) -> None:
         self._grace_ns = int(_checked_seconds("grace_s", grace_s) * 1e9)
         handle = Handle.coerce(handle)
         self.queue_name = handle.name
-        if not isinstance(reader, int) or not 0 <= reader < handle.n_remote_readers:
+        if reader is not None and (not isinstance(reader, int) or not 0 <= reader < handle.n_remote_readers):
             raise BadHandle(f"queue {handle.name!r} has {handle.n_remote_readers} remote reader slots; there is no "
                             f"remote reader {reader!r}")
-        self.slot = reader
-        self.index = handle.n_readers + reader  #: the reader index of its record, as stats and metrics name it
         self._endpoint = endpoint or handle.endpoint
         if not self._endpoint:
             raise BadHandle(f"queue {handle.name!r} has no remote endpoint: create it with n_remote_readers > 0")
@@ -499,16 +497,30 @@ class RemoteReader(Receiving):
         self._assembly = None  # (first, total, flags, traceparent, bytearray) of a message in pieces
         self._kept = None  # a message whose decode an exception interrupted: the next get()'s
         try:
-            self._hello(-1)
-            self._welcome(timeout)
+            self._claim(range(handle.n_remote_readers) if reader is None else [reader], timeout)
         except BaseException:
             self.close()
             raise
+        self.index = handle.n_readers + self.slot  #: the reader index of its record, as stats and metrics name it
         #: Sequence number of the first frame this reader reads (where its slot starts).
         self.start_seq = self._expected
         self._acked = self._expected
 
     # -- the handshake --------------------------------------------------------------------------------
+    def _claim(self, slots, timeout: float) -> None:
+        """Hold the first of `slots` the writer gives us."""
+        refusals = []
+        for slot in slots:
+            self.slot = slot
+            self._hello(-1)
+            try:
+                self._welcome(timeout)
+                return
+            except AlreadyAttached as e:
+                refusals.append(str(e))
+        raise AlreadyAttached("; ".join(refusals)) if len(refusals) == 1 else \
+            AlreadyAttached(f"queue {self.queue_name!r}: every remote reader slot is held ({'; '.join(refusals)})")
+
     def _hello(self, resume: int) -> None:
         body = HELLO + _HELLO.pack(self.slot, resume, os.getpid(), self._token) + self._host.encode()
         self._socket.send(body)
@@ -753,10 +765,11 @@ class RemoteReader(Receiving):
         self.close()
 
 
-def attach_remote(handle: Handle | str, reader: int = 0, *, endpoint: str | None = None, serializer=None,
+def attach_remote(handle: Handle | str, reader: int | None = None, *, endpoint: str | None = None, serializer=None,
                   hooks: hooks_module.MessageHooks | None = None, grace_s: float = DEFAULT_GRACE_S,
                   timeout: float = ATTACH_TIMEOUT_S) -> RemoteReader:
-    """Attach remote reader `reader` (one of the queue's n_remote_readers slots) through ZeroMQ TCP.
+    """Attach remote reader `reader` (one of the queue's n_remote_readers slots; None: the first free
+    one) through ZeroMQ TCP.
 
     `endpoint` overrides the handle's (e.g. the writer host's address). The reader starts at the first
     frame its slot has not acknowledged (``start_seq``). A connection lost for longer than `grace_s`

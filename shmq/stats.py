@@ -33,9 +33,9 @@ State = L.ParticipantState
 class ParticipantStats:
     """One participant record, as read at snapshot time."""
 
-    role: L.Role  #: writer or reader
+    role: L.Role  #: writer, reader or remote reader
     index: int  #: the reader index; -1 for the writer
-    pid: int  #: process id of the owner (0 before it attached)
+    pid: int  #: process id of the owner (0 before it attached); a remote reader's is on its host
     start_time: int  #: the owner's start time in clock ticks, to tell a reused pid apart
     state: L.ParticipantState  #: where the owner is (idle, busy, waiting_read, ...)
     state_since_ns: int  #: monotonic time of the last state change
@@ -62,15 +62,26 @@ class ParticipantStats:
     prediction_hits: int = 0  #: arrivals within the spin budget after a predicted wake-up
     prediction_misses: int = 0  #: arrivals before the predicted wake-up, or after the spin budget ran out
     spin_before_arrival_ns: int = 0  #: time spun from predicted wake-ups to the arrivals they hit
+    host: str = ""  #: a remote reader's host ("" for local participants)
+    grace_ns: int = 0  #: a remote reader is alive while its heartbeat (its connection, seen by the writer) is younger
+
+    @property
+    def remote(self) -> bool:
+        return self.role == L.Role.REMOTE_READER
 
     @property
     def alive(self) -> bool:
-        """Whether the owner process still runs (always False before it attached)."""
+        """Whether the owner process still runs (always False before it attached); for a remote reader,
+        whether the writer saw its connection within the grace."""
+        if self.remote:
+            return self.pid != 0 and time.monotonic_ns() - self.heartbeat_ns < self.grace_ns
         return procs.is_alive(self.pid, self.start_time)
 
     @property
     def label(self) -> str:
-        return "writer" if self.role == L.Role.WRITER else f"reader {self.index}"
+        if self.role == L.Role.WRITER:
+            return "writer"
+        return f"reader {self.index} (remote, {self.host or 'not attached'})" if self.remote else f"reader {self.index}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +93,7 @@ class QueueStats:
     creator_pid: int  #: the process that created the segment
     created_ns: int  #: wall-clock creation time
     n_readers: int  #: local reader indexes
+    n_remote_readers: int  #: remote reader slots (reader indexes n_readers and above)
     ring_bytes: int  #: the ring's size
     frame_bytes: int  #: the largest payload of one frame
     stats_enabled: bool  #: whether counters are kept
@@ -137,6 +149,7 @@ _PID, _START_TIME, _ROLE, _STATE, _STATE_SINCE, _HEARTBEAT, _PROGRESS, _CURSOR, 
     L.word(offset) for offset in (L.REC_PID, L.REC_START_TIME, L.REC_ROLE, L.REC_STATE, L.REC_STATE_SINCE_NS,
                                   L.REC_HEARTBEAT_NS, L.REC_PROGRESS_NS, L.REC_CURSOR, L.REC_POSITION))
 _HISTOGRAM = L.word(L.REC_HISTOGRAM)
+_HOST, _GRACE = L.word(L.REC_HOST), L.word(L.REC_GRACE_NS)
 _RECORD_WORDS = L.RECORD_BYTES // L.WORD
 _WRITER_CURSOR = L.word(L.OFF_WRITER_CURSOR)
 _WRITER_POSITION = L.word(L.OFF_WRITER_POSITION)
@@ -151,7 +164,7 @@ class QueueView:
         self._segment = segment
         self.shm_name = segment.shm_name
         self.name = segment.name
-        self.n_readers = segment.n_readers
+        self.n_readers = segment.n_readers  # reader records: local and remote
         self.flight_entries = segment.flight_entries  #: each participant's flight ring size (0: none)
 
     def snapshot(self) -> QueueStats:
@@ -164,7 +177,7 @@ class QueueView:
         writer = self._record(w, 0, cursor=writer_cursor, position=writer_position)
         return QueueStats(
             shm_name=seg.shm_name, name=seg.name, creator_pid=seg.creator_pid, created_ns=seg.created_ns,
-            n_readers=seg.n_readers, ring_bytes=seg.ring_bytes, frame_bytes=seg.frame_bytes,
+            n_readers=seg.n_local_readers, n_remote_readers=seg.n_remote_readers, ring_bytes=seg.ring_bytes, frame_bytes=seg.frame_bytes,
             stats_enabled=bool(seg.flags & L.FLAG_STATS), endpoint=seg.endpoint, writer_cursor=writer_cursor,
             writer_position=writer_position,
             monotonic_ns=time.monotonic_ns(), time_ns=time.time_ns(), writer=writer, readers=readers,
@@ -192,6 +205,9 @@ class QueueView:
             position=r[_POSITION] if position is None else position,
             histogram=tuple(r[_HISTOGRAM : _HISTOGRAM + L.HIST_BUCKETS]),
         )
+        if role == L.Role.REMOTE_READER:
+            host = b"".join(word.to_bytes(L.WORD, "little") for word in r[_HOST : _HOST + L.HOST_BYTES // L.WORD])
+            fields.update(host=L.decode_text(host), grace_ns=r[_GRACE])
         # Every field is set here, so the frozen dataclass's __init__ (one object.__setattr__ per
         # field, most of a snapshot's cost) is skipped; the result is equal to what it builds.
         record = object.__new__(ParticipantStats)

@@ -180,7 +180,7 @@ class QueueMonitor:
         dead = set()
         for number, p in enumerate((snap.writer, *snap.readers)):
             track = self._track(number, p, snap.writer_cursor, now)
-            if p.state in ATTACHED and p.pid and not self._is_alive(p.pid, p.start_time):
+            if p.state in ATTACHED and p.pid and not self._alive(p):
                 dead.add(number)
                 findings.append(self._dead(p, snap))
             elif number and p.state < State.CLOSED and track.stalled_ns(now) >= self._stall_ns:
@@ -233,13 +233,19 @@ class QueueMonitor:
         """Why a reader with pending data does not move (dead ones are reported by the dead rule)."""
         if p.state == State.PENDING:
             return Cause.NOT_ATTACHED
-        if not self._is_alive(p.pid, p.start_time):
+        if not self._alive(p):
             return Cause.EXITED  # a dead reader holding the minimum cursor, until the writer evicts it
-        if now - p.heartbeat_ns > self.t.heartbeat_stale_s * 1e9 or self._run_state(p.pid) in HALTED_RUN_STATES:
+        if now - p.heartbeat_ns > self.t.heartbeat_stale_s * 1e9 or \
+                not p.remote and self._run_state(p.pid) in HALTED_RUN_STATES:
             return Cause.FROZEN
         if p.state == State.WAITING_READ:
             return Cause.WAITING_WITH_DATA
         return Cause.BUSY
+
+    def _alive(self, p: ParticipantStats) -> bool:
+        """A local process by its pid; a remote reader by its heartbeat, which the writer stamps while it
+        sees the reader's connection."""
+        return p.alive if p.remote else self._is_alive(p.pid, p.start_time)
 
     def _blockers(self, snap: QueueStats, now: int) -> tuple[Blocker, ...]:
         gating = snap.gating_readers
@@ -262,7 +268,7 @@ class QueueMonitor:
         )
 
     def _dead(self, p: ParticipantStats, snap: QueueStats) -> Finding:
-        cause = Cause.EXITED if self._run_state(p.pid) in (None, "Z") else Cause.PID_REUSED
+        cause = Cause.EXITED if p.remote or self._run_state(p.pid) in (None, "Z") else Cause.PID_REUSED
         return self._finding(N.RULE_DEAD, p, cause, snap, snap.occupancy_bytes)
 
     def _reader_stalled(self, p: ParticipantStats, snap: QueueStats, now: int, occupancy: int,
