@@ -157,6 +157,11 @@ _STATES = {state.value: state for state in State}
 _ROLES = {role.value: role for role in L.Role}
 
 
+def _host(record: list[int]) -> str:
+    """A remote reader's host, from its record's words."""
+    return L.decode_text(b"".join(word.to_bytes(L.WORD, "little") for word in record[_HOST : _HOST + L.HOST_BYTES // L.WORD]))
+
+
 class QueueView:
     """A read-only mapping of one queue segment."""
 
@@ -204,10 +209,9 @@ class QueueView:
             cursor=r[_CURSOR] if cursor is None else cursor,
             position=r[_POSITION] if position is None else position,
             histogram=tuple(r[_HISTOGRAM : _HISTOGRAM + L.HIST_BUCKETS]),
+            host=_host(r) if role == L.Role.REMOTE_READER else "",
+            grace_ns=r[_GRACE],
         )
-        if role == L.Role.REMOTE_READER:
-            host = b"".join(word.to_bytes(L.WORD, "little") for word in r[_HOST : _HOST + L.HOST_BYTES // L.WORD])
-            fields.update(host=L.decode_text(host), grace_ns=r[_GRACE])
         # Every field is set here, so the frozen dataclass's __init__ (one object.__setattr__ per
         # field, most of a snapshot's cost) is skipped; the result is equal to what it builds.
         record = object.__new__(ParticipantStats)

@@ -57,7 +57,7 @@ def traced_reader(handle, index, count, conn, remote=False, wait_strategy=None, 
     """Child: trace into its own in-memory exporter, read `count` messages, send back the spans."""
     provider, exporter = in_memory_provider()
     tracing.install(provider)
-    source = shmq.attach_remote(handle, index=index) if remote else shmq.attach(handle, index, wait=wait_strategy)
+    source = shmq.attach_remote(handle) if remote else shmq.attach(handle, index, wait=wait_strategy)
     with source:
         conn.send("attached")
         for _ in range(count):
@@ -90,7 +90,7 @@ def test_every_reader_receive_span_links_to_the_producer_span_of_its_message(que
     provider, exporter = in_memory_provider()
     tracing.install(provider)
     with shmq.create(3, name=queue_name, n_chunks=8, chunk_bytes=512, n_remote_readers=1) as writer:
-        pipes = start_readers(children, writer, count, indexes=(0, 1, 2), remote=(-1,))
+        pipes = start_readers(children, writer, count, indexes=(0, 1, 2), remote=(3,))
         writer.wait_for_readers(timeout=15)
         for i in range(count):
             writer.put({"i": i}, timeout=30)
@@ -104,7 +104,7 @@ def test_every_reader_receive_span_links_to_the_producer_span_of_its_message(que
         assert send.attributes["messaging.destination.name"] == queue_name
         assert send.attributes["messaging.message.body.size"] > 0
     message_of = {(s.context.trace_id, s.context.span_id): message_id for message_id, s in sends.items()}
-    for index, spans in spans_by_reader.items():  # -1 is the remote reader, over ZeroMQ
+    for index, spans in spans_by_reader.items():  # 3 is the remote reader, over ZeroMQ
         assert len(spans) == count, f"reader {index}"
         for span in spans:
             message_id = int(span["attributes"]["messaging.message.id"])

@@ -36,7 +36,7 @@ def snapshot(now_ns: int, writer_cursor: int, readers: list[ParticipantStats], *
     writer = record(-1, cursor=writer_cursor, state=writer_state, heartbeat_ns=now_ns, state_since_ns=writer_since_ns,
                     spins=writer_spins)
     return QueueStats(shm_name=QUEUE.shm_name, name=QUEUE.label, creator_pid=999, created_ns=0, n_readers=len(readers),
-                      ring_bytes=n_chunks * FRAME, frame_bytes=16, stats_enabled=True, endpoint="",
+                      n_remote_readers=0, ring_bytes=n_chunks * FRAME, frame_bytes=16, stats_enabled=True, endpoint="",
                       writer_cursor=writer_cursor, writer_position=writer_cursor * FRAME,
                       monotonic_ns=now_ns, time_ns=now_ns, writer=writer, readers=tuple(readers))
 
