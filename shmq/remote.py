@@ -189,8 +189,10 @@ class RemoteServer:
         number = index - self._segment.n_local_readers
         return self._slots[number].host if 0 <= number < len(self._slots) else None
 
-    def close(self, cursor: int, drain_s: float) -> None:
-        """Send every held slot the rest of the stream (up to `drain_s` while they acknowledge), then END."""
+    def close(self, cursor: int, drain_s: float, *, goodbye: bool = True) -> None:
+        """Send every held slot the rest of the stream (up to `drain_s` while they acknowledge), then END;
+        without `goodbye`, stop at once and say nothing (the readers see the writer's heartbeat stop)."""
+        self._goodbye = goodbye
         self._drain_deadline = time.monotonic_ns() + int(drain_s * 1e9)
         self._closing = cursor
         os.eventfd_write(self._wake_fd, 1)
@@ -232,7 +234,8 @@ class RemoteServer:
                     next_tick = now + int(TICK_S * 1e9)
                     self._tick(now)
                 if self._closing is not None and self._drained(now):
-                    self._end()
+                    if self._goodbye:
+                        self._end()
                     return
                 if sent:
                     continue
@@ -287,10 +290,9 @@ class RemoteServer:
         if resume >= 0:
             if slot.token != token or slot.peer is None:
                 evicted = slot.state == State.EVICTED and slot.token == token
-                self._send(peer, [EVICTED if evicted else REFUSED,
-                                  f"{slot.describe()} is no longer this reader's: it was "
-                                  f"{'evicted after its connection stayed lost for the grace' if evicted else 'taken over'}"
-                                  .encode()], None)
+                why = "evicted: its connection stayed lost for the writer's grace" if evicted else "taken over"
+                self._send(peer, [(EVICTED if evicted else REFUSED) +
+                                  f"remote reader {number} is no longer this reader's: it was {why}".encode()], None)
                 return
             slot.peer, slot.connected, slot.lost = peer, True, None
             self._restart(slot, resume)
@@ -568,10 +570,21 @@ class RemoteReader(Receiving):
 
     # -- receiving ------------------------------------------------------------------------------------
     def _receive(self, timeout: float | None, raw: bool) -> Any:
+        if self._kept is None:
+            self._kept = self._next_message(timeout)
+        return self._decode_kept(raw)
+
+    def receive_encoded(self, *, timeout: float | None = None) -> tuple[Any, list, int]:
+        """The next message as it was sent, not decoded: (stream, buffers, frame flags). For a relay,
+        which republishes messages without unpickling them (shmq.relay)."""
+        message = self._kept if self._kept is not None else \
+            self._next_message(None if timeout is None else checked_timeout(timeout))
+        self._kept = None
+        return message
+
+    def _next_message(self, timeout: float | None) -> tuple[Any, list, int]:
         if self._cancelled or self._closed:
             raise QueueClosed(f"remote reader {self.slot} of queue {self.queue_name!r} was cancelled or closed")
-        if self._kept is not None:
-            return self._decode_kept(raw)
         deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
         wait_start = time.monotonic_ns()
         waited = False
@@ -581,7 +594,6 @@ class RemoteReader(Receiving):
                 waited = True
                 continue
             seq, frame, total, flags = _FRAME.unpack_from(parts[0], 1)
-            traceparent = bytes(parts[0][1 + _FRAME.size :]).rstrip(b"\x00") or None
             payload = parts[1] if len(parts) > 1 else b""
             if waited:
                 self._ack(BUSY)
@@ -592,17 +604,12 @@ class RemoteReader(Receiving):
             message = self._take(seq, frame, total, flags, payload)
             if message is None:
                 continue
-            stream, buffers, flags = message
-            if (raw or self._serializer.raw) and not flags & L.FRAME_RAW:
-                self._kept = (stream, buffers, flags)
-                raise NotRawMessage(f"queue {self.queue_name!r}: the next message was sent with put() and is not raw "
-                                    "bytes; read it with get() (it is still there)")
+            traceparent = bytes(parts[0][1 + _FRAME.size :]).rstrip(b"\x00")
             if traceparent and self._hooks is not None:
                 self._hooks.received(queue=self.queue_name, reader=self.index, message_id=seq, body_size=total,
                                      traceparent=traceparent, wait_start_ns=wait_start,
                                      wait_ns=time.monotonic_ns() - wait_start, spins=0, events=[])
-            self._kept = (stream, buffers, flags)
-            return self._decode_kept(raw)
+            return message
 
     def _take(self, seq: int, frame: int, total: int, flags: int, payload) -> tuple | None:
         """Frame `seq`: a whole message (stream, buffers, flags), or None for a piece of one not yet whole."""

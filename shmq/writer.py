@@ -80,6 +80,11 @@ class Writer(Participant):
         """Send raw bytes; readers get them back unpickled-free with get_bytes() or get()."""
         self._send([data], L.FRAME_RAW, timeout)
 
+    def put_encoded(self, segments: list, flags: int, *, timeout: float | None = None) -> None:
+        """Send a message as another queue's reader received it (RemoteReader.receive_encoded): its
+        stream and buffers, and its frame flags (only whether it is raw bytes matters). For relays."""
+        self._send(segments, flags & L.FRAME_RAW, timeout)
+
     def _send(self, segments: list, flags: int, timeout: float | None) -> None:
         if self._closed:
             raise QueueClosed(f"{self._describe()} is closed")
@@ -330,6 +335,18 @@ class Writer(Participant):
         self._ring.wake_readers()  # parked readers see the close now, not at their timeout
         if self._remote is not None:  # remote readers get the rest of the stream first
             self._remote.close(self._cursor, drain_s=REMOTE_CLOSE_DRAIN_S)
+        self._stop_heartbeat()
+        self._segment.unlink()
+        self._segment.close()
+
+    def abandon(self) -> None:
+        """Unlink the queue without closing it: its readers see the writer die once this process exits,
+        instead of a clean close (a relay whose origin died)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._remote is not None:
+            self._remote.close(self._cursor, drain_s=0, goodbye=False)
         self._stop_heartbeat()
         self._segment.unlink()
         self._segment.close()

@@ -339,7 +339,7 @@ def test_an_evicted_remote_reader_hears_so_and_the_writer_carries_on(queue_name)
             state = shmq.stats.open(writer.handle).snapshot().readers[0].state
             assert state == shmq.ParticipantState.EVICTED, state
             proxy.restore()
-            with pytest.raises(ReaderEvicted, match="evicted"):
+            with pytest.raises(ReaderEvicted, match="remote reader 0 is no longer this reader's: it was evicted"):
                 while True:
                     remote.get(timeout=10)
         with shmq.attach_remote(writer.handle, 0) as again:  # the slot is free: it joins at the head

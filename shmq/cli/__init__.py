@@ -20,6 +20,7 @@ COMMANDS = {
     "list": ("shmq.cli.admin", "list shmq segments in /dev/shm"),
     "cleanup": ("shmq.cli.admin", "unlink segments whose creator has died"),
     "flight": ("shmq.cli.flight", "every participant's last operations, and what they say about a stall"),
+    "relay": ("shmq.cli.relay", "republish a queue from another host into a local one"),
     "exporter": ("shmq.telemetry.exporter", "serve Prometheus metrics for shmq queues"),
     "watchdog": ("shmq.telemetry.watchdog", "flag stalled, dead and livelocked participants"),
     "top": ("shmq.telemetry.top", "live view of queues and participants"),
