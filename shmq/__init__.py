@@ -8,8 +8,8 @@
 from . import stats, wait
 from .errors import (
     AlreadyAttached, BadQueueArgument, BadHandle, BadTimeout, ConcurrentUse, ConnectionLost, CorruptMessage,
-    ForkedParticipant, LayoutMismatch, MessageOverwritten, MessageTooLarge, NotRawMessage, PeerDead, QueueClosed,
-    QueueTimeout, ReaderDead, ReaderEvicted, ShmFull, ShmqError, WouldBlock, WriterDead,
+    ForkedParticipant, LayoutMismatch, MessageOverwritten, MessageTooLarge, NotAuthorized, NotRawMessage, PeerDead,
+    QueueClosed, QueueTimeout, ReaderDead, ReaderEvicted, ShmFull, ShmqError, WouldBlock, WriterDead,
 )
 from .handle import Handle
 from .layout import ParticipantState, Role
@@ -28,7 +28,7 @@ def attach_remote(handle, reader: int | None = None, **kwargs):
 __all__ = [
     "AlreadyAttached", "BadQueueArgument", "BadHandle", "BadTimeout", "ConcurrentUse", "ConnectionLost",
     "CorruptMessage", "ForeignSegment", "ForkedParticipant", "Handle", "LayoutMismatch", "MessageOverwritten",
-    "MessageTooLarge", "NotRawMessage",
+    "MessageTooLarge", "NotAuthorized", "NotRawMessage",
     "ParticipantState", "PeerDead", "QueueClosed", "QueueNotFound", "QueueTimeout", "Reader", "ReaderDead",
     "ReaderEvicted", "Role", "SegmentInfo", "ShmFull", "ShmqError", "WouldBlock", "Writer", "WriterDead", "attach",
     "attach_remote", "cleanup", "create", "list_segments", "stats", "wait",

@@ -43,6 +43,10 @@ class ConnectionLost(PeerDead):
     """A remote reader's connection to the writer stayed lost for its grace: the network or the writer's host is down."""
 
 
+class NotAuthorized(ShmqError, PermissionError):
+    """The writer refused a remote reader's CurveZMQ handshake."""
+
+
 class ReaderEvicted(ShmqError):
     """The writer evicted this remote reader (its connection stayed lost for the writer's grace)."""
 

@@ -43,8 +43,8 @@ from . import hooks as hooks_module
 from . import layout as L
 from . import procs, sync
 from .errors import (
-    AlreadyAttached, BadHandle, BadQueueArgument, ConnectionLost, CorruptMessage, NotRawMessage, QueueClosed,
-    QueueTimeout, ReaderEvicted, WouldBlock, WriterDead,
+    AlreadyAttached, BadHandle, BadQueueArgument, ConnectionLost, CorruptMessage, NotAuthorized, NotRawMessage,
+    QueueClosed, QueueTimeout, ReaderEvicted, WouldBlock, WriterDead,
 )
 from .handle import Handle
 from .participant import (
@@ -53,7 +53,7 @@ from .participant import (
 )
 from .reader import Receiving
 from ._ring import frame_spans, uninitialized_bytearray
-from .serialization import BytesSerializer, resolve
+from .serialization import resolve
 
 DEFAULT_GRACE_S = 10.0  # how long a slot's connection may stay lost before its reader is called dead
 ATTACH_TIMEOUT_S = 10.0  # how long attach_remote waits for the writer's answer
@@ -65,6 +65,8 @@ ACK_EVERY = 64  # frames a reader consumes between acknowledgements while a back
 # message it queues (measured here: ~12.5 KiB per message over 8 KiB, ~1 KiB for a 1 KB one).
 ZMQ_MESSAGE_BYTES = 16 << 10
 _POLL_MS = 50  # how often a blocked get() looks at cancel(), the connection and the grace
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 HELLO, ACK, BYE = b"H", b"A", b"B"
 WELCOME, REFUSED, FRAME, TICK, END, EVICTED = b"W", b"R", b"F", b"T", b"E", b"X"
@@ -88,6 +90,19 @@ def _checked_seconds(name: str, value) -> float:
 def _heartbeats(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
+
+
+def _certificate(path: str, what: str, secret: bool) -> tuple[bytes, bytes | None]:
+    """(public, secret) keys from a ZeroMQ certificate file (zmq.auth.create_certificates makes them)."""
+    from zmq.auth import load_certificate
+
+    try:
+        public, secret_key = load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise BadQueueArgument(f"{what} {path!r} is not a readable ZeroMQ certificate: {e}") from None
+    if secret and secret_key is None:
+        raise BadQueueArgument(f"{what} {path!r} holds no secret key (a .key_secret file is needed)")
+    return public, secret_key
 
 
 # -- the writer's side ---------------------------------------------------------------------------
@@ -128,7 +143,7 @@ class RemoteServer:
     """The writer's remote end: one ROUTER socket and one thread that serves every remote slot."""
 
     def __init__(self, segment, writer, bind: str, *, grace_s: float | None, window_bytes: int | None,
-                 on_dead_reader: str) -> None:
+                 on_dead_reader: str, secret_key: str | None = None, authorized_keys: str | None = None) -> None:
         self._segment = segment
         self._words = segment.words
         self._buf = segment.buf
@@ -153,9 +168,24 @@ class RemoteServer:
             slot = _Slot(number, first + number, segment.ring(1 + first + number), self._words)
             self._init_record(slot)
             self._slots.append(slot)
+        if (secret_key is None) != (authorized_keys is None):
+            raise BadQueueArgument("CurveZMQ needs both remote_secret_key (the writer's certificate) and "
+                                   "remote_authorized_keys (a directory of the readers' public certificates)")
+        if authorized_keys is not None and not os.path.isdir(authorized_keys):
+            raise BadQueueArgument(f"remote_authorized_keys {authorized_keys!r} is not a directory")
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.ROUTER)
+        self._authenticator = None
         try:
+            if secret_key is not None:  # every reader must prove a key from authorized_keys; others are refused
+                from zmq.auth.thread import ThreadAuthenticator
+
+                public, secret = _certificate(secret_key, "remote_secret_key", secret=True)
+                self._authenticator = ThreadAuthenticator(self._context)
+                self._authenticator.start()
+                self._authenticator.configure_curve(domain="*", location=authorized_keys)
+                self._socket.curve_server = True
+                self._socket.curve_publickey, self._socket.curve_secretkey = public, secret
             self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a lost connection fails: we notice
             self._socket.setsockopt(zmq.SNDHWM, 0)  # the window bounds what is queued, not the HWM
             self._socket.setsockopt(zmq.RCVHWM, 0)
@@ -163,8 +193,7 @@ class RemoteServer:
             _heartbeats(self._socket)
             self._socket.bind(bind)
         except BaseException:  # a context left to the garbage collector hangs interpreter exit in term()
-            self._socket.close(linger=0)
-            self._context.term()
+            self._close_sockets()
             raise
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -197,9 +226,14 @@ class RemoteServer:
         self._closing = cursor
         os.eventfd_write(self._wake_fd, 1)
         self._thread.join(drain_s + 5)
+        self._close_sockets()
+        os.close(self._wake_fd)
+
+    def _close_sockets(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self._socket.close(linger=0)
         self._context.term()
-        os.close(self._wake_fd)
 
     # -- the records --------------------------------------------------------------------------------
     def _init_record(self, slot: _Slot) -> None:
@@ -472,7 +506,8 @@ class RemoteReader(Receiving):
 
     def __init__(self, handle: Handle | str, reader: int | None, *, endpoint: str | None = None, serializer=None,
                  hooks: hooks_module.MessageHooks | None = None, grace_s: float = DEFAULT_GRACE_S,
-                 timeout: float = ATTACH_TIMEOUT_S) -> None:
+                 timeout: float = ATTACH_TIMEOUT_S, secret_key: str | None = None,
+                 server_key: str | None = None) -> None:
         self._grace_ns = int(_checked_seconds("grace_s", grace_s) * 1e9)
         handle = Handle.coerce(handle)
         self.queue_name = handle.name
@@ -486,13 +521,23 @@ class RemoteReader(Receiving):
         self._hooks = hooks if hooks is not None else hooks_module.installed()
         self._token = secrets.token_bytes(16)
         self._host = socket_module.gethostname()
+        if (secret_key is None) != (server_key is None):
+            raise BadQueueArgument("CurveZMQ needs both secret_key (this reader's certificate) and server_key "
+                                   "(the writer's public certificate)")
+        keys = None
+        if secret_key is not None:
+            keys = (*_certificate(secret_key, "secret_key", secret=True), _certificate(server_key, "server_key", False)[0])
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
+        if keys is not None:
+            self._socket.curve_publickey, self._socket.curve_secretkey, self._socket.curve_serverkey = keys
         self._socket.setsockopt(zmq.RCVHWM, 0)
         self._socket.setsockopt(zmq.SNDHWM, 0)
         self._socket.setsockopt(zmq.LINGER, 0)
         _heartbeats(self._socket)
-        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._monitor = self._socket.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self._socket.connect(self._endpoint)
         self._cancelled = self._closed = False
         self._connections = 0
@@ -740,6 +785,10 @@ class RemoteReader(Receiving):
                     self._resume(again=True)
             elif event == zmq.EVENT_DISCONNECTED and self._lost_since is None:
                 self._lost_since = time.monotonic_ns()
+            elif event & _HANDSHAKE_FAILED:
+                raise NotAuthorized(f"the writer of queue {self.queue_name!r} at {self._endpoint} refused remote reader "
+                                    f"{self.slot}'s handshake: CurveZMQ keys missing, unknown to the writer "
+                                    "(remote_authorized_keys), or given where the writer has none")
 
     def _check_writer(self, now: int) -> None:
         """WriterDead when the writer is gone for sure (on this host, its pid; anywhere, its heartbeat
@@ -789,13 +838,17 @@ class RemoteReader(Receiving):
 
 def attach_remote(handle: Handle | str, reader: int | None = None, *, endpoint: str | None = None, serializer=None,
                   hooks: hooks_module.MessageHooks | None = None, grace_s: float = DEFAULT_GRACE_S,
-                  timeout: float = ATTACH_TIMEOUT_S) -> RemoteReader:
+                  timeout: float = ATTACH_TIMEOUT_S, secret_key: str | None = None,
+                  server_key: str | None = None) -> RemoteReader:
     """Attach remote reader `reader` (one of the queue's n_remote_readers slots; None: the first free
     one) through ZeroMQ TCP.
 
     `endpoint` overrides the handle's (e.g. the writer host's address). The reader starts at the first
     frame its slot has not acknowledged (``start_seq``). A connection lost for longer than `grace_s`
     seconds makes get() raise ConnectionLost; WriterDead means the writer is gone for sure.
+    With CurveZMQ (the writer's remote_secret_key), give this reader's certificate as `secret_key`
+    and the writer's public one as `server_key` (files zmq.auth.create_certificates makes).
     """
     return RemoteReader(handle, reader, endpoint=endpoint, serializer=serializer, hooks=hooks, grace_s=grace_s,
-                        timeout=checked_timeout(timeout) or ATTACH_TIMEOUT_S)
+                        timeout=checked_timeout(timeout) or ATTACH_TIMEOUT_S, secret_key=secret_key,
+                        server_key=server_key)

@@ -39,7 +39,8 @@ class Writer(Participant):
     def __init__(self, segment: Segment, *, serializer: Serializer, on_dead_reader: str,
                  wait: wait_module.WaitStrategy | None, warn_after_s: float,
                  hooks: hooks_module.MessageHooks | None, remote_bind: str, remote_grace_s: float | None,
-                 remote_window_bytes: int | None, stack_dumps: bool | str = True) -> None:
+                 remote_window_bytes: int | None, remote_secret_key: str | None = None,
+                 remote_authorized_keys: str | None = None, stack_dumps: bool | str = True) -> None:
         super().__init__(segment, 0, wait=wait, warn_after_s=warn_after_s, hooks=hooks)
         self._serializer = serializer
         self._raw_flag = L.FRAME_RAW if serializer.raw else 0
@@ -58,7 +59,8 @@ class Writer(Participant):
             from .remote import RemoteServer  # pyzmq is only needed with remote readers
 
             self._remote = RemoteServer(segment, self, remote_bind, grace_s=remote_grace_s,
-                                        window_bytes=remote_window_bytes, on_dead_reader=on_dead_reader)
+                                        window_bytes=remote_window_bytes, on_dead_reader=on_dead_reader,
+                                        secret_key=remote_secret_key, authorized_keys=remote_authorized_keys)
             segment.set_endpoint(self._remote.endpoint)
         self.handle = Handle(
             shm_name=segment.shm_name, name=segment.name, n_readers=segment.n_local_readers,
@@ -360,7 +362,8 @@ def create(n_readers: int, *, name: str | None = None, ring_bytes: int | None = 
            chunk_bytes: int | None = None, n_chunks: int | None = None, wait: wait_module.WaitStrategy | None = None,
            serializer=None, on_dead_reader: str = "raise", n_remote_readers: int = 0,
            remote_bind: str = "tcp://127.0.0.1:*", remote_grace_s: float | None = None,
-           remote_window_bytes: int | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+           remote_window_bytes: int | None = None, remote_secret_key: str | None = None,
+           remote_authorized_keys: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
            stats: bool = True, warn_after_s: float = DEFAULT_WARN_AFTER_S,
            hooks: hooks_module.MessageHooks | None = None, shm_dir: str = SHM_DIR,
            stack_dumps: bool | str = True, flight_entries: int = L.DEFAULT_FLIGHT_ENTRIES) -> Writer:
@@ -400,7 +403,8 @@ def create(n_readers: int, *, name: str | None = None, ring_bytes: int | None = 
     try:
         return Writer(segment, serializer=resolved, on_dead_reader=on_dead_reader, wait=wait,
                       warn_after_s=warn_after_s, hooks=hooks, remote_bind=remote_bind, remote_grace_s=remote_grace_s,
-                      remote_window_bytes=remote_window_bytes, stack_dumps=stack_dumps)
+                      remote_window_bytes=remote_window_bytes, remote_secret_key=remote_secret_key,
+                      remote_authorized_keys=remote_authorized_keys, stack_dumps=stack_dumps)
     except BaseException:
         segment.unlink()
         segment.close()

@@ -6,7 +6,6 @@ Every test counts what each remote reader received against what was sent: nothin
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -412,3 +411,45 @@ def test_a_remote_slot_that_does_not_exist_is_refused(queue_name):
             shmq.attach_remote(writer.handle, 1)
         with pytest.raises(shmq.BadHandle, match="no reader 1"):
             shmq.attach(writer.handle, 1)  # the remote slot's record is not a local reader's
+
+
+@pytest.fixture
+def curve_keys(tmp_path):
+    """A writer's certificate, an authorized reader's (its public half in the writer's directory), a stranger's."""
+    import zmq.auth
+
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    server_public, server_secret = zmq.auth.create_certificates(tmp_path, "writer")
+    reader_public, reader_secret = zmq.auth.create_certificates(tmp_path, "reader")
+    os.rename(reader_public, authorized / "reader.key")
+    _, stranger_secret = zmq.auth.create_certificates(tmp_path, "stranger")
+    return {"server_public": server_public, "server_secret": server_secret, "authorized": str(authorized),
+            "reader_secret": reader_secret, "stranger_secret": stranger_secret}
+
+
+@pytest.mark.timeout(60)
+def test_with_curve_an_authorized_reader_reads_and_others_are_refused_by_name(queue_name, curve_keys):
+    k = curve_keys
+    with shmq.create(0, name=queue_name, ring_bytes=1 << 20, n_remote_readers=1, serializer="bytes",
+                     remote_secret_key=k["server_secret"], remote_authorized_keys=k["authorized"]) as writer:
+        for secret in (k["stranger_secret"], None):
+            keys = {"secret_key": secret, "server_key": k["server_public"]} if secret else {}
+            with pytest.raises(shmq.NotAuthorized, match="refused remote reader 0's handshake"):
+                shmq.attach_remote(writer.handle, timeout=10, **keys)
+        with shmq.attach_remote(writer.handle, secret_key=k["reader_secret"], server_key=k["server_public"]) as remote:
+            writer.put(b"over curve")
+            assert remote.get(timeout=10) == b"over curve"
+
+
+def test_curve_keys_must_come_in_pairs_and_be_certificates(queue_name, curve_keys, tmp_path):
+    k = curve_keys
+    with pytest.raises(BadQueueArgument, match="needs both remote_secret_key"):
+        shmq.create(0, name=queue_name, n_remote_readers=1, remote_secret_key=k["server_secret"])
+    with pytest.raises(BadQueueArgument, match="holds no secret key"):
+        shmq.create(0, name=queue_name, n_remote_readers=1, remote_secret_key=k["server_public"],
+                    remote_authorized_keys=k["authorized"])
+    (tmp_path / "junk").write_text("not a certificate")
+    with pytest.raises(BadQueueArgument, match="not a readable ZeroMQ certificate"):
+        shmq.create(0, name=queue_name, n_remote_readers=1, remote_secret_key=str(tmp_path / "junk"),
+                    remote_authorized_keys=k["authorized"])
