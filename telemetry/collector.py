@@ -39,7 +39,7 @@ log = logging.getLogger("shmq.exporter")
 
 _PARTICIPANT = (N.LABEL_QUEUE, N.LABEL_ROLE, N.LABEL_READER)
 _QUEUE = (N.LABEL_QUEUE,)
-_ROLE = {L.Role.WRITER: "writer", L.Role.READER: "reader"}
+_ROLE = {L.Role.WRITER: "writer", L.Role.READER: "reader", L.Role.REMOTE_READER: "remote_reader"}
 _STATES = tuple((state, state.name.lower()) for state in L.ParticipantState)
 _BUCKET_BOUNDS = tuple(floatToGoString(bound) for bound in L.HISTOGRAM_UPPER_BOUNDS_S) + ("+Inf",)
 
@@ -178,14 +178,14 @@ class _Families:
         for participant in (snapshot.writer, *snapshot.readers):
             labels = [queue, _ROLE[participant.role], "" if participant.role == L.Role.WRITER else str(participant.index)]
             self._add_participant(labels, participant, snapshot)
-            if participant.role == L.Role.READER and participant.index in gating:
+            if participant.role != L.Role.WRITER and participant.index in gating:
                 self.lag.add_metric(labels, snapshot.lag(participant))
 
     def _add_participant(self, labels: list[str], p: ParticipantStats, snapshot: QueueStats) -> None:
         for state, state_label in _STATES:
             self.state.add_metric([*labels, state_label], 1 if p.state == state else 0)
         if p.pid:  # a reader index nobody has attached to yet has no process and no progress time
-            self.info.add_metric(labels, {N.LABEL_PID: str(p.pid), N.LABEL_HOST: self._host})
+            self.info.add_metric(labels, {N.LABEL_PID: str(p.pid), N.LABEL_HOST: p.host or self._host})
             self.progress.add_metric(labels, snapshot.wall_time_s(p.progress_ns))
         if not snapshot.stats_enabled:
             return  # counters are not kept: exporting zeros would claim the queue is idle

@@ -11,7 +11,7 @@ PREFIX = "shmq"
 
 # Labels
 LABEL_QUEUE = "queue"
-LABEL_ROLE = "role"  # "writer" or "reader"
+LABEL_ROLE = "role"  # "writer", "reader" or "remote_reader"
 LABEL_READER = "reader"  # the reader index; "" for the writer
 LABEL_STATE = "state"
 LABEL_RULE = "rule"

@@ -69,6 +69,22 @@ def test_counters_gauges_and_states_of_a_queue_in_both_formats(queue_name):
             collector.close()
 
 
+@pytest.mark.timeout(30)
+def test_a_remote_reader_is_exported_with_its_role_host_and_lag(queue_name):
+    with shmq.create(0, name=queue_name, ring_bytes=1 << 20, n_remote_readers=1) as writer, \
+            shmq.attach_remote(writer.handle) as remote:
+        for _ in range(5):
+            writer.put_bytes(PAYLOAD)
+        assert remote.get_bytes(timeout=10) == PAYLOAD
+        collector = ShmqCollector([writer.handle], host="exporter-host")
+        samples = scrape(collector)
+        labels = {"queue": queue_name, N.LABEL_ROLE: "remote_reader", N.LABEL_READER: "0"}
+        assert value(samples, N.PARTICIPANT_INFO + "_info", **labels, pid=str(os.getpid()),
+                     host=shmq.stats.open(writer.handle).snapshot().readers[0].host) == 1
+        assert value(samples, N.READER_LAG, **labels) == 5  # nothing acknowledged yet: it has not waited
+        collector.close()
+
+
 def test_wait_histogram_is_cumulative_and_its_count_is_the_records_waits(queue_name):
     chunk = b"c" * 240  # with its table, the whole of a 256-byte chunk: two fill the ring
     with shmq.create(1, name=queue_name, n_chunks=2, chunk_bytes=256) as writer:
