@@ -64,9 +64,14 @@ ACK_EVERY = 64  # frames a reader consumes between acknowledgements while a back
 # What a frame in flight costs against the window: its ring bytes, and what libzmq allocates beside each
 # message it queues (measured here: ~12.5 KiB per message over 8 KiB, ~1 KiB for a 1 KB one).
 ZMQ_MESSAGE_BYTES = 16 << 10
+
+
+def frame_cost(frame: int) -> int:
+    """What a frame of `frame` payload bytes in flight counts against the window."""
+    return L.frame_stride(frame) + ZMQ_MESSAGE_BYTES
 _POLL_MS = 50  # how often a blocked get() looks at cancel(), the connection and the grace
-_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+# A refused handshake (a connection closed during one, NO_DETAIL, is a network fault, not a refusal)
+_HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
 HELLO, ACK, BYE = b"H", b"A", b"B"
 WELCOME, REFUSED, FRAME, TICK, END, EVICTED = b"W", b"R", b"F", b"T", b"E", b"X"
@@ -262,7 +267,7 @@ class RemoteServer:
         try:
             while True:
                 self._receive_all()
-                sent = self._send_all()
+                sent, hungry = self._send_all()
                 now = time.monotonic_ns()
                 if now >= next_tick:
                     next_tick = now + int(TICK_S * 1e9)
@@ -273,8 +278,10 @@ class RemoteServer:
                     return
                 if sent:
                     continue
-                self.parked = True
-                if self._words[W_WRITER_CURSOR] != self._seen_cursor and self._closing is None:
+                # Woken by the writer only while a slot waits for frames; one that waits for
+                # acknowledgements (its window is full) is woken by them, on the socket.
+                self.parked = hungry
+                if hungry and self._words[W_WRITER_CURSOR] != self._seen_cursor and self._closing is None:
                     self.parked = False  # published after our look: no wake-up will come for it
                     continue
                 poller.poll(max(1, (next_tick - now) // 1_000_000))
@@ -426,15 +433,17 @@ class RemoteServer:
                 log.warning("shmq queue %r: lost the connection of %s", self._queue_name, slot.describe())
             return False
 
-    def _send_all(self) -> bool:
-        """Send each connected slot what is published and fits its window. Returns whether anything went."""
+    def _send_all(self) -> tuple[bool, bool]:
+        """Send each connected slot what is published and fits its window. Returns whether anything
+        went, and whether a slot has sent everything published with room left in its window."""
         self._seen_cursor = self._words[W_WRITER_CURSOR]
-        buf, any_sent = self._buf, False
+        buf, any_sent, hungry = self._buf, False, False
         for slot in self._slots:
             ring = slot.ring
             while slot.connected and slot.peer is not None:
                 head = ring.head()
                 if head is None:
+                    hungry = True
                     break
                 seq, frame, total, flags, position = L.FRAME_HEAD.unpack_from(buf, head)
                 if seq != ring.cursor or position != ring.position or frame > self._segment.frame_bytes:
@@ -443,7 +452,7 @@ class RemoteServer:
                     slot.forget_in_flight()
                     ring.skip()
                     continue
-                cost = L.frame_stride(frame) + ZMQ_MESSAGE_BYTES
+                cost = frame_cost(frame)
                 if slot.in_flight_bytes and slot.in_flight_bytes + cost > self.window_bytes:
                     break
                 header = FRAME + _FRAME.pack(seq, frame, total, flags)
@@ -456,7 +465,7 @@ class RemoteServer:
                 slot.in_flight.append((ring.cursor, ring.position, cost))
                 slot.in_flight_bytes += cost
                 any_sent = True
-        return any_sent
+        return any_sent, hungry
 
     def _tick(self, now: int) -> None:
         """Once a second: each holder hears the writer is alive; a lost slot past the grace is dead."""
@@ -535,9 +544,8 @@ class RemoteReader(Receiving):
         self._socket.setsockopt(zmq.SNDHWM, 0)
         self._socket.setsockopt(zmq.LINGER, 0)
         _heartbeats(self._socket)
-        self._monitor = self._socket.get_monitor_socket(
-            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+                                                        | _HANDSHAKE_FAILED)
         self._socket.connect(self._endpoint)
         self._cancelled = self._closed = False
         self._connections = 0
@@ -549,6 +557,7 @@ class RemoteReader(Receiving):
         self._assembly = None  # (first, total, flags, traceparent, bytearray) of a message in pieces
         self._kept = None  # a message whose decode an exception interrupted: the next get()'s
         self._resumed_at = -1  # the frame the last resume asked for
+        self._unacked_cost = 0  # what the frames consumed since the last acknowledgement count in the window
         try:
             self._claim(range(handle.n_remote_readers) if reader is None else [reader], timeout)
         except BaseException:
@@ -643,7 +652,7 @@ class RemoteReader(Receiving):
             if waited:
                 self._ack(BUSY)
             if flags & L.FRAME_ABORT and not flags & L.FRAME_FRAGMENT:  # the server stepped over a corrupt frame
-                self._consumed(seq, 0, 0)
+                self._consumed(seq, frame, 0, 0)
                 raise CorruptMessage(f"queue {self.queue_name!r}: frame {seq} was corrupt in the writer's ring; "
                                      f"remote reader {self.slot} skipped it")
             message = self._take(seq, frame, total, flags, payload)
@@ -659,13 +668,13 @@ class RemoteReader(Receiving):
     def _take(self, seq: int, frame: int, total: int, flags: int, payload) -> tuple | None:
         """Frame `seq`: a whole message (stream, buffers, flags), or None for a piece of one not yet whole."""
         if len(payload) != frame or frame > self._frame_bytes or total > self._max:
-            self._consumed(seq, 0, 0)
+            self._consumed(seq, frame, 0, 0)
             raise CorruptMessage(f"queue {self.queue_name!r}: frame {seq} says {frame:,} bytes of a {total:,}-byte "
                                  f"message and carries {len(payload):,}; remote reader {self.slot} dropped it")
         if not flags & L.FRAME_FRAGMENT:
             self._assembly = None
             spans = frame_spans(payload, 0, frame)
-            self._consumed(seq, 1, total)
+            self._consumed(seq, frame, 1, total)
             if spans is None:
                 raise CorruptMessage(f"queue {self.queue_name!r}: message {seq} has a corrupt frame table; remote "
                                      f"reader {self.slot} dropped it")
@@ -673,26 +682,26 @@ class RemoteReader(Receiving):
             return bytes(view[spans[0][0] : spans[0][1]]), [bytearray(view[a:b]) for a, b in spans[1:]], flags
         if flags & L.FRAME_ABORT:  # the writer gave this message up
             self._assembly = None
-            self._consumed(seq, 0, 0)
+            self._consumed(seq, frame, 0, 0)
             return None
         if flags & L.FRAME_FIRST:
             self._assembly = (seq, total, flags, uninitialized_bytearray(total))
         if self._assembly is None:  # the rest of a message that began before our slot's start
-            self._consumed(seq, 0, 0)
+            self._consumed(seq, frame, 0, 0)
             return None
         first, whole_total, first_flags, whole = self._assembly
         offset = (seq - first) * self._frame_bytes
         if total != whole_total or offset + frame > total:
             self._assembly = None
-            self._consumed(seq, 0, 0)
+            self._consumed(seq, frame, 0, 0)
             raise CorruptMessage(f"queue {self.queue_name!r}: piece {seq - first} of message {first} does not "
                                  f"continue it; remote reader {self.slot} dropped the message")
         whole[offset : offset + frame] = payload
         if not flags & L.FRAME_LAST:
-            self._consumed(seq, 0, 0)
+            self._consumed(seq, frame, 0, 0)
             return None
         self._assembly = None
-        self._consumed(seq, 1, total)
+        self._consumed(seq, frame, 1, total)
         spans = frame_spans(whole, 0, total)
         if spans is None:
             raise CorruptMessage(f"queue {self.queue_name!r}: message {first} has a corrupt frame table; remote "
@@ -713,16 +722,20 @@ class RemoteReader(Receiving):
         self._kept = None
         return message
 
-    def _consumed(self, seq: int, messages: int, nbytes: int) -> None:
-        """Frame `seq` is ours: acknowledge in batches while a backlog lasts (and before any wait)."""
+    def _consumed(self, seq: int, frame: int, messages: int, nbytes: int) -> None:
+        """Frame `seq` (of `frame` bytes) is ours: acknowledge in batches while a backlog lasts, of
+        ACK_EVERY frames or a quarter of the window, so the writer's sending never stops for an
+        acknowledgement; and before any wait."""
         self._expected = seq + 1
         self._messages += messages
         self._bytes += nbytes
-        if self._expected - self._acked >= ACK_EVERY:
+        self._unacked_cost += frame_cost(frame)
+        if self._expected - self._acked >= ACK_EVERY or 4 * self._unacked_cost >= self._window:
             self._ack(BUSY)
 
     def _ack(self, state: int) -> None:
         self._acked = self._expected
+        self._unacked_cost = 0
         self._state = state
         try:
             self._socket.send(ACK + _ACK.pack(self._expected, self._messages, self._bytes, state), zmq.NOBLOCK)

@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="kill a row (writer and readers) that runs longer (default 300, quick 60)")
     for peer in ("mpq", "zmq", "faster-fifo", "iceoryx2", "zenoh", "vllm"):
         parser.add_argument(f"--no-{peer}", action="store_true", help=f"leave out the {peer} rows")
+    parser.add_argument("--remote", action="store_true",
+                        help="instead of the local transports: shmq's remote readers, a shmq relay feeding local "
+                             "readers, and pyzmq PUB/SUB, all over loopback TCP")
     parser.add_argument("--no-strategies", action="store_true",
                         help="only the default strategy (and the lease row), not one row per wait strategy")
     parser.add_argument("--no-limits", action="store_true",
@@ -133,7 +136,8 @@ def main(args: argparse.Namespace) -> int:
             measures = [functools.partial(_timed_row, p, workload, plan, row_timeout)
                         for p in _candidates(args, compared, workload)]
             n_rows = len(measures)
-            if workload.kind == "large" and ring_ceilings is None and not compared and not args.no_limits:
+            limits_wanted = not (compared or args.remote or args.no_limits)
+            if workload.kind == "large" and ring_ceilings is None and limits_wanted:
                 # This machine's copy speed moves minute to minute: the ceilings run beside the rows.
                 measures += limits.ring_ceilings(quick=args.quick)
             runs = [[measure() for measure in measures] for _ in range(args.repeat)]
@@ -143,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
                 ring_ceilings = medians[n_rows:]
     finally:
         peers.remove_iceoryx2_global_state(iceoryx2_before)
-    if not compared and not args.no_limits:
+    if not (compared or args.remote or args.no_limits):
         rows.extend(limits.limit_rows(quick=args.quick, ring_rows=ring_ceilings))
     print()
     print(markdown(rows))
@@ -183,6 +187,8 @@ def _cadence(args: argparse.Namespace, compared: list) -> int:
 
 
 def _candidates(args: argparse.Namespace, compared: list, workload: workloads.Workload) -> list[peers.Peer]:
+    if args.remote:
+        return peers.remote_rows(zmq=not args.no_zmq)
     if compared:
         return [peers.ShmqPeer(c) for c in compared]
     shmq_rows = configs.strategy_rows()[-1:] if args.no_strategies else configs.strategy_rows()
@@ -203,7 +209,8 @@ def _median_row(runs: list[Row]) -> Row:
         values = [getattr(r, name) for r in runs if getattr(r, name) is not None]
         return statistics.median(values) if values else None
 
-    figures = ("msgs_per_s", "gb_per_s", "cpu_us_per_msg", "p50_us", "p99_us", "idle_cpu_pct", "wake_p50_us")
+    figures = ("msgs_per_s", "gb_per_s", "cpu_us_per_msg", "p50_us", "p99_us", "idle_cpu_pct", "wake_p50_us",
+               "writer_rss_mb", "reader_rss_mb")
     lost = [r.lost for r in runs if r.lost is not None]
     return dataclasses.replace(runs[0], **{name: median(name) for name in figures},
                                lost=sum(lost) if lost else None,

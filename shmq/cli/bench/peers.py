@@ -26,7 +26,10 @@ import os
 import pickle
 import queue as queue_module
 import shutil
+import socket
 import struct
+import subprocess
+import sys
 import time
 
 from .configs import ShmqConfig
@@ -190,6 +193,86 @@ class _ShmqLeaseReceiver(_ShmqReceiver):
                 return fields(message)
         except self._timed_out:
             return None
+
+
+# -- shmq across hosts (here: loopback TCP) -----------------------------------------------------------
+class ShmqRemotePeer(Peer):
+    """shmq with every reader remote: each holds a remote slot over TCP (acknowledged, resumable)."""
+
+    is_shmq = True
+    label = "shmq remote readers (tcp)"
+
+    def open(self, workload: Workload, workdir: str) -> Link:
+        import shmq
+
+        writer = shmq.create(0, name=f"bench-{os.getpid()}", n_remote_readers=workload.n_readers)
+        return _ShmqRemoteLink(writer)
+
+
+class _ShmqRemoteLink(_ShmqLink):
+    def __init__(self, writer) -> None:
+        super().__init__(writer, ShmqConfig(label=""))
+
+    def receiver(self, index: int) -> Receiver:
+        import shmq
+
+        return _ShmqReceiver(shmq.attach_remote(self._handle, index), shmq.QueueTimeout)
+
+
+class ShmqRelayPeer(Peer):
+    """shmq across a host boundary the recommended way: one remote reader, ``shmq relay``, in its own
+    process, republishing into a local queue that the N readers read from shared memory."""
+
+    is_shmq = True
+    label = "shmq relay (tcp) -> local readers"
+
+    def open(self, workload: Workload, workdir: str) -> Link:
+        import shmq
+
+        writer = shmq.create(0, name=f"bench-{os.getpid()}", n_remote_readers=1)
+        relay = subprocess.Popen([sys.executable, "-m", "shmq", "relay", str(writer.handle), "--readers",
+                                  str(workload.n_readers), "--name", f"bench-relay-{os.getpid()}"],
+                                 stdout=subprocess.PIPE, text=True)
+        return _ShmqRelayLink(writer, relay, relay.stdout.readline().strip())
+
+
+class _ShmqRelayLink(_ShmqLink):
+    def __init__(self, writer, relay: subprocess.Popen, local_handle: str) -> None:
+        super().__init__(writer, ShmqConfig(label=""))
+        self._relay = relay
+        self._local = local_handle
+
+    def receiver(self, index: int) -> Receiver:
+        import shmq
+
+        return _ShmqReceiver(shmq.attach(self._local, reader=index), shmq.QueueTimeout)
+
+    def close(self) -> None:
+        super().close()  # the origin closes: the relay closes its queue and exits
+        try:
+            self._relay.wait(10)
+        except subprocess.TimeoutExpired:
+            self._relay.kill()
+            self._relay.wait()
+        self._relay.stdout.close()
+
+
+class ZmqTcpPeer(Peer):
+    """pyzmq PUB/SUB over loopback TCP, HWM=0 (lossless while nobody is slow, unbounded memory if one is)."""
+
+    label = "pyzmq PUB/SUB tcp (HWM=0)"
+    module = "zmq"
+
+    def open(self, workload: Workload, workdir: str) -> Link:
+        with socket.socket() as probe:  # a free port; PUB binds it after the fork
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        return _ZmqLink(f"tcp://127.0.0.1:{port}", zero_copy=workload.array_bytes > 0)
+
+
+def remote_rows(*, zmq: bool) -> list[Peer]:
+    """The transports across hosts (over loopback here), in table order."""
+    return [ShmqRemotePeer(), ShmqRelayPeer(), *([ZmqTcpPeer()] if zmq else [])]
 
 
 # -- multiprocessing.Queue -------------------------------------------------------------------

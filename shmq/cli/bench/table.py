@@ -24,6 +24,9 @@ class Row:
     p99_us: float | None = None  #: ack-paced one-way latency, 99th percentile
     idle_cpu_pct: float | None = None  #: CPU of the busiest reader waiting on an empty queue, % of a core
     wake_p50_us: float | None = None  #: send to receipt by a reader that had parked, median
+    writer_rss_mb: float | None = None  #: the writer's anonymous memory gained in the throughput phase, MB
+    reader_rss_mb: float | None = None  #: the most any reader's anonymous memory gained in it, MB (a forked
+    #: reader counts the pages it copies on write from the writer too)
     lost: int | None = None  #: messages missing, duplicated or corrupted, summed over readers
     note: str = ""  #: skipped, stalled, timeout, or what a limit row measures
 
@@ -33,7 +36,7 @@ class Row:
 
 
 HEADER = ("workload", "N", "transport", "msgs/s", "vs best peer", "GB/s per reader", "CPU µs/msg", "p50 µs",
-          "p99 µs", "idle CPU %", "wake p50 µs", "lost", "note")
+          "p99 µs", "idle CPU %", "wake p50 µs", "writer +MB", "reader +MB", "lost", "note")
 
 
 def best_peer_rate(rows: list[Row], workload: str, n_readers: int) -> float | None:
@@ -52,6 +55,7 @@ def markdown(rows: list[Row]) -> str:
                  ratio, _number(r.gb_per_s, 2 if (r.gb_per_s or 0) >= 0.1 else 4), _number(r.cpu_us_per_msg, 1),
                  _number(r.p50_us, 1),
                  _number(r.p99_us, 1), _number(r.idle_cpu_pct, 1), _number(r.wake_p50_us, 1),
+                 _number(r.writer_rss_mb, 1), _number(r.reader_rss_mb, 1),
                  "" if r.lost is None else str(r.lost), r.note)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

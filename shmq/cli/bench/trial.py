@@ -67,7 +67,17 @@ class ReaderReport:
     wakes_ns: tuple = ()
     idle_cpu_s: float = 0.0
     idle_wall_s: float = 0.0
+    rss_growth: int = 0  #: anonymous memory gained during the throughput phase, bytes
     error: str = ""
+
+
+def rss_anon() -> int:
+    """This process's anonymous resident memory (heap, sockets' buffers), not the shared memory it maps."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 # -- reader process ------------------------------------------------------------------------------
@@ -100,6 +110,7 @@ def _read_phases(receiver, index: int, workload: Workload, plan: Plan, board: Bo
     # 1. throughput: count gaps and surprises, stamp the moment the last message is in.
     end = plan.throughput
     expect = received = lost = 0
+    rss0 = rss_anon()
     cpu0 = time.process_time()
     while expect < end:
         got = take(stall)
@@ -116,6 +127,7 @@ def _read_phases(receiver, index: int, workload: Workload, plan: Plan, board: Bo
         expect = max(expect, seq + 1)
     done_ns = time.perf_counter_ns()
     throughput_cpu = time.process_time() - cpu0
+    rss_growth = rss_anon() - rss0
     lost += end - expect
     acked[index] = end
 
@@ -147,7 +159,7 @@ def _read_phases(receiver, index: int, workload: Workload, plan: Plan, board: Bo
         idle_cpu, idle_wall = time.process_time() - cpu0, time.perf_counter() - wall0
     return ReaderReport(index, received=received, lost=lost, done_ns=done_ns, throughput_cpu_s=throughput_cpu,
                         latencies_ns=samples["latency"], wakes_ns=samples["wake"], idle_cpu_s=idle_cpu,
-                        idle_wall_s=idle_wall)
+                        idle_wall_s=idle_wall, rss_growth=rss_growth)
 
 
 # -- trial process (the writer) ---------------------------------------------------------------------
@@ -178,7 +190,7 @@ def _run_trial(peer: Peer, workload: Workload, plan: Plan, workdir: str) -> Row:
             readers.append(p)
         sender = link.sender()
         try:
-            t0, writer_cpu, note = _write_phases(sender, workload, plan, board)
+            t0, writer_cpu, writer_rss, note = _write_phases(sender, workload, plan, board)
             reports = _collect(pipes, readers, plan)
         finally:
             sender.close()
@@ -186,22 +198,24 @@ def _run_trial(peer: Peer, workload: Workload, plan: Plan, workdir: str) -> Row:
         for p in readers:
             reap(p, 2)
         link.close()
-    return _summarize(peer, workload, plan, t0, writer_cpu, reports, note)
+    return _summarize(peer, workload, plan, t0, writer_cpu, writer_rss, reports, note)
 
 
-def _write_phases(sender, workload: Workload, plan: Plan, board: Board) -> tuple[int, float, str]:
-    """Send every phase; returns the first send's time, the throughput phase's CPU time and a note."""
+def _write_phases(sender, workload: Workload, plan: Plan, board: Board) -> tuple[int, float, int, str]:
+    """Send every phase; returns the first send's time, the throughput phase's CPU time and anonymous
+    memory growth (until every reader had it), and a note."""
     ready, acked = board.views()
     n = workload.n_readers
     deadline = time.monotonic() + plan.stall_s
     while sum(ready) < n:
         if time.monotonic() > deadline:
-            return 0, 0.0, f"stalled: {n - sum(ready)} readers never became ready"
+            return 0, 0.0, 0, f"stalled: {n - sum(ready)} readers never became ready"
         if sender.probe:
             sender.send(PROBE)
         time.sleep(0.001)
 
     make, send = workload.maker(), sender.send
+    rss0 = rss_anon()
     cpu0 = time.process_time()
     t0 = time.perf_counter_ns()
     for seq in range(plan.throughput):
@@ -209,7 +223,8 @@ def _write_phases(sender, workload: Workload, plan: Plan, board: Board) -> tuple
     cpu = time.process_time() - cpu0  # what sending cost; waiting for the readers below is not counted
     seq = plan.throughput
     if not _await_acks(acked, seq, plan.stall_s, sleep_s=0.0005):
-        return t0, cpu, "stalled after the throughput phase"
+        return t0, cpu, 0, "stalled after the throughput phase"
+    rss = rss_anon() - rss0
     for count, gap in ((plan.latency, 0.0), (plan.wake, plan.wake_gap_s)):
         for _ in range(count):
             if gap:
@@ -217,8 +232,8 @@ def _write_phases(sender, workload: Workload, plan: Plan, board: Board) -> tuple
             send(make(seq))
             seq += 1
             if not _await_acks(acked, seq, plan.stall_s, sleep_s=0.0):
-                return t0, cpu, f"stalled: no acknowledgement of message {seq - 1}"
-    return t0, cpu, ""
+                return t0, cpu, rss, f"stalled: no acknowledgement of message {seq - 1}"
+    return t0, cpu, rss, ""
 
 
 def _await_acks(acked: memoryview, target: int, stall_s: float, sleep_s: float) -> bool:
@@ -260,7 +275,7 @@ def _percentile(sorted_values: list, q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def _summarize(peer: Peer, workload: Workload, plan: Plan, t0: int, writer_cpu_s: float,
+def _summarize(peer: Peer, workload: Workload, plan: Plan, t0: int, writer_cpu_s: float, writer_rss: int,
                reports: list[ReaderReport], note: str) -> Row:
     errors = [r.error for r in reports if r.error]
     if errors:
@@ -281,6 +296,8 @@ def _summarize(peer: Peer, workload: Workload, plan: Plan, t0: int, writer_cpu_s
         p99_us=_percentile(latencies, 0.99) / 1e3 if latencies else None,
         idle_cpu_pct=max(idle) if idle else None,
         wake_p50_us=_percentile(wakes, 0.5) / 1e3 if wakes else None,
+        writer_rss_mb=writer_rss / 1e6 if elapsed_ns > 0 else None,
+        reader_rss_mb=max(r.rss_growth for r in reports) / 1e6 if elapsed_ns > 0 else None,
         lost=lost, note=note,
     )
 
