@@ -86,6 +86,21 @@ def test_compare_runs_each_configuration_side_by_side(tmp_path):
     assert "median of 2 interleaved runs" in done.stdout
 
 
+@pytest.mark.timeout(90)
+def test_quick_remote_benchmark_has_every_row_its_memory_and_loses_nothing(tmp_path):
+    report = tmp_path / "remote.json"
+    done = run_bench("shmq", "bench", "--remote", "--quick", "--workloads", "small-1,small-4", "--idle-seconds", "0.1",
+                     "--json", str(report), timeout=80)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(report.read_text())["rows"]
+    labels = [p.label for p in peers.remote_rows(zmq=True)]
+    assert [(r["workload"], r["n_readers"], r["transport"]) for r in rows] == \
+        [("small", n, label) for n in (1, 4) for label in labels]
+    for r in rows:
+        assert r["lost"] == 0 and r["msgs_per_s"] > 0 and r["p99_us"] >= r["p50_us"] > 0, r
+        assert r["writer_rss_mb"] is not None and r["reader_rss_mb"] is not None, r
+
+
 def test_compare_specs_parse_into_configurations():
     on, off = configs.parse_specs("stats=on, wait=BusySpin+stats=off+n_chunks=64")
     assert (on.stats, on.wait) == (True, "SpinYieldPark")
