@@ -15,7 +15,7 @@ UID = "shmq-overview"
 TITLE = "shmq / overview"
 
 QUEUES = Q.matches(N.LABEL_QUEUE, "$queue")
-READERS = (QUEUES, Q.eq(N.LABEL_ROLE, Q.ROLE_READER), Q.matches(N.LABEL_READER, "$reader"))
+READERS = (QUEUES, Q.readers(), Q.matches(N.LABEL_READER, "$reader"))
 # The writer carries an empty reader label, so "$reader|" keeps it whatever readers are selected.
 PARTICIPANTS = (QUEUES, Q.matches(N.LABEL_READER, "$reader|"))
 WHO = "{{queue}} {{role}} {{reader}}"

@@ -15,8 +15,6 @@ JOB_EXPORTER = "shmq"
 JOB_WATCHDOG = "shmq-watchdog"
 
 PARTICIPANT = (N.LABEL_QUEUE, N.LABEL_ROLE, N.LABEL_READER)
-ROLE_WRITER = "writer"
-ROLE_READER = "reader"
 
 
 def eq(label: str, value: str) -> str:
@@ -57,16 +55,21 @@ def progress_age(*matchers: str) -> str:
     return f"time() - {series(N.LAST_PROGRESS, *matchers)}"
 
 
+def readers() -> str:
+    """The matcher of every reader, local or remote."""
+    return matches(N.LABEL_ROLE, f"{N.ROLE_READER}|{N.ROLE_REMOTE_READER}")
+
+
 def reader_stuck_age(*matchers: str) -> str:
     """Seconds since a reader with messages pending last moved; a reader without lag (idle) has no series."""
-    reader = eq(N.LABEL_ROLE, ROLE_READER)
+    reader = readers()
     return (f"({progress_age(reader, *matchers)}) and on (instance, {N.LABEL_QUEUE}, {N.LABEL_READER}) "
             f"({series(N.READER_LAG, reader, *matchers)} > 0)")
 
 
 def writer_stuck_age(*matchers: str) -> str:
     """Seconds since a writer waiting for room in the ring last moved; a writer with nothing to send has no series."""
-    writer = eq(N.LABEL_ROLE, ROLE_WRITER)
+    writer = eq(N.LABEL_ROLE, N.ROLE_WRITER)
     return (f"({progress_age(writer, *matchers)}) and on (instance, {N.LABEL_QUEUE}) "
             f"({in_state(ParticipantState.WAITING_WRITE, writer, *matchers)})")
 

@@ -40,7 +40,8 @@ class WriterDead(PeerDead):
 
 
 class ConnectionLost(PeerDead):
-    """A remote reader's connection to the writer stayed lost for its grace: the network or the writer's host is down."""
+    """A remote reader's connection to the writer stayed lost for its grace: the network or the writer's host
+    is down."""
 
 
 class NotAuthorized(ShmqError, PermissionError):

@@ -47,7 +47,8 @@ kept beside it rather than replacing it.
 Each participant record is written by exactly one process, its owner; the only
 exception is a writer marking a *dead* reader evicted, when the owner can no
 longer write. A remote reader's record is written by the writer's process (its
-remote server), from what the reader reports over the network. Records are whole cache lines apart, so readers never false-share.
+remote server), from what the reader reports over the network. Records are whole
+cache lines apart, so readers never false-share.
 """
 
 from __future__ import annotations

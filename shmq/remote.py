@@ -256,7 +256,7 @@ class RemoteServer:
         w[rec + R_PROGRESS] = now
         w[rec + R_ATTACHES] += 1
         off = L.record_offset(1 + slot.index) + L.REC_HOST
-        self._buf[off : off + L.HOST_BYTES] = L.encode_text(slot.host[:40], L.HOST_BYTES, "host")
+        self._buf[off : off + L.HOST_BYTES] = slot.host.encode()[: L.HOST_BYTES - 1].ljust(L.HOST_BYTES, b"\0")
 
     # -- the thread ---------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -322,7 +322,7 @@ class RemoteServer:
 
     def _hello(self, peer: bytes, body: bytes) -> None:
         number, resume, pid, token = _HELLO.unpack_from(body, 1)
-        host = body[1 + _HELLO.size :].decode("utf-8", "replace")
+        host = body[1 + _HELLO.size :][: L.HOST_BYTES - 1].decode("utf-8", "ignore")  # what the record holds
         if not 0 <= number < len(self._slots):
             self._refuse(peer, f"queue {self._queue_name!r} has {len(self._slots)} remote reader slots; there is "
                                f"no remote reader {number}")
@@ -535,7 +535,8 @@ class RemoteReader(Receiving):
                                    "(the writer's public certificate)")
         keys = None
         if secret_key is not None:
-            keys = (*_certificate(secret_key, "secret_key", secret=True), _certificate(server_key, "server_key", False)[0])
+            server_public, _ = _certificate(server_key, "server_key", secret=False)
+            keys = (*_certificate(secret_key, "secret_key", secret=True), server_public)
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
         if keys is not None:
@@ -554,7 +555,7 @@ class RemoteReader(Receiving):
         self._messages = self._bytes = 0
         self._acked = 0
         self._state = 0
-        self._assembly = None  # (first, total, flags, traceparent, bytearray) of a message in pieces
+        self._assembly = None  # (first frame, total, flags, bytearray) of a message in pieces
         self._kept = None  # a message whose decode an exception interrupted: the next get()'s
         self._resumed_at = -1  # the frame the last resume asked for
         self._unacked_cost = 0  # what the frames consumed since the last acknowledgement count in the window
@@ -799,8 +800,8 @@ class RemoteReader(Receiving):
             elif event == zmq.EVENT_DISCONNECTED and self._lost_since is None:
                 self._lost_since = time.monotonic_ns()
             elif event & _HANDSHAKE_FAILED:
-                raise NotAuthorized(f"the writer of queue {self.queue_name!r} at {self._endpoint} refused remote reader "
-                                    f"{self.slot}'s handshake: CurveZMQ keys missing, unknown to the writer "
+                raise NotAuthorized(f"the writer of queue {self.queue_name!r} at {self._endpoint} refused remote "
+                                    f"reader {self.slot}'s handshake: CurveZMQ keys missing, unknown to the writer "
                                     "(remote_authorized_keys), or given where the writer has none")
 
     def _check_writer(self, now: int) -> None:
@@ -809,7 +810,7 @@ class RemoteReader(Receiving):
         silent = now - self._heard
         if silent < 2 * TICK_S * 1e9:
             return
-        if self._writer_host == socket_module.gethostname() and not procs.is_alive(self._writer_pid, self._writer_start):
+        if self._writer_host == self._host and not procs.is_alive(self._writer_pid, self._writer_start):
             raise WriterDead(f"the writer (pid {self._writer_pid}) of queue {self.queue_name!r} died; remote reader "
                              f"{self.slot} received every frame below {self._expected}")
         if silent < self._grace_ns:

@@ -39,7 +39,7 @@ log = logging.getLogger("shmq.exporter")
 
 _PARTICIPANT = (N.LABEL_QUEUE, N.LABEL_ROLE, N.LABEL_READER)
 _QUEUE = (N.LABEL_QUEUE,)
-_ROLE = {L.Role.WRITER: "writer", L.Role.READER: "reader", L.Role.REMOTE_READER: "remote_reader"}
+_ROLE = {L.Role.WRITER: N.ROLE_WRITER, L.Role.READER: N.ROLE_READER, L.Role.REMOTE_READER: N.ROLE_REMOTE_READER}
 _STATES = tuple((state, state.name.lower()) for state in L.ParticipantState)
 _BUCKET_BOUNDS = tuple(floatToGoString(bound) for bound in L.HISTOGRAM_UPPER_BOUNDS_S) + ("+Inf",)
 

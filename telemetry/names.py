@@ -11,7 +11,8 @@ PREFIX = "shmq"
 
 # Labels
 LABEL_QUEUE = "queue"
-LABEL_ROLE = "role"  # "writer", "reader" or "remote_reader"
+LABEL_ROLE = "role"  # one of the ROLE_ values below
+ROLE_WRITER, ROLE_READER, ROLE_REMOTE_READER = "writer", "reader", "remote_reader"
 LABEL_READER = "reader"  # the reader index; "" for the writer
 LABEL_STATE = "state"
 LABEL_RULE = "rule"
