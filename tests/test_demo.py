@@ -6,11 +6,15 @@ the line-per-event log): the default stall, and a healthy run.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import sysconfig
 
 import pytest
+
+from shmq.cli import demo as demo_module
 
 from .watchdog_harness import ROOT
 
@@ -71,3 +75,15 @@ def test_a_healthy_run_raises_no_alert_never_blocks_and_loses_nothing():
     assert "\nthe engine's writer never blocked: no put found the ring full\n" in out
     assert "\nwatchdog: 0 alerts raised, 0 cleared\n" in out
     assert out.endswith("\nverdict: healthy run, 0 alerts; 0 lost\n"), out
+
+
+def test_an_alerts_main_thread_shows_its_innermost_frame_and_the_function_of_the_application_it_is_in():
+    numpy_methods = os.path.join(sysconfig.get_paths()["purelib"], "numpy", "core", "_methods.py")
+    stack = "\n".join([
+        "Current thread 0x00007f0000000001 (most recent call first):",
+        f'  File "{numpy_methods}", line 49 in _sum',
+        f'  File "{demo_module.__file__}", line 95 in <listcomp>',
+        f'  File "{demo_module.__file__}", line 95 in worker',
+        f'  File "{os.path.join(sysconfig.get_paths()["stdlib"], "multiprocessing", "process.py")}", line 108 in run',
+    ])
+    assert demo_module.main_thread_frames(stack) == ["_sum (_methods.py:49)", "worker (demo.py:95)"]

@@ -363,6 +363,9 @@ def describe_event(event: dict) -> str:
     return line
 
 
+_COMPREHENSIONS = ("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>")  # frames of their own before Python 3.12
+
+
 def main_thread_frames(stack: str) -> list[str]:
     """Where the main thread is, from an event's stack: its innermost frame and, if that is inside
     shmq, the standard library or an installed package (numpy), the innermost frame of the application."""
@@ -371,7 +374,8 @@ def main_thread_frames(stack: str) -> list[str]:
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     paths = sysconfig.get_paths()
     library = (package, paths["stdlib"], paths["purelib"], paths["platlib"])
-    caller = next((f for f in frames if not f.file.startswith(library) or f.file == os.path.abspath(__file__)), None)
+    caller = next((f for f in frames if (not f.file.startswith(library) or f.file == os.path.abspath(__file__))
+                   and f.function not in _COMPREHENSIONS), None)  # the function a comprehension runs in
     shown = frames[:1] + ([caller] if caller is not None and caller is not frames[0] else [])
     return [f"{f.function} ({os.path.basename(f.file)}:{f.line})" for f in shown]
 
