@@ -70,6 +70,7 @@ def frame_cost(frame: int) -> int:
     """What a frame of `frame` payload bytes in flight counts against the window."""
     return L.frame_stride(frame) + ZMQ_MESSAGE_BYTES
 _POLL_MS = 50  # how often a blocked get() looks at cancel(), the connection and the grace
+ZERO_COPY_BYTES = 64 << 10  # payloads a reader takes from ZeroMQ without a copy (below, the copy is cheaper)
 # A refused handshake (a connection closed during one, NO_DETAIL, is a network fault, not a refusal)
 _HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
@@ -748,19 +749,21 @@ class RemoteReader(Receiving):
         sock = self._socket
         while True:
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                head = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
             self._heard = time.monotonic_ns()
-            kind = parts[0][:1]
+            kind = head[:1]
             if kind == FRAME:
-                seq = _FRAME.unpack_from(parts[0], 1)[0]
+                seq, frame = _FRAME.unpack_from(head, 1)[:2]
+                # A large payload is not copied out of ZeroMQ's message: what takes it copies it once.
+                payload = sock.recv(copy=frame < ZERO_COPY_BYTES) if sock.getsockopt(zmq.RCVMORE) else b""
                 if seq == self._expected:
-                    return parts
+                    return [head, payload if payload.__class__ is bytes else payload.buffer]
                 if seq > self._expected:  # frames lost on the way (a dropped connection): from where we are
                     self._resume()
                 continue  # seq < expected: sent again after a resume, and we have it
-            self._control(kind, parts[0])
+            self._control(kind, head)
         # Nothing to read: acknowledge what we consumed (the writer may wait for it), then wait a slice.
         if self._acked != self._expected or self._state != WAITING_READ:
             self._ack(WAITING_READ)
