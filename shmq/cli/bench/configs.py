@@ -8,6 +8,7 @@ A spec is one configuration: ``key=value`` options joined by ``+``, for example
                          constructor arguments, e.g. wait=SpinYieldPark:spins=50:yields=100
     stats=on|off         per-participant counters (shmq.create(stats=...))
     recorder=on|off      the flight recorder (shmq.create(flight_entries=0) turns it off)
+    flight_entries=INT   the flight recorder's entries per participant (a power of two; 0: off)
     lease=on|off         readers take messages with reader.lease() (zero-copy) instead of get()
     hooks=MODULE:NAME    NAME() is called in the writer and in every reader process and its
                          result is installed with shmq.hooks.install() (e.g. tracing hooks);
@@ -50,7 +51,8 @@ class ShmqConfig:
     label: str  #: what the table's peer column shows
     wait: str = "SpinYieldPark"  #: name of a strategy in shmq.wait.ALL, then ":key=value" arguments
     stats: bool = True  #: shmq.create(stats=...)
-    recorder: bool = True  #: the flight recorder, at its default size
+    recorder: bool = True  #: the flight recorder
+    flight_entries: int | None = None  #: its size; None: shmq's default
     lease: bool = False  #: read with reader.lease() instead of reader.get()
     hooks: str = ""  #: "module:callable" returning MessageHooks, or "" for none
     build: str = ""  #: the checkout whose shmq package the row runs; "" for this one
@@ -63,7 +65,8 @@ class ShmqConfig:
         geometry = {key: value for key, value in (("ring_bytes", self.ring_bytes), ("chunk_bytes", self.chunk_bytes),
                                                   ("n_chunks", self.n_chunks)) if value is not None}
         return {"wait": self.strategy(), "stats": self.stats, **geometry,
-                **({} if self.recorder else {"flight_entries": 0})}
+                **({} if self.recorder and self.flight_entries is None else
+                   {"flight_entries": self.flight_entries if self.recorder else 0})}
 
     def module(self):
         """The shmq package this row runs: this one, or the one in `build`."""
@@ -126,13 +129,13 @@ def _parse_value(key: str, value: str, spec: str):
         if ":" not in value:
             raise ValueError(f"--compare {spec!r}: hooks must be MODULE:CALLABLE, not {value!r}")
         return value
-    if key in ("ring_bytes", "chunk_bytes", "n_chunks"):
+    if key in ("ring_bytes", "chunk_bytes", "n_chunks", "flight_entries"):
         try:
             return int(value, 0)
         except ValueError:
             raise ValueError(f"--compare {spec!r}: {key} must be an integer, not {value!r}") from None
-    raise ValueError(f"--compare {spec!r}: unknown key {key!r} (use wait, stats, recorder, lease, hooks, build, "
-                     "ring_bytes, chunk_bytes, n_chunks)")
+    raise ValueError(f"--compare {spec!r}: unknown key {key!r} (use wait, stats, recorder, flight_entries, lease, "
+                     "hooks, build, ring_bytes, chunk_bytes, n_chunks)")
 
 
 @functools.cache
