@@ -641,6 +641,7 @@ class RemoteReader(Receiving):
     def _next_message(self, timeout: float | None) -> tuple[Any, list, int]:
         if self._cancelled or self._closed:
             raise QueueClosed(f"remote reader {self.slot} of queue {self.queue_name!r} was cancelled or closed")
+        self._ack_if_due()
         deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
         wait_start = time.monotonic_ns()
         waited = False
@@ -701,6 +702,7 @@ class RemoteReader(Receiving):
         whole[offset : offset + frame] = payload
         if not flags & L.FRAME_LAST:
             self._consumed(seq, frame, 0, 0)
+            self._ack_if_due()  # a message larger than the window streams only if its pieces are
             return None
         self._assembly = None
         self._consumed(seq, frame, 1, total)
@@ -725,13 +727,17 @@ class RemoteReader(Receiving):
         return message
 
     def _consumed(self, seq: int, frame: int, messages: int, nbytes: int) -> None:
-        """Frame `seq` (of `frame` bytes) is ours: acknowledge in batches while a backlog lasts, of
-        ACK_EVERY frames or a quarter of the window, so the writer's sending never stops for an
-        acknowledgement; and before any wait."""
+        """Frame `seq` (of `frame` bytes) is ours."""
         self._expected = seq + 1
         self._messages += messages
         self._bytes += nbytes
         self._unacked_cost += frame_cost(frame)
+
+    def _ack_if_due(self) -> None:
+        """Acknowledge in batches while a backlog lasts, of ACK_EVERY frames or a quarter of the window, so
+        the writer's sending never stops for an acknowledgement. Called when a get() begins (what it
+        acknowledges, earlier calls returned: a reader killed now loses nothing to its successor) and
+        between the pieces of a message; a reader also acknowledges before it waits."""
         if self._expected - self._acked >= ACK_EVERY or 4 * self._unacked_cost >= self._window:
             self._ack(BUSY)
 
