@@ -15,6 +15,7 @@ part starts with a kind byte:
   server -> reader  WELCOME  start cursor, window, frame size, writer pid, start time, host
                     REFUSED  why
                     FRAME    seq, frame bytes, message bytes, flags, [traceparent]; then the payload
+                    BATCH    small frames back to back, each as a FRAME's two parts would be
                     TICK     the writer's cursor, once a second: the writer's heartbeat
                     END      the writer closed after frame c
                     EVICTED  why
@@ -61,6 +62,7 @@ TICK_S = 1.0  # the server's heartbeat to each reader, and its check of each slo
 ZMQ_HEARTBEAT_MS = 1000  # ZeroMQ's own pings: a connection silent for ZMQ_HEARTBEAT_TIMEOUT_MS is closed
 ZMQ_HEARTBEAT_TIMEOUT_MS = 3000
 ACK_EVERY = 64  # frames a reader consumes between acknowledgements while a backlog lasts
+BATCH_BYTES = 64 << 10  # frames below this go to a reader in batches of about this size
 # What a frame in flight costs against the window: its ring bytes, and what libzmq allocates beside each
 # message it queues (measured here: ~12.5 KiB per message over 8 KiB, ~1 KiB for a 1 KB one).
 ZMQ_MESSAGE_BYTES = 16 << 10
@@ -75,7 +77,7 @@ ZERO_COPY_BYTES = 64 << 10  # payloads a reader takes from ZeroMQ without a copy
 _HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
 HELLO, ACK, BYE = b"H", b"A", b"B"
-WELCOME, REFUSED, FRAME, TICK, END, EVICTED = b"W", b"R", b"F", b"T", b"E", b"X"
+WELCOME, REFUSED, FRAME, BATCH, TICK, END, EVICTED = b"W", b"R", b"F", b"M", b"T", b"E", b"X"
 _HELLO = struct.Struct("<Iqi16s")  # slot, resume cursor (-1: new), pid, token; the host follows
 _ACK = struct.Struct("<QQQQ")  # cursor, messages, bytes, state
 _WELCOME = struct.Struct("<QQQQiQ")  # start cursor, window, frame bytes, max message bytes, writer pid, start time
@@ -438,35 +440,61 @@ class RemoteServer:
         """Send each connected slot what is published and fits its window. Returns whether anything
         went, and whether a slot has sent everything published with room left in its window."""
         self._seen_cursor = self._words[W_WRITER_CURSOR]
-        buf, any_sent, hungry = self._buf, False, False
+        any_sent = hungry = False
         for slot in self._slots:
-            ring = slot.ring
-            while slot.connected and slot.peer is not None:
-                head = ring.head()
-                if head is None:
-                    hungry = True
+            sent, caught_up = self._send_slot(slot)
+            any_sent, hungry = any_sent or sent, hungry or caught_up
+        return any_sent, hungry
+
+    def _send_slot(self, slot: _Slot) -> tuple[bool, bool]:
+        """Send one slot what is published and fits its window: frames under BATCH_BYTES together, one
+        ZeroMQ message per batch (a message costs more than its bytes), larger ones alone."""
+        ring, buf = slot.ring, self._buf
+        batch, batch_bytes, sent = [], 0, False
+        while slot.connected and slot.peer is not None:
+            head = ring.head()
+            if head is None:
+                self._flush(slot, batch)
+                return sent, slot.connected
+            seq, frame, total, flags, position = L.FRAME_HEAD.unpack_from(buf, head)
+            if seq != ring.cursor or position != ring.position or frame > self._segment.frame_bytes:
+                # A header its writer cannot have written (a hostile edit): the reader hears of it.
+                self._flush(slot, batch)
+                batch, batch_bytes = [], 0
+                self._send(slot.peer, [FRAME + _FRAME.pack(ring.cursor, 0, 0, L.FRAME_ABORT)], slot)
+                slot.forget_in_flight()
+                ring.skip()
+                continue
+            cost = frame_cost(frame)
+            if slot.in_flight_bytes and slot.in_flight_bytes + cost > self.window_bytes:
+                break
+            header = FRAME + _FRAME.pack(seq, frame, total, flags)
+            if flags & L.FRAME_TRACED:
+                header += bytes(buf[head + L.FRAME_TRACEPARENT : head + L.FRAME_TRACEPARENT + L.TRACEPARENT_BYTES])
+            payload = buf[head + L.FRAME_HEADER_BYTES : head + L.FRAME_HEADER_BYTES + frame]
+            if frame < BATCH_BYTES:
+                batch += (header, payload)
+                batch_bytes += len(header) + frame
+            else:  # after the batch before it, alone
+                if batch and not self._flush(slot, batch):
                     break
-                seq, frame, total, flags, position = L.FRAME_HEAD.unpack_from(buf, head)
-                if seq != ring.cursor or position != ring.position or frame > self._segment.frame_bytes:
-                    # A header its writer cannot have written (a hostile edit): the reader hears of it.
-                    self._send(slot.peer, [FRAME + _FRAME.pack(ring.cursor, 0, 0, L.FRAME_ABORT)], slot)
-                    slot.forget_in_flight()
-                    ring.skip()
-                    continue
-                cost = frame_cost(frame)
-                if slot.in_flight_bytes and slot.in_flight_bytes + cost > self.window_bytes:
-                    break
-                header = FRAME + _FRAME.pack(seq, frame, total, flags)
-                if flags & L.FRAME_TRACED:
-                    header += bytes(buf[head + L.FRAME_TRACEPARENT : head + L.FRAME_TRACEPARENT + L.TRACEPARENT_BYTES])
-                payload = buf[head + L.FRAME_HEADER_BYTES : head + L.FRAME_HEADER_BYTES + frame]
+                batch, batch_bytes = [], 0
                 if not self._send(slot.peer, [header, payload], slot):
                     break
-                ring.release_read()
-                slot.in_flight.append((ring.cursor, ring.position, cost))
-                slot.in_flight_bytes += cost
-                any_sent = True
-        return any_sent, hungry
+            ring.release_read()
+            slot.in_flight.append((ring.cursor, ring.position, cost))
+            slot.in_flight_bytes += cost
+            sent = True
+            if batch_bytes >= BATCH_BYTES:
+                if not self._flush(slot, batch):
+                    break
+                batch, batch_bytes = [], 0
+        self._flush(slot, batch)
+        return sent, False
+
+    def _flush(self, slot: _Slot, batch: list) -> bool:
+        """Send a batch of frames (header, payload, header, payload...); whether it went."""
+        return bool(batch) and slot.connected and self._send(slot.peer, [BATCH + b"".join(batch)], slot)
 
     def _tick(self, now: int) -> None:
         """Once a second: each holder hears the writer is alive; a lost slot past the grace is dead."""
@@ -560,6 +588,8 @@ class RemoteReader(Receiving):
         self._kept = None  # a message whose decode an exception interrupted: the next get()'s
         self._resumed_at = -1  # the frame the last resume asked for
         self._unacked_cost = 0  # what the frames consumed since the last acknowledgement count in the window
+        self._batch: memoryview | None = None  # a BATCH being read, and where its next frame is
+        self._batch_at = 0
         try:
             self._claim(range(handle.n_remote_readers) if reader is None else [reader], timeout)
         except BaseException:
@@ -754,22 +784,33 @@ class RemoteReader(Receiving):
         """The next frame we expect ([header, payload]), handling what else comes; None after a wait slice."""
         sock = self._socket
         while True:
-            try:
-                head = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self._heard = time.monotonic_ns()
-            kind = head[:1]
-            if kind == FRAME:
-                seq, frame = _FRAME.unpack_from(head, 1)[:2]
+            if self._batch is not None:
+                parts = self._from_batch()
+            else:
+                try:
+                    head = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._heard = time.monotonic_ns()
+                kind = head[:1]
+                if kind == BATCH:
+                    self._batch, self._batch_at = memoryview(head), 1
+                    continue
+                if kind != FRAME:
+                    self._control(kind, head)
+                    continue
+                frame = _FRAME.unpack_from(head, 1)[1]
                 # A large payload is not copied out of ZeroMQ's message: what takes it copies it once.
                 payload = sock.recv(copy=frame < ZERO_COPY_BYTES) if sock.getsockopt(zmq.RCVMORE) else b""
-                if seq == self._expected:
-                    return [head, payload if payload.__class__ is bytes else payload.buffer]
-                if seq > self._expected:  # frames lost on the way (a dropped connection): from where we are
-                    self._resume()
-                continue  # seq < expected: sent again after a resume, and we have it
-            self._control(kind, head)
+                parts = [head, payload if payload.__class__ is bytes else payload.buffer]
+            if parts is None:
+                continue
+            seq = _FRAME.unpack_from(parts[0], 1)[0]
+            if seq == self._expected:
+                return parts
+            if seq > self._expected:  # frames lost on the way (a dropped connection): from where we are
+                self._resume()
+            # seq < expected: sent again after a resume, and we have it
         # Nothing to read: acknowledge what we consumed (the writer may wait for it), then wait a slice.
         if self._acked != self._expected or self._state != WAITING_READ:
             self._ack(WAITING_READ)
@@ -785,6 +826,21 @@ class RemoteReader(Receiving):
         slice_ms = _POLL_MS if deadline is None else max(1, min(_POLL_MS, (deadline - now) // 1_000_000))
         sock.poll(slice_ms, zmq.POLLIN)
         return None
+
+    def _from_batch(self) -> list | None:
+        """The next frame of the batch being read ([header, payload], views of it), or None at its end."""
+        view, at = self._batch, self._batch_at
+        if at + 1 + _FRAME.size > len(view):
+            self._batch = None
+            return None
+        frame, flags = _FRAME.unpack_from(view, at + 1)[1::2]
+        body = at + 1 + _FRAME.size + (L.TRACEPARENT_BYTES if flags & L.FRAME_TRACED else 0)
+        if body + frame > len(view):
+            self._batch = None
+            raise CorruptMessage(f"queue {self.queue_name!r}: a batch of frames from the writer ends inside one; "
+                                 f"remote reader {self.slot} dropped the rest of it")
+        self._batch_at = body + frame
+        return [view[at:body], view[body : body + frame]]
 
     def _control(self, kind: bytes, body: bytes) -> None:
         if kind == END:
