@@ -9,7 +9,7 @@ what is in flight, hence what the writer's socket and the reader's socket can bu
 
 The protocol (ROUTER at the writer, DEALER at each reader). Every message is multipart; its first
 part starts with a kind byte:
-  reader -> server  HELLO  slot, pid, resume cursor (-1: a new reader), token, host
+  reader -> server  HELLO  slot, resume cursor (-1: a new reader), pid, token, host
                     ACK    frames consumed, message and byte totals, state (busy or waiting)
                     BYE    the reader closed
   server -> reader  WELCOME  start cursor, window, frame size, writer pid, start time, host
@@ -22,7 +22,8 @@ part starts with a kind byte:
 A connection that drops loses what was in flight; the reader's HELLO with its next expected frame
 resumes the slot there, and it drops anything it already has, so nothing is lost or duplicated.
 ZeroMQ heartbeats close a connection whose peer went silent; the server sees a slot's connection
-gone when a send to it fails (ROUTER_MANDATORY), and calls the reader dead after `grace_s` without one.
+gone when a send to it fails (ROUTER_MANDATORY), and calls the reader dead after `remote_grace_s`
+without one.
 """
 
 from __future__ import annotations
