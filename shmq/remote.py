@@ -9,11 +9,11 @@ what is in flight, hence what the writer's socket and the reader's socket can bu
 
 The protocol (ROUTER at the writer, DEALER at each reader). Every message is multipart; its first
 part starts with a kind byte:
-  reader -> server  HELLO  slot, resume cursor (-1: a new reader), pid, token, host
+  reader -> server  HELLO  the queue's instance id, slot, resume cursor (-1: a new reader), pid, token, host
                     ACK    frames consumed, message and byte totals, state (busy or waiting)
                     BYE    the reader closed
   server -> reader  WELCOME  start cursor, window, frame size, writer pid, start time, host
-                    REFUSED  why
+                    REFUSED  why (OTHER_QUEUE: the handle names another queue)
                     FRAME    seq, frame bytes, message bytes, flags, [traceparent]; then the payload
                     BATCH    small frames back to back, each as a FRAME's two parts would be
                     TICK     the writer's cursor, once a second: the writer's heartbeat
@@ -78,8 +78,8 @@ ZERO_COPY_BYTES = 64 << 10  # payloads a reader takes from ZeroMQ without a copy
 _HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
 HELLO, ACK, BYE = b"H", b"A", b"B"
-WELCOME, REFUSED, FRAME, BATCH, TICK, END, EVICTED = b"W", b"R", b"F", b"M", b"T", b"E", b"X"
-_HELLO = struct.Struct("<Iqi16s")  # slot, resume cursor (-1: new), pid, token; the host follows
+WELCOME, REFUSED, OTHER_QUEUE, FRAME, BATCH, TICK, END, EVICTED = b"W", b"R", b"Q", b"F", b"M", b"T", b"E", b"X"
+_HELLO = struct.Struct("<16sIqi16s")  # queue instance id, slot, resume cursor (-1: new), pid, token; the host follows
 _ACK = struct.Struct("<QQQQ")  # cursor, messages, bytes, state
 _WELCOME = struct.Struct("<QQQQiQ")  # start cursor, window, frame bytes, max message bytes, writer pid, start time
 _FRAME = struct.Struct("<QQQQ")  # seq, frame bytes, message bytes, flags; the traceparent follows if traced
@@ -325,8 +325,13 @@ class RemoteServer:
         return None
 
     def _hello(self, peer: bytes, body: bytes) -> None:
-        number, resume, pid, token = _HELLO.unpack_from(body, 1)
+        instance, number, resume, pid, token = _HELLO.unpack_from(body, 1)
         host = body[1 + _HELLO.size :][: L.HOST_BYTES - 1].decode("utf-8", "ignore")  # what the record holds
+        if instance.hex() != self._segment.instance_id:  # a stale or edited handle, or another writer's port
+            self._send(peer, [OTHER_QUEUE + f"the writer at this endpoint serves queue {self._queue_name!r} "
+                                            f"(instance {self._segment.instance_id}), not instance {instance.hex()}: "
+                                            "the handle is stale or was edited".encode()], None)
+            return
         if not 0 <= number < len(self._slots):
             self._refuse(peer, f"queue {self._queue_name!r} has {len(self._slots)} remote reader slots; there is "
                                f"no remote reader {number}")
@@ -559,6 +564,11 @@ class RemoteReader(Receiving):
         self._serializer = resolve(serializer)
         self._hooks = hooks if hooks is not None else hooks_module.installed()
         self._token = secrets.token_bytes(16)
+        try:
+            self._instance = bytes.fromhex(handle.instance_id)
+        except ValueError:
+            raise BadHandle(f"handle of queue {handle.name!r} has a malformed instance id "
+                            f"{handle.instance_id!r}") from None
         self._host = socket_module.gethostname()
         if (secret_key is None) != (server_key is None):
             raise BadQueueArgument("CurveZMQ needs both secret_key (this reader's certificate) and server_key "
@@ -624,7 +634,7 @@ class RemoteReader(Receiving):
             self._hello(self._expected)
 
     def _hello(self, resume: int) -> None:
-        body = HELLO + _HELLO.pack(self.slot, resume, os.getpid(), self._token) + self._host.encode()
+        body = HELLO + _HELLO.pack(self._instance, self.slot, resume, os.getpid(), self._token) + self._host.encode()
         self._socket.send(body)
 
     def _welcome(self, timeout: float) -> None:
@@ -641,10 +651,8 @@ class RemoteReader(Receiving):
                     self._welcomed(body)
                     self._expected = _WELCOME.unpack_from(body, 1)[0]
                     return
-                if kind in (REFUSED, EVICTED):
-                    message = body[1:].decode("utf-8", "replace")
-                    raise AlreadyAttached(f"queue {self.queue_name!r}: {message}") if kind == REFUSED else \
-                        ReaderEvicted(f"queue {self.queue_name!r}: {message}")
+                if kind in (REFUSED, EVICTED, OTHER_QUEUE):
+                    self._control(kind, body)
             self._watch_connection(resend_hello=False)
 
     def _welcomed(self, body: bytes) -> None:
@@ -852,6 +860,9 @@ class RemoteReader(Receiving):
             raise ReaderEvicted(f"queue {self.queue_name!r}: {body[1:].decode('utf-8', 'replace')}")
         if kind == REFUSED:
             raise AlreadyAttached(f"queue {self.queue_name!r}: {body[1:].decode('utf-8', 'replace')}")
+        if kind == OTHER_QUEUE:
+            raise BadHandle(f"remote reader of queue {self.queue_name!r} at {self._endpoint}: "
+                            f"{body[1:].decode('utf-8', 'replace')}")
         if kind == WELCOME:  # the answer to a resume
             self._welcomed(body)
 

@@ -5,6 +5,7 @@ Every test counts what each remote reader received against what was sent: nothin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -450,3 +451,16 @@ def test_curve_keys_must_come_in_pairs_and_be_certificates(queue_name, curve_key
     with pytest.raises(BadQueueArgument, match="not a readable ZeroMQ certificate"):
         shmq.create(0, name=queue_name, n_remote_readers=1, remote_secret_key=str(tmp_path / "junk"),
                     remote_authorized_keys=k["authorized"])
+
+
+@pytest.mark.timeout(30)
+def test_a_handle_of_another_queue_at_the_same_endpoint_is_refused_by_name(queue_name):
+    with shmq.create(0, name=queue_name, ring_bytes=4096, n_remote_readers=1) as writer:
+        stale = dataclasses.replace(writer.handle, instance_id="00" * 16)  # a queue that used this port before
+        with pytest.raises(shmq.BadHandle, match=f"serves queue {queue_name!r} .* not instance 0+: the handle is "
+                                                 "stale or was edited"):
+            shmq.attach_remote(stale)
+        with pytest.raises(shmq.BadHandle, match="malformed instance id"):
+            shmq.attach_remote(dataclasses.replace(writer.handle, instance_id="not hex"))
+        with shmq.attach_remote(writer.handle) as remote:  # the slot was never taken by the refused ones
+            assert remote.start_seq == 0
