@@ -317,6 +317,9 @@ class RemoteServer:
                     self._bye(peer)
             except zmq.ZMQError:  # the peer went away while we answered: its slot notices on the next send
                 pass
+            except (ValueError, OverflowError) as e:  # numbers no reader sends: the others are served on
+                log.warning("shmq queue %r: ignored a malformed %r message from a remote reader: %s",
+                            self._queue_name, kind, e)
 
     def _holder(self, peer: bytes) -> _Slot | None:
         for slot in self._slots:
@@ -410,12 +413,12 @@ class RemoteServer:
         w[slot.rec + R_HEARTBEAT] = now
         if state in (BUSY, WAITING_READ) and state != slot.state:
             slot.ring.set_state(state)
-        position = None
+        acked = None  # the last frame sent that the acknowledgement covers: a reader cannot vouch for more
         while slot.in_flight and slot.in_flight[0][0] <= cursor:
-            _, position, cost = slot.in_flight.popleft()
+            *acked, cost = slot.in_flight.popleft()
             slot.in_flight_bytes -= cost
-        if position is not None:
-            slot.ring.acknowledge(cursor, position, messages, nbytes)
+        if acked is not None:
+            slot.ring.acknowledge(*acked, messages, nbytes)
             w[slot.rec + R_PROGRESS] = now
 
     def _bye(self, peer: bytes) -> None:

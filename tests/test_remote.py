@@ -464,3 +464,25 @@ def test_a_handle_of_another_queue_at_the_same_endpoint_is_refused_by_name(queue
             shmq.attach_remote(dataclasses.replace(writer.handle, instance_id="not hex"))
         with shmq.attach_remote(writer.handle) as remote:  # the slot was never taken by the refused ones
             assert remote.start_seq == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_reader_acknowledging_what_it_was_never_sent_changes_nothing_and_the_others_are_served(queue_name):
+    import zmq
+
+    from shmq import remote as R
+
+    with shmq.create(0, name=queue_name, ring_bytes=1 << 20, n_remote_readers=2) as writer, \
+            shmq.attach_remote(writer.handle, 1) as honest, zmq.Context() as context:
+        rogue = context.socket(zmq.DEALER)
+        rogue.connect(writer.handle.endpoint)
+        rogue.send(R.HELLO + R._HELLO.pack(bytes.fromhex(writer.handle.instance_id), 0, -1, 1, b"r" * 16) + b"x")
+        assert rogue.poll(10_000) and rogue.recv()[:1] == R.WELCOME
+        writer.put(0)
+        rogue.send(R.ACK + R._ACK.pack(1 << 40, 5, 5, 3))  # frame 2**40 consumed: far past what was sent
+        for i in range(1, 50):
+            writer.put(i, timeout=10)
+        assert [honest.get(timeout=10) for _ in range(50)] == list(range(50))
+        with shmq.stats.open(writer.handle) as view:
+            assert view.snapshot().readers[0].cursor <= 50, "a slot was acknowledged past what it was sent"
+        rogue.close(linger=0)
