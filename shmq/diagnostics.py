@@ -74,6 +74,7 @@ class _Registration:
         self.users = 0
         self.installed = False  # our handler owns STACK_SIGNAL in this process (for good, see module doc)
         self.fd: int | None = None  # the open stack file while users > 0; the handler writes nothing without it
+        self.dumping = False  # the handler is writing a dump (signals that arrive meanwhile are answered by it)
         self.path: str | None = None
 
     def stop_writing(self) -> None:
@@ -86,10 +87,23 @@ _registration = _Registration()
 
 
 def _dump_stacks(signum: int, interrupted) -> None:
-    """The STACK_SIGNAL handler: every thread's stack, most recent call first, the main thread last."""
-    fd = _registration.fd
-    if fd is None:
+    """The STACK_SIGNAL handler: every thread's stack, most recent call first, the main thread last.
+
+    Not reentrant: Python runs a handler for a signal that arrives during this one inside it, so a
+    storm of requests nested handlers thousands deep, each dumping a deeper stack, and the process
+    did nothing else until they unwound (a reader under 10,000 signals stalled for over 5 s).
+    """
+    reg = _registration
+    if reg.fd is None or reg.dumping:
         return
+    reg.dumping = True
+    try:
+        _write_dump(reg.fd, interrupted)
+    finally:
+        reg.dumping = False
+
+
+def _write_dump(fd: int, interrupted) -> None:
     main = threading.get_ident()  # Python runs signal handlers in the main thread
     frames = sys._current_frames()
     frames[main] = interrupted  # not this handler's own frame

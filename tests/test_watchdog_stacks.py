@@ -212,3 +212,23 @@ def test_a_reader_dumping_its_stacks_over_and_over_while_it_works_survives(queue
         stop.set()
         reader.join(10)
         assert reader.exitcode == 0
+
+
+def test_a_dump_request_that_arrives_during_a_dump_is_answered_by_it_not_nested(monkeypatch, tmp_path):
+    # Python runs the handler of a signal that arrives during a handler inside it: a storm of requests
+    # once nested dumps thousands deep, and a reader did nothing else for seconds (found by the test above).
+    written = []
+    registration = diagnostics._Registration()
+    registration.fd = os.open(tmp_path / "dump.txt", os.O_WRONLY | os.O_CREAT)
+    monkeypatch.setattr(diagnostics, "_registration", registration)
+
+    def write_dump(fd, interrupted):
+        written.append(interrupted)
+        if len(written) == 1:  # a second request lands while the first is being written
+            diagnostics._dump_stacks(diagnostics.STACK_SIGNAL, "nested")
+
+    monkeypatch.setattr(diagnostics, "_write_dump", write_dump)
+    diagnostics._dump_stacks(diagnostics.STACK_SIGNAL, "first")
+    diagnostics._dump_stacks(diagnostics.STACK_SIGNAL, "later")
+    os.close(registration.fd)
+    assert written == ["first", "later"] and not registration.dumping
