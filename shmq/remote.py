@@ -220,12 +220,17 @@ class RemoteServer:
 
     def lost(self, index: int) -> str | None:
         """Why the remote reader of reader record `index` is dead, or None (alive, or not a remote slot)."""
-        number = index - self._segment.n_local_readers
-        return self._slots[number].lost if 0 <= number < len(self._slots) else None
+        slot = self._slot_at(index)
+        return None if slot is None else slot.lost
 
     def host_of(self, index: int) -> str | None:
+        """The host of the remote reader of reader record `index`, or None if it is a local reader's."""
+        slot = self._slot_at(index)
+        return None if slot is None else slot.host
+
+    def _slot_at(self, index: int) -> _Slot | None:
         number = index - self._segment.n_local_readers
-        return self._slots[number].host if 0 <= number < len(self._slots) else None
+        return self._slots[number] if 0 <= number < len(self._slots) else None
 
     def close(self, cursor: int, drain_s: float, *, goodbye: bool = True) -> None:
         """Send every held slot the rest of the stream (up to `drain_s` while they acknowledge), then END;
@@ -376,9 +381,7 @@ class RemoteServer:
         slot.peer, slot.token, slot.pid, slot.host = peer, token, pid, host
         slot.connected, slot.lost = True, None
         self._store_holder(slot)
-        self._send(slot.peer, [WELCOME + _WELCOME.pack(cursor, self.window_bytes, self._segment.frame_bytes,
-                                                      self._segment.max_message_bytes, self._writer_pid,
-                                                      self._writer_start) + self._host.encode()], slot)
+        self._send(slot.peer, [self._welcome_body(cursor)], slot)
         log.info("shmq queue %r: %s attached at frame %d", self._queue_name, slot.describe(), cursor)
 
     def _holder_alive(self, slot: _Slot) -> bool:
@@ -397,9 +400,13 @@ class RemoteServer:
                 break
             ring.release_read()
             slot.in_flight.append((ring.cursor, ring.position, 0))
-        self._send(slot.peer, [WELCOME + _WELCOME.pack(ring.cursor, self.window_bytes, self._segment.frame_bytes,
-                                                      self._segment.max_message_bytes, self._writer_pid,
-                                                      self._writer_start) + self._host.encode()], slot)
+        self._send(slot.peer, [self._welcome_body(ring.cursor)], slot)
+
+    def _welcome_body(self, cursor: int) -> bytes:
+        """The answer to a HELLO: the slot starts (or resumes) at frame `cursor`, and what this writer is."""
+        return WELCOME + _WELCOME.pack(cursor, self.window_bytes, self._segment.frame_bytes,
+                                       self._segment.max_message_bytes, self._writer_pid,
+                                       self._writer_start) + self._host.encode()
 
     def _refuse(self, peer: bytes, reason: str) -> None:
         self._send(peer, [REFUSED + reason.encode()], None)
