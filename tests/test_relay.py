@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 import shmq
 
 from .conftest import FORK
+from .test_remote import writer_until_killed
 from .watchdog_harness import ROOT
 
 
@@ -81,20 +81,10 @@ def test_a_slow_reader_behind_the_relay_holds_the_origin_back(queue_name, childr
     assert relay.wait()[0] == 0
 
 
-def origin_until_killed(queue_name, conn) -> None:
-    with shmq.create(0, name=queue_name, ring_bytes=1 << 20, n_remote_readers=1) as origin:
-        conn.send(origin.handle)
-        i = 0
-        while True:
-            origin.put(i)
-            i += 1
-            time.sleep(0.01)
-
-
 @pytest.mark.timeout(60)
 def test_the_origin_dying_reaches_the_readers_behind_the_relay_as_writer_dead(queue_name, children):
     parent_end, child_end = FORK.Pipe()
-    origin = children(origin_until_killed, queue_name, child_end)
+    origin = children(writer_until_killed, queue_name, child_end)
     assert parent_end.poll(10)
     handle = parent_end.recv()
     try:

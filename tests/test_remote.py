@@ -21,6 +21,8 @@ from shmq.errors import (
     AlreadyAttached, BadQueueArgument, ConnectionLost, QueueClosed, QueueTimeout, ReaderDead, ReaderEvicted, WriterDead,
 )
 
+from shmq.cli.bench.trial import rss_anon
+
 from .conftest import FORK
 from .watchdog_harness import ROOT
 
@@ -100,15 +102,6 @@ def port_of(endpoint: str) -> int:
     return int(endpoint.rsplit(":", 1)[1])
 
 
-def rss_anon(pid: int) -> int:
-    """Anonymous resident memory (heap, sockets' buffers; not the shared ring), in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no RssAnon for pid {pid}")
-
-
 class Collector:
     """A remote reader read in a thread: every message, and the error that ended it."""
 
@@ -156,16 +149,16 @@ def test_every_message_reaches_local_and_remote_readers_once_in_order_through_a_
 
 SLOW_REMOTE_READER = """
 import os, sys, time, shmq
-from tests.test_remote import rss_anon
+from shmq.cli.bench.trial import rss_anon
 with shmq.attach_remote(sys.argv[1], 0) as remote:
     remote.get_bytes(timeout=20)
-    before = rss_anon(os.getpid())
+    before = rss_anon()
     print("ready", flush=True)
     end = time.monotonic() + float(sys.argv[2])
     while time.monotonic() < end:
         remote.get_bytes(timeout=20)
         time.sleep(0.05)  # 20 messages a second
-    print(rss_anon(os.getpid()) - before, flush=True)
+    print(rss_anon() - before, flush=True)
 """
 
 
@@ -182,7 +175,7 @@ def test_a_slow_remote_reader_holds_the_writer_to_the_window_and_both_memories_s
         try:
             writer.put_bytes(body, timeout=10)
             assert reader.stdout.readline() == "ready\n"
-            writer_before = rss_anon(os.getpid())
+            writer_before = rss_anon()
             sent, end = 0, time.monotonic() + 2.0
             while time.monotonic() < end:
                 try:
@@ -190,7 +183,7 @@ def test_a_slow_remote_reader_holds_the_writer_to_the_window_and_both_memories_s
                     sent += 1
                 except QueueTimeout:
                     pass
-            writer_growth = rss_anon(os.getpid()) - writer_before
+            writer_growth = rss_anon() - writer_before
             reader_growth = int(reader.stdout.readline())
         finally:
             reader.kill()
