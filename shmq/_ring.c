@@ -1577,14 +1577,11 @@ ring_publish_behind(Ring *self, PyObject *unused)
 static PyObject *
 ring_acknowledge(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    uint64_t cursor, position, messages, bytes;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "acknowledge(cursor, position, messages, bytes)");
+    uint64_t a[4]; /* cursor, position, messages, bytes */
+    if (check_nargs(nargs, 4, "acknowledge(cursor, position, messages, bytes)") < 0 || as_u64s(args, 4, a) < 0 ||
+        check_reader(self) < 0)
         return NULL;
-    }
-    if (as_u64(args[0], &cursor) < 0 || as_u64(args[1], &position) < 0 || as_u64(args[2], &messages) < 0 ||
-        as_u64(args[3], &bytes) < 0 || check_reader(self) < 0)
-        return NULL;
+    uint64_t cursor = a[0], position = a[1];
     if (cursor < self->published || cursor > self->cursor || position < self->published_position ||
         position > self->position) {
         PyErr_Format(PyExc_ValueError, "acknowledged frame %llu at byte %llu is outside what was read (frames %llu..%llu)",
@@ -1592,8 +1589,8 @@ ring_acknowledge(Ring *self, PyObject *const *args, Py_ssize_t nargs)
                      (unsigned long long)self->cursor);
         return NULL;
     }
-    self->messages = messages;
-    self->bytes = bytes;
+    self->messages = a[2];
+    self->bytes = a[3];
     publish_reader(self, cursor, position);
     Py_RETURN_NONE;
 }
