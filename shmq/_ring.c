@@ -47,6 +47,9 @@
 #include <unistd.h>
 #endif
 
+/* What take_one returns when it leaves the message to the Python path (None is a message). */
+static PyObject *Nothing;
+
 /* Frame header words (shmq/layout.py: FRAME_SEQ, FRAME_LEN, FRAME_TOTAL_LEN, FRAME_FLAGS,
  * FRAME_POSITION); the payload starts at FRAME_HEADER_BYTES with its table (segment count, length of
  * segment 0), and a one-segment message's pickle stream follows. */
@@ -224,9 +227,19 @@ typedef struct {
      * (put_one, take_one) check it and take the whole message or nothing, atomically under the
      * GIL, so a second thread is refused without a lock on the fast path. */
     unsigned long guard;
-    /* A reader's message left unfinished by an interrupted call (Reader._resume): take_one leaves
-     * the ring to the Python path, which finishes that message first. */
-    char held;
+    /* What a reader's call that has not returned left for the next one: a message it took out of
+     * the ring, kept until the call returns it ((stream, buffers, flags, failures): an interrupt, or
+     * the decoder raising, before the return leaves it for the next call), or a message in pieces it
+     * is copying in (Reader's _Assembly). NULL or None if nothing. While it is set take_one leaves
+     * the ring to the Python path, which finishes it first. The call that returns the message clears
+     * it in its last store before its return: no signal handler can run between the two. */
+    PyObject *unfinished;
+    /* A reader's decoders, after bind_decoders: loads(stream) for a message without out-of-band
+     * buffers, decode(stream, buffers) for one with them. */
+    PyObject *loads, *decode;
+    /* The state stored when the reader releases its first frame (its BUSY: from then on, time
+     * outside the queue is the application's); 0 once stored, or for a ring that reads ahead. */
+    uint64_t first_read_state;
     /* A writer's gate, after bind_gating: each reader record's state and position words. A reader
      * whose state is below gating_below holds the writer back at its position. `limit` caches the
      * slowest such position + ring_bytes, past which no frame may end yet: the Disruptor's gating
@@ -300,7 +313,6 @@ ring_init(Ring *self, PyObject *args, PyObject *kwds)
     self->writer_wake = (_Atomic uint32_t *)(base + wake_offset);
     self->available = self->written = self->position = self->reserved_end = 0;
     self->guard = 0;
-    self->held = 0;
     self->limit = self->wanted = 0;
     return 0;
 }
@@ -310,6 +322,9 @@ ring_dealloc(Ring *self)
 {
     PyMem_Free(self->gate_state);
     PyMem_Free(self->gate_position);
+    Py_CLEAR(self->unfinished);
+    Py_CLEAR(self->loads);
+    Py_CLEAR(self->decode);
     if (self->view.buf != NULL)
         PyBuffer_Release(&self->view);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -1260,6 +1275,10 @@ release_read(Ring *self, uint64_t end, int now)
 {
     self->cursor += 1;
     self->position = end;
+    if (self->first_read_state) {
+        store_state(self, self->first_read_state, monotonic_ns());
+        self->first_read_state = 0;
+    }
     if (now || (self->publish_every && (self->cursor >= self->available ||
                                         self->cursor - self->published >= self->publish_every ||
                                         end - self->published_position >= self->ring_bytes / 16)))
@@ -1414,45 +1433,136 @@ copy_frame(const char *frame_start, uint64_t frame)
     return result;
 }
 
-/* take_one() -> bytes | (bytes, [bytearray, ...]) | None: the reader's next message, if it is
- * published, is one frame and has no flags: copied out (copy_frame), counted and released. None
- * otherwise (not published yet, flags, in pieces, a header that is not this frame's, a corrupt
- * table), for the Python path. */
-static PyObject *
-ring_take_one(Ring *self, PyObject *unused)
+static int
+has_unfinished(Ring *self)
 {
-    if (check_reader(self) < 0)
+    return self->unfinished != NULL && self->unfinished != Py_None;
+}
+
+/* Keep a message taken out of the ring as unfinished: (stream, buffers, flags, failures), with
+ * `failures` decodes of it that raised an ordinary exception. The exception being raised, if any,
+ * stays the one raised. */
+static void
+keep_taken(Ring *self, PyObject *stream, PyObject *buffers, uint64_t flags, uint64_t failures)
+{
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyObject *kept = buffers != NULL ? Py_BuildValue("(OOKK)", stream, buffers, (unsigned long long)flags,
+                                                     (unsigned long long)failures)
+                                     : Py_BuildValue("(O[]KK)", stream, (unsigned long long)flags,
+                                                     (unsigned long long)failures);
+    if (kept != NULL)
+        Py_XSETREF(self->unfinished, kept);
+    else if (type != NULL)
+        PyErr_Clear(); /* the message's own exception is the one to report */
+    if (type != NULL)
+        PyErr_Restore(type, value, traceback);
+}
+
+/* A message's stream decoded, with its out-of-band buffers (a list; NULL: none). */
+static PyObject *
+decode_stream(Ring *self, PyObject *stream, PyObject *buffers)
+{
+    if (self->loads == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the ring has no decoders: bind_decoders() first");
         return NULL;
-    if (self->held || (self->guard && self->guard != PyThread_get_thread_ident()))
-        Py_RETURN_NONE; /* a message to finish first, or another thread in a slow path (enter() refuses it) */
+    }
+    if (buffers == NULL || PyList_GET_SIZE(buffers) == 0)
+        return PyObject_CallOneArg(self->loads, stream);
+    return PyObject_CallFunctionObjArgs(self->decode, stream, buffers, NULL);
+}
+
+/* take_one(keep=False) -> the message | NOTHING: the reader's next message, if it is published, is
+ * one frame and has no flags: copied out (copy_frame), counted, released and decoded, all in this
+ * one call, so that an interrupt lands before it or after it. NOTHING otherwise (not published yet,
+ * flags, in pieces, a header that is not this frame's, a corrupt table, something unfinished), for
+ * the Python path. A message whose decode raises is kept as unfinished for the next call; so is
+ * every message with `keep`, for a call that returns it through more Python code (Reader._receive). */
+static PyObject *
+ring_take_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "take_one(keep=False)");
+        return NULL;
+    }
+    int keep = nargs == 1 ? PyObject_IsTrue(args[0]) : 0;
+    if (keep < 0 || check_reader(self) < 0)
+        return NULL;
+    if (has_unfinished(self) || (self->guard && self->guard != PyThread_get_thread_ident()))
+        return Py_NewRef(Nothing); /* a message to finish first, or another thread in a slow path (enter() refuses it) */
     _Atomic uint64_t *head = reader_head(self);
     if (head == NULL)
-        Py_RETURN_NONE;
+        return Py_NewRef(Nothing);
     uint64_t c = self->cursor, position = self->position;
     uint64_t frame = atomic_load_explicit(&head[FRAME_LEN], memory_order_relaxed);
     if (!names_frame(head, c, position) || atomic_load_explicit(&head[FLAGS], memory_order_relaxed) != 0 ||
         atomic_load_explicit(&head[TOTAL_LEN], memory_order_relaxed) != frame || frame > self->frame_bytes ||
         frame < MIN_FRAME_BYTES)
-        Py_RETURN_NONE;
+        return Py_NewRef(Nothing);
     PyObject *message = copy_frame((char *)head + FRAME_HEADER_BYTES, frame);
-    if (message == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        Py_RETURN_NONE;
-    }
+    if (message == NULL)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Nothing);
     /* The copy, then the header again: a writer that started a frame here meanwhile (it stores the
      * header before the payload) changed it. Gating keeps a reader from being overwritten at all;
      * this catches what gating cannot, a hostile edit or a reader evicted while alive. */
     atomic_thread_fence(memory_order_acquire);
     if (!names_frame(head, c, position)) {
         Py_DECREF(message);
-        Py_RETURN_NONE;
+        return Py_NewRef(Nothing);
     }
     self->messages += 1;
     self->bytes += frame;
     release_read(self, position + frame_stride(frame), 0);
     flight(self, OP_GET, c, frame, 1);
-    return message;
+    int with_buffers = PyTuple_Check(message);
+    PyObject *stream = with_buffers ? PyTuple_GET_ITEM(message, 0) : message;
+    PyObject *buffers = with_buffers ? PyTuple_GET_ITEM(message, 1) : NULL;
+    PyObject *decoded = decode_stream(self, stream, buffers);
+    if (decoded == NULL || keep)
+        keep_taken(self, stream, buffers, 0, decoded == NULL && PyErr_ExceptionMatches(PyExc_Exception));
+    Py_DECREF(message);
+    return decoded;
+}
+
+/* bind_decoders(loads, decode): a reader's decoders (see Ring). */
+static PyObject *
+ring_bind_decoders(Ring *self, PyObject *args)
+{
+    PyObject *loads, *decode;
+    if (!PyArg_ParseTuple(args, "OO:bind_decoders", &loads, &decode))
+        return NULL;
+    if (!PyCallable_Check(loads) || !PyCallable_Check(decode)) {
+        PyErr_SetString(PyExc_TypeError, "bind_decoders(loads, decode) takes two callables");
+        return NULL;
+    }
+    Py_XSETREF(self->loads, Py_NewRef(loads));
+    Py_XSETREF(self->decode, Py_NewRef(decode));
+    Py_RETURN_NONE;
+}
+
+/* decode_unfinished() -> the message kept as unfinished, decoded (it stays kept until the call
+ * returns it). A decode that raises an ordinary exception a second time drops it: that exception
+ * is the message's, not an interrupt's. */
+static PyObject *
+ring_decode_unfinished(Ring *self, PyObject *unused)
+{
+    PyObject *kept = self->unfinished;
+    if (kept == NULL || !PyTuple_Check(kept) || PyTuple_GET_SIZE(kept) != 4 ||
+        !PyList_Check(PyTuple_GET_ITEM(kept, 1))) {
+        PyErr_SetString(PyExc_ValueError, "no message is kept: decode_unfinished() needs (stream, buffers, flags, failures)");
+        return NULL;
+    }
+    Py_INCREF(kept);
+    PyObject *decoded = decode_stream(self, PyTuple_GET_ITEM(kept, 0), PyTuple_GET_ITEM(kept, 1));
+    if (decoded == NULL && PyErr_ExceptionMatches(PyExc_Exception) && self->unfinished == kept) {
+        if (PyObject_IsTrue(PyTuple_GET_ITEM(kept, 3)))
+            Py_CLEAR(self->unfinished);
+        else
+            keep_taken(self, PyTuple_GET_ITEM(kept, 0), PyTuple_GET_ITEM(kept, 1),
+                       PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(kept, 2)), 1);
+    }
+    Py_DECREF(kept);
+    return decoded;
 }
 
 /* head() -> header offset | None: where the header of the frame at the reader's cursor is in the
@@ -1481,6 +1591,14 @@ ring_header_intact(Ring *self, PyObject *arg)
     return PyBool_FromLong(names_frame(frame_words(self, self->position), seq, self->position));
 }
 
+static void
+count_message(Ring *self, uint64_t nbytes)
+{
+    self->messages += 1;
+    self->bytes += nbytes;
+    flight(self, OP_GET, self->cursor, nbytes, 1);
+}
+
 /* count(nbytes): one more message received, through the Python path. */
 static PyObject *
 ring_count(Ring *self, PyObject *arg)
@@ -1488,9 +1606,7 @@ ring_count(Ring *self, PyObject *arg)
     uint64_t nbytes;
     if (as_u64(arg, &nbytes) < 0 || check_reader(self) < 0)
         return NULL;
-    self->messages += 1;
-    self->bytes += nbytes;
-    flight(self, OP_GET, self->cursor, nbytes, 1);
+    count_message(self, nbytes);
     Py_RETURN_NONE;
 }
 
@@ -1560,14 +1676,42 @@ ring_skip(Ring *self, PyObject *unused)
 
 /* publish_behind(): publish what was read or counted but not published yet (the heartbeat, a wait,
  * close, a message in pieces counted after its frames were released). */
+static void
+publish_behind(Ring *self)
+{
+    if (self->published != self->cursor || self->published_position != self->position ||
+        (self->stats && atomic_load_explicit(self->field[F_MESSAGES], memory_order_relaxed) != self->messages))
+        publish_reader_cursor(self);
+}
+
 static PyObject *
 ring_publish_behind(Ring *self, PyObject *unused)
 {
     if (check_reader(self) < 0)
         return NULL;
-    if (self->published != self->cursor || self->published_position != self->position ||
-        (self->stats && atomic_load_explicit(self->field[F_MESSAGES], memory_order_relaxed) != self->messages))
-        publish_reader_cursor(self);
+    publish_behind(self);
+    Py_RETURN_NONE;
+}
+
+/* deliver(total, kept, one_frame): one more message of `total` bytes received through the Python
+ * path, kept as unfinished (see Ring) until the call returns it, and its room given back: the
+ * frame at the cursor if `one_frame`, else what its pieces released as they were copied is
+ * published. One call, so an interrupt lands before all of it or after it. */
+static PyObject *
+ring_deliver(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t total, end = 0;
+    int one_frame;
+    if (check_nargs(nargs, 3, "deliver(total, kept, one_frame)") < 0 || as_u64(args[0], &total) < 0 ||
+        check_reader(self) < 0 || (one_frame = PyObject_IsTrue(args[2])) < 0 ||
+        (one_frame && checked_end(self, &end) < 0))
+        return NULL;
+    count_message(self, total);
+    Py_XSETREF(self->unfinished, Py_NewRef(args[1]));
+    if (one_frame)
+        release_read(self, end, 0);
+    else
+        publish_behind(self);
     Py_RETURN_NONE;
 }
 
@@ -1705,13 +1849,19 @@ static PyMethodDef ring_methods[] = {
      "flush_counters(spins, yields, backoff_sleeps, backoff_sleep_ns, parks): add a wait's counters."},
     {"end_wait", (PyCFunction)(void (*)(void))ring_end_wait, METH_FASTCALL,
      "end_wait(start_ns, state_after, spins, yields, backoff_sleeps, backoff_sleep_ns, parks) -> waited_ns."},
-    {"take_one", (PyCFunction)ring_take_one, METH_NOARGS,
-     "take_one() -> bytes | (bytes, buffers) | None: the next message copied out, if published and plain."},
+    {"take_one", (PyCFunction)(void (*)(void))ring_take_one, METH_FASTCALL,
+     "take_one(keep=False) -> the next message, decoded, if published and plain; else NOTHING."},
+    {"decode_unfinished", (PyCFunction)ring_decode_unfinished, METH_NOARGS,
+     "decode_unfinished() -> the message kept as unfinished, decoded."},
+    {"bind_decoders", (PyCFunction)ring_bind_decoders, METH_VARARGS,
+     "bind_decoders(loads, decode): how take_one and decode_unfinished decode a message."},
     {"head", (PyCFunction)ring_head, METH_NOARGS,
      "head() -> header offset | None: the frame at the cursor, once published."},
     {"header_intact", (PyCFunction)ring_header_intact, METH_O,
      "header_intact(seq) -> whether the frame at the cursor still has its header, after the copy before this call."},
     {"count", (PyCFunction)ring_count, METH_O, "count(nbytes): one more message received by the Python path."},
+    {"deliver", (PyCFunction)(void (*)(void))ring_deliver, METH_FASTCALL,
+     "deliver(total, kept, one_frame): count, keep and release a message the Python path read."},
     {"release_read", (PyCFunction)ring_release_read, METH_NOARGS,
      "release_read(): done with the frame at the cursor; publish if caught up or a batch is full."},
     {"advance", (PyCFunction)ring_advance, METH_NOARGS, "advance(): done with the frame at the cursor; publish now."},
@@ -1727,7 +1877,10 @@ static PyMethodDef ring_methods[] = {
 };
 
 static PyMemberDef ring_members[] = {
-    {"held", T_BOOL, offsetof(Ring, held), 0, "a reader's unfinished message: take_one() returns None"},
+    {"unfinished", T_OBJECT, offsetof(Ring, unfinished), 0,
+     "a reader's message taken and not returned yet, or in pieces: take_one() leaves it to the Python path"},
+    {"first_read_state", T_ULONGLONG, offsetof(Ring, first_read_state), 0,
+     "the state stored when the reader releases its first frame; 0 once stored"},
     {NULL},
 };
 
@@ -1793,6 +1946,11 @@ PyInit__ring(void)
     Py_INCREF(&RingType);
     if (PyModule_AddObject(module, "Ring", (PyObject *)&RingType) < 0) {
         Py_DECREF(&RingType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Nothing = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    if (Nothing == NULL || PyModule_AddObjectRef(module, "NOTHING", Nothing) < 0) {
         Py_DECREF(module);
         return NULL;
     }

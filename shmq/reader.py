@@ -19,7 +19,7 @@ from .participant import (
     CLOSE_WAIT_S, DEFAULT_WARN_AFTER_S, R_CURSOR, R_OWNER, R_PID, R_PROGRESS, R_START_TIME, R_STATE,
     R_POSITION, W_WRITER_CURSOR, WAITING_READ, Participant, State, checked_timeout,
 )
-from ._ring import compare_exchange, frame_spans, uninitialized_bytearray
+from ._ring import NOTHING, compare_exchange, frame_spans, uninitialized_bytearray
 from .segment import SHM_DIR, Segment
 from .serialization import BytesSerializer, Serializer, resolve, stream_decoder
 
@@ -88,20 +88,20 @@ class Reader(Receiving, Participant):
         cursor, position, at_head = self._take_record()
         self._serializer = BytesSerializer() if segment.flags & L.FLAG_RAW_ONLY else serializer
         self._raw_only = self._serializer.raw
-        self._loads = stream_decoder(self._serializer)  # get() calls it for almost every message
         self._frame_bytes = segment.frame_bytes
         self._max = segment.max_message_bytes
         self._readonly = segment.buf.toreadonly()  # leases hand out views the caller cannot write through
-        # What an interrupted call left (_resume): a message in pieces, begun (an _Assembly), or a
-        # message taken whose decode raised (stream, buffers, flags, failures). The next call finishes it.
-        self._resume = None
         # The ring keeps our cursor, position and totals and publishes them (shmq/_ring.c): once per
         # batch while a backlog lasts, and at once when we catch up, as a publish (stores, a full fence,
         # the parked check) costs a fifth of a small get(). If the application stops reading mid-batch,
         # the heartbeat thread publishes the rest (_publish_behind).
         self._ring.bind_reader(index, cursor, position, _PUBLISH_EVERY)
+        # The ring decodes the usual message in the call that takes it, and keeps what a call took
+        # and has not returned yet (ring.unfinished): an interrupt then never loses a message.
+        self._ring.bind_decoders(stream_decoder(self._serializer), self._serializer.decode)
         self._buf = segment.buf
         self._register(index, stack_dumps)
+        self._ring.first_read_state = State.BUSY
         # A writer that scanned the readers before our state reached it may write up to ring_bytes past
         # where it was then, which is at most the head we load after this fence (the writer's fence
         # after each publish makes the pair a Dekker handshake: shmq/_ring.c, publish_writer_cursor).
@@ -159,8 +159,12 @@ class Reader(Receiving, Participant):
         timeout = None if timeout is None else checked_timeout(timeout)
         try:
             self._enter()
-            if self._resume is not None:
-                yield self._receive_framed(self._cursor, 0, time.monotonic_ns(), timeout, raw=False)
+            if self._ring.unfinished is not None:
+                message = self._receive_framed(self._cursor, 0, time.monotonic_ns(), timeout, raw=False)
+                try:
+                    yield message
+                finally:
+                    self._ring.unfinished = None  # the block had it
                 return
             c, waited, wait_start = self._await_message(timeout)
             c, head, frame, total, flags = self._next_head(c, _deadline(timeout))
@@ -180,65 +184,58 @@ class Reader(Receiving, Participant):
         finally:
             self._ring.leave()
 
+    # Each call that returns a message takes it in one C call (take_one: copied out, released and
+    # decoded), or keeps what it took in the ring (ring.unfinished) until its last store before its
+    # return clears it: an interrupt (a signal handler raising) anywhere before that leaves the
+    # message to the next call, which returns it once. They repeat these lines because a helper's
+    # return would open a window for the interrupt between the clear and the caller's return.
     def get(self, *, timeout: float | None = None) -> Any:
         """The next message. Blocks until one arrives; `timeout` in seconds (None or inf: for ever)."""
-        # The usual message, one frame with no flags, is copied out, counted and released in C. The
-        # timeout is checked when the call has to wait: the fast path pays nothing for it.
+        # The timeout is checked when the call has to wait: the fast path pays nothing for it.
         message = self._ring.take_one()
-        if message is None:
-            return self._receive(None if timeout is None else checked_timeout(timeout), False)
-        return self._decode_taken(message)
+        if message is NOTHING:
+            message = self._receive(None if timeout is None else checked_timeout(timeout), False)
+            self._ring.unfinished = None
+        return message
 
     def get_nowait(self) -> Any:
         """The next message, or WouldBlock at once if there is none."""
         message = self._ring.take_one()
-        return self._receive(0, False) if message is None else self._decode_taken(message)
+        if message is NOTHING:
+            message = self._receive(0, False)
+            self._ring.unfinished = None
+        return message
+
+    def get_bytes(self, *, timeout: float | None = None) -> bytes:
+        """The next message, which must have been sent with put_bytes() or to a serializer='bytes' queue."""
+        message = self._receive(None if timeout is None else checked_timeout(timeout), True)
+        self._ring.unfinished = None
+        return message
 
     def _receive(self, timeout: float | None, raw: bool) -> Any:
         """Every message take_one() declines: not published yet, raw, traced, in pieces, left by an
-        interrupted call, or corrupt; or another thread's call is in progress."""
-        message = None
+        interrupted call, or corrupt; or another thread's call is in progress. What it returns stays
+        in ring.unfinished for its caller to clear."""
         try:
             if not self._ring.enter():
                 raise self._busy_error()
             waited = wait_start = 0
             c = self._cursor
-            if not self._ring.held and not c < self._ring.available:
+            if self._ring.unfinished is None and not c < self._ring.available:
                 c, waited, wait_start = self._await_message(timeout)
-                message = None if raw else self._ring.take_one()
-            if message is None:
-                return self._receive_framed(c, waited, wait_start, timeout, raw)
+                if not raw and (message := self._ring.take_one(True)) is not NOTHING:
+                    return message
+            return self._receive_framed(c, waited, wait_start, timeout, raw)
         finally:
             self._ring.leave()
-        return self._decode_taken(message)
-
-    def _decode_taken(self, message) -> Any:
-        """Decode a message take_one() copied out and released: bytes, or (bytes, private buffers)."""
-        try:
-            if self._idle:
-                self._mark_busy()
-            if message.__class__ is tuple:
-                return self._serializer.decode(*message)
-            return self._loads(message)
-        except BaseException:  # an interrupt, or the unpickler: the next get() decodes it again
-            self._resume = (*message, 0, 1) if message.__class__ is tuple else (message, [], 0, 1)
-            raise
-
-    @property
-    def _resume(self) -> _Assembly | tuple | None:
-        return self._unfinished
-
-    @_resume.setter
-    def _resume(self, unfinished: _Assembly | tuple | None) -> None:
-        self._unfinished = unfinished
-        self._ring.held = unfinished is not None  # take_one() leaves the ring to the call that finishes it
 
     def _receive_framed(self, c: int, waited: int, wait_start: int, timeout: float | None, raw: bool) -> Any:
         """Message `c`, published, read with its frame table: buffers, raw bytes, traced, in pieces,
         kept from an interrupted call, or corrupt."""
-        if self._resume.__class__ is tuple:
+        unfinished = self._ring.unfinished
+        if unfinished.__class__ is tuple:
             return self._decode_kept(raw)
-        if self._resume is not None:
+        if unfinished is not None:
             return self._receive_pieces(c, 0, 0, waited, wait_start, timeout, raw)
         deadline = _deadline(timeout)
         c, head, frame, total, flags = self._next_head(c, deadline)
@@ -257,36 +254,19 @@ class Reader(Receiving, Participant):
 
     def _deliver(self, c: int, total: int, stream, buffers: list, flags: int, raw: bool, traceparent: bytes | None,
                  waited: int, wait_start: int) -> Any:
-        """Count and release message `c` (its frame copied out of the ring), then decode it, last: from
-        the release on, an exception (an interrupt, or the unpickler) keeps it for the next get()."""
-        try:
-            self._resume = None  # a message in pieces is whole: from here on it is kept, not resumed
-            self._ring.count(total)
-            if self._cursor == c:
-                self._release_read()
-            else:  # a message in pieces released its frames as it copied them: its count goes out now
-                self._ring.publish_behind()
-            if flags & _FRAGMENT and self._stats:
-                self._w[self._rec + L.word(L.REC_OVERFLOW)] += 1
-            self._trace_received(c, total, traceparent, waited, wait_start)
-            return self._decode(stream, buffers, flags, raw)
-        except BaseException:
-            if self._cursor > c:
-                self._resume = (stream, buffers, flags, 1)
-            raise
+        """Count and release message `c` (its frame copied out of the ring), keeping it until the call
+        returns it, then decode it."""
+        self._ring.deliver(total, (stream, buffers, flags, 0), self._cursor == c)
+        if flags & _FRAGMENT and self._stats:
+            self._w[self._rec + L.word(L.REC_OVERFLOW)] += 1
+        self._trace_received(c, total, traceparent, waited, wait_start)
+        return self._decode_kept(raw)
 
     def _decode_kept(self, raw: bool) -> Any:
-        """The message a call took before an exception interrupted its decode. Kept until it decodes,
-        except that a second ordinary exception drops it: that one is the message's, not an interrupt's."""
-        stream, buffers, flags, failures = self._resume
+        """The message kept in ring.unfinished, which a call took and has not returned yet."""
+        stream, _, flags, _ = self._ring.unfinished
         self._check_raw(flags, raw)
-        try:
-            message = self._decode(stream, buffers, flags, raw)
-        except Exception:
-            self._resume = None if failures else (stream, buffers, flags, failures + 1)
-            raise
-        self._resume = None
-        return message
+        return bytes(stream) if flags & L.FRAME_RAW else self._ring.decode_unfinished()
 
     def _next_head(self, c: int, deadline: int | None) -> tuple[int, int, int, int, int]:
         """The header of the next message at or after published frame `c` that a reader can begin:
@@ -377,10 +357,10 @@ class Reader(Receiving, Participant):
         Begins the assembly at first piece `c` (with its total and flags), or resumes the one an
         interrupt or a timeout left. A timeout counts from this call's start, for every piece.
         """
-        assembly = self._resume
+        assembly = self._ring.unfinished
         if assembly is None:
             assembly = _Assembly(c, total, flags, self._traceparent(self._ring.head(), flags), wait_start)
-            self._resume = assembly
+            self._ring.unfinished = assembly
         assembly.waited += waited
         deadline = _deadline(timeout)
         cap, buf, whole = self._frame_bytes, self._buf, assembly.whole
@@ -399,11 +379,11 @@ class Reader(Receiving, Participant):
             try:
                 head, frame, total, flags = self._checked_head(c)
             except (CorruptMessage, MessageOverwritten):
-                self._resume = None
+                self._ring.unfinished = None
                 raise
             filled = (c - assembly.first) * cap
             if flags & L.FRAME_ABORT:
-                self._resume = None
+                self._ring.unfinished = None
                 self._advance()
                 # The writer gave it up: nobody receives it. Read on from the next message.
                 if not self._cursor < self._ring.load_available():
@@ -413,7 +393,7 @@ class Reader(Receiving, Participant):
             last = flags & L.FRAME_LAST
             if (total != assembly.total or not flags & _FRAGMENT or flags & L.FRAME_FIRST and c != assembly.first
                     or frame != (assembly.total - filled if last else cap) or frame > assembly.total - filled):
-                self._resume = None
+                self._ring.unfinished = None
                 self._skip()
                 raise CorruptMessage(f"queue {self.queue_name!r}: piece {c - assembly.first} of message "
                                      f"{assembly.first} does not continue it ({frame:,} bytes at {filled:,} of "
@@ -463,16 +443,8 @@ class Reader(Receiving, Participant):
         """Every message below it has been read (it is published in batches: see _ring.c)."""
         return self._ring.cursor
 
-    def _release_read(self) -> None:
-        """Done with the frame at the cursor: publish now if caught up or a batch is full."""
-        if self._idle:
-            self._mark_busy()
-        self._ring.release_read()
-
     def _advance(self) -> None:
         """Done with the frame at the cursor: publish now, so the writer may reuse its room."""
-        if self._idle:
-            self._mark_busy()
         self._ring.advance()
 
     def _publish_behind(self) -> None:

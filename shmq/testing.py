@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 
+from ._ring import NOTHING
 from .errors import ShmqError, WouldBlock
 from .reader import Reader
 from .segment import PREFIX, SHM_DIR
@@ -99,7 +100,7 @@ class _BlindRing:
     def __getattr__(self, name: str):  # everything but the loads of the writer cursor goes to the real ring
         return getattr(self._ring, name)
 
-    def __setattr__(self, name: str, value) -> None:  # and so do the ring's settable fields (``held``)
+    def __setattr__(self, name: str, value) -> None:  # and so do the ring's settable fields (``unfinished``)
         if name.startswith("_"):
             object.__setattr__(self, name, value)
         else:
@@ -108,7 +109,7 @@ class _BlindRing:
     def load_available(self) -> int:
         return self._ring.available if self._is_blind() else self._ring.load_available()
 
-    def take_one(self):
+    def take_one(self, keep: bool = False):
         if self._is_blind() and self._ring.cursor >= self._ring.available:
-            return None
-        return self._ring.take_one()
+            return NOTHING
+        return self._ring.take_one(keep)

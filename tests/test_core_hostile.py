@@ -3,7 +3,7 @@ edited handles. Each ends in correct data or a named error, never a hang, and ot
 
 from __future__ import annotations
 
-import linecache
+import inspect
 import math
 import mmap
 import os
@@ -181,14 +181,27 @@ class Interrupt(Exception):
     """What the test's signal handler raises, as a KeyboardInterrupt would be."""
 
 
+def _fast_path_take() -> tuple:
+    """Reader.get()'s code, and the line of its fast path's one C call."""
+    lines, first = inspect.getsourcelines(shmq.Reader.get)
+    return shmq.Reader.get.__code__, first + next(i for i, line in enumerate(lines) if "take_one()" in line)
+
+
+_GET, _TAKE_LINE = _fast_path_take()
+
+
 def raise_interrupt(signum, frame):
-    """Raise only inside get() or put(), before their last step: once the operation is done (the
-    release of the call's lock, then the return), a function's value is lost to an exception
-    whatever the function does, so that window is the caller's, not the queue's."""
-    if linecache.getline(frame.f_code.co_filename, frame.f_lineno or 0).strip() == "self._ring.leave()":
+    """Raise anywhere inside get() or put() but at one point: right after get()'s fast path, whose
+    one C call took and decoded the message, the value is in flight to the caller, and a function's
+    value is lost to an exception there whatever the function does (as it is in the caller's own
+    assignment), so that window is the caller's, not the queue's.
+
+    The first two checks call nothing: a signal arriving meanwhile runs this handler again inside
+    this one, and that nested run leaves the decision to the run it interrupted."""
+    if frame.f_code is raise_interrupt.__code__ or frame.f_code is _GET and frame.f_lineno == _TAKE_LINE:
         return
     while frame is not None:
-        if frame.f_code.co_name in ("_receive", "_send"):
+        if frame.f_code.co_name in ("get", "_send") and frame.f_code.co_filename.endswith(("reader.py", "writer.py")):
             raise Interrupt()
         frame = frame.f_back
 

@@ -39,8 +39,14 @@ def bound_ring_on(memory, participant: int) -> _ring.Ring:
 
 
 def reader_ring_on(memory, index: int = 0, publish_every: int = 1, cursor: int = 0, position: int = 0) -> _ring.Ring:
+    """A reader's ring whose decoders hand back what it copied out: the stream, or (stream, buffers)."""
     ring = bound_ring_on(memory, 1 + index)
     ring.bind_reader(index, cursor, position, publish_every)
+    return decoding_as_copied(ring)
+
+
+def decoding_as_copied(ring: _ring.Ring) -> _ring.Ring:
+    ring.bind_decoders(lambda stream: stream, lambda stream, buffers: (stream, buffers))
     return ring
 
 
@@ -82,16 +88,16 @@ def test_put_one_writes_the_frame_layout_py_reads_publishes_cursor_and_position_
 def test_take_one_returns_only_a_published_plain_message_and_counts_it(memory):
     writer, reader = ring_on(memory), reader_ring_on(memory)
     stream = pickle.dumps("hello", protocol=5)
-    assert reader.take_one() is None  # nothing published
+    assert reader.take_one() is _ring.NOTHING  # nothing published
     writer.put_one(0, [stream], None)
     assert reader.take_one() == stream and reader.cursor == 1 and reader.available == 1
     assert reader.position == SMALL
     writer.put_one(L.FRAME_RAW, [stream], None)
-    assert reader.take_one() is None and reader.cursor == 1  # flags: the Python path decides
+    assert reader.take_one() is _ring.NOTHING and reader.cursor == 1  # flags: the Python path decides
     reader.advance()
     writer.put_one(0, [stream], None)
     words(memory)[L.word(at(2 * SMALL))] = 99  # the header names another frame now
-    assert reader.take_one() is None and reader.cursor == 2
+    assert reader.take_one() is _ring.NOTHING and reader.cursor == 2
     frame = len(stream) + L.ONE_SEGMENT.size
     assert record_word(memory, 0, L.REC_MESSAGES) == 1 and record_word(memory, 0, L.REC_BYTES) == frame
     assert record_word(memory, 0, L.REC_CURSOR) == 2 and record_word(memory, 0, L.REC_POSITION) == 2 * SMALL
@@ -138,7 +144,7 @@ def test_a_corrupt_frame_table_is_left_to_the_python_path(memory):
     table = memoryview(memory)[start : start + 24].cast("Q")
     for count, first, second in ((0, 6, 6), (3, 6, 6), (2, 6, 7), (2, 6, 5), (2, 50, 6), (2, 2 ** 63, 6), (2, 6, 2 ** 64 - 1)):
         table[0], table[1], table[2] = count, first, second
-        assert reader.take_one() is None and reader.cursor == 0
+        assert reader.take_one() is _ring.NOTHING and reader.cursor == 0
     table[0], table[1], table[2] = 2, 6, 6
     assert reader.take_one() == (b"stream", [bytearray(b"buffer")])
     table.release()
@@ -180,7 +186,7 @@ def test_a_backlog_is_published_once_per_batch_and_at_once_when_caught_up():
     writer = ring_on(memory, ring_bytes=16 * RING)
     reader = ring_on(memory, ring_bytes=16 * RING)
     reader.bind_record(L.record_offset(1), True, L.RECORD_FIELDS, L.HIST_FINITE_BUCKETS)
-    reader.bind_reader(0, 0, 0, 2)
+    decoding_as_copied(reader).bind_reader(0, 0, 0, 2)
     for _ in range(3):
         writer.put_one(0, [b"x"], None)
     published = []
@@ -200,7 +206,7 @@ def test_a_backlog_is_published_once_per_batch_and_at_once_when_caught_up():
 
 def test_a_batch_of_large_frames_is_published_at_a_sixteenth_of_the_ring(memory):
     big = ring_on(memory, ring_bytes=RING, frame_bytes=RING // 2 - L.FRAME_HEADER_BYTES)
-    reader = bound_ring_on(memory, 1)
+    reader = decoding_as_copied(bound_ring_on(memory, 1))
     reader.bind_reader(0, 0, 0, 64)
     big.put_one(0, [b"x" * 200], None)  # 384 bytes: more than a sixteenth of the ring (128)
     big.put_one(0, [b"x" * 200], None)
@@ -321,7 +327,7 @@ def test_a_frame_whose_length_is_corrupt_is_skipped_to_the_next_header_found(mem
     writer.put_one(0, [b"x" * 150], None)  # 384 bytes
     writer.put_one(0, [b"after"], None)
     words(memory)[L.word(at(0) + L.FRAME_LEN)] = 1 << 40
-    assert reader.take_one() is None  # not a frame's length: the Python path reports it
+    assert reader.take_one() is _ring.NOTHING  # not a frame's length: the Python path reports it
     assert reader.skip() == 1 and reader.position == 384
     assert reader.take_one() == b"after"
     writer.put_one(0, [b"last"], None)
@@ -348,11 +354,11 @@ def test_the_fast_paths_take_nothing_while_another_thread_holds_the_slow_path(me
     assert writer.enter() is False and reader.enter() is False  # held by the other thread
     writer.leave()  # not ours to release: still held
     assert writer.put_one(0, [b"y"], None) is None and writer.written == 1
-    assert reader.take_one() is None and reader.cursor == 0
+    assert reader.take_one() is _ring.NOTHING and reader.cursor == 0
     done.set()
     holder.join(10)
     assert reader.take_one() == b"x" and reader.enter() is True
-    assert reader.take_one() is None  # nothing published; the holder itself may take
+    assert reader.take_one() is _ring.NOTHING  # nothing published; the holder itself may take
     writer.put_one(0, [b"z"], None)
     assert reader.take_one() == b"z"
 
@@ -399,3 +405,50 @@ def test_a_ring_without_a_flight_recorder_records_nothing(memory):
     writer = bound_ring_on(memory, 0)
     writer.put_one(0, [b"x"], None)
     assert flight_of(memory, 0) == []
+
+
+def test_a_message_whose_decode_raises_is_kept_for_the_next_call_until_it_raises_twice(memory):
+    writer, reader = ring_on(memory), reader_ring_on(memory)
+    outcomes = iter([KeyboardInterrupt(), ValueError("bad"), "decoded", ValueError("bad"), ValueError("bad")])
+
+    def loads(stream):
+        outcome = next(outcomes)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome, stream
+
+    reader.bind_decoders(loads, lambda stream, buffers: None)
+    writer.put_one(0, [b"first"], None)
+    writer.put_one(0, [b"second"], None)
+    with pytest.raises(KeyboardInterrupt):
+        reader.take_one()
+    assert reader.cursor == 1 and reader.unfinished == (b"first", [], 0, 0)  # taken; an interrupt is no failure
+    assert reader.take_one() is _ring.NOTHING  # the kept message comes first
+    with pytest.raises(ValueError):
+        reader.decode_unfinished()
+    assert reader.unfinished == (b"first", [], 0, 1)
+    assert reader.decode_unfinished() == ("decoded", b"first") and reader.unfinished == (b"first", [], 0, 1)
+    reader.unfinished = None  # the call that returned it clears it
+    with pytest.raises(ValueError):
+        reader.take_one()
+    with pytest.raises(ValueError):
+        reader.decode_unfinished()
+    assert reader.unfinished is None and reader.cursor == 2  # the message's own error, twice: dropped
+    assert record_word(memory, 0, L.REC_MESSAGES) == 2
+
+
+def test_take_one_with_keep_and_deliver_keep_the_message_they_release_until_the_caller_clears_it(memory):
+    writer, reader = ring_on(memory), reader_ring_on(memory)
+    reader.first_read_state = L.ParticipantState.BUSY
+    writer.put_one(0, [b"kept"], None)
+    writer.put_one(0, [b"framed"], None)
+    assert reader.take_one(True) == b"kept" and reader.unfinished == (b"kept", [], 0, 0)
+    assert record_word(memory, 0, L.REC_STATE) == L.ParticipantState.BUSY and reader.first_read_state == 0
+    reader.unfinished = None
+    kept = (b"framed", [], L.FRAME_RAW, 0)
+    reader.deliver(6, kept, True)  # the frame at the cursor is released with it
+    assert reader.unfinished is kept and reader.cursor == 2 and reader.position == 2 * SMALL
+    assert record_word(memory, 0, L.REC_MESSAGES) == 2
+    with pytest.raises(ValueError, match="no message is kept"):
+        reader.unfinished = "an assembly"
+        reader.decode_unfinished()
