@@ -791,13 +791,13 @@ class RemoteReader(Receiving):
             self._ack(BUSY)
 
     def _ack(self, state: int) -> None:
+        try:
+            self._socket.send(ACK + _ACK.pack(self._expected, self._messages, self._bytes, state), zmq.NOBLOCK)
+        except zmq.Again:  # no connection at the moment: still owed, the next acknowledgement carries it
+            return
         self._acked = self._expected
         self._unacked_cost = 0
         self._state = state
-        try:
-            self._socket.send(ACK + _ACK.pack(self._expected, self._messages, self._bytes, state), zmq.NOBLOCK)
-        except zmq.Again:  # no connection at the moment: the next acknowledgement carries it
-            pass
 
     def _next(self, deadline: int | None, timeout: float | None) -> list | None:
         """The next frame we expect ([header, payload]), handling what else comes; None after a wait slice."""
@@ -829,7 +829,8 @@ class RemoteReader(Receiving):
                 return parts
             if seq > self._expected:  # frames lost on the way (a dropped connection): from where we are
                 self._resume()
-            # seq < expected: sent again after a resume, and we have it
+            else:  # sent again after a resume, and we have it; the writer forgot our acknowledgements from it on
+                self._acked = min(self._acked, seq)
         # Nothing to read: acknowledge what we consumed (the writer may wait for it), then wait a slice.
         if self._acked != self._expected or self._state != WAITING_READ:
             self._ack(WAITING_READ)
