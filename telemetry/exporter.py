@@ -113,9 +113,9 @@ def _trace_until(stop: threading.Event, args: argparse.Namespace) -> None:
     from .tracing import provider_from_environment
 
     # Span building is Python and costs CPU per message: it takes only what the traced processes leave
-    # (Linux nice is per thread; the span exporter's thread, started below, inherits it; the metrics
-    # server's thread, started before, keeps its priority).
-    os.nice(TRACES_NICENESS)
+    # (Linux scheduling policies are per thread; the span exporter's thread, started below, inherits
+    # this one's; the metrics server's thread, started before, keeps its priority).
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     provider = provider_from_environment()
     tracer = FlightTracer(Segments(args.queue, shm_dir=args.shm_dir, log=log), provider, ratio=args.traces_ratio)
     print(f"shmq exporter: tracing {args.traces_ratio:.0%} of messages from the flight records", flush=True)
@@ -126,5 +126,5 @@ def _trace_until(stop: threading.Event, args: argparse.Namespace) -> None:
     finally:
         tracer.segments.close()
         provider.shutdown()  # flushes the spans still batched
-        log.info("shmq exporter: %d spans exported, %d operations overwritten before they were read",
-                 tracer.spans, tracer.missed)
+        print(f"shmq exporter: {tracer.spans} spans exported, {tracer.missed} operations overwritten before they "
+              "were read", flush=True)

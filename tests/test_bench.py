@@ -87,6 +87,19 @@ def test_compare_runs_each_configuration_side_by_side(tmp_path):
 
 
 @pytest.mark.timeout(90)
+def test_a_tracing_sidecar_row_reports_the_sidecars_cpu_and_what_it_traced(tmp_path):
+    report = tmp_path / "sidecar.json"
+    done = run_bench("shmq.cli.bench", "--quick", "--workloads", "small-1", "--idle-seconds", "0.1",
+                     "--compare", "stats=on,sidecar=traces", "--json", str(report), timeout=80)
+    assert done.returncode == 0, done.stdout + done.stderr
+    plain, traced = json.loads(report.read_text())["rows"]
+    assert plain["sidecar_cpu_pct"] is None and plain["lost"] == 0
+    assert traced["lost"] == 0 and traced["msgs_per_s"] > 0, traced
+    assert traced["sidecar_cpu_pct"] > 0 and 0 < traced["sidecar_traced_pct"] <= 100, traced
+    assert "sidecar" in done.stdout and "% of operations traced" in done.stdout
+
+
+@pytest.mark.timeout(90)
 def test_quick_remote_benchmark_has_every_row_its_memory_and_loses_nothing(tmp_path):
     report = tmp_path / "remote.json"
     done = run_bench("shmq", "bench", "--remote", "--quick", "--workloads", "small-1,small-4", "--idle-seconds", "0.1",
@@ -114,7 +127,7 @@ def test_compare_specs_parse_into_configurations():
         module_name, _, factory = config.hooks.partition(":")
         assert callable(getattr(importlib.import_module(module_name), factory)), config.hooks
     for bad in ("stats=maybe", "wait=Sleepy", "colour=red", "stats", "n_chunks=many", "hooks=nocolon",
-                "wait=SpinYieldPark:colour=1", "wait=Backoff:sleep_s=soon"):
+                "wait=SpinYieldPark:colour=1", "wait=Backoff:sleep_s=soon", "sidecar=logs"):
         with pytest.raises(ValueError, match="--compare"):
             configs.parse_spec(bad)
 

@@ -5,7 +5,8 @@ and the ``--compare`` spec), ``peers`` (every transport behind one interface),
 ``trial`` (one row: writer, readers, supervisor), ``limits`` (memcpy, ping-pong,
 futex floors), ``soak`` (``--soak``), ``watchdog`` (``--watchdog``: the
 watchdog's detection latency, lead time and CPU), ``tracing_hooks`` (the tracing
-configurations of ``--compare``), ``table`` (the figures and their markdown) and
+configurations of ``--compare``), ``sidecar`` and ``otlp_sink`` (``--compare
+sidecar=traces``: a tracing exporter beside a row), ``table`` (the figures and their markdown) and
 ``command`` (the command line).
 """
 

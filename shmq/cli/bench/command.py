@@ -210,7 +210,7 @@ def _median_row(runs: list[Row]) -> Row:
         return statistics.median(values) if values else None
 
     figures = ("msgs_per_s", "gb_per_s", "cpu_us_per_msg", "p50_us", "p99_us", "idle_cpu_pct", "wake_p50_us",
-               "writer_rss_mb", "reader_rss_mb")
+               "writer_rss_mb", "reader_rss_mb", "sidecar_cpu_pct", "sidecar_traced_pct")
     lost = [r.lost for r in runs if r.lost is not None]
     return dataclasses.replace(runs[0], **{name: median(name) for name in figures},
                                lost=sum(lost) if lost else None,

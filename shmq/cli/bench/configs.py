@@ -16,6 +16,9 @@ A spec is one configuration: ``key=value`` options joined by ``+``, for example
     build=PATH           the shmq package of another checkout (PATH/shmq, its _ring built in place,
                          e.g. by an editable install there), loaded beside this one: a before/after
                          comparison in one run, e.g. build=../old+chunk_bytes=1024+n_chunks=1024
+    sidecar=traces       a ``shmq exporter --traces`` process beside the row, tracing every message
+                         from the flight records: what that costs the traced processes, with the
+                         sidecar's CPU and the share of operations it traced in the note (sidecar.py)
     ring_bytes=INT       the ring's size (default: shmq's, 16 MiB)
     chunk_bytes=INT      with n_chunks: a ring sized as the fixed slots of shmq's layout 3 were,
     n_chunks=INT         n_chunks frames of chunk_bytes, larger messages in pieces of chunk_bytes
@@ -56,6 +59,7 @@ class ShmqConfig:
     lease: bool = False  #: read with reader.lease() instead of reader.get()
     hooks: str = ""  #: "module:callable" returning MessageHooks, or "" for none
     build: str = ""  #: the checkout whose shmq package the row runs; "" for this one
+    sidecar: str = ""  #: "traces": a tracing exporter beside the row; "" for none
     ring_bytes: int | None = None  #: None: shmq's default ring
     chunk_bytes: int | None = None  #: with n_chunks, a ring sized as fixed slots were (shmq.create)
     n_chunks: int | None = None
@@ -129,13 +133,17 @@ def _parse_value(key: str, value: str, spec: str):
         if ":" not in value:
             raise ValueError(f"--compare {spec!r}: hooks must be MODULE:CALLABLE, not {value!r}")
         return value
+    if key == "sidecar":
+        if value != "traces":
+            raise ValueError(f"--compare {spec!r}: sidecar must be traces, not {value!r}")
+        return value
     if key in ("ring_bytes", "chunk_bytes", "n_chunks", "flight_entries"):
         try:
             return int(value, 0)
         except ValueError:
             raise ValueError(f"--compare {spec!r}: {key} must be an integer, not {value!r}") from None
     raise ValueError(f"--compare {spec!r}: unknown key {key!r} (use wait, stats, recorder, flight_entries, lease, "
-                     "hooks, build, ring_bytes, chunk_bytes, n_chunks)")
+                     "hooks, build, sidecar, ring_bytes, chunk_bytes, n_chunks)")
 
 
 @functools.cache

@@ -33,6 +33,7 @@ import sys
 import time
 
 from .configs import ShmqConfig
+from .sidecar import TracingSidecar
 from .workloads import MiB, Workload
 
 PROBE = {"seq": -1, "t": 0}
@@ -109,6 +110,10 @@ class Link:
     def close(self) -> None:
         pass
 
+    def measures(self) -> dict:
+        """Figures of the row that the link measured itself (Row fields), once it is closed."""
+        return {}
+
 
 class Peer:
     label: str
@@ -146,6 +151,14 @@ class _ShmqLink(Link):
         self._writer = writer
         self._handle = str(writer.handle)
         self._config = config
+        self._sidecar = None
+        self._measures: dict = {}
+        if config.sidecar:
+            try:
+                self._sidecar = TracingSidecar(writer.handle.name)
+            except BaseException:
+                writer.close()
+                raise
 
     def sender(self) -> Sender:
         return _ShmqSender(self._writer)
@@ -157,7 +170,15 @@ class _ShmqLink(Link):
         return (_ShmqLeaseReceiver if self._config.lease else _ShmqReceiver)(reader, module.QueueTimeout)
 
     def close(self) -> None:
-        self._writer.close()
+        try:
+            if self._sidecar is not None:  # before the writer's close: its last poll still finds the queue
+                cpu, traced = self._sidecar.stop()
+                self._measures = {"sidecar_cpu_pct": cpu, "sidecar_traced_pct": traced}
+        finally:
+            self._writer.close()
+
+    def measures(self) -> dict:
+        return self._measures
 
 
 class _ShmqSender(Sender):

@@ -28,6 +28,8 @@ class Row:
     reader_rss_mb: float | None = None  #: the most any reader's anonymous memory gained in it, MB (a forked
     #: reader counts the pages it copies on write from the writer too)
     lost: int | None = None  #: messages missing, duplicated or corrupted, summed over readers
+    sidecar_cpu_pct: float | None = None  #: a tracing sidecar's CPU over the row, % of a core (sidecar=traces)
+    sidecar_traced_pct: float | None = None  #: the share of recorded operations it made spans of
     note: str = ""  #: skipped, stalled, timeout, or what a limit row measures
 
     @property
@@ -56,9 +58,16 @@ def markdown(rows: list[Row]) -> str:
                  _number(r.p50_us, 1),
                  _number(r.p99_us, 1), _number(r.idle_cpu_pct, 1), _number(r.wake_p50_us, 1),
                  _number(r.writer_rss_mb, 1), _number(r.reader_rss_mb, 1),
-                 "" if r.lost is None else str(r.lost), r.note)
+                 "" if r.lost is None else str(r.lost), _note(r))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _note(r: Row) -> str:
+    if r.sidecar_cpu_pct is None:
+        return r.note
+    traced = "" if r.sidecar_traced_pct is None else f", {r.sidecar_traced_pct:.0f} % of operations traced"
+    return "; ".join(filter(None, [f"sidecar {r.sidecar_cpu_pct:.0f} % of a core{traced}", r.note]))
 
 
 def _number(value: float | None, digits: int) -> str:

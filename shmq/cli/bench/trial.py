@@ -198,7 +198,8 @@ def _run_trial(peer: Peer, workload: Workload, plan: Plan, workdir: str) -> Row:
         for p in readers:
             reap(p, 2)
         link.close()
-    return _summarize(peer, workload, plan, t0, writer_cpu, writer_rss, reports, note)
+    return dataclasses.replace(_summarize(peer, workload, plan, t0, writer_cpu, writer_rss, reports, note),
+                               **link.measures())
 
 
 def _write_phases(sender, workload: Workload, plan: Plan, board: Board) -> tuple[int, float, int, str]:
