@@ -30,9 +30,6 @@ log = logging.getLogger("shmq.exporter")
 DEFAULT_ADDR = "127.0.0.1"
 DEFAULT_PORT = 9464
 TRACES_INTERVAL_S = 0.1  #: how often --traces reads the flight rings
-#: The tracing thread's nice value. On 2 cores at full speed (shmq bench small, 3 pairs each) the queue kept
-#: 0.74 (N=1) and 0.87 (N=4) of its msgs/s beside a sidecar at normal priority, 0.98 and 0.92 beside this one.
-TRACES_NICENESS = 19
 
 
 class Exporter:
@@ -112,9 +109,10 @@ def _trace_until(stop: threading.Event, args: argparse.Namespace) -> None:
     from .flight_tracing import FlightTracer
     from .tracing import provider_from_environment
 
-    # Span building is Python and costs CPU per message: it takes only what the traced processes leave
-    # (Linux scheduling policies are per thread; the span exporter's thread, started below, inherits
-    # this one's; the metrics server's thread, started before, keeps its priority).
+    # Span building is Python and costs CPU per span: SCHED_IDLE takes only CPU the traced processes
+    # leave idle, and yields to them at once (docs/telemetry.md has what nice 19 cost them). Linux
+    # scheduling policies are per thread: the span exporter's thread, started below, inherits this
+    # one's; the metrics server's thread, started before, keeps its priority.
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     provider = provider_from_environment()
     tracer = FlightTracer(Segments(args.queue, shm_dir=args.shm_dir, log=log), provider, ratio=args.traces_ratio)
