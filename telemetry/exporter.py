@@ -30,6 +30,7 @@ log = logging.getLogger("shmq.exporter")
 DEFAULT_ADDR = "127.0.0.1"
 DEFAULT_PORT = 9464
 TRACES_INTERVAL_S = 0.1  #: how often --traces reads the flight rings
+TRACES_EXIT_GRACE_S = 5.0  #: how long the exporter waits at exit for the tracing's last read and export
 
 
 class Exporter:
@@ -109,20 +110,33 @@ def _trace_until(stop: threading.Event, args: argparse.Namespace) -> None:
     from .flight_tracing import FlightTracer
     from .tracing import provider_from_environment
 
-    # Span building is Python and costs CPU per span: SCHED_IDLE takes only CPU the traced processes
-    # leave idle, and yields to them at once (docs/telemetry.md has what nice 19 cost them). Linux
-    # scheduling policies are per thread: the span exporter's thread, started below, inherits this
-    # one's; the metrics server's thread, started before, keeps its priority.
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    provider = provider_from_environment()
-    tracer = FlightTracer(Segments(args.queue, shm_dir=args.shm_dir, log=log), provider, ratio=args.traces_ratio)
-    print(f"shmq exporter: tracing {args.traces_ratio:.0%} of messages from the flight records", flush=True)
-    try:
-        while not stop.wait(args.traces_interval):
+    tracers: list[FlightTracer] = []
+
+    def trace() -> None:
+        # Span building is Python and costs CPU per span: SCHED_IDLE takes only CPU the traced
+        # processes leave idle, and yields to them at once (docs/telemetry.md has what it costs them).
+        # Linux scheduling policies are per thread: the span exporter's thread, started by the
+        # provider below, inherits this one's; the metrics server's thread and the main thread keep
+        # their priority, so that the exporter still answers, and exits, on a machine left no idle CPU.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        provider = provider_from_environment()
+        tracer = FlightTracer(Segments(args.queue, shm_dir=args.shm_dir, log=log), provider, ratio=args.traces_ratio)
+        tracers.append(tracer)
+        try:
+            while not stop.wait(args.traces_interval):
+                tracer.poll()
             tracer.poll()
-        tracer.poll()
-    finally:
-        tracer.segments.close()
-        provider.shutdown()  # flushes the spans still batched
-        print(f"shmq exporter: {tracer.spans} spans exported, {tracer.missed} operations overwritten before they "
-              "were read", flush=True)
+        finally:
+            tracer.segments.close()
+            provider.shutdown()  # flushes the spans still batched
+
+    thread = threading.Thread(target=trace, name="shmq-traces", daemon=True)
+    thread.start()
+    print(f"shmq exporter: tracing {args.traces_ratio:.0%} of messages from the flight records", flush=True)
+    stop.wait()
+    thread.join(TRACES_EXIT_GRACE_S)
+    spans, missed = (tracers[0].spans, tracers[0].missed) if tracers else (0, 0)
+    unfinished = f"; the last read and export did not finish within {TRACES_EXIT_GRACE_S:g} s (no idle CPU)" \
+        if thread.is_alive() else ""
+    print(f"shmq exporter: {spans} spans exported, {missed} operations overwritten before they were read"
+          f"{unfinished}", flush=True)
