@@ -58,6 +58,9 @@ enum { SEQ, FRAME_LEN, TOTAL_LEN, FLAGS, POSITION };
 #define TRACEPARENT_BYTES 64
 #define FRAME_HEADER_BYTES 128
 #define FRAME_ALIGN 128 /* the header's size: the end of the ring always has room for a padding header */
+#define FRAME_FRAGMENT (1 << 1)
+#define FRAME_LAST (1 << 2)
+#define FRAME_FIRST (1 << 4)
 #define FRAME_PADDING (1 << 6)
 #define MIN_FRAME_BYTES 16 /* the table of one empty segment */
 /* A frame at least this large starts the next lap early when it can (reserve_frame): its copy costs
@@ -223,6 +226,12 @@ typedef struct {
      * it, never between the publish and the cursor's update. A frame reserve() began (its header
      * written, its payload Python's to fill) ends at `reserved_end`; publish() publishes it. */
     uint64_t written, position, reserved_end;
+    /* The flags and total of the frame reserved; and the message in pieces whose first piece is
+     * published and whose last is not (its first frame and total; open_pieces 0 if none). publish()
+     * keeps these, so a put() an interrupt cuts short leaves them right whatever bytecode it stopped
+     * at: the next put() publishes the message's abort piece (Writer._abort_unfinished). */
+    uint64_t reserved_flags, reserved_total, open_first, open_total;
+    int open_pieces;
     /* The thread inside a call's slow path (enter/leave), 0 if none. The one-call fast paths
      * (put_one, take_one) check it and take the whole message or nothing, atomically under the
      * GIL, so a second thread is refused without a lock on the fast path. */
@@ -571,8 +580,15 @@ publish_writer_cursor(Ring *self, uint64_t cursor, uint64_t position)
 static int
 publish_reserved(Ring *self)
 {
-    uint64_t end = self->reserved_end;
+    uint64_t end = self->reserved_end, flags = self->reserved_flags;
     self->reserved_end = 0;
+    if (flags & FRAME_LAST) /* a message's last piece, or its abort piece */
+        self->open_pieces = 0;
+    else if (flags & FRAME_FIRST && flags & FRAME_FRAGMENT) {
+        self->open_pieces = 1;
+        self->open_first = self->written;
+        self->open_total = self->reserved_total;
+    }
     return publish_writer_cursor(self, self->written + 1, end);
 }
 
@@ -781,6 +797,8 @@ reserve_frame(Ring *self, uint64_t payload, uint64_t total, uint64_t flags, PyOb
         write_frame_head(self, self->position, seq, at - self->position - FRAME_HEADER_BYTES, 0, FRAME_PADDING,
                          NULL);
     self->reserved_end = at + stride;
+    self->reserved_flags = flags;
+    self->reserved_total = total;
     return write_frame_head(self, at, seq, payload, total, flags, traceparent);
 }
 
@@ -1792,6 +1810,15 @@ ring_get_written(Ring *self, void *closure)
     return PyLong_FromUnsignedLongLong(self->written);
 }
 
+/* open_pieces -> (first frame, total) | None: a writer's message in pieces begun and not ended. */
+static PyObject *
+ring_get_open_pieces(Ring *self, void *closure)
+{
+    if (!self->open_pieces)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(KK)", (unsigned long long)self->open_first, (unsigned long long)self->open_total);
+}
+
 static PyObject *
 ring_get_cursor(Ring *self, void *closure)
 {
@@ -1887,6 +1914,8 @@ static PyMemberDef ring_members[] = {
 static PyGetSetDef ring_getset[] = {
     {"available", (getter)ring_get_available, NULL, "the writer cursor as last loaded by this ring", NULL},
     {"written", (getter)ring_get_written, NULL, "a writer's cursor: it has published every frame below it", NULL},
+    {"open_pieces", (getter)ring_get_open_pieces, NULL,
+     "a writer's message in pieces whose first piece is published and last is not: (first frame, total) | None", NULL},
     {"cursor", (getter)ring_get_cursor, NULL, "a reader's cursor: it has read every frame below it", NULL},
     {"position", (getter)ring_get_position, NULL, "a writer's or reader's position in the ring, in bytes", NULL},
     {"wanted", (getter)ring_get_wanted, NULL, "the reader position a writer's refused claim waits for", NULL},
@@ -1963,6 +1992,9 @@ PyInit__ring(void)
     PyModule_AddIntConstant(module, "FRAME_TRACEPARENT", FRAME_TRACEPARENT);
     PyModule_AddIntConstant(module, "FRAME_HEADER_BYTES", FRAME_HEADER_BYTES);
     PyModule_AddIntConstant(module, "FRAME_ALIGN", FRAME_ALIGN);
+    PyModule_AddIntConstant(module, "FRAME_FRAGMENT", FRAME_FRAGMENT);
+    PyModule_AddIntConstant(module, "FRAME_LAST", FRAME_LAST);
+    PyModule_AddIntConstant(module, "FRAME_FIRST", FRAME_FIRST);
     PyModule_AddIntConstant(module, "FRAME_PADDING", FRAME_PADDING);
     PyModule_AddIntConstant(module, "MIN_FRAME_BYTES", MIN_FRAME_BYTES);
     PyModule_AddIntConstant(module, "TRACEPARENT_BYTES", TRACEPARENT_BYTES);

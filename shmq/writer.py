@@ -50,7 +50,6 @@ class Writer(Participant):
         self._max = segment.max_message_bytes
         self._reader_records = [L.word(L.record_offset(1 + i)) for i in range(segment.n_readers)]
         self._buf = segment.buf
-        self._unfinished: tuple[int, int] | None = None  # (first piece, total) of a message cut short
         # The ring gates our position on these readers' (shmq/_ring.c: claim, the Disruptor's gating sequence).
         self._ring.bind_gating(tuple(L.record_offset(1 + i) for i in range(segment.n_readers)), L.REC_STATE,
                                L.REC_POSITION, _GATING)
@@ -106,7 +105,7 @@ class Writer(Participant):
         try:
             # The usual message: one C call claims its room (ending within ring_bytes of the slowest reader),
             # writes, publishes and counts it, or refuses (ring full, another thread inside): the slow path.
-            if total > self._frame_bytes or self._unfinished is not None or \
+            if total > self._frame_bytes or self._ring.open_pieces is not None or \
                     self._ring.put_one(flags, segments, traceparent) is None:
                 try:
                     if not self._ring.enter():
@@ -131,7 +130,7 @@ class Writer(Participant):
     def _send_slow(self, segments: list, total: int, flags: int, traceparent: bytes | None,
                    timeout: float | None) -> int:
         """Send a message that must wait for room, goes in pieces, or follows one cut short. Returns the wait."""
-        if self._unfinished is not None:
+        if self._ring.open_pieces is not None:
             self._abort_unfinished(timeout)
         if total > self._frame_bytes:
             waited = self._send_pieces(segments, total, flags, traceparent, timeout)
@@ -155,8 +154,9 @@ class Writer(Participant):
         Each frame is published as soon as it is full, so readers copy piece k while
         the writer fills piece k+1 and a message may be larger than the whole ring.
         `timeout` covers every piece. If the call ends early (a timeout, an interrupt) after a
-        piece was published, the message is unfinished: the next put() or close() publishes an
-        abort piece, and every reader drops what it assembled of it.
+        piece was published, the message is unfinished (the ring's open_pieces, which each publish
+        keeps in C, so no bytecode the interrupt lands on can miss it): the next put() or close()
+        publishes an abort piece, and every reader drops what it assembled of it.
         """
         views = [memoryview(segment).cast("B") for segment in segments]
         offsets, _ = L.segment_layout([len(view) for view in views])
@@ -175,41 +175,34 @@ class Writer(Participant):
         buf = self._buf
         source, offset = 0, 0
         waited = 0
-        first = self._cursor
         deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
-        try:
-            for piece in range(n_pieces):
-                frame = min(self._frame_bytes, total - piece * self._frame_bytes)
-                kind = (L.FRAME_FIRST if piece == 0 else 0) | (L.FRAME_LAST if piece == n_pieces - 1 else 0)
-                if not self._ring.room(frame):
-                    remaining = timeout if piece == 0 or deadline is None else \
-                        max(1e-9, (deadline - time.monotonic_ns()) / 1e9)  # > 0: a timeout, not WouldBlock
-                    waited += self._claim(frame, remaining)
-                dest, need = self._ring.reserve(frame, total, flags | kind, traceparent), frame
-                while need:
-                    view = sources[source]
-                    take = min(need, len(view) - offset)
-                    buf[dest : dest + take] = view[offset : offset + take]
-                    dest += take
-                    need -= take
-                    offset += take
-                    if offset == len(view):
-                        source, offset = source + 1, 0
-                self._publish()
-        except BaseException:
-            if self._cursor > first:  # readers hold the beginning of a message that will not be finished
-                self._unfinished = (first, total)
-            raise
+        for piece in range(n_pieces):
+            frame = min(self._frame_bytes, total - piece * self._frame_bytes)
+            kind = (L.FRAME_FIRST if piece == 0 else 0) | (L.FRAME_LAST if piece == n_pieces - 1 else 0)
+            if not self._ring.room(frame):
+                remaining = timeout if piece == 0 or deadline is None else \
+                    max(1e-9, (deadline - time.monotonic_ns()) / 1e9)  # > 0: a timeout, not WouldBlock
+                waited += self._claim(frame, remaining)
+            dest, need = self._ring.reserve(frame, total, flags | kind, traceparent), frame
+            while need:
+                view = sources[source]
+                take = min(need, len(view) - offset)
+                buf[dest : dest + take] = view[offset : offset + take]
+                dest += take
+                need -= take
+                offset += take
+                if offset == len(view):
+                    source, offset = source + 1, 0
+            self._publish()
         return waited
 
     def _abort_unfinished(self, timeout: float | None) -> None:
         """Publish the abort piece of the message an earlier call left unfinished."""
-        first, total = self._unfinished
+        first, total = self._ring.open_pieces
         s = self._cursor
         self._claim(0, timeout)
         self._ring.reserve(0, total, L.FRAME_FRAGMENT | L.FRAME_LAST | L.FRAME_ABORT, None)
-        self._publish()
-        self._unfinished = None
+        self._publish()  # ends the message: open_pieces is None from here on
         log.warning("shmq queue %r: message %d was interrupted after %d of its pieces; readers drop it",
                     self.queue_name, first, s - first)
 
@@ -327,7 +320,7 @@ class Writer(Participant):
             self._ring.leave()
 
     def _close_held(self) -> None:
-        if self._unfinished is not None:
+        if self._ring.open_pieces is not None:
             try:
                 self._abort_unfinished(0)
             except ShmqError:  # no room: readers waiting for its rest see the close instead

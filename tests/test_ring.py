@@ -452,3 +452,17 @@ def test_take_one_with_keep_and_deliver_keep_the_message_they_release_until_the_
     with pytest.raises(ValueError, match="no message is kept"):
         reader.unfinished = "an assembly"
         reader.decode_unfinished()
+
+
+def test_the_writer_ring_keeps_which_message_in_pieces_is_begun_and_not_ended(memory):
+    writer = bound_ring_on(memory, 0)
+    piece = L.FRAME_FRAGMENT
+    writer.put_one(0, [b"whole"], None)
+    assert writer.open_pieces is None
+    for flags, open_after in ((piece | L.FRAME_FIRST, (1, 300)), (piece, (1, 300)), (piece | L.FRAME_LAST, None),
+                              (piece | L.FRAME_FIRST, (4, 300)), (piece | L.FRAME_LAST | L.FRAME_ABORT, None)):
+        before = writer.open_pieces
+        writer.reserve(0 if flags & L.FRAME_ABORT else 100, 300, flags, None)
+        assert writer.open_pieces == before  # reserved, not published: readers have not seen it
+        writer.publish()
+        assert writer.open_pieces == open_after
