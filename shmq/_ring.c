@@ -1564,6 +1564,8 @@ ring_bind_decoders(Ring *self, PyObject *args)
 static PyObject *
 ring_decode_unfinished(Ring *self, PyObject *unused)
 {
+    if (check_reader(self) < 0)
+        return NULL;
     PyObject *kept = self->unfinished;
     if (kept == NULL || !PyTuple_Check(kept) || PyTuple_GET_SIZE(kept) != 4 ||
         !PyList_Check(PyTuple_GET_ITEM(kept, 1))) {
@@ -1775,6 +1777,11 @@ ring_release(Ring *self, PyObject *unused)
         PyBuffer_Release(&self->view);
         self->view.buf = NULL;
     }
+    /* The ring is not tracked by the garbage collector: a decoder that refers back to its reader
+     * would otherwise keep both alive. */
+    Py_CLEAR(self->unfinished);
+    Py_CLEAR(self->loads);
+    Py_CLEAR(self->decode);
     Py_RETURN_NONE;
 }
 
