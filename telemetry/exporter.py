@@ -31,6 +31,7 @@ DEFAULT_ADDR = "127.0.0.1"
 DEFAULT_PORT = 9464
 TRACES_INTERVAL_S = 0.1  #: how often --traces reads the flight rings
 TRACES_EXIT_GRACE_S = 5.0  #: how long the exporter waits at exit for the tracing's last read and export
+TRACES_NICENESS = 19  #: the tracing threads' nice value
 
 
 class Exporter:
@@ -111,18 +112,21 @@ def _trace_until(stop: threading.Event, args: argparse.Namespace) -> None:
     from .tracing import provider_from_environment
 
     tracers: list[FlightTracer] = []
+    ready = threading.Event()  # the tracer's first read is done: what happens after it is traced
 
     def trace() -> None:
-        # Span building is Python and costs CPU per span: SCHED_IDLE takes only CPU the traced
-        # processes leave idle, and yields to them at once (docs/telemetry.md has what it costs them).
-        # Linux scheduling policies are per thread: the span exporter's thread, started by the
-        # provider below, inherits this one's; the metrics server's thread and the main thread keep
-        # their priority, so that the exporter still answers, and exits, on a machine left no idle CPU.
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        # Span building is Python and costs CPU per span: at the lowest priority it takes little from
+        # the traced processes (docs/telemetry.md has what it costs them), and still some CPU on a
+        # machine they keep busy (SCHED_IDLE would trace nothing there). Linux nice is per thread: the
+        # span exporter's thread, started by the provider below, inherits this one's; the metrics
+        # server's thread and the main thread keep their priority, and the exporter exits in time.
+        os.nice(TRACES_NICENESS)
         provider = provider_from_environment()
         tracer = FlightTracer(Segments(args.queue, shm_dir=args.shm_dir, log=log), provider, ratio=args.traces_ratio)
         tracers.append(tracer)
         try:
+            tracer.poll()  # what the rings hold now: operations from here on are counted, traced or missed
+            ready.set()
             while not stop.wait(args.traces_interval):
                 tracer.poll()
             tracer.poll()
@@ -132,11 +136,13 @@ def _trace_until(stop: threading.Event, args: argparse.Namespace) -> None:
 
     thread = threading.Thread(target=trace, name="shmq-traces", daemon=True)
     thread.start()
+    while not ready.wait(0.1) and thread.is_alive() and not stop.is_set():
+        pass
     print(f"shmq exporter: tracing {args.traces_ratio:.0%} of messages from the flight records", flush=True)
     stop.wait()
     thread.join(TRACES_EXIT_GRACE_S)
     spans, missed = (tracers[0].spans, tracers[0].missed) if tracers else (0, 0)
-    unfinished = f"; the last read and export did not finish within {TRACES_EXIT_GRACE_S:g} s (no idle CPU)" \
+    unfinished = f"; the last read and export did not finish within {TRACES_EXIT_GRACE_S:g} s (the machine left it too little CPU)" \
         if thread.is_alive() else ""
     print(f"shmq exporter: {spans} spans exported, {missed} operations overwritten before they were read"
           f"{unfinished}", flush=True)
