@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Iterable
 
@@ -101,13 +102,13 @@ def main(args: argparse.Namespace) -> int:
         what = ", ".join(args.queue) if args.queue else f"every shmq segment in {args.shm_dir}"
         print(f"shmq exporter: serving {exporter.url} for {what}", flush=True)
         if args.traces:
-            _trace_until(stop, args)
-        else:
-            stop.wait()
+            return _trace_until(stop, args)
+        stop.wait()
     return 0
 
 
-def _trace_until(stop: threading.Event, args: argparse.Namespace) -> None:
+def _trace_until(stop: threading.Event, args: argparse.Namespace) -> int:
+    """Trace until `stop`; the exit code (1 if the tracing stopped on an error)."""
     from .flight_tracing import FlightTracer
     from .tracing import provider_from_environment
 
@@ -138,11 +139,17 @@ def _trace_until(stop: threading.Event, args: argparse.Namespace) -> None:
     thread.start()
     while not ready.wait(0.1) and thread.is_alive() and not stop.is_set():
         pass
-    print(f"shmq exporter: tracing {args.traces_ratio:.0%} of messages from the flight records", flush=True)
-    stop.wait()
+    if ready.is_set():
+        print(f"shmq exporter: tracing {args.traces_ratio:.0%} of messages from the flight records", flush=True)
+    while thread.is_alive() and not stop.wait(0.5):
+        pass
+    if not stop.is_set():  # its exception is printed above (threading's excepthook)
+        print("shmq exporter: the tracing stopped on an error", file=sys.stderr, flush=True)
+        return 1
     thread.join(TRACES_EXIT_GRACE_S)
     spans, missed = (tracers[0].spans, tracers[0].missed) if tracers else (0, 0)
-    unfinished = f"; the last read and export did not finish within {TRACES_EXIT_GRACE_S:g} s (the machine left it too little CPU)" \
+    unfinished = f"; its last read and export did not end within {TRACES_EXIT_GRACE_S:g} s (too little CPU)" \
         if thread.is_alive() else ""
     print(f"shmq exporter: {spans} spans exported, {missed} operations overwritten before they were read"
           f"{unfinished}", flush=True)
+    return 0
