@@ -90,7 +90,6 @@ class Reader(Receiving, Participant):
         self._raw_only = self._serializer.raw
         self._frame_bytes = segment.frame_bytes
         self._max = segment.max_message_bytes
-        self._readonly = segment.buf.toreadonly()  # leases hand out views the caller cannot write through
         # The ring keeps our cursor, position and totals and publishes them (shmq/_ring.c): once per
         # batch while a backlog lasts, and at once when we catch up, as a publish (stores, a full fence,
         # the parked check) costs a fifth of a small get(). If the application stops reading mid-batch,
@@ -409,7 +408,8 @@ class Reader(Receiving, Participant):
     # -- frames --------------------------------------------------------------------------
     def _frame(self, head: int, length: int, c: int, copy: bool) -> tuple[memoryview, list]:
         """The frame's stream and buffers: buffers copied out, or read-only views of the ring for a lease."""
-        stream, views = self._frame_in(self._buf if copy else self._readonly, head + _HEADER_BYTES, length, c)
+        buf = self._buf if copy else self._segment.readonly
+        stream, views = self._frame_in(buf, head + _HEADER_BYTES, length, c)
         return stream, [bytearray(v) for v in views] if copy else views
 
     def _frame_in(self, buf: memoryview, offset: int, length: int, c: int) -> tuple[memoryview, list]:
@@ -531,7 +531,6 @@ class Reader(Receiving, Participant):
 
     def _unmap(self) -> None:
         try:
-            self._readonly.release()
             self._segment.close()  # releases the rings made on it, ours included
         except BufferError:
             pass  # a lease's arrays still alias the mapping; it is unmapped when they are collected

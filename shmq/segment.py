@@ -47,6 +47,7 @@ class Segment:
         self._mm = mm
         self.writable = writable
         self.buf = memoryview(mm)
+        self.readonly = self.buf.toreadonly()  # what leases hand out: views the caller cannot write through
         self._rings: list[_ring.Ring] = []
         self.words = self.buf.cast("Q")
         if writable:
@@ -190,6 +191,7 @@ class Segment:
         for ring in self._rings:  # each holds a buffer export, which would keep the mapping open
             ring.release()
         self.words.release()
+        self.readonly.release()
         self.buf.release()
         self._mm.close()
 

@@ -14,6 +14,8 @@ import pickle
 import sys
 from typing import Any, Callable, Protocol, Sequence
 
+from .errors import BadQueueArgument
+
 
 class Serializer(Protocol):
     #: True when messages are the caller's bytes and readers must not unpickle.
@@ -153,6 +155,8 @@ def resolve(serializer: None | str | Serializer) -> Serializer:
         return PickleSerializer()
     if serializer == "bytes":
         return BytesSerializer()
-    if isinstance(serializer, str):
-        raise ValueError(f"unknown serializer {serializer!r}: use 'pickle', 'bytes' or an object with encode/decode")
+    if isinstance(serializer, str) or not isinstance(getattr(serializer, "raw", None), bool) or \
+            not all(callable(getattr(serializer, method, None)) for method in ("encode", "decode")):
+        raise BadQueueArgument(f"unknown serializer {serializer!r}: use 'pickle', 'bytes' or a Serializer (a bool "
+                               "raw, encode() and decode(): shmq.serialization.Serializer)")
     return serializer

@@ -190,6 +190,27 @@ def test_a_serializer_that_returns_no_buffer_fails_cleanly_and_the_stream_goes_o
             assert reader.get_bytes(timeout=5) == b"after"
 
 
+class _NoDecode:
+    """Half a serializer: it says what it is and encodes, but cannot decode."""
+
+    raw = False
+
+    def encode(self, obj) -> list:
+        return [repr(obj).encode()]
+
+
+def test_an_object_that_is_not_a_serializer_is_refused_by_name_and_the_reader_slot_stays_free(queue_name):
+    with shmq.create(1, name=queue_name, chunk_bytes=1024, n_chunks=4) as writer:
+        for bad in (_NoDecode(), object(), "json"):
+            with pytest.raises(shmq.BadQueueArgument, match="unknown serializer"):
+                shmq.attach(writer.handle, 0, serializer=bad)
+            with pytest.raises(shmq.BadQueueArgument, match="unknown serializer"):
+                shmq.create(1, name=f"{queue_name}-x", serializer=bad)
+        with shmq.attach(writer.handle, 0) as reader:  # nothing was claimed, and the segment still maps
+            writer.put("fine")
+            assert reader.get(timeout=5) == "fine"
+
+
 def test_stats_open_finds_a_queue_by_its_name_and_refuses_an_unknown_or_ambiguous_one():
     shm_dir = tempfile.mkdtemp(prefix="stats-open-", dir="/dev/shm")  # tmpfs, and only this test's segments
     try:
