@@ -1451,6 +1451,15 @@ copy_frame(const char *frame_start, uint64_t frame)
     return result;
 }
 
+/* One more message received: the reader's totals and its flight record. */
+static void
+count_message(Ring *self, uint64_t nbytes)
+{
+    self->messages += 1;
+    self->bytes += nbytes;
+    flight(self, OP_GET, self->cursor, nbytes, 1);
+}
+
 static int
 has_unfinished(Ring *self)
 {
@@ -1459,8 +1468,8 @@ has_unfinished(Ring *self)
 
 /* Keep a message taken out of the ring as unfinished: (stream, buffers, flags, failures), with
  * `failures` decodes of it that raised an ordinary exception. The exception being raised, if any,
- * stays the one raised. */
-static void
+ * stays the one raised; -1 (with MemoryError) if nothing was being raised and it could not keep it. */
+static int
 keep_taken(Ring *self, PyObject *stream, PyObject *buffers, uint64_t flags, uint64_t failures)
 {
     PyObject *type, *value, *traceback;
@@ -1475,6 +1484,7 @@ keep_taken(Ring *self, PyObject *stream, PyObject *buffers, uint64_t flags, uint
         PyErr_Clear(); /* the message's own exception is the one to report */
     if (type != NULL)
         PyErr_Restore(type, value, traceback);
+    return kept == NULL && type == NULL ? -1 : 0;
 }
 
 /* A message's stream decoded, with its out-of-band buffers (a list; NULL: none). */
@@ -1528,16 +1538,15 @@ ring_take_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(message);
         return Py_NewRef(Nothing);
     }
-    self->messages += 1;
-    self->bytes += frame;
+    count_message(self, frame);
     release_read(self, position + frame_stride(frame), 0);
-    flight(self, OP_GET, c, frame, 1);
     int with_buffers = PyTuple_Check(message);
     PyObject *stream = with_buffers ? PyTuple_GET_ITEM(message, 0) : message;
     PyObject *buffers = with_buffers ? PyTuple_GET_ITEM(message, 1) : NULL;
     PyObject *decoded = decode_stream(self, stream, buffers);
-    if (decoded == NULL || keep)
-        keep_taken(self, stream, buffers, 0, decoded == NULL && PyErr_ExceptionMatches(PyExc_Exception));
+    if ((decoded == NULL || keep) &&
+        keep_taken(self, stream, buffers, 0, decoded == NULL && PyErr_ExceptionMatches(PyExc_Exception)) < 0)
+        Py_CLEAR(decoded); /* taken and not kept: a value returned now would have an error beside it */
     Py_DECREF(message);
     return decoded;
 }
@@ -1609,14 +1618,6 @@ ring_header_intact(Ring *self, PyObject *arg)
         return NULL;
     atomic_thread_fence(memory_order_acquire);
     return PyBool_FromLong(names_frame(frame_words(self, self->position), seq, self->position));
-}
-
-static void
-count_message(Ring *self, uint64_t nbytes)
-{
-    self->messages += 1;
-    self->bytes += nbytes;
-    flight(self, OP_GET, self->cursor, nbytes, 1);
 }
 
 /* count(nbytes): one more message received, through the Python path. */
