@@ -595,7 +595,7 @@ class RemoteReader(Receiving):
         self._socket.setsockopt(zmq.SNDHWM, 0)
         self._socket.setsockopt(zmq.LINGER, 0)
         _heartbeats(self._socket)
-        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
                                                         | _HANDSHAKE_FAILED)
         self._socket.connect(self._endpoint)
         self._cancelled = self._closed = False
@@ -880,7 +880,9 @@ class RemoteReader(Receiving):
     def _watch_connection(self, resend_hello: bool) -> None:
         while self._monitor.poll(0, zmq.POLLIN):
             event = recv_monitor_message(self._monitor)["event"]
-            if event == zmq.EVENT_CONNECTED:
+            # Connected means the handshake came through: a TCP connection alone may be a proxy or load
+            # balancer that accepts while the writer is unreachable, and each retry would ask for a resume.
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._connections += 1
                 self._lost_since = None
                 if resend_hello and self._connections > 1:  # a new connection: resume where we are
