@@ -6,6 +6,7 @@ import atexit
 import logging
 import math
 import os
+import sys
 import threading
 import time
 import weakref
@@ -74,6 +75,23 @@ def _close_all_at_exit() -> None:
     # Interpreter exit (including after Ctrl-C) unlinks what writers created; no __del__ needed.
     for participant in list(_open_participants):
         participant.close()
+
+
+_exit_hooked_pid = 0  # the process that _hook_child_exit last ran in
+
+
+def _hook_child_exit() -> None:
+    """A forked multiprocessing child leaves through os._exit, past atexit; its exit runs
+    multiprocessing's finalizers, so close there too (a worker's queue is unlinked as in vLLM)."""
+    global _exit_hooked_pid
+    if _exit_hooked_pid == os.getpid():
+        return
+    _exit_hooked_pid = os.getpid()
+    multiprocessing = sys.modules.get("multiprocessing")  # a multiprocessing child has imported it
+    if multiprocessing is not None and multiprocessing.parent_process() is not None:
+        from multiprocessing import util
+
+        util.Finalize(None, _close_all_at_exit, exitpriority=0)
 
 
 def _forget_inherited_participants() -> None:
@@ -218,6 +236,7 @@ class Participant:
         self._heartbeat.start()
         if stack_dumps:  # a watchdog can then ask for our Python stacks (shmq.diagnostics)
             self._stack_dumps = diagnostics.acquire(stack_dumps if isinstance(stack_dumps, str) else None)
+        _hook_child_exit()
         _open_participants.add(self)
 
     def _busy_error(self) -> ConcurrentUse:

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 import shmq
 from shmq import layout as L
 
+from .conftest import FORK
+
 CREATE_AND_REPORT = """
 import shmq, sys
 writer = shmq.create(1, name="exit-test", chunk_bytes=4096, n_chunks=2)
@@ -49,6 +51,28 @@ def test_ctrl_c_in_a_blocked_put_leaves_nothing_in_dev_shm():
     child.send_signal(signal.SIGINT)
     assert child.wait(20) != 0
     assert not os.path.exists(os.path.join("/dev/shm", shm_name))
+
+
+def create_send_and_return(conn) -> None:
+    """Child: a writer that sends one message once its reader attached, and returns without closing it."""
+    writer = shmq.create(1, name="forked-exit-test")
+    conn.send(writer.handle)
+    writer.put("last words", timeout=10)
+
+
+@pytest.mark.timeout(30)
+def test_a_forked_multiprocessing_child_that_returns_unlinks_its_queue_and_its_readers_see_it_closed(children):
+    # multiprocessing ends a forked child with os._exit, which skips atexit.
+    parent_end, child_end = FORK.Pipe()
+    child = children(create_send_and_return, child_end)
+    handle = parent_end.recv()
+    with shmq.attach(handle, 0) as reader:
+        assert reader.get(timeout=10) == "last words"
+        child.join(10)
+        assert child.exitcode == 0
+        assert not os.path.exists(os.path.join("/dev/shm", handle.shm_name))
+        with pytest.raises(shmq.QueueClosed):
+            reader.get(timeout=10)
 
 
 @pytest.mark.timeout(30)
