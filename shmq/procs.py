@@ -1,4 +1,5 @@
-"""Is a process still the one that registered? Pid plus start time, so a reused pid is not mistaken for it."""
+"""Is a process still the one that registered? Pid plus start time, so a reused pid is not mistaken for it.
+And does any process use a file?"""
 
 from __future__ import annotations
 
@@ -72,3 +73,20 @@ def owner_is_alive(owner: int) -> bool:
     if start_low and int(fields[19]) & 0xFFFFFFFF != start_low:
         return False
     return fields[0] != b"Z"
+
+
+def in_use(path: str) -> bool:
+    """Whether some process maps `path` or holds it open. A process whose /proc entries this one may not
+    read (another user's, or one made non-dumpable) is not counted: shmq participants run as the
+    segment's user (segments are private to it), and Python processes are dumpable."""
+    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                if any(line.rstrip("\n").removesuffix(" (deleted)").endswith(" " + path) for line in f):
+                    return True
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == path:
+                    return True
+        except (FileNotFoundError, PermissionError):  # gone while we looked, or not ours to look into
+            continue
+    return False

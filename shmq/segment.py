@@ -305,6 +305,7 @@ class SegmentInfo:
     creator_alive: bool  #: whether that process still runs
     size_bytes: int  #: size of the object
     error: str = ""  #: why the header could not be read, if it could not
+    shmq_magic: bool = False  #: unreadable, but begins with shmq's magic: another layout version, or corrupt
 
 
 def list_segments(shm_dir: str = SHM_DIR) -> list[SegmentInfo]:
@@ -322,7 +323,8 @@ def list_segments(shm_dir: str = SHM_DIR) -> list[SegmentInfo]:
         except FileNotFoundError:
             continue  # unlinked while we looked
         except (ShmqError, OSError) as e:
-            found.append(SegmentInfo(shm_name, "", 0, False, 0, error=str(e)))
+            found.append(SegmentInfo(shm_name, "", 0, False, 0, error=str(e),
+                                     shmq_magic=isinstance(e, LayoutMismatch) and _begins_with_magic(path)))
             continue
         try:
             alive = procs.is_alive(seg.creator_pid, seg.creator_start)
@@ -332,13 +334,25 @@ def list_segments(shm_dir: str = SHM_DIR) -> list[SegmentInfo]:
     return found
 
 
+def _begins_with_magic(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(L.MAGIC)) == L.MAGIC
+    except OSError:
+        return False
+
+
 def cleanup(shm_dir: str = SHM_DIR) -> list[str]:
-    """Unlink the segments whose creator has died. Returns their shm names."""
+    """Unlink the segments whose creator has died, and the shmq segments this version cannot read
+    (another layout version, never made ready, or corrupt) that no process maps or holds open.
+    Returns their shm names."""
     removed = []
     for info in list_segments(shm_dir):
-        if not info.error and not info.creator_alive:
+        path = os.path.join(shm_dir, info.shm_name)
+        orphan = info.shmq_magic and not procs.in_use(path) if info.error else not info.creator_alive
+        if orphan:
             try:
-                os.unlink(os.path.join(shm_dir, info.shm_name))
+                os.unlink(path)
                 removed.append(info.shm_name)
             except FileNotFoundError:
                 pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +87,38 @@ def test_cleanup_unlinks_segments_of_dead_creators_only(writer):
     assert shm_name in shmq.cleanup()
     assert not os.path.exists(os.path.join("/dev/shm", shm_name))
     assert os.path.exists(os.path.join("/dev/shm", writer.handle.shm_name))
+
+
+MAP_AND_WAIT = "import mmap, sys, time; f = open(sys.argv[1], 'r+b'); m = mmap.mmap(f.fileno(), 0); f.close(); " \
+               "print('mapped', flush=True); time.sleep(60)"
+
+
+@pytest.mark.timeout(30)
+def test_cleanup_unlinks_unreadable_shmq_segments_that_no_process_maps_and_nothing_else(writer, tmp_path):
+    def segment_file(name: str, version: int) -> str:
+        path = str(tmp_path / f"shmq-{name}")
+        shutil.copyfile(os.path.join("/dev/shm", writer.handle.shm_name), path)
+        with open(path, "r+b") as f:
+            f.seek(L.OFF_VERSION)
+            f.write(version.to_bytes(8, "little"))
+        return path
+
+    orphaned_old_layout = segment_file("old", 4)
+    never_ready = segment_file("never-ready", 0)
+    mapped_old_layout = segment_file("mapped", 4)
+    not_ours = str(tmp_path / "shmq-not-ours")
+    with open(not_ours, "wb") as f:
+        f.write(b"another program's file" * 100)
+    holder = subprocess.Popen([sys.executable, "-c", MAP_AND_WAIT, mapped_old_layout], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "mapped"
+        assert sorted(shmq.cleanup(str(tmp_path))) == ["shmq-never-ready", "shmq-old"]
+        assert not os.path.exists(orphaned_old_layout) and not os.path.exists(never_ready)
+        assert os.path.exists(mapped_old_layout) and os.path.exists(not_ours)
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert shmq.cleanup(str(tmp_path)) == ["shmq-mapped"]
 
 
 def test_stats_record_counts_exactly_what_happened(queue_name):

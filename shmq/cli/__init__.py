@@ -18,7 +18,7 @@ COMMANDS = {
     "demo": ("shmq.cli.demo", "run the engine-and-workers demo"),
     "bench": ("shmq.cli.bench", "benchmark shmq against its peers side by side"),
     "list": ("shmq.cli.admin", "list shmq segments in /dev/shm"),
-    "cleanup": ("shmq.cli.admin", "unlink segments whose creator has died"),
+    "cleanup": ("shmq.cli.admin", "unlink segments whose creator died, and unused ones of other shmq versions"),
     "flight": ("shmq.cli.flight", "every participant's last operations, and what they say about a stall"),
     "relay": ("shmq.cli.relay", "republish a queue from another host into a local one"),
     "exporter": ("shmq.telemetry.exporter", "serve Prometheus metrics for shmq queues"),
