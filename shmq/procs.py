@@ -81,11 +81,12 @@ def in_use(path: str) -> bool:
     segment's user (segments are private to it), and Python processes are dumpable."""
     for pid in (name for name in os.listdir("/proc") if name.isdigit()):
         try:
-            with open(f"/proc/{pid}/maps") as f:
-                if any(line.rstrip("\n").removesuffix(" (deleted)").endswith(" " + path) for line in f):
-                    return True
+            # Descriptors before maps: a creator opens, maps, then closes, so one of the two shows it.
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 if os.readlink(f"/proc/{pid}/fd/{fd}") == path:
+                    return True
+            with open(f"/proc/{pid}/maps") as f:
+                if any(line.rstrip("\n").removesuffix(" (deleted)").endswith(" " + path) for line in f):
                     return True
         except (FileNotFoundError, PermissionError):  # gone while we looked, or not ours to look into
             continue
