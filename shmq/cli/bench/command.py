@@ -130,25 +130,31 @@ def main(args: argparse.Namespace) -> int:
     rows: list[Row] = []
     iceoryx2_before = peers.iceoryx2_global_state()
     ring_ceilings = None
+    pickle_ceilings: dict[int, Row] = {}
+    limits_wanted = not (compared or args.remote or args.no_limits)
     try:
         for workload in chosen:
             plan = workloads.plan_for(workload, quick=args.quick, idle_s=idle_s, scale=args.scale)
             measures = [functools.partial(_timed_row, p, workload, plan, row_timeout)
                         for p in _candidates(args, compared, workload)]
             n_rows = len(measures)
-            limits_wanted = not (compared or args.remote or args.no_limits)
+            # This machine's speed moves minute to minute: the ceilings run beside the rows they bound.
             if workload.kind == "large" and ring_ceilings is None and limits_wanted:
-                # This machine's copy speed moves minute to minute: the ceilings run beside the rows.
                 measures += limits.ring_ceilings(quick=args.quick)
+            elif workload.kind == "small" and workload.n_readers in limits.PICKLE_RING_READERS and limits_wanted:
+                measures.append(functools.partial(_timed_row, limits.PickleRingPeer(workload.n_readers), workload,
+                                                  plan, row_timeout))
             runs = [[measure() for measure in measures] for _ in range(args.repeat)]
             medians = [_median_row([run[i] for run in runs]) for i in range(len(measures))]
             rows.extend(medians[:n_rows])
-            if len(measures) > n_rows:
+            if len(measures) > n_rows and workload.kind == "large":
                 ring_ceilings = medians[n_rows:]
+            elif len(measures) > n_rows:
+                pickle_ceilings[workload.n_readers] = limits.as_limit(medians[n_rows])
     finally:
         peers.remove_iceoryx2_global_state(iceoryx2_before)
-    if not (compared or args.remote or args.no_limits):
-        rows.extend(limits.limit_rows(quick=args.quick, ring_rows=ring_ceilings))
+    if limits_wanted:
+        rows.extend(limits.limit_rows(quick=args.quick, ring_rows=ring_ceilings, pickle_rows=pickle_ceilings))
     print()
     print(markdown(rows))
     print(f"\n1-minute load average: {load_at_start} at the start, {load_average()} at the end.")

@@ -4,7 +4,8 @@
 * a two-process ping-pong over one shared-memory word, in pure Python: the floor
   of one-way latency for any Python queue, and its message rate;
 * the small rows' pickling, copying and unpickling alone, through a ring of
-  shared counters, to 1 and 4 readers: what a pure-Python queue could reach;
+  shared counters, to 1 and 4 readers, run through the same harness as the
+  transports and beside the small rows: what a bare pure-Python queue reaches;
 * a futex wake through shmq's C calls (shmq/_ring.c), bare and carrying the pickled small message: the
   floor of waking a parked reader, after the same pause as the wake-up phase;
 * 1 MiB arrays through a 4-slot ring between two processes, numpy copies and a
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import mmap
 import multiprocessing
@@ -29,8 +31,9 @@ import numpy as np
 from shmq import sync
 from shmq.serialization import PickleSerializer
 
+from .peers import SEND_TIMEOUT_S, Link, Peer, Receiver, Sender, fields
 from .table import Row
-from .trial import reap
+from .trial import reap, run_row
 from .workloads import MiB, Workload, plan_for
 
 _fork = multiprocessing.get_context("fork")
@@ -101,85 +104,99 @@ def ping_pong_row(rounds: int, timeout_s: float = 30.0) -> Row:
 
 
 _SMALL_SLOT_BYTES, _SMALL_SLOTS = 1024, 1024  # the pickle-only ring: 1,024 slots of 1 KiB
+PICKLE_RING_READERS = (1, 4)  #: the small rows that get a pickle-only ring beside them
+_PICKLE_RING_NOTE = "the small message pickled, copied, unpickled; counters only: no checks, stats, parking"
 
 
-def _pickle_ring_reader(mm: mmap.mmap, index: int, count: int, deadline: float, conn) -> None:
-    words = memoryview(mm).cast("q")  # word 0: messages published; word 8 (1 + i): reader i's count
-    ring = memoryview(mm)[mmap.PAGESIZE:]
-    lengths = ring.cast("q")  # each slot starts with its message's length
-    consumed = 8 * (1 + index)
-    lost = 0
-    cpu0 = time.process_time()
-    for k in range(count):
-        while words[0] <= k:
-            os.sched_yield()  # with more processes than cores, a poll that finds nothing gives the core away
-            if time.monotonic() > deadline:
-                conn.send((time.process_time() - cpu0, count - k))
-                return
-        at = (k % _SMALL_SLOTS) * _SMALL_SLOT_BYTES
-        if pickle.loads(ring[at + 8 : at + 8 + lengths[at // 8]])["seq"] != k:
-            lost += 1
-        words[consumed] = k + 1
-    del ring, lengths, words
-    conn.send((time.process_time() - cpu0, lost))
-
-
-def pickle_ring_row(n_readers: int, count: int, timeout_s: float = 60.0) -> Row:
+class PickleRingPeer(Peer):
     """The small rows' work and nothing else: pickle, copy into a shared ring, unpickle.
 
-    One writer and `n_readers` processes, the small message, 1024 slots of 1 KiB
-    and a shared counter per process; no checks, counters, liveness or parking.
-    What a pure-Python broadcast queue could reach at best on this machine.
+    One writer and N readers, 1,024 slots of 1 KiB and a shared counter per process; no
+    checks, counters, liveness or parking (a poll that finds nothing yields the core). It
+    runs through the same harness as the transports (trial.run_row), so it pays the same
+    bookkeeping per message that they pay: what a pure-Python broadcast queue could reach
+    at best on this machine.
     """
-    label = f"pickle-only ring, {n_readers} reader{'s' if n_readers > 1 else ''}"
-    mm = mmap.mmap(-1, mmap.PAGESIZE + _SMALL_SLOTS * _SMALL_SLOT_BYTES)
-    words = memoryview(mm).cast("q")
-    ring = memoryview(mm)[mmap.PAGESIZE:]
-    lengths = ring.cast("q")
-    deadline = time.monotonic() + timeout_s
-    pipes, children = [], []
-    for i in range(n_readers):
-        receive_end, send_end = _fork.Pipe(duplex=False)
-        child = _fork.Process(target=_pickle_ring_reader, args=(mm, i, count, deadline, send_end), daemon=True)
-        child.start()
-        send_end.close()
-        pipes.append(receive_end)
-        children.append(child)
-    make = Workload("small", n_readers).maker()
-    counts = [8 * (1 + i) for i in range(n_readers)]
-    try:
-        lowest = 0  # cached minimum of the readers' counts, rescanned only when the ring looks full
-        cpu0 = time.process_time()
-        start = time.perf_counter_ns()
-        for k in range(count):
-            while k - lowest >= _SMALL_SLOTS:
-                lowest = min(words[c] for c in counts)
-                if k - lowest >= _SMALL_SLOTS:
-                    os.sched_yield()
-                    if time.monotonic() > deadline:
-                        return Row("limit", 0, label, note="timeout: a reader stopped")
-            data = pickle.dumps(make(k), protocol=5)
-            at = (k % _SMALL_SLOTS) * _SMALL_SLOT_BYTES
-            ring[at + 8 : at + 8 + len(data)] = data
-            lengths[at // 8] = len(data)
-            words[0] = k + 1
-        writer_cpu = time.process_time() - cpu0
-        while min(words[c] for c in counts) < count and time.monotonic() < deadline:
-            os.sched_yield()
-        elapsed = time.perf_counter_ns() - start
-        reports = [conn.recv() if conn.poll(max(0.0, deadline - time.monotonic())) else (0.0, count) for conn in pipes]
-    finally:
-        for child in children:
-            reap(child, 5)
-        for conn in pipes:
-            conn.close()
-        del lengths, ring
-        words.release()
-        mm.close()
-    return Row("limit", 0, label, msgs_per_s=count / elapsed * 1e9,
-               cpu_us_per_msg=(writer_cpu + sum(cpu for cpu, _ in reports)) / count * 1e6,
-               lost=sum(lost for _, lost in reports),
-               note="the small message pickled, copied, unpickled; counters only: no checks, stats, parking")
+
+    def __init__(self, n_readers: int) -> None:
+        self.label = f"pickle-only ring, {n_readers} reader{'s' if n_readers > 1 else ''}"
+
+    def open(self, workload: Workload, workdir: str) -> Link:
+        return _PickleRingLink(workload.n_readers)
+
+
+class _PickleRingLink(Link):
+    def __init__(self, n_readers: int) -> None:
+        # Word 0: messages published; word 8 * (1 + i): reader i's count (a cache line each). The
+        # slots follow the first page, each starting with its message's length.
+        self._mm = mmap.mmap(-1, mmap.PAGESIZE + _SMALL_SLOTS * _SMALL_SLOT_BYTES)
+        self._n_readers = n_readers
+
+    def sender(self) -> Sender:
+        return _PickleRingEnd(self._mm, [8 * (1 + i) for i in range(self._n_readers)])
+
+    def receiver(self, index: int) -> Receiver:
+        return _PickleRingEnd(self._mm, [8 * (1 + index)])
+
+    def close(self) -> None:
+        self._mm.close()
+
+
+class _PickleRingEnd(Sender, Receiver):
+    """The writer (gated by the `counts` of every reader) or one reader (its own count) of the ring."""
+
+    def __init__(self, mm: mmap.mmap, counts: list[int]) -> None:
+        self._words = memoryview(mm).cast("q")
+        self._ring = memoryview(mm)[mmap.PAGESIZE:]
+        self._lengths = self._ring.cast("q")
+        self._counts = counts
+        self._next = 0  # the next message to write or read
+        self._lowest = 0  # the writer's cached minimum of the readers' counts, rescanned when the ring looks full
+
+    def send(self, message) -> None:
+        k, words = self._next, self._words
+        if k - self._lowest >= _SMALL_SLOTS:
+            deadline = time.monotonic() + SEND_TIMEOUT_S
+            while k - (lowest := min(words[c] for c in self._counts)) >= _SMALL_SLOTS:
+                os.sched_yield()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the pickle-only ring stayed full for {SEND_TIMEOUT_S} s")
+            self._lowest = lowest
+        data = pickle.dumps(message, protocol=5)
+        at = (k % _SMALL_SLOTS) * _SMALL_SLOT_BYTES
+        self._ring[at + 8 : at + 8 + len(data)] = data  # a message over a slot raises here
+        self._lengths[at // 8] = len(data)
+        words[0] = self._next = k + 1
+
+    def take(self, timeout: float):
+        k, words = self._next, self._words
+        if words[0] <= k:
+            deadline = time.monotonic() + timeout
+            while words[0] <= k:
+                os.sched_yield()  # with more processes than cores, a poll that finds nothing gives the core away
+                if time.monotonic() > deadline:
+                    return None
+        at = (k % _SMALL_SLOTS) * _SMALL_SLOT_BYTES
+        message = pickle.loads(self._ring[at + 8 : at + 8 + self._lengths[at // 8]])
+        words[self._counts[0]] = self._next = k + 1
+        return fields(message)
+
+    def close(self) -> None:
+        self._lengths.release()
+        self._ring.release()
+        self._words.release()
+
+
+def as_limit(row: Row) -> Row:
+    """A pickle-only ring's row, shown among the limits."""
+    return dataclasses.replace(row, workload="limit", n_readers=0, note=row.note or _PICKLE_RING_NOTE)
+
+
+def pickle_ring_row(n_readers: int, quick: bool) -> Row:
+    """The pickle-only ring on its own, when no small row of `n_readers` ran beside it."""
+    workload = Workload("small", n_readers)
+    return as_limit(run_row(PickleRingPeer(n_readers), workload, plan_for(workload, quick=quick, idle_s=0.0),
+                            timeout_s=60.0))
 
 
 _MESSAGE_AT = 64  # where the pickled message sits in the shared page, after the control words
@@ -324,19 +341,19 @@ def ring_ceilings(*, quick: bool) -> list[Callable[[], Row]]:
             for pickling in (False, True) for copy_out in (True, False)]
 
 
-def limit_rows(*, quick: bool, ring_rows: list[Row] | None = None) -> list[Row]:
-    """Every limit row; `ring_rows` are the 1 MiB ring rows if they were measured beside a large workload."""
+def limit_rows(*, quick: bool, ring_rows: list[Row] | None = None, pickle_rows: dict[int, Row] | None = None) -> list[Row]:
+    """Every limit row; `ring_rows` are the 1 MiB ring rows if they were measured beside a large workload,
+    `pickle_rows` the pickle-only rings measured beside the small workloads (by reader count)."""
     # The wake-up floors pause as long as the benchmark's wake-up phase does: a longer pause
     # lets the CPUs go colder, and everything after it runs slower.
     wake_plan = plan_for(Workload("small", 1), quick=quick, idle_s=0.0)
     wake_rounds, wake_gap_s = max(10, wake_plan.wake), wake_plan.wake_gap_s
-    small_messages = plan_for(Workload("small", 4), quick=quick, idle_s=0.0).throughput
+    pickle_rows = pickle_rows or {}
     return [
         memcpy_row(0.2 if quick else 1.0),
         *(ring_rows if ring_rows is not None else [measure() for measure in ring_ceilings(quick=quick)]),
         ping_pong_row(2000 if quick else 50_000),
-        pickle_ring_row(1, small_messages),
-        pickle_ring_row(4, small_messages),
+        *(pickle_rows.get(n) or pickle_ring_row(n, quick) for n in PICKLE_RING_READERS),
         futex_row(wake_rounds, wake_gap_s, carry=False),
         futex_row(wake_rounds, wake_gap_s, carry=True),
     ]
