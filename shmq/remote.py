@@ -695,12 +695,11 @@ class RemoteReader(Receiving):
         wait_start = time.monotonic_ns()
         waited = False
         while True:
-            parts = self._next(deadline, timeout)
-            if parts is None:
+            got = self._next(deadline, timeout)
+            if got is None:
                 waited = True
                 continue
-            seq, frame, total, flags = _FRAME.unpack_from(parts[0], 1)
-            payload = parts[1] if len(parts) > 1 else b""
+            seq, frame, total, flags, header, payload = got
             if waited:
                 self._ack(BUSY)
             if flags & L.FRAME_ABORT and not flags & L.FRAME_FRAGMENT:  # the server stepped over a corrupt frame
@@ -710,7 +709,7 @@ class RemoteReader(Receiving):
             message = self._take(seq, frame, total, flags, payload)
             if message is None:
                 continue
-            traceparent = bytes(parts[0][1 + _FRAME.size :]).rstrip(b"\x00")
+            traceparent = bytes(header[1 + _FRAME.size :]).rstrip(b"\x00") if flags & L.FRAME_TRACED else b""
             if traceparent and self._hooks is not None:
                 self._hooks.received(queue=self.queue_name, reader=self.index, message_id=seq, body_size=total,
                                      traceparent=traceparent, wait_start_ns=wait_start,
@@ -730,8 +729,8 @@ class RemoteReader(Receiving):
             if spans is None:
                 raise CorruptMessage(f"queue {self.queue_name!r}: message {seq} has a corrupt frame table; remote "
                                      f"reader {self.slot} dropped it")
-            view = memoryview(payload)
-            return bytes(view[spans[0][0] : spans[0][1]]), [bytearray(view[a:b]) for a, b in spans[1:]], flags
+            view = memoryview(payload)  # of a message ZeroMQ gave us, which nothing else writes
+            return view[spans[0][0] : spans[0][1]], [bytearray(view[a:b]) for a, b in spans[1:]], flags
         if flags & L.FRAME_ABORT:  # the writer gave this message up
             self._assembly = None
             self._consumed(seq, frame, 0, 0)
@@ -799,12 +798,13 @@ class RemoteReader(Receiving):
         self._unacked_cost = 0
         self._state = state
 
-    def _next(self, deadline: int | None, timeout: float | None) -> list | None:
-        """The next frame we expect ([header, payload]), handling what else comes; None after a wait slice."""
+    def _next(self, deadline: int | None, timeout: float | None) -> tuple | None:
+        """The next frame we expect, as (seq, frame bytes, message bytes, flags, header, payload), handling
+        what else comes; None after a wait slice."""
         sock = self._socket
         while True:
             if self._batch is not None:
-                parts = self._from_batch()
+                got = self._from_batch()
             else:
                 try:
                     head = sock.recv(zmq.NOBLOCK)
@@ -818,15 +818,15 @@ class RemoteReader(Receiving):
                 if kind != FRAME:
                     self._control(kind, head)
                     continue
-                frame = _FRAME.unpack_from(head, 1)[1]
+                seq, frame, total, flags = _FRAME.unpack_from(head, 1)
                 # A large payload is not copied out of ZeroMQ's message: what takes it copies it once.
                 payload = sock.recv(copy=frame < ZERO_COPY_BYTES) if sock.getsockopt(zmq.RCVMORE) else b""
-                parts = [head, payload if payload.__class__ is bytes else payload.buffer]
-            if parts is None:
+                got = seq, frame, total, flags, head, payload if payload.__class__ is bytes else payload.buffer
+            if got is None:
                 continue
-            seq = _FRAME.unpack_from(parts[0], 1)[0]
+            seq = got[0]
             if seq == self._expected:
-                return parts
+                return got
             if seq > self._expected:  # frames lost on the way (a dropped connection): from where we are
                 self._resume()
             else:  # sent again after a resume, and we have it; the writer forgot our acknowledgements from it on
@@ -847,20 +847,21 @@ class RemoteReader(Receiving):
         sock.poll(slice_ms, zmq.POLLIN)
         return None
 
-    def _from_batch(self) -> list | None:
-        """The next frame of the batch being read ([header, payload], views of it), or None at its end."""
+    def _from_batch(self) -> tuple | None:
+        """The next frame of the batch being read (as _next returns it, header and payload views of the
+        batch), or None at its end."""
         view, at = self._batch, self._batch_at
         if at + 1 + _FRAME.size > len(view):
             self._batch = None
             return None
-        frame, flags = _FRAME.unpack_from(view, at + 1)[1::2]
+        seq, frame, total, flags = _FRAME.unpack_from(view, at + 1)
         body = at + 1 + _FRAME.size + (L.TRACEPARENT_BYTES if flags & L.FRAME_TRACED else 0)
         if body + frame > len(view):
             self._batch = None
             raise CorruptMessage(f"queue {self.queue_name!r}: a batch of frames from the writer ends inside one; "
                                  f"remote reader {self.slot} dropped the rest of it")
         self._batch_at = body + frame
-        return [view[at:body], view[body : body + frame]]
+        return seq, frame, total, flags, view[at:body], view[body : body + frame]
 
     def _control(self, kind: bytes, body: bytes) -> None:
         if kind == END:
