@@ -109,7 +109,8 @@ def test_cleanup_unlinks_unreadable_shmq_segments_that_no_process_maps_and_nothi
     not_ours = str(tmp_path / "shmq-not-ours")
     with open(not_ours, "wb") as f:
         f.write(b"another program's file" * 100)
-    holder = subprocess.Popen([sys.executable, "-c", MAP_AND_WAIT, mapped_old_layout], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", MAP_AND_WAIT, mapped_old_layout], stdout=subprocess.PIPE,
+                              text=True)
     try:
         assert holder.stdout.readline().strip() == "mapped"
         assert sorted(shmq.cleanup(str(tmp_path))) == ["shmq-never-ready", "shmq-old"]

@@ -114,8 +114,8 @@ class PickleRingPeer(Peer):
     One writer and N readers, 1,024 slots of 1 KiB and a shared counter per process; no
     checks, counters, liveness or parking (a poll that finds nothing yields the core). It
     runs through the same harness as the transports (trial.run_row), so it pays the same
-    bookkeeping per message that they pay: what a pure-Python broadcast queue could reach
-    at best on this machine.
+    bookkeeping per message that they pay: what a bare pure-Python broadcast queue reaches
+    on this machine (its readers' yielding loops cost it more than shmq's waiting does at 4 readers).
     """
 
     def __init__(self, n_readers: int) -> None:
@@ -341,7 +341,8 @@ def ring_ceilings(*, quick: bool) -> list[Callable[[], Row]]:
             for pickling in (False, True) for copy_out in (True, False)]
 
 
-def limit_rows(*, quick: bool, ring_rows: list[Row] | None = None, pickle_rows: dict[int, Row] | None = None) -> list[Row]:
+def limit_rows(*, quick: bool, ring_rows: list[Row] | None = None,
+               pickle_rows: dict[int, Row] | None = None) -> list[Row]:
     """Every limit row; `ring_rows` are the 1 MiB ring rows if they were measured beside a large workload,
     `pickle_rows` the pickle-only rings measured beside the small workloads (by reader count)."""
     # The wake-up floors pause as long as the benchmark's wake-up phase does: a longer pause
