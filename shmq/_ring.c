@@ -203,10 +203,10 @@ futex_wake(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* -- Ring --------------------------------------------------------------------------------- */
 /* The words of a participant's record that the C paths store, in the order bind_record takes
- * their offsets (shmq/segment.py: RECORD_FIELDS); the histogram is the first of its buckets. */
+ * their offsets (shmq/layout.py: RECORD_FIELDS); the histogram is the first of its buckets. */
 enum Field {
     F_STATE, F_STATE_SINCE, F_CURSOR, F_POSITION, F_MESSAGES, F_BYTES, F_SPINS, F_YIELDS, F_BACKOFF_SLEEPS,
-    F_BACKOFF_SLEEP_NS, F_PARKS, F_WAKEUPS, F_WAITS, F_WAIT_NS, F_HISTOGRAM, N_FIELDS
+    F_BACKOFF_SLEEP_NS, F_PARKS, F_WAKEUPS, F_WAITS, F_WAIT_NS, F_PARKED_NS, F_BUSY_WAIT_NS, F_HISTOGRAM, N_FIELDS
 };
 
 typedef struct {
@@ -263,6 +263,9 @@ typedef struct {
     _Atomic uint64_t *flight, *flight_head;
     uint64_t flight_mask, flight_next;
     uint64_t wait_start, wait_spins, wait_yields, wait_parks;
+    /* Where the time of the wait in progress went since it was last accounted (account_wait), and when
+     * that was: parked on the futex, asleep in Backoff; the rest was busy (spinning and yielding). */
+    uint64_t wait_parked_ns, wait_slept_ns, wait_accounted;
     /* The participant's record, after bind_record: its words, in the order of enum Field. */
     _Atomic uint64_t *field[N_FIELDS]; /* all NULL until bind_record */
     int stats;                          /* counters and histogram kept (the segment's FLAG_STATS) */
@@ -876,6 +879,21 @@ ring_room(Ring *self, PyObject *arg)
     return PyBool_FromLong(claim(self, frame_start(self, stride) + stride));
 }
 
+/* A park that began at `begin` has ended: its flight entry (`stamp`, 0 without one) gets its end, and
+ * the record its time (unless another thread closed the ring meanwhile). */
+static void
+park_ended(Ring *self, uint64_t stamp, uint64_t begin)
+{
+    if (self->view.buf == NULL)
+        return;
+    uint64_t end = monotonic_ns();
+    if (stamp)
+        flight_finish(self, stamp, end);
+    self->wait_parked_ns += end - begin;
+    if (self->stats)
+        add(self->field[F_PARKED_NS], end - begin);
+}
+
 /* park_writer(timeout_s) -> slept: the writer's side of the Dekker handshake with
  * publish_reader_cursor, after a claim the readers refused. Our parked word, a full fence, then
  * the readers' positions: with a full fence on both sides at least one of us sees the other's
@@ -894,10 +912,10 @@ ring_park_writer(Ring *self, PyObject *arg)
     uint32_t expected = atomic_load_explicit(self->writer_wake, memory_order_relaxed);
     int sleep = wanted && !claim(self, wanted + self->ring_bytes);
     if (sleep) {
-        uint64_t stamp = self->flight ? flight_record(self, OP_PARK, self->written, 0, monotonic_ns(), 0, 0) : 0;
+        uint64_t begin = monotonic_ns();
+        uint64_t stamp = self->flight ? flight_record(self, OP_PARK, self->written, 0, begin, 0, 0) : 0;
         futex_sleep((void *)self->writer_wake, expected, timeout_s);
-        if (stamp && self->view.buf != NULL)
-            flight_finish(self, stamp, monotonic_ns());
+        park_ended(self, stamp, begin);
     }
     if (self->view.buf != NULL) /* another thread may have closed the ring while we slept */
         atomic_store_explicit(self->writer_parked, 0, memory_order_relaxed);
@@ -921,10 +939,10 @@ ring_park_reader(Ring *self, PyObject *arg)
     uint64_t available = atomic_load_explicit(self->writer_cursor, memory_order_relaxed);
     int sleep = available <= c;
     if (sleep) { /* the futex word is the cursor's low half (little-endian) */
-        uint64_t stamp = self->flight ? flight_record(self, OP_PARK, c, 0, monotonic_ns(), 0, 0) : 0;
+        uint64_t begin = monotonic_ns();
+        uint64_t stamp = self->flight ? flight_record(self, OP_PARK, c, 0, begin, 0, 0) : 0;
         futex_sleep((void *)self->writer_cursor, (uint32_t)available, timeout_s);
-        if (stamp && self->view.buf != NULL)
-            flight_finish(self, stamp, monotonic_ns());
+        park_ended(self, stamp, begin);
     }
     if (self->view.buf != NULL)
         atomic_store_explicit(parked, 0, memory_order_relaxed);
@@ -1108,6 +1126,7 @@ add_counters(Ring *self, const uint64_t counters[5])
     self->wait_spins += counters[0];
     self->wait_yields += counters[1];
     self->wait_parks += counters[4];
+    self->wait_slept_ns += counters[3];
     if (!self->stats)
         return;
     add(self->field[F_SPINS], counters[0]);
@@ -1117,15 +1136,30 @@ add_counters(Ring *self, const uint64_t counters[5])
     add(self->field[F_PARKS], counters[4]);
 }
 
-/* flush_counters(spins, yields, backoff_sleeps, backoff_sleep_ns, parks): add a wait's counters so far. */
+/* The wait that began at `start` has run until `now`: what it did not spend parked or asleep since it
+ * was last accounted counts as busy waiting (spinning and yielding burn the CPU; parks do not). */
+static void
+account_wait(Ring *self, uint64_t start, uint64_t now)
+{
+    uint64_t from = self->wait_accounted > start ? self->wait_accounted : start;
+    uint64_t idle = self->wait_parked_ns + self->wait_slept_ns;
+    if (self->stats && now > from + idle)
+        add(self->field[F_BUSY_WAIT_NS], now - from - idle);
+    self->wait_accounted = now;
+    self->wait_parked_ns = self->wait_slept_ns = 0;
+}
+
+/* flush_counters(start_ns, spins, yields, backoff_sleeps, backoff_sleep_ns, parks): add the counters of
+ * the wait that began at start_ns so far, and account its time. */
 static PyObject *
 ring_flush_counters(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    uint64_t counters[5];
-    if (check_nargs(nargs, 5, "flush_counters(spins, yields, backoff_sleeps, backoff_sleep_ns, parks)") < 0 ||
-        as_u64s(args, 5, counters) < 0 || check_record(self) < 0)
+    uint64_t start, counters[5];
+    if (check_nargs(nargs, 6, "flush_counters(start_ns, spins, yields, backoff_sleeps, backoff_sleep_ns, parks)") < 0
+        || as_u64(args[0], &start) < 0 || as_u64s(args + 1, 5, counters) < 0 || check_record(self) < 0)
         return NULL;
     add_counters(self, counters);
+    account_wait(self, start, monotonic_ns());
     Py_RETURN_NONE;
 }
 
@@ -1144,6 +1178,7 @@ ring_end_wait(Ring *self, PyObject *const *args, Py_ssize_t nargs)
     uint64_t now = monotonic_ns();
     uint64_t waited = now > start ? now - start : 0;
     add_counters(self, counters);
+    account_wait(self, start, now);
     self->wait_start = start; /* the operation the wait led to begins here (flight_record) */
     if (self->stats) {
         add(self->field[F_HISTOGRAM] + bucket_of(waited, self->hist_finite_buckets), 1);

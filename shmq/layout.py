@@ -64,8 +64,8 @@ WORD = 8
 
 MAGIC = b"SHMQRNG\x00"
 MAGIC_WORD = int.from_bytes(MAGIC, "little")
-LAYOUT_VERSION = 5  # 2: instance id, record owner word, first/abort piece flags; 3: flight recorder; 4: byte ring;
-# 5: remote readers' records
+LAYOUT_VERSION = 6  # 2: instance id, record owner word, first/abort piece flags; 3: flight recorder; 4: byte ring;
+# 5: remote readers' records; 6: parked and busy-waiting time in each record
 
 MAX_READERS = 64  # one parked byte per reader (local or remote) fits one cache line
 NAME_BYTES = 64
@@ -157,11 +157,16 @@ REC_SPIN_BEFORE_ARRIVAL_NS = REC_PREDICTION_MISSES + WORD  # time spun from a pr
 REC_HOST = 7 * CACHE_LINE  # UTF-8, NUL padded
 HOST_BYTES = 6 * WORD
 REC_GRACE_NS = REC_HOST + HOST_BYTES
-RECORD_BYTES = 8 * CACHE_LINE
+# line 8: where the waits' time went (shmq/_ring.c: park_ended, account_wait); the rest of a wait's time was
+# spent asleep in Backoff (REC_BACKOFF_SLEEP_NS)
+REC_PARKED_NS = 8 * CACHE_LINE  # parked on the futex
+REC_BUSY_WAIT_NS = REC_PARKED_NS + WORD  # spinning and yielding: the CPU that waiting costs
+RECORD_BYTES = 9 * CACHE_LINE
 
 assert REC_OWNER + WORD <= REC_HISTOGRAM
 assert REC_SPIN_BEFORE_ARRIVAL_NS + WORD <= REC_HOST
-assert REC_GRACE_NS + WORD <= RECORD_BYTES
+assert REC_GRACE_NS + WORD <= REC_PARKED_NS
+assert REC_BUSY_WAIT_NS + WORD <= RECORD_BYTES
 
 HISTOGRAM_UPPER_BOUNDS_S = tuple(2.0**k / 1e6 for k in range(HIST_FINITE_BUCKETS))
 
@@ -179,6 +184,8 @@ COUNTER_FIELDS = (
     ("overflow_messages", REC_OVERFLOW),
     ("waits", REC_WAITS),
     ("wait_ns", REC_WAIT_NS),
+    ("parked_ns", REC_PARKED_NS),
+    ("busy_wait_ns", REC_BUSY_WAIT_NS),
     ("attaches", REC_ATTACHES),
     ("predicted_wakes", REC_PREDICTED_WAKES),
     ("prediction_hits", REC_PREDICTION_HITS),
@@ -316,7 +323,8 @@ def record_offset(participant: int) -> int:
 
 
 def ring_offset(n_readers: int) -> int:
-    return record_offset(1 + n_readers)
+    """Where the ring starts: after the records, at a frame boundary (frames are FRAME_ALIGN-aligned)."""
+    return align(record_offset(1 + n_readers), FRAME_ALIGN)
 
 
 def flight_offset(n_readers: int, ring_bytes: int, flight_entries: int, participant: int) -> int:
@@ -381,7 +389,7 @@ def flight_ring_bytes(flight_entries: int) -> int:
 #: The record words the C paths store, in the order of its enum Field (bind_record takes their offsets).
 RECORD_FIELDS = (REC_STATE, REC_STATE_SINCE_NS, REC_CURSOR, REC_POSITION, REC_MESSAGES, REC_BYTES, REC_SPINS, REC_YIELDS,
                  REC_BACKOFF_SLEEPS, REC_BACKOFF_SLEEP_NS, REC_PARKS, REC_WAKEUPS, REC_WAITS, REC_WAIT_NS,
-                 REC_HISTOGRAM)
+                 REC_PARKED_NS, REC_BUSY_WAIT_NS, REC_HISTOGRAM)
 # The C extension reads and writes frame headers and parked bytes itself: a stale build must not guess.
 _C_LAYOUT = {"FRAME_SEQ": FRAME_SEQ, "FRAME_LEN": FRAME_LEN, "FRAME_TOTAL_LEN": FRAME_TOTAL_LEN,
              "FRAME_FLAGS": FRAME_FLAGS, "FRAME_POSITION": FRAME_POSITION, "FRAME_TRACEPARENT": FRAME_TRACEPARENT,

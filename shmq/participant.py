@@ -283,9 +283,9 @@ class Participant:
     def _publish_behind(self) -> None:
         """Called by the heartbeat thread: publish progress the calling thread has deferred."""
 
-    def _flush_counters(self) -> None:
+    def _flush_counters(self, wait_start: int) -> None:
         c = self._counters
-        self._ring.flush_counters(c.spins, c.yields, c.backoff_sleeps, c.backoff_sleep_ns, c.parks)
+        self._ring.flush_counters(wait_start, c.spins, c.yields, c.backoff_sleeps, c.backoff_sleep_ns, c.parks)
         c.clear()
 
     # -- the one wait loop ----------------------------------------------------------
@@ -318,7 +318,7 @@ class Participant:
                     continue
                 housekeeping = now + HOUSEKEEPING_NS
                 spins_flushed += self._counters.spins
-                self._flush_counters()
+                self._flush_counters(start)
                 w[rec + R_HEARTBEAT] = now
                 if self._cancelled or self._closed:
                     raise QueueClosed(f"{self._describe()} was cancelled or closed while waiting")

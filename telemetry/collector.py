@@ -53,6 +53,9 @@ _COUNTERS = (
     (N.BACKOFF_SLEEPS, "backoff_sleeps", 1, "Sleeps taken by the Backoff wait strategy."),
     (N.BACKOFF_SLEEP_SECONDS, "backoff_sleep_ns", 1e-9, "Time spent in Backoff sleeps."),
     (N.PARKS, "parks", 1, "Futex parks (or fallback sleeps) while waiting."),
+    (N.PARKED_SECONDS, "parked_ns", 1e-9, "Time spent parked on the futex while waiting (no CPU)."),
+    (N.BUSY_WAIT_SECONDS, "busy_wait_ns", 1e-9,
+     "Time spent spinning and yielding while waiting: the CPU that waiting costs."),
     (N.WAKEUPS, "wakeups", 1, "Futex wake calls issued to parked peers."),
     (N.TIMEOUTS, "timeouts", 1, "put() or get() calls that timed out."),
     (N.PREDICTED_WAKES, "predicted_wakes", 1, "Adaptive waits: timed wake-ups just before a predicted arrival."),
@@ -61,7 +64,8 @@ _COUNTERS = (
     (N.SPIN_BEFORE_ARRIVAL_SECONDS, "spin_before_arrival_ns", 1e-9,
      "Adaptive waits: time spun from predicted wake-ups to the arrivals they hit."),
 )
-_UNITS = {N.BYTES: "bytes", N.BACKOFF_SLEEP_SECONDS: "seconds", N.SPIN_BEFORE_ARRIVAL_SECONDS: "seconds"}
+_UNITS = {N.BYTES: "bytes", N.BACKOFF_SLEEP_SECONDS: "seconds", N.SPIN_BEFORE_ARRIVAL_SECONDS: "seconds",
+          N.PARKED_SECONDS: "seconds", N.BUSY_WAIT_SECONDS: "seconds"}
 
 
 class ShmqCollector(Collector):

@@ -34,6 +34,8 @@ PREDICTED_WAKES = "shmq_predicted_wakes"
 PREDICTION_HITS = "shmq_prediction_hits"
 PREDICTION_MISSES = "shmq_prediction_misses"
 SPIN_BEFORE_ARRIVAL_SECONDS = "shmq_spin_before_arrival_seconds"
+PARKED_SECONDS = "shmq_parked_seconds"
+BUSY_WAIT_SECONDS = "shmq_busy_wait_seconds"
 EXPORTER_ERRORS = "shmq_exporter_errors"
 
 # Histogram

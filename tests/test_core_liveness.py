@@ -50,6 +50,26 @@ def test_put_on_a_full_ring_times_out_and_names_the_slow_reader(writer):
             assert view.snapshot().writer.timeouts == 1
 
 
+@pytest.mark.parametrize("strategy", ["BusySpin", "Yield", "SpinYieldPark", "Backoff"])
+def test_a_waits_time_is_counted_busy_parked_or_asleep_by_what_the_strategy_did(queue_name, strategy):
+    waits = {"BusySpin": "busy", "Yield": "busy", "SpinYieldPark": "parked", "Backoff": "asleep"}
+    with shmq.create(1, name=queue_name, ring_bytes=4096, wait=wait.ALL[strategy]()) as writer, \
+            shmq.attach(writer.handle, 0, wait=wait.ALL[strategy]()) as reader:
+        with pytest.raises(shmq.QueueTimeout):
+            reader.get(timeout=0.3)  # the reader waits for a message
+        fill_ring(writer)
+        with pytest.raises(shmq.QueueTimeout):
+            writer.put("one too many", timeout=0.3)  # the writer waits for room
+        with shmq.stats.open(writer.handle) as view:
+            snapshot = view.snapshot()
+    for who in (snapshot.readers[0], snapshot.writer):
+        split = {"busy": who.busy_wait_ns, "parked": who.parked_ns, "asleep": who.backoff_sleep_ns}
+        assert sum(split.values()) == who.wait_ns >= 0.3e9, (who.label, split)
+        assert split[waits[strategy]] >= 0.5 * who.wait_ns, (who.label, split)  # what this strategy waits by
+        if strategy != "Backoff":  # Backoff spins between its sleeps
+            assert split["busy" if strategy == "SpinYieldPark" else "parked"] <= 0.1 * who.wait_ns, (who.label, split)
+
+
 def test_a_reader_with_a_backlog_publishes_in_batches_and_wakes_the_parked_writer_once(queue_name, monkeypatch):
     # Small ints take 256-byte frames: 64 fill this ring, and a reader with a backlog publishes its
     # position every 4 of them (a sixteenth of the ring), so the position the parked writer waits

@@ -229,13 +229,16 @@ def test_a_wait_ends_with_its_counters_its_histogram_bucket_and_the_next_state(m
     record = L.record_offset(0)
     assert words(memory)[L.word(record + L.REC_STATE)] == L.ParticipantState.WAITING_WRITE
     assert words(memory)[L.word(record + L.REC_STATE_SINCE_NS)] == start
-    ring.flush_counters(5, 0, 0, 0, 0)  # housekeeping in the middle of a long wait
+    ring.flush_counters(start - 3_000_000, 5, 0, 0, 0, 0)  # housekeeping in the middle of a long wait
     waited = ring.end_wait(start - 3_000_000, L.ParticipantState.BUSY, 2, 7, 1, 1000, 1)
     assert waited >= 3_000_000
     assert [words(memory)[L.word(record + field)] for field in (
         L.REC_SPINS, L.REC_YIELDS, L.REC_BACKOFF_SLEEPS, L.REC_BACKOFF_SLEEP_NS, L.REC_PARKS, L.REC_WAITS)] == \
         [7, 7, 1, 1000, 1, 1]
     assert words(memory)[L.word(record + L.REC_WAIT_NS)] == waited
+    # No park took time here: all of it but the 1,000 ns Backoff slept was busy waiting.
+    assert words(memory)[L.word(record + L.REC_PARKED_NS)] == 0
+    assert words(memory)[L.word(record + L.REC_BUSY_WAIT_NS)] == waited - 1000
     histogram = [words(memory)[L.word(record + L.REC_HISTOGRAM) + i] for i in range(L.HIST_BUCKETS)]
     assert histogram[L.wait_bucket(waited)] == 1 and sum(histogram) == 1
     assert words(memory)[L.word(record + L.REC_STATE)] == L.ParticipantState.BUSY

@@ -108,6 +108,12 @@ def test_wait_histogram_is_cumulative_and_its_count_is_the_records_waits(queue_n
         assert buckets[-1] == value(samples, N.WAIT_SECONDS + "_count", **labels) == participant.waits
         assert value(samples, N.WAIT_SECONDS + "_sum", **labels) == pytest.approx(participant.wait_ns / 1e9)
         assert value(samples, N.total(N.TIMEOUTS), **labels) == 1
+        # where the waits' time went, in seconds: busy and parked (no Backoff here) add up to all of it
+        busy, parked = value(samples, N.total(N.BUSY_WAIT_SECONDS), **labels), \
+            value(samples, N.total(N.PARKED_SECONDS), **labels)
+        assert busy == pytest.approx(participant.busy_wait_ns / 1e9)
+        assert parked == pytest.approx(participant.parked_ns / 1e9)
+        assert busy + parked == pytest.approx(participant.wait_ns / 1e9) and busy > 0
 
 
 def test_a_queue_without_stats_exports_its_gauges_but_no_counters(queue_name):
