@@ -114,22 +114,24 @@ futex_sleep(void *address, uint32_t expected, double timeout_s)
     Py_END_ALLOW_THREADS
 }
 
-/* flight_entries(buffer, offset, entries, last=entries) -> [(stamp, op, seq, size, begin, end,
- * spins_yields, parks)]: the complete entries of the flight ring at offset (the newest `last`),
- * oldest first; one its owner was writing while we copied it (its stamp 0 or changed) is left out. */
+/* flight_entries(buffer, offset, entries, last=entries, after=0) -> [(stamp, op, seq, size, begin, end,
+ * spins_yields, parks)]: the complete entries of the flight ring at offset (the newest `last`, and of
+ * those only the ones stamped above `after`), oldest first; one its owner was writing while we copied
+ * it (its stamp 0 or changed) is left out. */
 static PyObject *
 flight_entries(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
     Py_ssize_t offset;
-    unsigned long long entries, last;
-    if (nargs != 3 && nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "flight_entries(buffer, offset, entries, last=entries)");
+    unsigned long long entries, last, after;
+    if (nargs < 3 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError, "flight_entries(buffer, offset, entries, last=entries, after=0)");
         return NULL;
     }
     offset = PyLong_AsSsize_t(args[1]);
     entries = PyLong_AsUnsignedLongLong(args[2]);
-    last = nargs == 4 ? PyLong_AsUnsignedLongLong(args[3]) : entries;
+    last = nargs >= 4 ? PyLong_AsUnsignedLongLong(args[3]) : entries;
+    after = nargs == 5 ? PyLong_AsUnsignedLongLong(args[4]) : 0;
     if (PyErr_Occurred() || PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
     PyObject *found = NULL;
@@ -144,8 +146,9 @@ flight_entries(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         last = entries;
     if (last > head)
         last = head;
+    uint64_t first = head - last > after ? head - last : after; /* entry `index` is stamped index + 1 */
     found = PyList_New(0);
-    for (uint64_t index = head - last; found != NULL && index < head; index++) {
+    for (uint64_t index = first; found != NULL && index < head; index++) {
         _Atomic uint64_t *e = ring + E_WORDS * (index % entries);
         uint64_t copy[E_WORDS];
         uint64_t stamp = atomic_load_explicit(&e[E_STAMP], memory_order_acquire);

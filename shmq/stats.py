@@ -220,14 +220,15 @@ class QueueView:
         record.__dict__.update(fields)
         return record
 
-    def flight_ring(self, participant: int, last: int | None = None) -> list[tuple]:
+    def flight_ring(self, participant: int, last: int | None = None, after: int = 0) -> list[tuple]:
         """Participant `participant`'s flight ring (0: the writer, 1 + i: reader i), oldest first, or its
-        `last` newest entries; the raw entries shmq.flight reads (one being written is left out)."""
+        `last` newest entries, and of those only the ones stamped above `after` (a stamp read before);
+        the raw entries shmq.flight reads (one being written is left out)."""
         seg = self._segment
         if not self.flight_entries:
             return []
         return _ring.flight_entries(seg.buf, seg.flight_offset(participant), self.flight_entries,
-                                    self.flight_entries if last is None else last)
+                                    self.flight_entries if last is None else last, after)
 
     def close(self) -> None:
         self._segment.close()

@@ -390,6 +390,11 @@ def test_the_flight_recorder_keeps_each_participants_last_operations_and_skips_a
     puts, gets = flight_of(memory, 0), flight_of(memory, 1)
     assert [(e[0], L.FlightOp(e[1]), e[2]) for e in puts] == [
         (1, L.FlightOp.PUT, 0), (2, L.FlightOp.PUT, 1), (3, L.FlightOp.PUT, 2), (4, L.FlightOp.TIMEOUT, 3)]
+    offset = L.flight_offset(N_READERS, RING, FLIGHT_ENTRIES, 0)
+    # What a poller has not read yet: the entries stamped above the newest it read, within the newest `last`.
+    assert _ring.flight_entries(memory, offset, FLIGHT_ENTRIES, FLIGHT_ENTRIES, 2) == puts[2:]
+    assert _ring.flight_entries(memory, offset, FLIGHT_ENTRIES, 1, 0) == puts[3:]
+    assert _ring.flight_entries(memory, offset, FLIGHT_ENTRIES, FLIGHT_ENTRIES, 4) == []
     frame = 16 + 2  # the frame table of one segment, then its 2 bytes
     assert [(L.FlightOp(e[1]), e[2], e[3]) for e in gets] == [(L.FlightOp.GET, n, frame) for n in range(3)]
     assert [e[3] for e in puts[:3]] == [frame] * 3
