@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Link, SpanKind
 
 from shmq import layout as L
@@ -30,16 +32,22 @@ log = logging.getLogger("shmq.telemetry")
 _MASK = (1 << 64) - 1
 #: Send spans remembered per queue for their receive spans to link to (a reader may lag this far).
 REMEMBERED_SENDS = 1 << 16
+#: What a BatchSpanProcessor queues before it drops spans, unless OTEL_BSP_MAX_QUEUE_SIZE says otherwise.
+BSP_QUEUE_DEFAULT = 2048
 
 
 class FlightTracer:
     """Polls the flight rings of `segments`' queues and exports a span per sampled operation."""
 
-    def __init__(self, segments: Segments, tracer_provider: trace.TracerProvider, *, ratio: float = 1.0) -> None:
+    def __init__(self, segments: Segments, tracer_provider: TracerProvider, *, ratio: float = 1.0) -> None:
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"the traces ratio must be in [0, 1], got {ratio}")
         self.segments = segments
+        self._provider = tracer_provider
         self._tracer = tracer_provider.get_tracer(SCOPE)
+        # One poll may find thousands of operations, more than the span processor queues (it drops the
+        # rest, saying only "Queue full"): flush after every half queue, so every span counted is sent.
+        self._flush_every = max(1, int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", BSP_QUEUE_DEFAULT)) // 2)
         self._bound = int(ratio * (1 << 64))
         self._queues: dict[str, _QueueTraces] = {}
         self.spans = 0  #: spans exported so far
@@ -81,6 +89,8 @@ class FlightTracer:
         if op == L.FlightOp.PUT:
             queue.remember(seq, span.get_span_context())
         self.spans += 1
+        if self.spans % self._flush_every == 0:
+            self._provider.force_flush()
 
     def _sampled(self, salt: int, seq: int) -> bool:
         """The same answer for a message in the writer and in every reader: a hash of its number."""

@@ -71,12 +71,16 @@ def attributes(span) -> dict:
 
 
 @pytest.mark.timeout(60)
-def test_the_sidecar_traces_every_message_from_the_flight_records_with_linked_receive_spans(queue_name, children):
+@pytest.mark.parametrize("count, pause_s, span_queue", [(20, 0.005, 2048), (300, 0.0, 64)],
+                         ids=["paced", "a burst over the span queue"])
+def test_the_sidecar_traces_every_message_from_the_flight_records_with_linked_receive_spans(
+        queue_name, children, count, pause_s, span_queue):
     receiver = OtlpReceiver()
     env = {**os.environ, "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "200",
+           "OTEL_BSP_MAX_QUEUE_SIZE": str(span_queue), "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": str(span_queue // 4),
            "OTEL_SERVICE_NAME": "shmq-sidecar"}
-    count, done = 20, FORK.Event()
+    done = FORK.Event()
     with shmq.create(2, name=queue_name, chunk_bytes=256, n_chunks=64, stack_dumps=False) as writer:
         sidecar = subprocess.Popen([sys.executable, "-m", "shmq", "exporter", "--port", "0", "--queue", queue_name,
                                     "--traces"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
@@ -87,7 +91,7 @@ def test_the_sidecar_traces_every_message_from_the_flight_records_with_linked_re
             writer.wait_for_readers(timeout=10)
             for n in range(count):
                 writer.put({"n": n})
-                time.sleep(0.005)
+                time.sleep(pause_s)
             deadline = time.monotonic() + 20
             while len(receiver.spans) < 3 * count and time.monotonic() < deadline:
                 time.sleep(0.1)
