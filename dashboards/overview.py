@@ -71,7 +71,8 @@ def waiting_panels() -> list:
             [P.query(Q.wait_quantile(0.5, PARTICIPANTS, RATE), f"{WHO} p50"),
              P.query(Q.wait_quantile(0.99, PARTICIPANTS, RATE), f"{WHO} p99")]),
         _rate_panel("Busy-waiting and parked time", "Seconds per second each participant spent waiting while "
-                    "spinning or yielding (busy: it burns that share of a core) and parked on the futex (free). "
+                    "spinning or yielding (busy: that share of a core burnt, unless other processes wanted it, as a "
+                    "yield hands it over) and parked on the futex (free). "
                     "Set against the wait time above, this is the CPU that the wait strategy spends for the "
                     "latency it buys.", "percentunit",
                     {"busy": N.BUSY_WAIT_SECONDS, "parked": N.PARKED_SECONDS}),

@@ -160,7 +160,7 @@ REC_GRACE_NS = REC_HOST + HOST_BYTES
 # line 8: where the waits' time went (shmq/_ring.c: park_ended, account_wait); the rest of a wait's time was
 # spent asleep in Backoff (REC_BACKOFF_SLEEP_NS)
 REC_PARKED_NS = 8 * CACHE_LINE  # parked on the futex
-REC_BUSY_WAIT_NS = REC_PARKED_NS + WORD  # spinning and yielding: the CPU that waiting costs
+REC_BUSY_WAIT_NS = REC_PARKED_NS + WORD  # spinning and yielding (wall time: a yield may hand the core over)
 RECORD_BYTES = 9 * CACHE_LINE
 
 assert REC_OWNER + WORD <= REC_HISTOGRAM

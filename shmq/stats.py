@@ -56,7 +56,7 @@ class ParticipantStats:
     waits: int  #: calls that had to wait; equals sum(histogram)
     wait_ns: int  #: total time spent in those waits
     parked_ns: int  #: of that, time parked on the futex (no CPU)
-    busy_wait_ns: int  #: of that, time spinning and yielding (the CPU that waiting costs)
+    busy_wait_ns: int  #: of that, time spinning and yielding (CPU burnt, unless a yield handed the core over)
     attaches: int  #: how many times a process attached to this record
     histogram: tuple[int, ...]  #: wait counts per bucket (not cumulative); bounds in layout.HISTOGRAM_UPPER_BOUNDS_S
     # The Adaptive wait strategy's decisions (0 under any other strategy).

@@ -55,7 +55,8 @@ _COUNTERS = (
     (N.PARKS, "parks", 1, "Futex parks (or fallback sleeps) while waiting."),
     (N.PARKED_SECONDS, "parked_ns", 1e-9, "Time spent parked on the futex while waiting (no CPU)."),
     (N.BUSY_WAIT_SECONDS, "busy_wait_ns", 1e-9,
-     "Time spent spinning and yielding while waiting: the CPU that waiting costs."),
+     "Time spent spinning and yielding while waiting: CPU burnt, unless other processes want the core "
+     "(a yield then hands it over)."),
     (N.WAKEUPS, "wakeups", 1, "Futex wake calls issued to parked peers."),
     (N.TIMEOUTS, "timeouts", 1, "put() or get() calls that timed out."),
     (N.PREDICTED_WAKES, "predicted_wakes", 1, "Adaptive waits: timed wake-ups just before a predicted arrival."),
