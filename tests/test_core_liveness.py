@@ -8,6 +8,7 @@ import random
 import signal
 import threading
 import time
+import types
 
 import pytest
 
@@ -75,6 +76,35 @@ def test_a_waits_time_is_counted_busy_parked_or_asleep_by_what_the_strategy_did(
         others = [key for key in ("busy", "parked") if key != waits_by]
         if waits_by != "asleep":  # Backoff spins between its sleeps
             assert all(split[key] <= 0.1 * who.wait_ns for key in others), (who.label, split)
+
+
+class CountingParker:
+    def __init__(self) -> None:
+        self.parks = 0
+
+    def park(self, timeout_s: float) -> None:
+        self.parks += 1
+
+    def idle_event(self, name: str, start_ns: int, duration_ns: int) -> None:
+        pass
+
+
+@pytest.mark.parametrize("yield_takes_ns, yields_before_park", [(2_000, 200), (2_000_000, 1)],
+                         ids=["the core is free", "a yield handed it over for a slice"])
+def test_spin_yield_park_stops_yielding_once_a_yield_handed_the_core_to_another_process(
+        monkeypatch, yield_takes_ns, yields_before_park):
+    clock = [0]  # ns; each yield takes yield_takes_ns of it
+
+    def sched_yield() -> None:
+        clock[0] += yield_takes_ns
+
+    monkeypatch.setattr(wait, "time", types.SimpleNamespace(monotonic_ns=lambda: clock[0]))
+    monkeypatch.setattr(wait, "os", types.SimpleNamespace(sched_yield=sched_yield))
+    parker, counters = CountingParker(), wait.WaitCounters()
+    strategy = wait.SpinYieldPark(spins=0, yields=200).bound(parker, counters)
+    while not parker.parks:
+        strategy.idle()
+    assert counters.yields == yields_before_park
 
 
 def test_a_reader_with_a_backlog_publishes_in_batches_and_wakes_the_parked_writer_once(queue_name, monkeypatch):
