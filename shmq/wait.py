@@ -161,6 +161,8 @@ class SpinYieldPark(WaitStrategy):
         self.handed_over_s = handed_over_s
         self._handed_over_ns = int(handed_over_s * 1e9)
 
+    _now = staticmethod(time.monotonic_ns)  #: the clock (a unit test may give an instance its own)
+
     def reset(self) -> None:
         self._step = 0
         self._sleep_s = self.first_sleep_s
@@ -171,9 +173,9 @@ class SpinYieldPark(WaitStrategy):
             self.counters.spins += 1
         elif self._step <= self.spins + self.yields:
             self.counters.yields += 1
-            before = time.monotonic_ns()
+            before = self._now()
             os.sched_yield()
-            if time.monotonic_ns() - before > self._handed_over_ns:
+            if self._now() - before > self._handed_over_ns:
                 self._step = self.spins + self.yields  # the core is contended: park at the next step
         else:
             self.counters.parks += 1
@@ -241,7 +243,6 @@ class Adaptive(SpinYieldPark):
         self.timer_slack_ns = timer_slack_ns
 
     learns = True
-    _now = staticmethod(time.monotonic_ns)  #: the clock (a unit test may give an instance its own)
     _replan = False  #: the history changed since the last plan
     _regular = False  #: until `history` intervals agree, waits are SpinYieldPark's
     _last_arrival = 0  #: _now() when the last wait ended with an arrival

@@ -98,10 +98,11 @@ def test_spin_yield_park_stops_yielding_once_a_yield_handed_the_core_to_another_
     def sched_yield() -> None:
         clock[0] += yield_takes_ns
 
-    monkeypatch.setattr(wait, "time", types.SimpleNamespace(monotonic_ns=lambda: clock[0]))
     monkeypatch.setattr(wait, "os", types.SimpleNamespace(sched_yield=sched_yield))
     parker, counters = CountingParker(), wait.WaitCounters()
-    strategy = wait.SpinYieldPark(spins=0, yields=200).bound(parker, counters)
+    template = wait.SpinYieldPark(spins=0, yields=200)
+    template._now = lambda: clock[0]
+    strategy = template.bound(parker, counters)
     while not parker.parks:
         strategy.idle()
     assert counters.yields == yields_before_park
