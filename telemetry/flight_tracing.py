@@ -111,7 +111,7 @@ class _QueueTraces:
     def new_entries(self, view: QueueView, number: int) -> list[tuple]:
         """The entries of ring `number` not handled yet (all of it at the first), oldest first."""
         seen = self._read_up_to.get(number)
-        fresh = view.flight_ring(number, after=seen or 0)  # only what the ring wrote since: an idle one costs nothing
+        fresh = view.flight_ring(number, after=seen or 0)  # only what the ring wrote since the last poll
         if fresh and seen is not None and fresh[0][0] > seen + 1:
             self._missed += fresh[0][0] - seen - 1  # overwritten before a poll read them
             self._read_up_to[number] = fresh[0][0] - 1
