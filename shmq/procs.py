@@ -1,5 +1,5 @@
 """Is a process still the one that registered? Pid plus start time, so a reused pid is not mistaken for it.
-And does any process use a file?"""
+And how much CPU has a process used, and does any process use a file?"""
 
 from __future__ import annotations
 
@@ -43,6 +43,14 @@ def run_state(pid: int) -> str | None:
     if fields is None:
         return None
     return fields[0].decode() if fields else ""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` so far, all its threads (fields 14 and 15)."""
+    fields = _stat_fields(pid)
+    if not fields:
+        raise ProcessLookupError(f"/proc/{pid}/stat cannot be read: process {pid} is gone or not ours to look into")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def is_alive(pid: int, registered_start_time: int) -> bool:

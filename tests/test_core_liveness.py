@@ -13,7 +13,7 @@ import types
 import pytest
 
 import shmq
-from shmq import participant, wait
+from shmq import participant, procs, wait
 from shmq.testing import fill_ring
 
 from .conftest import FORK
@@ -335,21 +335,15 @@ def idle_reader(handle, index):
         reader.get(timeout=30)
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @pytest.mark.timeout(30)
 def test_idle_readers_use_almost_no_cpu(queue_name, children):
     with shmq.create(2, name=queue_name, chunk_bytes=4096, n_chunks=4) as writer:
         readers = [children(idle_reader, writer.handle, i) for i in range(2)]
         writer.wait_for_readers(timeout=10)
         time.sleep(0.5)  # past spinning and yielding, into parking
-        before = [cpu_seconds(p.pid) for p in readers]
+        before = [procs.cpu_seconds(p.pid) for p in readers]
         time.sleep(2.0)
-        used = [(cpu_seconds(p.pid) - b) / 2.0 for p, b in zip(readers, before)]
+        used = [(procs.cpu_seconds(p.pid) - b) / 2.0 for p, b in zip(readers, before)]
         writer.put("wake up")
         for p in readers:
             p.join(10)

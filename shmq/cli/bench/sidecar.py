@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from shmq import procs
+
 #: The exporter's last line: how many spans it made, and how many operations a ring overwrote first.
 _SUMMARY = re.compile(r"(\d+) spans exported, (\d+) operations overwritten")
 
@@ -37,7 +39,7 @@ class TracingSidecar:
         except BaseException:
             self._end_all()
             raise
-        self._started, self._startup_cpu_s = time.monotonic(), _cpu_seconds(self._exporter.pid)
+        self._started, self._startup_cpu_s = time.monotonic(), procs.cpu_seconds(self._exporter.pid)
 
     def stop(self) -> tuple[float, float | None]:
         """End the exporter (its last poll and flush included) and the sink. Returns the exporter's CPU
@@ -63,13 +65,6 @@ class TracingSidecar:
                 process.kill()
                 process.wait()
             process.stdout.close()
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process `pid` so far, all its threads (proc(5): stat fields 14, 15)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _first_line(process: subprocess.Popen) -> str:

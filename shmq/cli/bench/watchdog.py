@@ -32,14 +32,13 @@ import time
 import urllib.request
 
 import shmq
-from shmq import wait
+from shmq import procs, wait
 from shmq.segment import SHM_DIR
 from shmq.testing import blind
 from shmq.telemetry import names as N
 from shmq.telemetry.watchdog.sidecar import Sidecar
 
 FORK = multiprocessing.get_context("fork")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- workers (forked children) -------------------------------------------------------------------
@@ -260,12 +259,6 @@ def margins_table(stack_dir: str, seconds: float) -> None:
 
 
 # -- CPU -----------------------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
 def watchdog_cpu(stack_dir: str, queues: int, readers: int, seconds: float, rate_hz: float,
                  interval_s: float) -> tuple[float, float]:
     """(share of one core, mean poll seconds) of a watchdog on `queues` x `readers`, writers at `rate_hz`."""
@@ -289,9 +282,9 @@ def watchdog_cpu(stack_dir: str, queues: int, readers: int, seconds: float, rate
                      "--interval", str(interval_s)) as watchdog:
             watchdog.wait_until_watching(queues, timeout_s=30)
             time.sleep(1.0)  # past start-up
-            cpu0, wall0, polls0 = cpu_seconds(watchdog.pid), time.monotonic(), poll_stats(watchdog.url)
+            cpu0, wall0, polls0 = procs.cpu_seconds(watchdog.pid), time.monotonic(), poll_stats(watchdog.url)
             time.sleep(seconds)
-            cpu1, wall1, polls1 = cpu_seconds(watchdog.pid), time.monotonic(), poll_stats(watchdog.url)
+            cpu1, wall1, polls1 = procs.cpu_seconds(watchdog.pid), time.monotonic(), poll_stats(watchdog.url)
             assert not watchdog.events, f"a healthy workload raised alerts: {watchdog.brief()}"
         stop.set()
         feeder.join(10)
