@@ -1489,6 +1489,51 @@ copy_frame(const char *frame_start, uint64_t frame)
     return result;
 }
 
+/* A little-endian word of the remote wire format (shmq/remote.py: _FRAME), wherever it lies. */
+static uint64_t
+wire_word(const unsigned char *at)
+{
+    uint64_t word = 0;
+    for (int i = 7; i >= 0; i--)
+        word = word << 8 | at[i];
+    return word;
+}
+
+/* batch_frame(batch, at, expected, frame_bytes) -> (next_at, frame bytes, message) | None: the
+ * frame at batch[at:] of a remote reader's BATCH (its kind byte, then seq, frame bytes, message
+ * bytes and flags, then the payload), copied out as copy_frame does, when it is frame `expected`,
+ * a whole message with no flags, at most frame_bytes, inside the batch, and its table describes
+ * it. None otherwise: the Python path (RemoteReader._next) takes it and names what is wrong. */
+static PyObject *
+batch_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_nargs(nargs, 4, "batch_frame(batch, at, expected, frame_bytes)") < 0)
+        return NULL;
+    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
+    unsigned long long expected = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long frame_bytes = PyLong_AsUnsignedLongLong(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const Py_ssize_t header_bytes = 1 + 4 * 8;
+    Py_ssize_t body = at + header_bytes;
+    uint64_t frame = 0;
+    PyObject *message = NULL;
+    if (at >= 0 && at <= view.len && view.len - at >= header_bytes) {
+        const unsigned char *header = (const unsigned char *)view.buf + at;
+        frame = wire_word(header + 9);
+        if (header[0] == 'F' && wire_word(header + 1) == expected && wire_word(header + 25) == 0 &&
+            wire_word(header + 17) == frame && frame <= frame_bytes && frame <= (uint64_t)(view.len - body))
+            message = copy_frame((const char *)view.buf + body, frame);
+    }
+    PyBuffer_Release(&view);
+    if (message == NULL)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    return Py_BuildValue("(nKN)", body + (Py_ssize_t)frame, (unsigned long long)frame, message);
+}
+
 /* One more message received: the reader's totals and its flight record. */
 static void
 count_message(Ring *self, uint64_t nbytes)
@@ -1995,6 +2040,8 @@ static PyMethodDef module_methods[] = {
      "compare_exchange(buffer, offset, expected, new) -> the word before; stores new only if it held expected."},
     {"uninitialized_bytearray", uninitialized_bytearray, METH_O, "uninitialized_bytearray(n) -> n bytes, not zeroed."},
     {"frame_length", frame_length, METH_O, "frame_length(segments) -> the bytes of the frame they make."},
+    {"batch_frame", (PyCFunction)(void (*)(void))batch_frame, METH_FASTCALL,
+     "batch_frame(batch, at, expected, frame_bytes) -> (next_at, frame, message) | None: a remote batch's next whole frame."},
     {"frame_spans", (PyCFunction)(void (*)(void))frame_spans, METH_FASTCALL,
      "frame_spans(buffer, offset, length) -> [(start, stop) of each segment] | None if the table is corrupt."},
     {"wait_bucket", (PyCFunction)(void (*)(void))wait_bucket, METH_FASTCALL,

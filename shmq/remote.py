@@ -54,7 +54,7 @@ from .participant import (
     R_STATE, WAITING_READ, State, W_WRITER_CURSOR, checked_timeout, log,
 )
 from .reader import Receiving
-from ._ring import frame_spans, uninitialized_bytearray
+from ._ring import batch_frame, frame_spans, uninitialized_bytearray
 from .serialization import resolve
 
 DEFAULT_GRACE_S = 10.0  # how long a slot's connection may stay lost before its reader is called dead
@@ -676,8 +676,21 @@ class RemoteReader(Receiving):
     # -- receiving ------------------------------------------------------------------------------------
     def _receive(self, timeout: float | None, raw: bool) -> Any:
         if self._kept is None:
-            self._kept = self._next_message(timeout)
+            self._kept = self._batched() or self._next_message(timeout)
         return self._decode_kept(raw)
+
+    def _batched(self) -> tuple | None:
+        """The usual message, the next whole frame of the batch being read, in one C call (batch_frame);
+        None for anything else, which _next_message takes and names what is wrong with."""
+        if self._batch is None or self._cancelled or self._closed:
+            return None
+        got = batch_frame(self._batch, self._batch_at, self._expected, self._frame_bytes)
+        if got is None:
+            return None
+        self._ack_if_due()  # before it is consumed, as _next_message does
+        self._batch_at, frame, message = got
+        self._consumed(self._expected, frame, 1, frame)
+        return (message, [], 0) if message.__class__ is bytes else (*message, 0)
 
     def receive_encoded(self, *, timeout: float | None = None) -> tuple[Any, list, int]:
         """The next message as it was sent, not decoded: (stream, buffers, frame flags). For a relay,

@@ -137,6 +137,46 @@ def test_frame_spans_finds_the_segments_layout_py_lays_out_and_refuses_a_corrupt
         _ring.frame_spans(bytes(16), 8, 16)
 
 
+def test_batch_frame_copies_out_a_remote_batchs_next_whole_frame_and_leaves_anything_else_to_python():
+    from shmq import remote
+
+    def frame_of(*segments: bytes) -> bytes:
+        offsets, frame = L.segment_layout([len(segment) for segment in segments])
+        payload = bytearray(frame)
+        payload[: 8 * (1 + len(segments))] = struct.pack(f"<{1 + len(segments)}Q", len(segments),
+                                                        *(len(segment) for segment in segments))
+        for offset, segment in zip(offsets, segments):
+            payload[offset : offset + len(segment)] = segment
+        return bytes(payload)
+
+    def wire(seq: int, payload: bytes, total: int | None = None, flags: int = 0, kind: bytes = remote.FRAME) -> bytes:
+        return kind + remote._FRAME.pack(seq, len(payload), len(payload) if total is None else total, flags) + payload
+
+    one, two = frame_of(b"stream"), frame_of(b"main", b"\x01" * 40, b"")
+    batch = remote.BATCH + wire(7, one) + wire(8, two)
+    at, frame, message = _ring.batch_frame(batch, 1, 7, FRAME)
+    assert (frame, message) == (len(one), b"stream")
+    at, frame, message = _ring.batch_frame(batch, at, 8, FRAME)
+    assert (at, frame) == (len(batch), len(two))
+    assert message == (b"main", [bytearray(b"\x01" * 40), bytearray()])
+    assert all(type(buffer) is bytearray for buffer in message[1])
+    assert _ring.batch_frame(batch, at, 9, FRAME) is None  # the batch's end
+
+    others = {
+        "another frame than expected": (remote.BATCH + wire(6, one), 7),
+        "flags (traced, raw, a piece)": (remote.BATCH + wire(7, one, flags=L.FRAME_FRAGMENT), 7),
+        "a message larger than its frame": (remote.BATCH + wire(7, one, total=len(one) + 1), 7),
+        "a frame over frame_bytes": (remote.BATCH + wire(7, frame_of(b"x" * (FRAME + 1))), 7),
+        "a payload cut short": (remote.BATCH + wire(7, one)[:-1], 7),
+        "a kind that is not a frame": (remote.BATCH + wire(7, one, kind=remote.BATCH), 7),
+        "a corrupt table": (remote.BATCH + wire(7, bytes(len(one))), 7),
+    }
+    for what, (corrupt, expected) in others.items():
+        assert _ring.batch_frame(corrupt, 1, expected, FRAME) is None, what
+    assert _ring.batch_frame(batch, len(batch) + 1, 7, FRAME) is None  # past the end
+    assert _ring.batch_frame(batch, -1, 7, FRAME) is None
+
+
 def test_a_corrupt_frame_table_is_left_to_the_python_path(memory):
     writer, reader = ring_on(memory), reader_ring_on(memory)
     start = at(0) + L.FRAME_HEADER_BYTES
