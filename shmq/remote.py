@@ -69,9 +69,10 @@ BATCH_BYTES = 64 << 10  # frames below this go to a reader in batches of about t
 ZMQ_MESSAGE_BYTES = 16 << 10
 
 
-def frame_cost(frame: int) -> int:
-    """What a frame of `frame` payload bytes in flight counts against the window."""
-    return L.frame_stride(frame) + ZMQ_MESSAGE_BYTES
+def frame_cost(frame: int, starts_message: bool = True) -> int:
+    """What a frame of `frame` payload bytes in flight counts against the window: its bytes, and what
+    ZeroMQ holds beside a message if it starts one (a batch's first frame, or a frame sent alone)."""
+    return L.frame_stride(frame) + (ZMQ_MESSAGE_BYTES if starts_message else 0)
 _POLL_MS = 50  # how often a blocked get() looks at cancel(), the connection and the grace
 ZERO_COPY_BYTES = 64 << 10  # payloads a reader takes from ZeroMQ without a copy (below, the copy is cheaper)
 # A refused handshake (a connection closed during one, NO_DETAIL, is a network fault, not a refusal)
@@ -481,7 +482,7 @@ class RemoteServer:
                 slot.forget_in_flight()
                 ring.skip()
                 continue
-            cost = frame_cost(frame)
+            cost = frame_cost(frame, starts_message=not batch or frame >= BATCH_BYTES)
             if slot.in_flight_bytes and slot.in_flight_bytes + cost > self.window_bytes:
                 break
             header = FRAME + _FRAME.pack(seq, frame, total, flags)
@@ -792,7 +793,7 @@ class RemoteReader(Receiving):
         self._expected = seq + 1
         self._messages += messages
         self._bytes += nbytes
-        self._unacked_cost += frame_cost(frame)
+        self._unacked_cost += frame_cost(frame)  # as if it came alone: at least what the writer counts
 
     def _ack_if_due(self) -> None:
         """Acknowledge in batches while a backlog lasts, of ACK_EVERY frames or a quarter of the window, so
