@@ -60,6 +60,7 @@ enum { SEQ, FRAME_LEN, TOTAL_LEN, FLAGS, POSITION };
 #define FRAME_ALIGN 128 /* the header's size: the end of the ring always has room for a padding header */
 #define FRAME_FRAGMENT (1 << 1)
 #define FRAME_LAST (1 << 2)
+#define FRAME_TRACED (1 << 3)
 #define FRAME_FIRST (1 << 4)
 #define FRAME_PADDING (1 << 6)
 #define MIN_FRAME_BYTES 16 /* the table of one empty segment */
@@ -1489,7 +1490,14 @@ copy_frame(const char *frame_start, uint64_t frame)
     return result;
 }
 
-/* A little-endian word of the remote wire format (shmq/remote.py: _FRAME), wherever it lies. */
+/* -- a remote reader's frames on the wire ---------------------------------------------------- */
+/* The wire format of shmq/remote.py (FRAME, BATCH, _FRAME; it checks these at import): a frame is its
+ * kind byte, then its seq, frame bytes, message bytes and flags as little-endian words, then its
+ * traceparent if it is traced, then its payload; a batch is its kind byte, then frames. */
+#define WIRE_FRAME 'F'
+#define WIRE_BATCH 'M'
+#define WIRE_HEADER_BYTES (1 + 4 * 8)
+
 static uint64_t
 wire_word(const unsigned char *at)
 {
@@ -1497,6 +1505,13 @@ wire_word(const unsigned char *at)
     for (int i = 7; i >= 0; i--)
         word = word << 8 | at[i];
     return word;
+}
+
+static void
+put_wire_word(unsigned char *at, uint64_t word)
+{
+    for (int i = 0; i < 8; i++, word >>= 8)
+        at[i] = (unsigned char)word;
 }
 
 /* batch_frame(batch, at, expected, frame_bytes) -> (next_at, frame bytes, message) | None: the
@@ -1517,14 +1532,13 @@ batch_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    const Py_ssize_t header_bytes = 1 + 4 * 8;
-    Py_ssize_t body = at + header_bytes;
+    Py_ssize_t body = at + WIRE_HEADER_BYTES;
     uint64_t frame = 0;
     PyObject *message = NULL;
-    if (at >= 0 && at <= view.len && view.len - at >= header_bytes) {
+    if (at >= 0 && at <= view.len && view.len - at >= WIRE_HEADER_BYTES) {
         const unsigned char *header = (const unsigned char *)view.buf + at;
         frame = wire_word(header + 9);
-        if (header[0] == 'F' && wire_word(header + 1) == expected && wire_word(header + 25) == 0 &&
+        if (header[0] == WIRE_FRAME && wire_word(header + 1) == expected && wire_word(header + 25) == 0 &&
             wire_word(header + 17) == frame && frame <= frame_bytes && frame <= (uint64_t)(view.len - body))
             message = copy_frame((const char *)view.buf + body, frame);
     }
@@ -1778,6 +1792,76 @@ ring_skip(Ring *self, PyObject *unused)
     return PyLong_FromUnsignedLongLong(self->cursor);
 }
 
+/* gather_batch(room, limit, overhead) -> (batch, [(cursor, position, cost) after each frame], cost)
+ * | None: a remote slot's read-ahead (RemoteServer._send_slot): the published frames from the cursor
+ * on as one BATCH of the wire format, each released as it is copied (the slot's record moves only
+ * on acknowledge). It takes frames while their headers name them, their payload is under `limit`,
+ * their cost (ring bytes, and `overhead` on the first: what ZeroMQ keeps beside a message) fits in
+ * `room`, and the batch is under `limit`. None if it takes none: the Python path sends that frame
+ * alone, or steps over it. */
+static PyObject *
+ring_gather_batch(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t room, limit, overhead;
+    if (check_nargs(nargs, 3, "gather_batch(room, limit, overhead)") < 0 || as_u64(args[0], &room) < 0 ||
+        as_u64(args[1], &limit) < 0 || as_u64(args[2], &overhead) < 0 || check_reader(self) < 0)
+        return NULL;
+    PyObject *entries = PyList_New(0), *result = NULL;
+    unsigned char *wire = NULL;
+    uint64_t used = 1, capacity = 0, spent = 0; /* used: the batch's kind byte, then its frames */
+    while (entries != NULL && used < limit) {
+        _Atomic uint64_t *head = reader_head(self);
+        if (head == NULL)
+            break;
+        uint64_t position = self->position;
+        uint64_t frame = atomic_load_explicit(&head[FRAME_LEN], memory_order_relaxed);
+        uint64_t flags = atomic_load_explicit(&head[FLAGS], memory_order_relaxed);
+        uint64_t cost = frame_stride(frame) + (spent ? 0 : overhead);
+        if (!names_frame(head, self->cursor, position) || frame > self->frame_bytes || frame >= limit ||
+            cost > room - spent)
+            break;
+        uint64_t traceparent = flags & FRAME_TRACED ? TRACEPARENT_BYTES : 0;
+        uint64_t need = WIRE_HEADER_BYTES + traceparent + frame;
+        if (used + need > capacity) {
+            capacity = used + need > 2 * capacity ? used + need + limit : 2 * capacity;
+            unsigned char *grown = PyMem_Realloc(wire, (size_t)capacity);
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                Py_CLEAR(entries);
+                break;
+            }
+            wire = grown;
+        }
+        unsigned char *at = wire + used;
+        at[0] = WIRE_FRAME;
+        put_wire_word(at + 1, self->cursor);
+        put_wire_word(at + 9, frame);
+        put_wire_word(at + 17, atomic_load_explicit(&head[TOTAL_LEN], memory_order_relaxed));
+        put_wire_word(at + 25, flags);
+        memcpy(at + WIRE_HEADER_BYTES, (char *)head + FRAME_TRACEPARENT, (size_t)traceparent);
+        memcpy(at + WIRE_HEADER_BYTES + traceparent, (char *)head + FRAME_HEADER_BYTES, (size_t)frame);
+        used += need;
+        spent += cost;
+        release_read(self, position + frame_stride(frame), 0);
+        PyObject *entry = Py_BuildValue("(KKK)", (unsigned long long)self->cursor,
+                                        (unsigned long long)self->position, (unsigned long long)cost);
+        if (entry == NULL || PyList_Append(entries, entry) < 0)
+            Py_CLEAR(entries);
+        Py_XDECREF(entry);
+    }
+    if (entries != NULL && spent) {
+        wire[0] = WIRE_BATCH;
+        PyObject *batch = PyBytes_FromStringAndSize((const char *)wire, (Py_ssize_t)used);
+        if (batch != NULL)
+            result = Py_BuildValue("(NOK)", batch, entries, (unsigned long long)spent);
+    } else if (entries != NULL) {
+        result = Py_NewRef(Py_None);
+    }
+    Py_XDECREF(entries);
+    PyMem_Free(wire);
+    return result;
+}
+
 /* publish_behind(): publish what was read or counted but not published yet (the heartbeat, a wait,
  * close, a message in pieces counted after its frames were released). */
 static void
@@ -1949,6 +2033,8 @@ static PyMethodDef ring_methods[] = {
     {"park_reader", (PyCFunction)ring_park_reader, METH_O,
      "park_reader(timeout_s) -> slept: sleep until the writer publishes past our cursor."},
     {"wake_readers", (PyCFunction)ring_wake_readers, METH_NOARGS, "wake_readers(): wake every parked reader."},
+    {"gather_batch", (PyCFunction)(void (*)(void))ring_gather_batch, METH_FASTCALL,
+     "gather_batch(room, limit, overhead) -> (batch, in_flight, cost) | None: a remote slot's next frames, batched."},
     {"bind_flight", (PyCFunction)ring_bind_flight, METH_VARARGS,
      "bind_flight(offset, entries): record this participant's operations in its flight ring."},
     {"record", (PyCFunction)(void (*)(void))ring_record, METH_FASTCALL,
@@ -2078,6 +2164,10 @@ PyInit__ring(void)
     }
     /* The layout this build reads and writes, checked by shmq/layout.py at import. */
     PyModule_AddIntConstant(module, "FRAME_SEQ", 8 * SEQ);
+    PyModule_AddIntConstant(module, "FRAME_TRACED", FRAME_TRACED);
+    PyModule_AddIntConstant(module, "WIRE_FRAME", WIRE_FRAME);
+    PyModule_AddIntConstant(module, "WIRE_BATCH", WIRE_BATCH);
+    PyModule_AddIntConstant(module, "WIRE_HEADER_BYTES", WIRE_HEADER_BYTES);
     PyModule_AddIntConstant(module, "FRAME_LEN", 8 * FRAME_LEN);
     PyModule_AddIntConstant(module, "FRAME_TOTAL_LEN", 8 * TOTAL_LEN);
     PyModule_AddIntConstant(module, "FRAME_FLAGS", 8 * FLAGS);

@@ -43,7 +43,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from . import hooks as hooks_module
 from . import layout as L
-from . import procs, sync
+from . import _ring, procs, sync
 from .errors import (
     AlreadyAttached, BadHandle, BadQueueArgument, ConnectionLost, CorruptMessage, NotAuthorized, NotRawMessage,
     QueueClosed, QueueTimeout, ReaderEvicted, WouldBlock, WriterDead,
@@ -69,10 +69,10 @@ BATCH_BYTES = 64 << 10  # frames below this go to a reader in batches of about t
 ZMQ_MESSAGE_BYTES = 16 << 10
 
 
-def frame_cost(frame: int, starts_message: bool = True) -> int:
-    """What a frame of `frame` payload bytes in flight counts against the window: its bytes, and what
-    ZeroMQ holds beside a message if it starts one (a batch's first frame, or a frame sent alone)."""
-    return L.frame_stride(frame) + (ZMQ_MESSAGE_BYTES if starts_message else 0)
+def frame_cost(frame: int) -> int:
+    """What a frame of `frame` payload bytes sent alone counts against the window: its ring bytes, and what
+    ZeroMQ keeps beside a message. In a batch (gather_batch) only its first frame counts the latter."""
+    return L.frame_stride(frame) + ZMQ_MESSAGE_BYTES
 _POLL_MS = 50  # how often a blocked get() looks at cancel(), the connection and the grace
 ZERO_COPY_BYTES = 64 << 10  # payloads a reader takes from ZeroMQ without a copy (below, the copy is cheaper)
 # A refused handshake (a connection closed during one, NO_DETAIL, is a network fault, not a refusal)
@@ -85,6 +85,9 @@ _ACK = struct.Struct("<QQQQ")  # cursor, messages, bytes, state
 _WELCOME = struct.Struct("<QQQQiQ")  # start cursor, window, frame bytes, max message bytes, writer pid, start time
 _FRAME = struct.Struct("<QQQQ")  # seq, frame bytes, message bytes, flags; the traceparent follows if traced
 _CURSOR = struct.Struct("<Q")
+# shmq/_ring.c batches frames and reads them back in this format (gather_batch, batch_frame).
+if (_ring.WIRE_FRAME, _ring.WIRE_BATCH, _ring.WIRE_HEADER_BYTES) != (FRAME[0], BATCH[0], 1 + _FRAME.size):
+    raise ImportError("shmq/_ring.c and shmq/remote.py disagree on the wire format of frames: rebuild shmq")
 
 
 def _checked_seconds(name: str, value) -> float:
@@ -465,53 +468,46 @@ class RemoteServer:
 
     def _send_slot(self, slot: _Slot) -> tuple[bool, bool]:
         """Send one slot what is published and fits its window: frames under BATCH_BYTES together, one
-        ZeroMQ message per batch (a message costs more than its bytes), larger ones alone."""
+        ZeroMQ message per batch (a message costs more than its bytes), gathered in C; larger ones alone."""
         ring, buf = slot.ring, self._buf
-        batch, batch_bytes, sent = [], 0, False
+        sent = False
         while slot.connected and slot.peer is not None:
+            gathered = ring.gather_batch(max(0, self.window_bytes - slot.in_flight_bytes), BATCH_BYTES,
+                                         ZMQ_MESSAGE_BYTES)
+            if gathered is not None:
+                batch, in_flight, cost = gathered
+                slot.in_flight.extend(in_flight)
+                slot.in_flight_bytes += cost
+                sent = True
+                if not self._send(slot.peer, [batch], slot):
+                    break
+                continue
+            # What gather_batch leaves: nothing published, a corrupt header, a large frame, or one the
+            # window has no room for (which goes alone if nothing is in flight).
             head = ring.head()
-            if head is None:
-                self._flush(slot, batch)
-                return sent, slot.connected
+            if head is None:  # hungry, unless what it has not consumed yet will bring an acknowledgement soon
+                return sent, slot.connected and slot.in_flight_bytes <= BATCH_BYTES
             seq, frame, total, flags, position = L.FRAME_HEAD.unpack_from(buf, head)
             if seq != ring.cursor or position != ring.position or frame > self._segment.frame_bytes:
                 # A header its writer cannot have written (a hostile edit): the reader hears of it.
-                self._flush(slot, batch)
-                batch, batch_bytes = [], 0
                 self._send(slot.peer, [FRAME + _FRAME.pack(ring.cursor, 0, 0, L.FRAME_ABORT)], slot)
                 slot.forget_in_flight()
                 ring.skip()
                 continue
-            cost = frame_cost(frame, starts_message=not batch or frame >= BATCH_BYTES)
+            cost = frame_cost(frame)
             if slot.in_flight_bytes and slot.in_flight_bytes + cost > self.window_bytes:
                 break
             header = FRAME + _FRAME.pack(seq, frame, total, flags)
             if flags & L.FRAME_TRACED:
                 header += bytes(buf[head + L.FRAME_TRACEPARENT : head + L.FRAME_TRACEPARENT + L.TRACEPARENT_BYTES])
             payload = buf[head + L.FRAME_HEADER_BYTES : head + L.FRAME_HEADER_BYTES + frame]
-            if frame < BATCH_BYTES:
-                batch += (header, payload)
-                batch_bytes += len(header) + frame
-            else:  # after the batch before it, alone
-                if batch and not self._flush(slot, batch):
-                    break
-                batch, batch_bytes = [], 0
-                if not self._send(slot.peer, [header, payload], slot):
-                    break
+            if not self._send(slot.peer, [header, payload], slot):
+                break
             ring.release_read()
             slot.in_flight.append((ring.cursor, ring.position, cost))
             slot.in_flight_bytes += cost
             sent = True
-            if batch_bytes >= BATCH_BYTES:
-                if not self._flush(slot, batch):
-                    break
-                batch, batch_bytes = [], 0
-        self._flush(slot, batch)
         return sent, False
-
-    def _flush(self, slot: _Slot, batch: list) -> bool:
-        """Send a batch of frames (header, payload, header, payload...); whether it went."""
-        return bool(batch) and slot.connected and self._send(slot.peer, [BATCH + b"".join(batch)], slot)
 
     def _tick(self, now: int) -> None:
         """Once a second: each holder hears the writer is alive; a lost slot past the grace is dead."""

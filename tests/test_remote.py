@@ -247,29 +247,60 @@ def remote_reader_reporting(handle, conn) -> None:
 
 @pytest.mark.timeout(60)
 def test_a_killed_remote_readers_slot_is_taken_over_where_it_acknowledged(queue_name, children):
-    with shmq.create(0, name=queue_name, ring_bytes=1 << 20, n_remote_readers=1) as writer:
+    def reporting_reader():
         parent_end, child_end = FORK.Pipe()
-        first = children(remote_reader_reporting, writer.handle, child_end)
-        assert parent_end.poll(10) and parent_end.recv() == ("start", 0)
+        child = children(remote_reader_reporting, writer.handle, child_end)
+        assert parent_end.poll(10)
+        kind, start = parent_end.recv()
+        assert kind == "start"
+        return child, parent_end, start
+
+    def receive(parent_end, until: int, got: list) -> None:
+        while len(got) < until:
+            assert parent_end.poll(10)
+            got.append(parent_end.recv()[1])
+
+    with shmq.create(0, name=queue_name, ring_bytes=1 << 20, n_remote_readers=1) as writer:
+        first, first_end, start = reporting_reader()
+        assert start == 0
         for i in range(200):
             writer.put(i, timeout=10)
         got = []
-        while len(got) < 150:
-            assert parent_end.poll(10)
-            got.append(parent_end.recv()[1])
-        os.kill(first.pid, signal.SIGKILL)
+        receive(first_end, 150, got)
+        os.kill(first.pid, signal.SIGKILL)  # mid-stream: what it took since the writer last heard from it comes again
         first.join(10)
-        with shmq.attach_remote(writer.handle, 0) as second:
-            with pytest.raises(AlreadyAttached, match="remote reader 0 .* is attached and connected"):
-                shmq.attach_remote(writer.handle, 0)
-            start = second.start_seq
-            rest = [second.get(timeout=10) for _ in range(200 - start)]
-    while parent_end.poll(0):
-        got.append(parent_end.recv()[1])
-    # It starts at the first message its slot did not acknowledge: nothing is skipped, and what comes
-    # again is at most what the dead reader took since its last acknowledgement.
-    assert got == list(range(len(got))) and start <= len(got) and rest == list(range(start, 200))
-    assert len(got) - start <= shmq.remote.ACK_EVERY
+        try:
+            while first_end.poll(0):
+                got.append(first_end.recv()[1])
+        except EOFError:  # all it sent has been read
+            pass
+        # The successor starts at the first message the writer holds unacknowledged, at or before where the
+        # dead reader got to: nothing is skipped.
+        second, second_end, start = reporting_reader()
+        assert got == list(range(len(got))) and start <= len(got)
+        with pytest.raises(AlreadyAttached, match="remote reader 0 .* is attached and connected"):
+            shmq.attach_remote(writer.handle, 0)
+        rest = []
+        receive(second_end, 200 - start, rest)
+        assert rest == list(range(start, 200))
+        # Waiting, it acknowledged everything: killed now, its successor starts exactly after it.
+        deadline = time.monotonic() + 10
+        while acknowledged(writer.handle, 0) != 200:
+            assert time.monotonic() < deadline, "the writer never heard the acknowledgement of all 200"
+            time.sleep(0.01)
+        os.kill(second.pid, signal.SIGKILL)
+        second.join(10)
+        for i in range(200, 250):
+            writer.put(i, timeout=10)
+        with shmq.attach_remote(writer.handle, 0) as third:
+            assert third.start_seq == 200
+            assert [third.get(timeout=10) for _ in range(50)] == list(range(200, 250))
+
+
+def acknowledged(handle, slot_index: int) -> int:
+    """The cursor the writer holds for a reader record: where its slot's next holder starts."""
+    with shmq.stats.open(handle) as view:
+        return view.snapshot().readers[slot_index].cursor
 
 
 def writer_until_killed(queue_name, conn) -> None:

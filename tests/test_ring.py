@@ -14,6 +14,7 @@ import pytest
 import shmq
 from shmq import _ring
 from shmq import layout as L
+from shmq import remote
 
 # A ring of 2,048 bytes: 8 frames of a small message (256 bytes each), frames of at most 256 bytes of payload.
 N_READERS, RING, FRAME, FLIGHT_ENTRIES = 3, 2048, 256, 8
@@ -138,8 +139,6 @@ def test_frame_spans_finds_the_segments_layout_py_lays_out_and_refuses_a_corrupt
 
 
 def test_batch_frame_copies_out_a_remote_batchs_next_whole_frame_and_leaves_anything_else_to_python():
-    from shmq import remote
-
     def frame_of(*segments: bytes) -> bytes:
         offsets, frame = L.segment_layout([len(segment) for segment in segments])
         payload = bytearray(frame)
@@ -175,6 +174,42 @@ def test_batch_frame_copies_out_a_remote_batchs_next_whole_frame_and_leaves_anyt
         assert _ring.batch_frame(corrupt, 1, expected, FRAME) is None, what
     assert _ring.batch_frame(batch, len(batch) + 1, 7, FRAME) is None  # past the end
     assert _ring.batch_frame(batch, -1, 7, FRAME) is None
+
+
+def test_gather_batch_sends_a_remote_slots_next_frames_in_the_wire_format_and_stops_where_python_decides(memory):
+    writer = ring_on(memory)
+    slot = bound_ring_on(memory, 1)
+    slot.bind_reader(0, 0, 0, 0)  # a remote slot's read-ahead: its record moves only on acknowledge
+    traceparent = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
+    writer.put_one(0, [b"first"], None)
+    writer.put_one(L.FRAME_TRACED, [b"second"], traceparent)
+    writer.put_one(0, [b"third", b"buffer"], None)
+    batch, in_flight, cost = slot.gather_batch(1 << 20, 1 << 16, 1000)
+    assert batch[:1] == remote.BATCH and slot.cursor == 3 and record_word(memory, 0, L.REC_CURSOR) == 0
+    assert in_flight == [(1, SMALL, SMALL + 1000), (2, 2 * SMALL, SMALL), (3, 3 * SMALL, SMALL)]
+    assert cost == 3 * SMALL + 1000
+    offset, frames = 1, []
+    while offset < len(batch):
+        seq, frame, total, flags = remote._FRAME.unpack_from(batch, offset + 1)
+        assert batch[offset : offset + 1] == remote.FRAME and total == frame
+        body = offset + 1 + remote._FRAME.size + (L.TRACEPARENT_BYTES if flags & L.FRAME_TRACED else 0)
+        spans = _ring.frame_spans(batch[body : body + frame], 0, frame)
+        frames.append((seq, flags, bytes(batch[body - L.TRACEPARENT_BYTES : body]) if flags else b"",
+                       [bytes(batch[body + a : body + b]) for a, b in spans]))
+        offset = body + frame
+    assert offset == len(batch)
+    field = traceparent.ljust(L.TRACEPARENT_BYTES, b"\x00")
+    assert frames == [(0, 0, b"", [b"first"]), (1, L.FRAME_TRACED, field, [b"second"]), (2, 0, b"", [b"third", b"buffer"])]
+    assert slot.gather_batch(1 << 20, 1 << 16, 1000) is None  # nothing more published
+
+    writer.put_one(0, [b"fourth"], None)
+    writer.put_one(0, [b"fifth"], None)
+    assert slot.gather_batch(SMALL + 999, 1 << 16, 1000) is None  # no room for the first frame's cost
+    batch, in_flight, _ = slot.gather_batch(1 << 20, 40, 0)  # the batch is full after one frame
+    assert in_flight == [(4, 4 * SMALL, SMALL)] and _ring.batch_frame(batch, 1, 3, FRAME)[2] == b"fourth"
+    assert slot.gather_batch(1 << 20, 10, 0) is None  # a frame as large as the limit goes alone
+    words(memory)[L.word(at(4 * SMALL))] = 99  # the header names another frame now
+    assert slot.gather_batch(1 << 20, 1 << 16, 0) is None and slot.cursor == 4
 
 
 def test_a_corrupt_frame_table_is_left_to_the_python_path(memory):
