@@ -55,7 +55,7 @@ from .participant import (
 )
 from .reader import Receiving
 from ._ring import batch_frame, frame_spans, uninitialized_bytearray
-from .serialization import resolve
+from .serialization import resolve, stream_decoder
 
 DEFAULT_GRACE_S = 10.0  # how long a slot's connection may stay lost before its reader is called dead
 ATTACH_TIMEOUT_S = 10.0  # how long attach_remote waits for the writer's answer
@@ -569,6 +569,7 @@ class RemoteReader(Receiving):
         if not self._endpoint:
             raise BadHandle(f"queue {handle.name!r} has no remote endpoint: create it with n_remote_readers > 0")
         self._serializer = resolve(serializer)
+        self._loads = stream_decoder(self._serializer)
         self._hooks = hooks if hooks is not None else hooks_module.installed()
         self._token = secrets.token_bytes(16)
         try:
@@ -777,7 +778,10 @@ class RemoteReader(Receiving):
             raise NotRawMessage(f"queue {self.queue_name!r}: the next message was sent with put() and is not raw "
                                 "bytes; read it with get() (it is still there)")
         try:
-            message = bytes(stream) if flags & L.FRAME_RAW else self._serializer.decode(stream, buffers)
+            if flags & L.FRAME_RAW:
+                message = bytes(stream)
+            else:
+                message = self._serializer.decode(stream, buffers) if buffers else self._loads(stream)
         except Exception:  # the message's own fault: dropped, as a local reader drops it the second time
             self._kept = None
             raise
