@@ -694,7 +694,7 @@ class RemoteReader(Receiving):
         """The next message as it was sent, not decoded: (stream, buffers, frame flags). For a relay,
         which republishes messages without unpickling them (shmq.relay)."""
         message = self._kept if self._kept is not None else \
-            self._next_message(None if timeout is None else checked_timeout(timeout))
+            self._batched() or self._next_message(None if timeout is None else checked_timeout(timeout))
         self._kept = None
         return message
 
