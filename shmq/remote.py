@@ -218,8 +218,10 @@ class RemoteServer:
 
     # -- called from the writer's thread --------------------------------------------------------
     def notify(self) -> None:
-        """The writer published: wake the server if it sleeps (a plain flag: the GIL orders the two)."""
+        """The writer published: wake the server if it sleeps (a plain flag: the GIL orders the two), once:
+        it may not run again before many more puts."""
         if self.parked:
+            self.parked = False
             os.eventfd_write(self._wake_fd, 1)
 
     def lost(self, index: int) -> str | None:
