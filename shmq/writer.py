@@ -363,7 +363,7 @@ def create(n_readers: int, *, name: str | None = None, ring_bytes: int | None = 
     """Create a queue in shared memory and return its writer.
 
     One ring of `ring_bytes` (default 16 MiB, a multiple of 128) holds messages of every size as
-    frames: a message up to a quarter of the ring is one frame, a larger one (up to
+    frames: a message up to a sixteenth of the ring and a page is one frame, a larger one (up to
     `max_message_bytes`, even larger than the ring) streams through it in pieces of that size.
     `chunk_bytes` and `n_chunks`, the fixed slots of shmq's layout 3, are still accepted: they make a
     ring that holds `n_chunks` messages of `chunk_bytes`, whose larger messages go in pieces of
