@@ -89,6 +89,7 @@ class Reader(Receiving, Participant):
         self._serializer = BytesSerializer() if segment.flags & L.FLAG_RAW_ONLY else serializer
         self._raw_only = self._serializer.raw
         self._frame_bytes = segment.frame_bytes
+        self._ring_bytes = segment.ring_bytes
         self._max = segment.max_message_bytes
         # The ring keeps our cursor, position and totals and publishes them (shmq/_ring.c): once per
         # batch while a backlog lasts, and at once when we catch up, as a publish (stores, a full fence,
@@ -295,7 +296,13 @@ class Reader(Receiving, Participant):
         seq, frame, total, flags, position = _FRAME_HEAD.unpack_from(self._buf, head)
         expected = self._ring.position
         if seq == c and position == expected:
-            return head, frame, total, flags
+            # A frame ends within its lap; a length past a frame's is named by the caller.
+            if frame > self._frame_bytes or expected % self._ring_bytes + L.frame_stride(frame) <= self._ring_bytes:
+                return head, frame, total, flags
+            self._ring.skip()
+            raise CorruptMessage(f"queue {self.queue_name!r}: the header of message {c} at ring position "
+                                 f"{expected:,} says {frame:,} bytes, which would run past the end of the ring; "
+                                 f"reader {self.index} skipped to message {self._cursor}")
         available = self._ring.available
         self._ring.skip()
         skipped = f"skipped to message {self._cursor}"

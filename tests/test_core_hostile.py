@@ -9,6 +9,7 @@ import mmap
 import os
 import random
 import signal
+import struct
 import threading
 import time
 
@@ -395,6 +396,24 @@ def test_a_corrupt_frame_is_a_named_error_and_every_reader_reads_on(writer, mess
             with pytest.raises(shmq.CorruptMessage, match=problem):
                 r.get(timeout=5)
             assert r.get(timeout=5) == "after"
+
+
+@pytest.mark.timeout(30)
+def test_a_length_that_would_run_past_the_end_of_the_ring_is_a_named_error_not_a_read_beyond_it(queue_name):
+    with shmq.create(1, name=queue_name, ring_bytes=4096) as writer, shmq.attach(writer.handle, 0) as reader:
+        for i in range(15):  # a lap holds 16 small frames: all but the last
+            writer.put(i)
+            assert reader.get(timeout=5) == i
+        writer.put("the lap's last frame")  # at ring position 3,840, ending at the lap's end
+        writer.put("after")
+        # Its length and its table say 1,000 bytes, as one consistent edit could: 744 past the ring's end.
+        corrupt(writer, 15, frame=1000, total=1000)
+        with open(os.path.join("/dev/shm", writer.handle.shm_name), "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+            table = frame_offset(mm, writer.handle, 15) + L.FRAME_HEADER_BYTES
+            mm[table : table + 16] = struct.pack("<QQ", 1, 1000 - 16)
+        with pytest.raises(shmq.CorruptMessage, match="says 1,000 bytes, which would run past the end of the ring"):
+            reader.get(timeout=5)
+        assert reader.get(timeout=5) == "after"
 
 
 @pytest.mark.timeout(30)

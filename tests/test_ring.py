@@ -212,6 +212,17 @@ def test_gather_batch_sends_a_remote_slots_next_frames_in_the_wire_format_and_st
     assert slot.gather_batch(1 << 20, 1 << 16, 0) is None and slot.cursor == 4
 
 
+def test_gather_batch_leaves_a_frame_whose_length_runs_past_the_end_of_the_ring_to_python(memory):
+    writer = ring_on(memory)
+    slot = bound_ring_on(memory, 1)
+    slot.bind_reader(0, 0, 0, 0)
+    for n in range(RING // SMALL):  # one lap, its last frame ending at the ring's end
+        assert writer.put_one(0, [b"%d" % n], None) is not None
+    words(memory)[L.word(at(RING - SMALL) + L.FRAME_LEN)] = FRAME  # a frame's length, but not here
+    _, in_flight, _ = slot.gather_batch(1 << 20, 1 << 16, 0)
+    assert len(in_flight) == RING // SMALL - 1 and slot.gather_batch(1 << 20, 1 << 16, 0) is None
+
+
 def test_a_corrupt_frame_table_is_left_to_the_python_path(memory):
     writer, reader = ring_on(memory), reader_ring_on(memory)
     start = at(0) + L.FRAME_HEADER_BYTES
