@@ -739,13 +739,8 @@ class RemoteReader(Receiving):
                                  f"message and carries {len(payload):,}; remote reader {self.slot} dropped it")
         if not flags & L.FRAME_FRAGMENT:
             self._assembly = None
-            spans = frame_spans(payload, 0, frame)
             self._consumed(seq, frame, 1, total)
-            if spans is None:
-                raise CorruptMessage(f"queue {self.queue_name!r}: message {seq} has a corrupt frame table; remote "
-                                     f"reader {self.slot} dropped it")
-            view = memoryview(payload)  # of a message ZeroMQ gave us, which nothing else writes
-            return view[spans[0][0] : spans[0][1]], [bytearray(view[a:b]) for a, b in spans[1:]], flags
+            return (*self._split(payload, frame, seq), flags)
         if flags & L.FRAME_ABORT:  # the writer gave this message up
             self._assembly = None
             self._consumed(seq, frame, 0, 0)
@@ -769,12 +764,19 @@ class RemoteReader(Receiving):
             return None
         self._assembly = None
         self._consumed(seq, frame, 1, total)
-        spans = frame_spans(whole, 0, total)
+        return (*self._split(whole, total, first), first_flags)
+
+    def _split(self, message, length: int, seq: int) -> tuple[memoryview, list]:
+        """A whole message's stream and out-of-band buffers. The buffers are views where its memory is this
+        reader's alone and writable (a ZeroMQ message taken without a copy, a message assembled from its
+        pieces), and private copies where it is not (a batch is read-only, and its other frames share it)."""
+        spans = frame_spans(message, 0, length)
         if spans is None:
-            raise CorruptMessage(f"queue {self.queue_name!r}: message {first} has a corrupt frame table; remote "
+            raise CorruptMessage(f"queue {self.queue_name!r}: message {seq} has a corrupt frame table; remote "
                                  f"reader {self.slot} dropped it")
-        view = memoryview(whole)
-        return view[spans[0][0] : spans[0][1]], [bytearray(view[a:b]) for a, b in spans[1:]], first_flags
+        view = memoryview(message)
+        buffers = [view[a:b] for a, b in spans[1:]]
+        return view[spans[0][0] : spans[0][1]], [bytearray(b) for b in buffers] if view.readonly else buffers
 
     def _decode_kept(self, raw: bool) -> Any:
         stream, buffers, flags = self._kept

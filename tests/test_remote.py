@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 import shmq
@@ -145,6 +146,29 @@ def test_every_message_reaches_local_and_remote_readers_once_in_order_through_a_
             r.join()
             assert r.received == sent
     assert got_local == sent
+
+
+@pytest.mark.timeout(60)
+def test_a_remote_readers_arrays_are_its_own_in_a_batch_alone_or_in_pieces(queue_name):
+    # With a 4 MiB ring a frame holds 266,112 bytes: 1 kB goes in a batch, 200 kB alone (taken from
+    # ZeroMQ without a copy), 3 MB in pieces.
+    sizes = (1000, 200_000, 3_000_000)
+    with shmq.create(0, name=queue_name, ring_bytes=4 << 20, n_remote_readers=1) as writer, \
+            shmq.attach_remote(writer.handle, 0) as remote:
+        def receive(value: int) -> list:
+            received = []
+            for n in sizes:
+                writer.put(np.full(n, value, dtype=np.uint8), timeout=10)
+                received.append(remote.get(timeout=10))
+            return received
+
+        got = receive(7)
+        later = receive(9)
+    for array, n in zip(got, sizes):
+        assert array.shape == (n,) and (array == 7).all(), "what came after changed an array received before"
+        assert array.flags.writeable
+        array[:] = 1  # the reader's own: writing it changes nothing else
+    assert [a.shape for a in later] == [(n,) for n in sizes] and all((a == 9).all() for a in later)
 
 
 SLOW_REMOTE_READER = """
