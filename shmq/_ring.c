@@ -70,7 +70,7 @@ enum { SEQ, FRAME_LEN, TOTAL_LEN, FLAGS, POSITION };
 
 /* A flight ring entry's words and operations (shmq/layout.py: FLIGHT_*, FlightOp). */
 enum { E_STAMP, E_OP, E_SEQ, E_SIZE, E_BEGIN, E_END, E_SPINS_YIELDS, E_PARKS, E_WORDS };
-enum { OP_PUT = 1, OP_PIECE, OP_GET, OP_PARK, OP_WAKE, OP_TIMEOUT, OP_DEAD_CHECK, OP_EVICT, OP_INTERRUPTED };
+enum { OP_PUT = 1, OP_PIECE, OP_GET, OP_PARK, OP_WAKE, OP_TIMEOUT, OP_DEAD_CHECK, OP_EVICT, OP_INTERRUPTED, OP_LEASE };
 
 /* parked_mark in shmq/layout.py: bit 7 set, and the low 7 bits of the cursor a reader waits past. */
 #define PARKED_BIT 0x80
@@ -1557,12 +1557,19 @@ batch_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(nKN)", body + (Py_ssize_t)frame, (unsigned long long)frame, message);
 }
 
+/* One more message received: the reader's totals. */
+static inline void
+add_received(Ring *self, uint64_t nbytes)
+{
+    self->messages += 1;
+    self->bytes += nbytes;
+}
+
 /* One more message received: the reader's totals and its flight record. */
 static void
 count_message(Ring *self, uint64_t nbytes)
 {
-    self->messages += 1;
-    self->bytes += nbytes;
+    add_received(self, nbytes);
     flight(self, OP_GET, self->cursor, nbytes, 1);
 }
 
@@ -1734,6 +1741,32 @@ ring_count(Ring *self, PyObject *arg)
     if (as_u64(arg, &nbytes) < 0 || check_reader(self) < 0)
         return NULL;
     count_message(self, nbytes);
+    Py_RETURN_NONE;
+}
+
+/* lease_begins(seq, size) -> stamp: message `seq` is taken into a lease() block; its flight entry
+ * (begun when the wait before it began) stays open, end 0, until lease_ends. 0 without a recorder. */
+static PyObject *
+ring_lease_begins(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t words[2];
+    if (check_nargs(nargs, 2, "lease_begins(seq, size)") < 0 || as_u64s(args, 2, words) < 0 || check_reader(self) < 0)
+        return NULL;
+    uint64_t stamp = self->flight ? flight_record(self, OP_LEASE, words[0], words[1], monotonic_ns(), 0, 1) : 0;
+    return PyLong_FromUnsignedLongLong(stamp);
+}
+
+/* lease_ends(stamp, nbytes): the block that leased a message exits: the message is counted, and the
+ * flight entry lease_begins returned (if the ring has not reused it) ends now. */
+static PyObject *
+ring_lease_ends(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t words[2];
+    if (check_nargs(nargs, 2, "lease_ends(stamp, nbytes)") < 0 || as_u64s(args, 2, words) < 0 || check_reader(self) < 0)
+        return NULL;
+    add_received(self, words[1]);
+    if (self->flight && words[0])
+        flight_finish(self, words[0], monotonic_ns());
     Py_RETURN_NONE;
 }
 
@@ -2046,6 +2079,10 @@ static PyMethodDef ring_methods[] = {
      "gather_batch(room, limit, overhead) -> (batch, in_flight, cost) | None: a remote slot's next frames, batched."},
     {"bind_flight", (PyCFunction)ring_bind_flight, METH_VARARGS,
      "bind_flight(offset, entries): record this participant's operations in its flight ring."},
+    {"lease_begins", (PyCFunction)(void (*)(void))ring_lease_begins, METH_FASTCALL,
+     "lease_begins(seq, size) -> stamp: a message is held in a lease; its flight entry stays open."},
+    {"lease_ends", (PyCFunction)(void (*)(void))ring_lease_ends, METH_FASTCALL,
+     "lease_ends(stamp, nbytes): the leased message is counted and its flight entry ends."},
     {"record", (PyCFunction)(void (*)(void))ring_record, METH_FASTCALL,
      "record(op, seq, size): note an operation of the Python paths in the flight ring."},
     {"enter", (PyCFunction)ring_enter, METH_NOARGS, "enter() -> False if another call is in a slow path."},
@@ -2205,6 +2242,7 @@ PyInit__ring(void)
     PyModule_AddIntConstant(module, "FLIGHT_DEAD_CHECK", OP_DEAD_CHECK);
     PyModule_AddIntConstant(module, "FLIGHT_EVICT", OP_EVICT);
     PyModule_AddIntConstant(module, "FLIGHT_INTERRUPTED", OP_INTERRUPTED);
+    PyModule_AddIntConstant(module, "FLIGHT_LEASE", OP_LEASE);
     PyModule_AddIntConstant(module, "HAVE_FUTEX",
 #ifdef __linux__
                             1

@@ -8,8 +8,8 @@ NCCL flight recorder analysis:
 
 - how far the writer got, and each reader;
 - the first message some reader has not taken, and who is missing it;
-- what each of them has done since: dead, stopped, parked and never woken, waiting with the
-  message there to take, or busy since it took the one before;
+- what each of them has done since: dead, stopped, parked and never woken, holding the message
+  in a lease, waiting with the message there to take, or busy since it took the one before;
 - where a wake-up was due and none was recorded.
 
 The watchdog attaches this to its alerts; ``shmq flight QUEUE`` prints it.
@@ -37,7 +37,7 @@ class Operation:
     seq: int  #: the message it concerns
     size: int  #: bytes (PUT, GET); the reader's index (DEAD_CHECK and EVICT by the writer)
     begin_ns: int  #: time.monotonic_ns(); a wait that led to the operation counts
-    end_ns: int  #: 0 while it lasts (a park)
+    end_ns: int  #: 0 while it lasts (a park, a lease)
     spins: int
     yields: int
     parks: int
@@ -48,7 +48,8 @@ class Operation:
 
     def short(self) -> str:
         """A few characters, for a table cell: the operation and its message."""
-        return f"{self.op.name.lower()} {self.seq}" + (" (asleep)" if self.ongoing else "")
+        return f"{self.op.name.lower()} {self.seq}" + ("" if not self.ongoing else " (held)" if self.op is Op.LEASE
+                                                       else " (asleep)")
 
     def describe(self) -> str:
         what = {Op.PUT: f"put message {self.seq} ({self.size:,} B)", Op.PIECE: f"published a piece of message {self.seq}",
@@ -59,6 +60,8 @@ class Operation:
                 Op.INTERRUPTED: f"stopped waiting at message {self.seq} (cancel, close or an exception)"}
         if self.op is Op.PARK:
             return f"parked for message {self.seq}" + (" (still asleep)" if self.ongoing else "")
+        if self.op is Op.LEASE:
+            return f"leased message {self.seq} ({self.size:,} B)" + (" (still holds it)" if self.ongoing else "")
         return what[self.op]
 
 
@@ -82,7 +85,7 @@ class Verdict:
     who: str
     pid: int
     cursor: int  #: the first message it has not taken
-    doing: str  #: dead | stopped | parked_unwoken | waiting_with_data | busy | waiting
+    doing: str  #: dead | stopped | parked_unwoken | leasing | waiting_with_data | busy | waiting
     detail: str  #: one sentence, for people
     last: Operation | None
 
@@ -219,6 +222,9 @@ def _verdict(p: Participant, published: int, now_ns: int) -> Verdict:
     elif last is not None and last.op is Op.PARK and last.ongoing and last.seq < published:
         doing, detail = "parked_unwoken", (f"parked for message {last.seq} {_ago(last.begin_ns, now_ns)} ago and "
                                            f"never woken, though the writer has published up to {published - 1}")
+    elif last is not None and last.op is Op.LEASE and last.ongoing:
+        doing, detail = "leasing", (f"holding message {last.seq} in a lease() block since {_ago(last.begin_ns, now_ns)} "
+                                    "ago: the block has not exited, and its frame stays in the ring until it does")
     elif record.state == State.WAITING_READ:
         doing, detail = "waiting_with_data", (f"in get() with message {cursor} there to take, but not taking it"
                                               + _since_last(last, now_ns))

@@ -359,7 +359,7 @@ FLIGHT_OP = FLIGHT_STAMP + WORD  # a FlightOp
 FLIGHT_SEQ = FLIGHT_OP + WORD  # the message the operation concerns
 FLIGHT_SIZE = FLIGHT_SEQ + WORD  # its size in bytes, where it has one
 FLIGHT_BEGIN_NS = FLIGHT_SIZE + WORD  # time.monotonic_ns(): a wait that led to it counts
-FLIGHT_END_NS = FLIGHT_BEGIN_NS + WORD  # 0 while it lasts (a park)
+FLIGHT_END_NS = FLIGHT_BEGIN_NS + WORD  # 0 while it lasts (a park, a lease)
 FLIGHT_SPINS_YIELDS = FLIGHT_END_NS + WORD  # spins << 32 | yields of its wait
 FLIGHT_PARKS = FLIGHT_SPINS_YIELDS + WORD
 FLIGHT_ENTRY_BYTES = FLIGHT_PARKS + WORD
@@ -379,6 +379,7 @@ class FlightOp(enum.IntEnum):
     DEAD_CHECK = 7  #: a wait found its peer dead
     EVICT = 8  #: the writer evicted a dead reader (seq: its cursor; size: its index)
     INTERRUPTED = 9  #: a wait ended by cancel(), close() or an exception
+    LEASE = 10  #: a message held by a lease() block (end_ns 0 until the block exits)
 
 
 def flight_ring_bytes(flight_entries: int) -> int:

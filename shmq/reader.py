@@ -173,12 +173,13 @@ class Reader(Receiving, Participant):
                 yield self._receive_pieces(c, total, flags, waited, wait_start, timeout, raw=False)
                 return
             traceparent = self._traceparent(head, flags)
+            held = self._ring.lease_begins(c, total)  # recorded as held until the block exits
             try:
                 stream, buffers = self._frame(head, frame, c, copy=False)
                 yield self._decode(stream, buffers, flags, raw=False)
             finally:
                 stream = buffers = None  # drop our views of the frame before releasing it
-                self._ring.count(total)
+                self._ring.lease_ends(held, total)
                 self._advance()
                 self._trace_received(c, total, traceparent, waited, wait_start)
         finally:

@@ -66,13 +66,15 @@ class FlightTracer:
                 for entry in queue.new_entries(view, number):
                     if number and entry[2] > queue.put_through:
                         break  # put after the writer's ring was read: its send span comes at the next poll
+                    if entry[1] == L.FlightOp.LEASE and not entry[5]:
+                        break  # still held: its receive span ends when the lease does, at a later poll
                     self._trace(queue, number, entry, to_wall_ns)
                     queue.handled(number, entry)
             self.missed += queue.take_missed()
 
     def _trace(self, queue: _QueueTraces, number: int, entry: tuple, to_wall_ns: int) -> None:
         _stamp, op, seq, size, begin, end, spins_yields, _parks = entry
-        if op not in (L.FlightOp.PUT, L.FlightOp.GET) or not self._sampled(queue.salt, seq):
+        if op not in (L.FlightOp.PUT, L.FlightOp.GET, L.FlightOp.LEASE) or not self._sampled(queue.salt, seq):
             return
         operation = _SEND if op == L.FlightOp.PUT else _RECEIVE
         attributes = message_attributes(operation, queue.name, seq, size, end - begin, spins_yields >> 32)

@@ -23,13 +23,17 @@ Op = L.FlightOp
 
 def worker(handle: str, index: int, take: int, then: str, fault) -> None:
     """Reader `index`: take `take` messages, say so, then `then`: 'sleep' (busy in the application),
-    'read' (wait in get() for ever) or 'blind' (in get(), spinning without taking what is there)."""
+    'lease' (hold the next message in a lease() block), 'read' (wait in get() for ever) or 'blind' (in
+    get(), spinning without taking what is there)."""
     with shmq.attach(handle, reader=index, stack_dumps=False) as reader:
         for _ in range(take):
             reader.get(timeout=30)
         fault.set()
         if then == "sleep":
             time.sleep(60)
+        if then == "lease":
+            with reader.lease(timeout=30):
+                time.sleep(60)
         if then == "blind":
             blind(reader, while_=fault)
         while True:
@@ -116,6 +120,38 @@ def test_a_reader_busy_in_its_application_is_busy_since_the_message_it_took(queu
         [verdict] = analysis.missing
         assert (verdict.who, verdict.doing) == ("reader 1", "busy")
         assert "since it took message 2" in verdict.detail and verdict.last.op is Op.GET
+
+
+@pytest.mark.timeout(40)
+def test_a_reader_holding_a_lease_is_named_with_the_message_it_holds(queue_name, children):
+    writer, culprit = stalled_queue(queue_name, children, "lease")
+    with writer:
+        writer.put(3)
+        wait_for(lambda: analysed(writer)[1].reader_seqs.get(0) == 4, "reader 0 took message 3")
+        wait_for(lambda: analysed(writer)[1].missing[0].doing == "leasing", "reader 1 holds message 3 in a lease")
+        _, analysis = analysed(writer)
+        [verdict] = analysis.missing
+        assert (verdict.who, verdict.cursor) == ("reader 1", 3) and "holding message 3 in a lease() block" in verdict.detail
+        assert (verdict.last.op, verdict.last.seq, verdict.last.ongoing) == (Op.LEASE, 3, True)
+
+
+def test_a_lease_is_recorded_open_while_the_block_holds_it_and_counted_when_it_exits(queue_name):
+    with shmq.create(1, name=queue_name, stack_dumps=False) as writer, \
+            shmq.attach(writer.handle, 0, stack_dumps=False) as reader:
+        writer.put(b"x" * 1000)
+
+        def reader_ops() -> list:
+            with shmq.stats.open(writer.handle) as view:
+                record = flight.read(view)
+            return [op for p in record.participants if p.who == "reader 0" for op in p.operations]
+
+        with reader.lease(timeout=5):
+            held = reader_ops()[-1]
+            assert (held.op, held.seq, held.ongoing) == (Op.LEASE, 0, True)
+        done = reader_ops()[-1]
+        assert (done.op, done.seq, done.size) == (Op.LEASE, 0, held.size) and done.end_ns >= done.begin_ns > 0
+        with shmq.stats.open(writer.handle) as view:
+            assert view.snapshot().readers[0].messages == 1
 
 
 @pytest.mark.timeout(40)

@@ -59,9 +59,15 @@ class OtlpReceiver:
 
 
 def read_all(handle: str, index: int, count: int, done) -> None:
+    """Reader `index` takes `count` messages: reader 1 holds each in a lease() block for a moment (its
+    flight entries stay open until the block exits), the others get() them."""
     with shmq.attach(handle, reader=index, stack_dumps=False) as reader:
         for _ in range(count):
-            reader.get(timeout=30)
+            if index == 1:
+                with reader.lease(timeout=30):
+                    time.sleep(0.001)
+            else:
+                reader.get(timeout=30)
         done.wait(30)
 
 
