@@ -67,12 +67,6 @@ BATCH_BYTES = 64 << 10  # frames below this go to a reader in batches of about t
 # What a frame in flight costs against the window: its ring bytes, and what libzmq allocates beside each
 # message it queues (measured here: ~12.5 KiB per message over 8 KiB, ~1 KiB for a 1 KB one).
 ZMQ_MESSAGE_BYTES = 16 << 10
-
-
-def frame_cost(frame: int) -> int:
-    """What a frame of `frame` payload bytes sent alone counts against the window: its ring bytes, and what
-    ZeroMQ keeps beside a message. In a batch (gather_batch) only its first frame counts the latter."""
-    return L.frame_stride(frame) + ZMQ_MESSAGE_BYTES
 _POLL_MS = 50  # how often a blocked get() looks at cancel(), the connection and the grace
 ZERO_COPY_BYTES = 64 << 10  # payloads a reader takes from ZeroMQ without a copy (below, the copy is cheaper)
 # A refused handshake (a connection closed during one, NO_DETAIL, is a network fault, not a refusal)
@@ -88,6 +82,12 @@ _CURSOR = struct.Struct("<Q")
 # shmq/_ring.c batches frames and reads them back in this format (gather_batch, batch_frame).
 if (_ring.WIRE_FRAME, _ring.WIRE_BATCH, _ring.WIRE_HEADER_BYTES) != (FRAME[0], BATCH[0], 1 + _FRAME.size):
     raise ImportError("shmq/_ring.c and shmq/remote.py disagree on the wire format of frames: rebuild shmq")
+
+
+def frame_cost(frame: int) -> int:
+    """What a frame of `frame` payload bytes sent alone counts against the window: its ring bytes, and what
+    ZeroMQ keeps beside a message. In a batch (gather_batch) only its first frame counts the latter."""
+    return L.frame_stride(frame) + ZMQ_MESSAGE_BYTES
 
 
 def _checked_seconds(name: str, value) -> float:
