@@ -62,7 +62,7 @@ ATTACH_TIMEOUT_S = 10.0  # how long attach_remote waits for the writer's answer
 TICK_S = 1.0  # the server's heartbeat to each reader, and its check of each slot's connection
 ZMQ_HEARTBEAT_MS = 1000  # ZeroMQ's own pings: a connection silent for ZMQ_HEARTBEAT_TIMEOUT_MS is closed
 ZMQ_HEARTBEAT_TIMEOUT_MS = 3000
-ACK_EVERY = 64  # frames a reader consumes between acknowledgements while a backlog lasts
+ACK_EVERY = 256  # frames a reader consumes between acknowledgements while a backlog lasts
 BATCH_BYTES = 64 << 10  # frames below this go to a reader in batches of about this size
 # What a frame in flight costs against the window: its ring bytes, and what libzmq allocates beside each
 # message it queues (measured here: ~12.5 KiB per message over 8 KiB, ~1 KiB for a 1 KB one).
