@@ -90,6 +90,11 @@ def frame_cost(frame: int) -> int:
     return L.frame_stride(frame) + ZMQ_MESSAGE_BYTES
 
 
+# What a reader counts against the window for a frame beside its payload: frame_cost(n) is less than
+# n + this, so a reader never counts less than the writer does.
+_MOST_BESIDE_A_FRAME = frame_cost(0) + L.FRAME_ALIGN
+
+
 def _checked_seconds(name: str, value) -> float:
     try:
         seconds = float(value)
@@ -610,7 +615,7 @@ class RemoteReader(Receiving):
         self._assembly = None  # (first frame, total, flags, bytearray) of a message in pieces
         self._kept = None  # a message whose decode an exception interrupted: the next get()'s
         self._resumed_at = -1  # the frame the last resume asked for
-        self._unacked_cost = 0  # what the frames consumed since the last acknowledgement count in the window
+        self._unacked_bytes = 0  # the payload of the frames consumed since the last acknowledgement
         self._batch: memoryview | None = None  # a BATCH being read, and where its next frame is
         self._batch_at = 0
         try:
@@ -799,14 +804,15 @@ class RemoteReader(Receiving):
         self._expected = seq + 1
         self._messages += messages
         self._bytes += nbytes
-        self._unacked_cost += frame_cost(frame)  # as if it came alone: at least what the writer counts
+        self._unacked_bytes += frame
 
     def _ack_if_due(self) -> None:
         """Acknowledge in batches while a backlog lasts, of ACK_EVERY frames or a quarter of the window, so
         the writer's sending never stops for an acknowledgement. Called when a get() begins (what it
         acknowledges, earlier calls returned: a reader killed now loses nothing to its successor) and
         between the pieces of a message; a reader also acknowledges before it waits."""
-        if self._expected - self._acked >= ACK_EVERY or 4 * self._unacked_cost >= self._window:
+        frames = self._expected - self._acked
+        if frames >= ACK_EVERY or 4 * (self._unacked_bytes + frames * _MOST_BESIDE_A_FRAME) >= self._window:
             self._ack(BUSY)
 
     def _ack(self, state: int) -> None:
@@ -815,7 +821,7 @@ class RemoteReader(Receiving):
         except zmq.Again:  # no connection at the moment: still owed, the next acknowledgement carries it
             return
         self._acked = self._expected
-        self._unacked_cost = 0
+        self._unacked_bytes = 0
         self._state = state
 
     def _next(self, deadline: int | None, timeout: float | None) -> tuple | None:
