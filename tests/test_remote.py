@@ -128,9 +128,12 @@ class Collector:
 
 
 @pytest.mark.timeout(60)
-def test_every_message_reaches_local_and_remote_readers_once_in_order_through_a_small_ring(queue_name):
+@pytest.mark.parametrize("window", [None, shmq.layout.frame_stride(shmq.layout.default_frame_bytes(64 << 10))],
+                         ids=["the ring", "one frame"])
+def test_every_message_reaches_local_and_remote_readers_once_in_order_through_a_small_ring(queue_name, window):
     sizes = [i * 997 % 20_000 for i in range(3000)] + [300_000, 5]  # pieces too: larger than the ring
-    with shmq.create(1, name=queue_name, ring_bytes=64 << 10, n_remote_readers=2) as writer, \
+    with shmq.create(1, name=queue_name, ring_bytes=64 << 10, n_remote_readers=2,
+                     remote_window_bytes=window) as writer, \
             shmq.attach(writer.handle, 0) as local, \
             shmq.attach_remote(writer.handle, 0) as first, shmq.attach_remote(writer.handle, 1) as second:
         writer.wait_for_readers(timeout=10)
