@@ -448,13 +448,14 @@ next_lap(Ring *self, uint64_t position)
     return position - position % self->ring_bytes + self->ring_bytes;
 }
 
-/* 1 if a frame of `frame` bytes at `position` ends within its lap, as every frame a writer writes
- * does (a padding frame fills the end instead): a length edited in shared memory must not send a
- * copy past the end of the ring. */
+/* 1 if a frame of `frame` bytes whose header is at `head` ends within its lap, as every frame a
+ * writer writes does (a padding frame fills the end instead): a length edited in shared memory must
+ * not send a copy past the end of the ring. */
 static inline int
-within_lap(Ring *self, uint64_t position, uint64_t frame)
+within_lap(Ring *self, _Atomic uint64_t *head, uint64_t frame)
 {
-    return frame <= self->frame_bytes && position % self->ring_bytes + frame_stride(frame) <= self->ring_bytes;
+    return frame <= self->frame_bytes &&
+           (uint64_t)((char *)head - self->ring) + frame_stride(frame) <= self->ring_bytes;
 }
 
 /* 1 if the header `head` names frame `seq` at its own `position`: a header this lap's writer wrote. */
@@ -1637,7 +1638,7 @@ ring_take_one(Ring *self, PyObject *const *args, Py_ssize_t nargs)
     uint64_t c = self->cursor, position = self->position;
     uint64_t frame = atomic_load_explicit(&head[FRAME_LEN], memory_order_relaxed);
     if (!names_frame(head, c, position) || atomic_load_explicit(&head[FLAGS], memory_order_relaxed) != 0 ||
-        atomic_load_explicit(&head[TOTAL_LEN], memory_order_relaxed) != frame || !within_lap(self, position, frame) ||
+        atomic_load_explicit(&head[TOTAL_LEN], memory_order_relaxed) != frame || !within_lap(self, head, frame) ||
         frame < MIN_FRAME_BYTES)
         return Py_NewRef(Nothing);
     PyObject *message = copy_frame((char *)head + FRAME_HEADER_BYTES, frame);
@@ -1859,7 +1860,7 @@ ring_gather_batch(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         uint64_t frame = atomic_load_explicit(&head[FRAME_LEN], memory_order_relaxed);
         uint64_t flags = atomic_load_explicit(&head[FLAGS], memory_order_relaxed);
         uint64_t cost = frame_stride(frame) + (spent ? 0 : overhead);
-        if (!names_frame(head, self->cursor, position) || !within_lap(self, position, frame) || frame >= limit ||
+        if (!names_frame(head, self->cursor, position) || !within_lap(self, head, frame) || frame >= limit ||
             cost > room - spent)
             break;
         uint64_t traceparent = flags & FRAME_TRACED ? TRACEPARENT_BYTES : 0;
