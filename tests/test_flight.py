@@ -66,6 +66,14 @@ def stalled_queue(queue_name, children, then: str):
     return writer, culprit
 
 
+def culprit_doing(writer, doing: str, what: str) -> flight.Analysis:
+    """Message 3 put and taken by reader 0: the analysis, once it says reader 1 is `doing`."""
+    writer.put(3)
+    wait_for(lambda: analysed(writer)[1].reader_seqs.get(0) == 4, "reader 0 took message 3")
+    wait_for(lambda: analysed(writer)[1].missing[0].doing == doing, what)
+    return analysed(writer)[1]
+
+
 @pytest.mark.timeout(40)
 def test_a_stopped_reader_is_named_with_the_message_it_is_missing_and_what_it_last_did(queue_name, children):
     writer, culprit = stalled_queue(queue_name, children, "read")
@@ -114,11 +122,8 @@ def test_a_killed_reader_is_dead_and_its_last_operation_is_the_last_message_it_t
 def test_a_reader_busy_in_its_application_is_busy_since_the_message_it_took(queue_name, children):
     writer, culprit = stalled_queue(queue_name, children, "sleep")
     with writer:
-        writer.put(3)
-        wait_for(lambda: analysed(writer)[1].reader_seqs.get(0) == 4, "reader 0 took message 3")
-        _, analysis = analysed(writer)
-        [verdict] = analysis.missing
-        assert (verdict.who, verdict.doing) == ("reader 1", "busy")
+        [verdict] = culprit_doing(writer, "busy", "reader 1 busy since message 2").missing
+        assert verdict.who == "reader 1"
         assert "since it took message 2" in verdict.detail and verdict.last.op is Op.GET
 
 
@@ -126,11 +131,7 @@ def test_a_reader_busy_in_its_application_is_busy_since_the_message_it_took(queu
 def test_a_reader_holding_a_lease_is_named_with_the_message_it_holds(queue_name, children):
     writer, culprit = stalled_queue(queue_name, children, "lease")
     with writer:
-        writer.put(3)
-        wait_for(lambda: analysed(writer)[1].reader_seqs.get(0) == 4, "reader 0 took message 3")
-        wait_for(lambda: analysed(writer)[1].missing[0].doing == "leasing", "reader 1 holds message 3 in a lease")
-        _, analysis = analysed(writer)
-        [verdict] = analysis.missing
+        [verdict] = culprit_doing(writer, "leasing", "reader 1 holds message 3 in a lease").missing
         assert (verdict.who, verdict.cursor) == ("reader 1", 3) and "holding message 3 in a lease() block" in verdict.detail
         assert (verdict.last.op, verdict.last.seq, verdict.last.ongoing) == (Op.LEASE, 3, True)
 
@@ -158,10 +159,7 @@ def test_a_lease_is_recorded_open_while_the_block_holds_it_and_counted_when_it_e
 def test_a_livelocked_reader_waits_with_the_message_there_to_take(queue_name, children):
     writer, culprit = stalled_queue(queue_name, children, "blind")
     with writer:
-        writer.put(3)
-        wait_for(lambda: analysed(writer)[1].reader_seqs.get(0) == 4, "reader 0 took message 3")
-        wait_for(lambda: analysed(writer)[1].missing[0].doing == "waiting_with_data", "reader 1 in get(), message 3 there")
-        _, analysis = analysed(writer)
+        analysis = culprit_doing(writer, "waiting_with_data", "reader 1 in get(), message 3 there")
         assert analysis.first_missing == 3 and analysis.missing[0].who == "reader 1"
         assert "message 3 there to take" in analysis.missing[0].detail
 
