@@ -1506,7 +1506,8 @@ copy_frame(const char *frame_start, uint64_t frame)
  * traceparent if it is traced, then its payload; a batch is its kind byte, then frames. */
 #define WIRE_FRAME 'F'
 #define WIRE_BATCH 'M'
-#define WIRE_HEADER_BYTES (1 + 4 * 8)
+enum { WIRE_SEQ = 1, WIRE_LEN = WIRE_SEQ + 8, WIRE_TOTAL_LEN = WIRE_LEN + 8, WIRE_FLAGS = WIRE_TOTAL_LEN + 8,
+       WIRE_HEADER_BYTES = WIRE_FLAGS + 8 };
 
 static uint64_t
 wire_word(const unsigned char *at)
@@ -1547,9 +1548,10 @@ batch_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *message = NULL;
     if (at >= 0 && at <= view.len && view.len - at >= WIRE_HEADER_BYTES) {
         const unsigned char *header = (const unsigned char *)view.buf + at;
-        frame = wire_word(header + 9);
-        if (header[0] == WIRE_FRAME && wire_word(header + 1) == expected && wire_word(header + 25) == 0 &&
-            wire_word(header + 17) == frame && frame <= frame_bytes && frame <= (uint64_t)(view.len - body))
+        frame = wire_word(header + WIRE_LEN);
+        if (header[0] == WIRE_FRAME && wire_word(header + WIRE_SEQ) == expected &&
+            wire_word(header + WIRE_FLAGS) == 0 && wire_word(header + WIRE_TOTAL_LEN) == frame &&
+            frame <= frame_bytes && frame <= (uint64_t)(view.len - body))
             message = copy_frame((const char *)view.buf + body, frame);
     }
     PyBuffer_Release(&view);
@@ -1845,10 +1847,11 @@ ring_skip(Ring *self, PyObject *unused)
 static PyObject *
 ring_gather_batch(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    uint64_t room, limit, overhead;
-    if (check_nargs(nargs, 3, "gather_batch(room, limit, overhead)") < 0 || as_u64(args[0], &room) < 0 ||
-        as_u64(args[1], &limit) < 0 || as_u64(args[2], &overhead) < 0 || check_reader(self) < 0)
+    uint64_t words[3];
+    if (check_nargs(nargs, 3, "gather_batch(room, limit, overhead)") < 0 || as_u64s(args, 3, words) < 0 ||
+        check_reader(self) < 0)
         return NULL;
+    uint64_t room = words[0], limit = words[1], overhead = words[2];
     PyObject *entries = PyList_New(0), *result = NULL;
     unsigned char *wire = NULL;
     uint64_t used = 1, capacity = 0, spent = 0; /* used: the batch's kind byte, then its frames */
@@ -1859,7 +1862,7 @@ ring_gather_batch(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         uint64_t position = self->position;
         uint64_t frame = atomic_load_explicit(&head[FRAME_LEN], memory_order_relaxed);
         uint64_t flags = atomic_load_explicit(&head[FLAGS], memory_order_relaxed);
-        uint64_t cost = frame_stride(frame) + (spent ? 0 : overhead);
+        uint64_t stride = frame_stride(frame), cost = stride + (spent ? 0 : overhead);
         if (!names_frame(head, self->cursor, position) || !within_lap(self, head, frame) || frame >= limit ||
             cost > room - spent)
             break;
@@ -1877,15 +1880,15 @@ ring_gather_batch(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         }
         unsigned char *at = wire + used;
         at[0] = WIRE_FRAME;
-        put_wire_word(at + 1, self->cursor);
-        put_wire_word(at + 9, frame);
-        put_wire_word(at + 17, atomic_load_explicit(&head[TOTAL_LEN], memory_order_relaxed));
-        put_wire_word(at + 25, flags);
+        put_wire_word(at + WIRE_SEQ, self->cursor);
+        put_wire_word(at + WIRE_LEN, frame);
+        put_wire_word(at + WIRE_TOTAL_LEN, atomic_load_explicit(&head[TOTAL_LEN], memory_order_relaxed));
+        put_wire_word(at + WIRE_FLAGS, flags);
         memcpy(at + WIRE_HEADER_BYTES, (char *)head + FRAME_TRACEPARENT, (size_t)traceparent);
         memcpy(at + WIRE_HEADER_BYTES + traceparent, (char *)head + FRAME_HEADER_BYTES, (size_t)frame);
         used += need;
         spent += cost;
-        release_read(self, position + frame_stride(frame), 0);
+        release_read(self, position + stride, 0);
         PyObject *entry = Py_BuildValue("(KKK)", (unsigned long long)self->cursor,
                                         (unsigned long long)self->position, (unsigned long long)cost);
         if (entry == NULL || PyList_Append(entries, entry) < 0)
@@ -2211,10 +2214,6 @@ PyInit__ring(void)
     }
     /* The layout this build reads and writes, checked by shmq/layout.py at import. */
     PyModule_AddIntConstant(module, "FRAME_SEQ", 8 * SEQ);
-    PyModule_AddIntConstant(module, "FRAME_TRACED", FRAME_TRACED);
-    PyModule_AddIntConstant(module, "WIRE_FRAME", WIRE_FRAME);
-    PyModule_AddIntConstant(module, "WIRE_BATCH", WIRE_BATCH);
-    PyModule_AddIntConstant(module, "WIRE_HEADER_BYTES", WIRE_HEADER_BYTES);
     PyModule_AddIntConstant(module, "FRAME_LEN", 8 * FRAME_LEN);
     PyModule_AddIntConstant(module, "FRAME_TOTAL_LEN", 8 * TOTAL_LEN);
     PyModule_AddIntConstant(module, "FRAME_FLAGS", 8 * FLAGS);
@@ -2226,6 +2225,11 @@ PyInit__ring(void)
     PyModule_AddIntConstant(module, "FRAME_LAST", FRAME_LAST);
     PyModule_AddIntConstant(module, "FRAME_FIRST", FRAME_FIRST);
     PyModule_AddIntConstant(module, "FRAME_PADDING", FRAME_PADDING);
+    PyModule_AddIntConstant(module, "FRAME_TRACED", FRAME_TRACED);
+    /* The remote wire format, checked by shmq/remote.py at import. */
+    PyModule_AddIntConstant(module, "WIRE_FRAME", WIRE_FRAME);
+    PyModule_AddIntConstant(module, "WIRE_BATCH", WIRE_BATCH);
+    PyModule_AddIntConstant(module, "WIRE_HEADER_BYTES", WIRE_HEADER_BYTES);
     PyModule_AddIntConstant(module, "MIN_FRAME_BYTES", MIN_FRAME_BYTES);
     PyModule_AddIntConstant(module, "TRACEPARENT_BYTES", TRACEPARENT_BYTES);
     PyModule_AddIntConstant(module, "SEGMENT_ALIGN", SEGMENT_ALIGN);
