@@ -48,8 +48,8 @@ class Operation:
 
     def short(self) -> str:
         """A few characters, for a table cell: the operation and its message."""
-        return f"{self.op.name.lower()} {self.seq}" + ("" if not self.ongoing else " (held)" if self.op is Op.LEASE
-                                                       else " (asleep)")
+        suffix = (" (held)" if self.op is Op.LEASE else " (asleep)") if self.ongoing else ""
+        return f"{self.op.name.lower()} {self.seq}{suffix}"
 
     def describe(self) -> str:
         what = {Op.PUT: f"put message {self.seq} ({self.size:,} B)", Op.PIECE: f"published a piece of message {self.seq}",

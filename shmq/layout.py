@@ -258,6 +258,12 @@ def frame_stride(payload: int) -> int:
     return align(FRAME_HEADER_BYTES + payload, FRAME_ALIGN)
 
 
+def within_lap(position: int, payload: int, ring_bytes: int) -> bool:
+    """Whether a frame of `payload` bytes at ring position `position` ends within its lap, as every frame a
+    writer writes does (a padding frame fills the end instead; shmq/_ring.c: within_lap)."""
+    return position % ring_bytes + frame_stride(payload) <= ring_bytes
+
+
 def default_frame_bytes(ring_bytes: int) -> int:
     """The largest frame payload a ring of `ring_bytes` takes: a sixteenth of the ring and a page, so an
     array of a sixteenth of the ring (arrays are often a power of two) and its pickle stream is still

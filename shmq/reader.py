@@ -298,7 +298,7 @@ class Reader(Receiving, Participant):
         expected = self._ring.position
         if seq == c and position == expected:
             # A frame ends within its lap; a length past a frame's is named by the caller.
-            if frame > self._frame_bytes or expected % self._ring_bytes + L.frame_stride(frame) <= self._ring_bytes:
+            if frame > self._frame_bytes or L.within_lap(expected, frame, self._ring_bytes):
                 return head, frame, total, flags
             self._ring.skip()
             raise CorruptMessage(f"queue {self.queue_name!r}: the header of message {c} at ring position "

@@ -495,9 +495,8 @@ class RemoteServer:
             if head is None:  # hungry, unless what it has not consumed yet will bring an acknowledgement soon
                 return sent, slot.connected and slot.in_flight_bytes <= BATCH_BYTES
             seq, frame, total, flags, position = L.FRAME_HEAD.unpack_from(buf, head)
-            ring_bytes = self._segment.ring_bytes
             if seq != ring.cursor or position != ring.position or frame > self._segment.frame_bytes or \
-                    position % ring_bytes + L.frame_stride(frame) > ring_bytes:
+                    not L.within_lap(position, frame, self._segment.ring_bytes):
                 # A header its writer cannot have written (a hostile edit): the reader hears of it.
                 self._send(slot.peer, [FRAME + _FRAME.pack(ring.cursor, 0, 0, L.FRAME_ABORT)], slot)
                 slot.forget_in_flight()
