@@ -90,7 +90,7 @@ def waiting_panels() -> list:
 
 def fault_panels() -> list:
     return [
-        _rate_panel("Overflow messages per second", "Messages larger than a frame (a sixteenth of the ring and a page), "
+        _rate_panel("Overflow messages per second", "Messages larger than a frame (a quarter of the ring and a page), "
                     "streamed through it in pieces. Many of them mean ring_bytes is too small.", "ops",
                     {"": N.OVERFLOW_MESSAGES}),
         _rate_panel("Timeouts per second", "put() and get() calls that gave up after their timeout.", "ops",

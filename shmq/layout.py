@@ -64,8 +64,8 @@ WORD = 8
 
 MAGIC = b"SHMQRNG\x00"
 MAGIC_WORD = int.from_bytes(MAGIC, "little")
-LAYOUT_VERSION = 6  # 2: instance id, record owner word, first/abort piece flags; 3: flight recorder; 4: byte ring;
-# 5: remote readers' records; 6: parked and busy-waiting time in each record
+LAYOUT_VERSION = 7  # 2: instance id, record owner word, first/abort piece flags; 3: flight recorder; 4: byte ring;
+# 5: remote readers' records; 6: parked and busy-waiting time in each record; 7: pieces smaller than a frame
 
 MAX_READERS = 64  # one parked byte per reader (local or remote) fits one cache line
 NAME_BYTES = 64
@@ -82,12 +82,13 @@ OFF_CREATED_NS = OFF_CREATOR_UID + WORD  # wall clock, time.time_ns()
 OFF_N_READERS = OFF_CREATED_NS + WORD  # reader records, local and remote
 # -- line 1: geometry ----------------------------------------------------------
 OFF_RING_BYTES = OFF_N_READERS + WORD
-OFF_FRAME_BYTES = OFF_RING_BYTES + WORD  # the largest payload of one frame; larger messages go in pieces of it
+OFF_FRAME_BYTES = OFF_RING_BYTES + WORD  # the largest payload of one frame: a larger message goes in pieces
 OFF_FLAGS = OFF_FRAME_BYTES + WORD
 OFF_MAX_MESSAGE_BYTES = OFF_FLAGS + WORD
 OFF_INSTANCE_ID = OFF_MAX_MESSAGE_BYTES + WORD  # two words: tells a queue from another of the same geometry
 INSTANCE_ID_BYTES = 2 * WORD
 OFF_N_REMOTE_READERS = OFF_INSTANCE_ID + INSTANCE_ID_BYTES  # the last of the reader records are remote slots
+OFF_PIECE_BYTES = OFF_N_REMOTE_READERS + WORD  # the payload of each piece of such a message but its last
 # -- lines 2-3: names ----------------------------------------------------------
 OFF_NAME = 2 * CACHE_LINE
 OFF_ENDPOINT = OFF_NAME + NAME_BYTES
@@ -105,7 +106,7 @@ OFF_WRITER_WAKE = OFF_WRITER_PARKED + WORD
 OFF_FLIGHT_ENTRIES = OFF_WRITER_PARKED + CACHE_LINE
 HEADER_BYTES = OFF_FLIGHT_ENTRIES + CACHE_LINE
 
-assert OFF_N_REMOTE_READERS + WORD <= OFF_NAME
+assert OFF_PIECE_BYTES + WORD <= OFF_NAME
 assert OFF_WRITER_CURSOR % CACHE_LINE == 0 and OFF_READER_PARKED % CACHE_LINE == 0
 assert HEADER_BYTES == 8 * CACHE_LINE
 
@@ -265,11 +266,18 @@ def within_lap(position: int, payload: int, ring_bytes: int) -> bool:
 
 
 def default_frame_bytes(ring_bytes: int) -> int:
-    """The largest frame payload a ring of `ring_bytes` takes: a sixteenth of the ring and a page, so an
-    array of a sixteenth of the ring (arrays are often a power of two) and its pickle stream is still
-    one frame, and a larger message streams through the ring in pieces of this size, with readers
-    copying one while the writer fills the next (in a ring too small for that, half of it)."""
-    return min(ring_bytes // 16 + PAGE_BYTES - FRAME_HEADER_BYTES, max_frame_bytes(ring_bytes))
+    """The largest frame payload a ring of `ring_bytes` takes: a quarter of the ring and a page, so that an
+    array of a quarter of the ring (arrays are often a power of two) and its pickle stream is one frame,
+    which its readers copy in one go once it is written (in a ring too small for that, half of it): faster
+    than pieces of it (docs/benchmarks.md, "One ring for every size")."""
+    return min(ring_bytes // 4 + PAGE_BYTES - FRAME_HEADER_BYTES, max_frame_bytes(ring_bytes))
+
+
+def default_piece_bytes(ring_bytes: int, frame_bytes: int) -> int:
+    """The pieces a message larger than a frame streams through the ring in: a sixteenth of it and a page
+    (at most a frame), so that readers copy one while the writer fills the next, and the writer needs
+    little room to go on (pieces of a quarter of the ring were slower: docs/benchmarks.md)."""
+    return min(ring_bytes // 16 + PAGE_BYTES - FRAME_HEADER_BYTES, frame_bytes)
 
 
 def max_frame_bytes(ring_bytes: int) -> int:

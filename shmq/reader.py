@@ -61,7 +61,7 @@ def _remaining(deadline: int | None) -> float | None:
 
 class _Assembly:
     """A message in pieces, being copied in: progress is the reader's cursor, so the copy resumes
-    where an interrupt or a timeout left it. Piece k holds bytes k * frame_bytes onwards."""
+    where an interrupt or a timeout left it. Piece k holds bytes k * piece_bytes onwards."""
 
     __slots__ = ("first", "total", "flags", "whole", "traceparent", "waited", "wait_start")
 
@@ -89,6 +89,7 @@ class Reader(Receiving, Participant):
         self._serializer = BytesSerializer() if segment.flags & L.FLAG_RAW_ONLY else serializer
         self._raw_only = self._serializer.raw
         self._frame_bytes = segment.frame_bytes
+        self._piece_bytes = segment.piece_bytes
         self._ring_bytes = segment.ring_bytes
         self._max = segment.max_message_bytes
         # The ring keeps our cursor, position and totals and publishes them (shmq/_ring.c): once per
@@ -329,9 +330,10 @@ class Reader(Receiving, Participant):
         if total > self._max:
             return f"it says {total:,} bytes; the queue's max_message_bytes is {self._max:,}"
         if flags & _FRAGMENT:
-            if frame != self._frame_bytes or total <= self._frame_bytes:
+            if frame != self._piece_bytes or total <= self._frame_bytes:
                 return f"its first piece holds {frame:,} of {total:,} bytes, but only a message larger than a " \
-                       f"frame is split, and every piece but the last fills its frame"
+                       f"frame ({self._frame_bytes:,} bytes) is split, and every piece but the last holds " \
+                       f"{self._piece_bytes:,}"
         elif frame != total:
             return f"it is one frame, yet says {frame:,} bytes in the frame and {total:,} in all"
         return ""
@@ -370,7 +372,7 @@ class Reader(Receiving, Participant):
             self._ring.unfinished = assembly
         assembly.waited += waited
         deadline = _deadline(timeout)
-        cap, buf, whole = self._frame_bytes, self._buf, assembly.whole
+        cap, buf, whole = self._piece_bytes, self._buf, assembly.whole
         while (self._cursor - assembly.first) * cap < assembly.total:  # pieces left
             c = self._cursor
             if not c < self._ring.load_available():

@@ -76,7 +76,7 @@ HELLO, ACK, BYE = b"H", b"A", b"B"
 WELCOME, REFUSED, OTHER_QUEUE, FRAME, BATCH, TICK, END, EVICTED = b"W", b"R", b"Q", b"F", b"M", b"T", b"E", b"X"
 _HELLO = struct.Struct("<16sIqi16s")  # queue instance id, slot, resume cursor (-1: new), pid, token; the host follows
 _ACK = struct.Struct("<QQQQ")  # cursor, messages, bytes, state
-_WELCOME = struct.Struct("<QQQQiQ")  # start cursor, window, frame bytes, max message bytes, writer pid, start time
+_WELCOME = struct.Struct("<QQQQQiQ")  # start cursor, window, frame and piece bytes, max message bytes, writer pid and start
 _FRAME = struct.Struct("<QQQQ")  # seq, frame bytes, message bytes, flags; the traceparent follows if traced
 _CURSOR = struct.Struct("<Q")
 # shmq/_ring.c batches frames and reads them back in this format (gather_batch, batch_frame).
@@ -416,7 +416,7 @@ class RemoteServer:
     def _welcome_body(self, cursor: int) -> bytes:
         """The answer to a HELLO: the slot starts (or resumes) at frame `cursor`, and what this writer is."""
         return WELCOME + _WELCOME.pack(cursor, self.window_bytes, self._segment.frame_bytes,
-                                       self._segment.max_message_bytes, self._writer_pid,
+                                       self._segment.piece_bytes, self._segment.max_message_bytes, self._writer_pid,
                                        self._writer_start) + self._host.encode()
 
     def _refuse(self, peer: bytes, reason: str) -> None:
@@ -674,7 +674,7 @@ class RemoteReader(Receiving):
     def _welcomed(self, body: bytes) -> None:
         """The writer's answer to a HELLO: what it is. Where a resume starts, we know already: frames
         before what we expect are dropped as they come (an answer to an older HELLO starts earlier)."""
-        _, self._window, self._frame_bytes, self._max, self._writer_pid, self._writer_start = \
+        _, self._window, self._frame_bytes, self._piece_bytes, self._max, self._writer_pid, self._writer_start = \
             _WELCOME.unpack_from(body, 1)
         self._writer_host = body[1 + _WELCOME.size :].decode("utf-8", "replace")
         self._heard = time.monotonic_ns()
@@ -755,8 +755,9 @@ class RemoteReader(Receiving):
             self._consumed(seq, frame, 0, 0)
             return None
         first, whole_total, first_flags, whole = self._assembly
-        offset = (seq - first) * self._frame_bytes
-        if total != whole_total or offset + frame > total:
+        offset = (seq - first) * self._piece_bytes
+        if total != whole_total or frame != (total - offset if flags & L.FRAME_LAST else self._piece_bytes) \
+                or offset + frame > total:
             self._assembly = None
             self._consumed(seq, frame, 0, 0)
             raise CorruptMessage(f"queue {self.queue_name!r}: piece {seq - first} of message {first} does not "

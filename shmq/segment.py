@@ -61,6 +61,7 @@ class Segment:
         self.n_remote_readers = w[L.word(L.OFF_N_REMOTE_READERS)]
         self.ring_bytes = w[L.word(L.OFF_RING_BYTES)]
         self.frame_bytes = w[L.word(L.OFF_FRAME_BYTES)]
+        self.piece_bytes = w[L.word(L.OFF_PIECE_BYTES)]
         self.flags = w[L.word(L.OFF_FLAGS)]
         self.max_message_bytes = w[L.word(L.OFF_MAX_MESSAGE_BYTES)]
         self.flight_entries = w[L.word(L.OFF_FLIGHT_ENTRIES)]
@@ -73,13 +74,13 @@ class Segment:
 
     # -- creation ---------------------------------------------------------------
     @classmethod
-    def create(cls, *, name: str, n_readers: int, ring_bytes: int, frame_bytes: int, flags: int,
+    def create(cls, *, name: str, n_readers: int, ring_bytes: int, frame_bytes: int, piece_bytes: int, flags: int,
                max_message_bytes: int, flight_entries: int, n_remote_readers: int = 0, endpoint: str = "",
                shm_dir: str = SHM_DIR) -> Segment:
         _check_size("n_readers", n_readers, 0, L.MAX_READERS)
         _check_size("n_remote_readers", n_remote_readers, 0, L.MAX_READERS - n_readers)
         n_readers += n_remote_readers
-        check_geometry(ring_bytes, frame_bytes, BadQueueArgument)
+        check_geometry(ring_bytes, frame_bytes, piece_bytes, BadQueueArgument)
         _check_size("max_message_bytes", max_message_bytes, 0, _MAX_SIZE)
         _check_flight_entries(flight_entries)
         name_field = L.encode_text(name, L.NAME_BYTES, "queue name")
@@ -109,6 +110,7 @@ class Segment:
         w[L.word(L.OFF_N_REMOTE_READERS)] = n_remote_readers
         w[L.word(L.OFF_RING_BYTES)] = ring_bytes
         w[L.word(L.OFF_FRAME_BYTES)] = frame_bytes
+        w[L.word(L.OFF_PIECE_BYTES)] = piece_bytes
         w[L.word(L.OFF_FLAGS)] = flags
         w[L.word(L.OFF_MAX_MESSAGE_BYTES)] = max_message_bytes
         w[L.word(L.OFF_FLIGHT_ENTRIES)] = flight_entries
@@ -216,17 +218,21 @@ def _check_size(what: str, value, low: int, high: int) -> None:
         raise BadQueueArgument(f"{what} must be in {low:,}..{high:,}, got {value:,}")
 
 
-def check_geometry(ring_bytes, frame_bytes, error: type[ShmqError]) -> None:
-    """A ring of `ring_bytes` (FRAME_ALIGN-aligned) and frames of at most `frame_bytes` payload, at most
-    half the ring (shmq/layout.py: max_frame_bytes); `error` names the bad argument or header field."""
-    if type(ring_bytes) is not int or type(frame_bytes) is not int:
-        raise error(f"ring_bytes and frame_bytes must be ints, got {ring_bytes!r} and {frame_bytes!r}")
+def check_geometry(ring_bytes, frame_bytes, piece_bytes, error: type[ShmqError]) -> None:
+    """A ring of `ring_bytes` (FRAME_ALIGN-aligned), frames of at most `frame_bytes` payload, at most half
+    the ring (shmq/layout.py: max_frame_bytes), and pieces of `piece_bytes`, at most a frame; `error`
+    names the bad argument or header field."""
+    if type(ring_bytes) is not int or type(frame_bytes) is not int or type(piece_bytes) is not int:
+        raise error(f"ring_bytes, frame_bytes and piece_bytes must be ints, got {ring_bytes!r}, {frame_bytes!r} "
+                    f"and {piece_bytes!r}")
     if not L.MIN_RING_BYTES <= ring_bytes <= _MAX_SIZE or ring_bytes % L.FRAME_ALIGN:
         raise error(f"ring_bytes must be a multiple of {L.FRAME_ALIGN} in {L.MIN_RING_BYTES:,}..{_MAX_SIZE:,}, "
                     f"got {ring_bytes:,}")
     if not L.MIN_FRAME_BYTES <= frame_bytes <= L.max_frame_bytes(ring_bytes):
         raise error(f"frame_bytes must be in {L.MIN_FRAME_BYTES}..{L.max_frame_bytes(ring_bytes):,} (half the ring "
                     f"less a frame header) for ring_bytes={ring_bytes:,}, got {frame_bytes:,}")
+    if not L.MIN_FRAME_BYTES <= piece_bytes <= frame_bytes:
+        raise error(f"piece_bytes must be in {L.MIN_FRAME_BYTES}..{frame_bytes:,} (frame_bytes), got {piece_bytes:,}")
 
 
 def _check_flight_entries(value) -> None:
@@ -278,13 +284,14 @@ def _validate(mm: mmap.mmap, path: str, file_size: int, ready_timeout_s: float) 
         n_remote_readers = words[L.word(L.OFF_N_REMOTE_READERS)]
         ring_bytes = words[L.word(L.OFF_RING_BYTES)]
         frame_bytes = words[L.word(L.OFF_FRAME_BYTES)]
+        piece_bytes = words[L.word(L.OFF_PIECE_BYTES)]
         flight_entries = words[L.word(L.OFF_FLIGHT_ENTRIES)]
         if not 0 <= n_remote_readers <= n_readers <= L.MAX_READERS or flight_entries & (flight_entries - 1) \
                 or flight_entries > _MAX_SIZE:
             raise LayoutMismatch(f"{path} has a corrupt header: n_readers={n_readers}, n_remote_readers="
                                  f"{n_remote_readers}, flight_entries={flight_entries}")
         try:
-            check_geometry(ring_bytes, frame_bytes, LayoutMismatch)
+            check_geometry(ring_bytes, frame_bytes, piece_bytes, LayoutMismatch)
         except LayoutMismatch as e:
             raise LayoutMismatch(f"{path} has a corrupt header: {e}") from None
         expected = L.segment_bytes(n_readers, ring_bytes, flight_entries)

@@ -46,6 +46,7 @@ class Writer(Participant):
         self._raw_flag = L.FRAME_RAW if serializer.raw else 0
         self._on_dead_reader = on_dead_reader
         self._frame_bytes = segment.frame_bytes
+        self._piece_bytes = segment.piece_bytes
         self._ring_bytes = segment.ring_bytes
         self._max = segment.max_message_bytes
         self._reader_records = [L.word(L.record_offset(1 + i)) for i in range(segment.n_readers)]
@@ -149,7 +150,7 @@ class Writer(Participant):
 
     def _send_pieces(self, segments: list, total: int, flags: int, traceparent: bytes | None,
                      timeout: float | None) -> int:
-        """A message larger than a frame, `total` bytes, streamed through consecutive frames of frame_bytes.
+        """A message larger than a frame, `total` bytes, streamed through consecutive frames of piece_bytes.
 
         Each frame is published as soon as it is full, so readers copy piece k while
         the writer fills piece k+1 and a message may be larger than the whole ring.
@@ -171,13 +172,14 @@ class Writer(Participant):
         flags |= L.FRAME_FRAGMENT
         if self._stats:
             self._w[self._rec + R_OVERFLOW] += 1
-        n_pieces = -(-total // self._frame_bytes)
+        piece_bytes = self._piece_bytes
+        n_pieces = -(-total // piece_bytes)
         buf = self._buf
         source, offset = 0, 0
         waited = 0
         deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
         for piece in range(n_pieces):
-            frame = min(self._frame_bytes, total - piece * self._frame_bytes)
+            frame = min(piece_bytes, total - piece * piece_bytes)
             kind = (L.FRAME_FIRST if piece == 0 else 0) | (L.FRAME_LAST if piece == n_pieces - 1 else 0)
             if not self._ring.room(frame):
                 remaining = timeout if piece == 0 or deadline is None else \
@@ -363,11 +365,11 @@ def create(n_readers: int, *, name: str | None = None, ring_bytes: int | None = 
     """Create a queue in shared memory and return its writer.
 
     One ring of `ring_bytes` (default 16 MiB, a multiple of 128) holds messages of every size as
-    frames: a message up to a sixteenth of the ring and a page is one frame, a larger one (up to
-    `max_message_bytes`, even larger than the ring) streams through it in pieces of that size.
-    `chunk_bytes` and `n_chunks`, the fixed slots of shmq's layout 3, are still accepted: they make a
-    ring that holds `n_chunks` messages of `chunk_bytes`, whose larger messages go in pieces of
-    `chunk_bytes`; they cannot be combined with `ring_bytes`.
+    frames: a message up to a quarter of the ring and a page is one frame, a larger one (up to
+    `max_message_bytes`, even larger than the ring) streams through it in pieces of a sixteenth
+    of the ring and a page. `chunk_bytes` and `n_chunks`, the fixed slots of shmq's layout 3, are
+    still accepted: they make a ring that holds `n_chunks` messages of `chunk_bytes`, whose larger
+    messages go in pieces of `chunk_bytes`; they cannot be combined with `ring_bytes`.
     `n_readers` local readers attach with ``shmq.attach(writer.handle, reader=i)``;
     `n_remote_readers` more attach over ZeroMQ TCP at `remote_bind` with
     ``shmq.attach_remote(writer.handle, reader=j)`` (a queue may have only those). A remote reader
@@ -385,12 +387,12 @@ def create(n_readers: int, *, name: str | None = None, ring_bytes: int | None = 
         raise ValueError(f"on_dead_reader must be one of {ON_DEAD_READER}, got {on_dead_reader!r}")
     if n_readers == 0 and not n_remote_readers:
         raise BadQueueArgument("a queue needs a reader: n_readers local ones, or n_remote_readers remote ones")
-    ring_bytes, frame_bytes = _geometry(ring_bytes, chunk_bytes, n_chunks)
+    ring_bytes, frame_bytes, piece_bytes = _geometry(ring_bytes, chunk_bytes, n_chunks)
     resolved = resolve(serializer)
     flags = (L.FLAG_STATS if stats else 0) | (L.FLAG_RAW_ONLY if resolved.raw else 0)
     segment = Segment.create(
         name=name or f"queue-{os.getpid()}", n_readers=n_readers, ring_bytes=ring_bytes, frame_bytes=frame_bytes,
-        flags=flags, max_message_bytes=max_message_bytes, flight_entries=flight_entries,
+        piece_bytes=piece_bytes, flags=flags, max_message_bytes=max_message_bytes, flight_entries=flight_entries,
         n_remote_readers=n_remote_readers, shm_dir=shm_dir,
     )
     try:
@@ -404,13 +406,15 @@ def create(n_readers: int, *, name: str | None = None, ring_bytes: int | None = 
         raise
 
 
-def _geometry(ring_bytes: int | None, chunk_bytes: int | None, n_chunks: int | None) -> tuple[int, int]:
-    """(ring_bytes, frame_bytes) from create()'s arguments: the ring's size, or the fixed slots of old."""
+def _geometry(ring_bytes: int | None, chunk_bytes: int | None, n_chunks: int | None) -> tuple[int, int, int]:
+    """(ring_bytes, frame_bytes, piece_bytes) from create()'s arguments: the ring's size, or the fixed slots
+    of old."""
     if chunk_bytes is None and n_chunks is None:
         ring_bytes = L.DEFAULT_RING_BYTES if ring_bytes is None else ring_bytes
         if type(ring_bytes) is not int:
             raise BadQueueArgument(f"ring_bytes must be an int, got {type(ring_bytes).__name__} {ring_bytes!r}")
-        return ring_bytes, L.default_frame_bytes(ring_bytes)
+        frame_bytes = L.default_frame_bytes(ring_bytes)
+        return ring_bytes, frame_bytes, L.default_piece_bytes(ring_bytes, frame_bytes)
     if ring_bytes is not None:
         raise BadQueueArgument("give ring_bytes, or the old chunk_bytes and n_chunks, not both: one ring now "
                                "serves every message size")
@@ -420,4 +424,4 @@ def _geometry(ring_bytes: int | None, chunk_bytes: int | None, n_chunks: int | N
                                    ("n_chunks", n_chunks, 2, 1 << 32)):
         if type(value) is not int or not low <= value <= high:
             raise BadQueueArgument(f"{what} must be an int in {low:,}..{high:,}, got {type(value).__name__} {value!r}")
-    return n_chunks * L.frame_stride(chunk_bytes), chunk_bytes
+    return n_chunks * L.frame_stride(chunk_bytes), chunk_bytes, chunk_bytes

@@ -47,7 +47,7 @@ _BUCKET_BOUNDS = tuple(floatToGoString(bound) for bound in L.HISTOGRAM_UPPER_BOU
 _COUNTERS = (
     (N.MESSAGES, "messages", 1, "Messages sent (writer) or received (reader)."),
     (N.BYTES, "bytes", 1, "Payload bytes sent or received, framing included."),
-    (N.OVERFLOW_MESSAGES, "overflow_messages", 1, "Messages larger than a frame (a sixteenth of the ring and a page), streamed through it in pieces."),
+    (N.OVERFLOW_MESSAGES, "overflow_messages", 1, "Messages larger than a frame (a quarter of the ring and a page), streamed through it in pieces."),
     (N.SPINS, "spins", 1, "Busy-poll iterations while waiting."),
     (N.YIELDS, "yields", 1, "sched_yield calls while waiting."),
     (N.BACKOFF_SLEEPS, "backoff_sleeps", 1, "Sleeps taken by the Backoff wait strategy."),

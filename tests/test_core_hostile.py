@@ -384,7 +384,7 @@ def corrupt(writer, message: int, **fields) -> None:
     ("small", {"frame": 40, "total": 90}, "one frame, yet"),
     ("small", {"seq": 12345}, "cannot have written"),
     ("large", {"total": 1 << 62}, "max_message_bytes"),
-    ("large", {"frame": 100}, "every piece but the last fills its frame"),
+    ("large", {"frame": 100}, "every piece but the last holds"),
 ])
 def test_a_corrupt_frame_is_a_named_error_and_every_reader_reads_on(writer, message, fields, problem):
     payload = "s" if message == "small" else b"L" * 10_000

@@ -35,7 +35,8 @@ def sizes(count: int, seed: int = 7) -> list[int]:
     """From 0 B to 3 rings: mostly small, a sixth up to a ring, a fiftieth up to three; the edges first."""
     rng = random.Random(seed)
     frame = L.default_frame_bytes(RING)
-    edges = [0, frame - 64, frame, frame + 1, RING, 3 * RING]
+    piece = L.default_piece_bytes(RING, frame)
+    edges = [0, piece, piece + 1, frame - 64, frame, frame + 1, RING, 3 * RING]
     return edges + [rng.randint(0, 3 * RING) if rng.random() < 0.02 else rng.randint(0, RING)
                     if rng.random() < 0.17 else rng.randint(0, 300) for _ in range(count - len(edges))]
 
@@ -121,6 +122,25 @@ def test_messages_larger_than_the_whole_ring_stream_through_it(queue_name, child
         np.testing.assert_array_equal(results.get(timeout=30), big)
         with shmq.stats.open(writer.handle) as view:
             assert view.snapshot().writer.overflow_messages == 1
+
+
+def test_a_message_up_to_a_quarter_of_the_ring_is_one_frame_and_a_larger_one_goes_in_sixteenths(queue_name):
+    ring = 1 << 20
+    frame = ring // 4 + L.PAGE_BYTES - L.FRAME_HEADER_BYTES
+    piece = ring // 16 + L.PAGE_BYTES - L.FRAME_HEADER_BYTES
+    one_frame = frame - L.ONE_SEGMENT.size  # a raw message's frame is its bytes and a one-segment table
+    with shmq.create(1, name=queue_name, ring_bytes=ring) as writer, shmq.attach(writer.handle, 0) as reader, \
+            shmq.stats.open(writer.handle) as view:
+        assert writer.handle.frame_bytes == frame
+        # 260 KiB and a byte, then 3 MiB, in pieces of 68 KiB less a header
+        for size, frames in ((one_frame, 1), (one_frame + 1, 4), (3 * ring, 46)):
+            before = view.snapshot().writer_cursor
+            body = bytes([size % 251]) * size
+            sending = threading.Thread(target=writer.put_bytes, args=(body,))
+            sending.start()
+            assert reader.get_bytes(timeout=10) == body
+            sending.join(10)
+            assert view.snapshot().writer_cursor - before == frames, size
 
 
 def test_bytes_pass_through_without_pickle(writer):

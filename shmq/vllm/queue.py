@@ -129,7 +129,7 @@ class MessageQueue:
         self.local_reader_rank = -1
         self.shutting_down = False
         # Not vLLM's max_chunks x max_chunk_bytes (240 MiB for the engine's broadcast): shmq's default ring,
-        # whose frames take messages of every size up to a sixteenth of it and a page, and stream larger ones
+        # whose frames take messages of every size up to a quarter of it and a page, and stream larger ones
         # through it in pieces instead of leaving shared memory as in vLLM.
         remote, ipv6 = {}, False
         if self.n_remote_reader:
