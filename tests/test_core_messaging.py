@@ -5,11 +5,14 @@ from __future__ import annotations
 import array
 import json
 import random
+import os
+import signal
 import threading
+import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import shmq
@@ -18,7 +21,7 @@ from shmq import wait
 
 from .conftest import FORK
 
-RING = 16 << 10  # frames of up to 4 KiB; the largest messages are three rings long
+RING = 16 << 10  # frames of up to 8 KiB less a header; the largest messages are three rings long
 STRATEGIES = {
     "BusySpin": wait.BusySpin,
     "Yield": wait.Yield,
@@ -127,7 +130,6 @@ def test_messages_larger_than_the_whole_ring_stream_through_it(queue_name, child
 def test_a_message_up_to_a_quarter_of_the_ring_is_one_frame_and_a_larger_one_goes_in_sixteenths(queue_name):
     ring = 1 << 20
     frame = ring // 4 + L.PAGE_BYTES - L.FRAME_HEADER_BYTES
-    piece = ring // 16 + L.PAGE_BYTES - L.FRAME_HEADER_BYTES
     one_frame = frame - L.ONE_SEGMENT.size  # a raw message's frame is its bytes and a one-segment table
     with shmq.create(1, name=queue_name, ring_bytes=ring) as writer, shmq.attach(writer.handle, 0) as reader, \
             shmq.stats.open(writer.handle) as view:
@@ -263,25 +265,54 @@ def exactly_to_the_end(writer) -> int | None:
     return size if 0 <= size <= frame - L.ONE_SEGMENT.size else None
 
 
+def read_then_die(handle, count, attached, done):
+    """Reader 2: reads `count` messages, then waits to be killed."""
+    with shmq.attach(handle, 2) as reader:
+        attached.set()
+        for _ in range(count):
+            reader.get_bytes(timeout=30)
+        done.set()
+        time.sleep(60)
+
+
 @pytest.mark.timeout(300)
 @settings(max_examples=60, deadline=None)
 @given(ring_lines=st.integers(4, 96), actions=st.lists(st.one_of(
     st.tuples(st.just("put"), st.integers(0, 40_000)),  # up to three times the largest ring
     st.tuples(st.just("put"), st.integers(0, 300)),
     st.tuples(st.just("to the end"), st.just(0)),  # a frame of exactly the room left before the end
-    st.tuples(st.just("join"), st.integers(0, 2_000))), min_size=1, max_size=40))
-def test_any_mix_of_sizes_through_any_ring_arrives_whole_in_order_and_a_joining_reader_starts_at_the_head(
-        ring_lines, actions):
+    st.tuples(st.just("join"), st.integers(0, 2_000))), min_size=1, max_size=40),
+    # a reader killed after it read so many messages, holding one more unread or none
+    victim=st.none() | st.tuples(st.integers(0, 3), st.booleans()))
+def test_any_mix_of_sizes_through_any_ring_arrives_whole_in_order_a_joining_reader_starts_at_the_head_and_a_dead_one_is_evicted(
+        ring_lines, actions, victim):
     ring = ring_lines * L.FRAME_ALIGN
     sent, joined = [], []
-    with shmq.create(2, name="hypothesis-ring", ring_bytes=ring) as writer:
+    kill_at, holds_one = (min(victim[0], len(actions)), victim[1]) if victim else (None, False)
+    with shmq.create(3, name="hypothesis-ring", ring_bytes=ring, on_dead_reader="evict") as writer:
         with shmq.attach(writer.handle, 0) as follower:
             shmq.attach(writer.handle, 1).close()  # reader 1 holds nothing until it joins
+            if not victim:
+                shmq.attach(writer.handle, 2).close()
+            else:  # forked before the reading thread starts
+                attached, done = FORK.Event(), FORK.Event()
+                dying = FORK.Process(target=read_then_die, args=(writer.handle, kill_at, attached, done), daemon=True)
+                dying.start()
+                assert attached.wait(10)
             received = []
             reading = threading.Thread(target=lambda: received.extend(
-                follower.get_bytes(timeout=30) for _ in range(len(actions))))
+                follower.get_bytes(timeout=30) for _ in range(len(actions) + holds_one)))
             reading.start()
-            for action, size in actions:
+            for index, (action, size) in enumerate([*actions, ("end", 0)]):
+                if index == kill_at:  # it has read every message so far: the writer never waited for it
+                    assert done.wait(30)
+                    if holds_one:
+                        writer.put_bytes(b"", timeout=10)  # the smallest frame: room beside what it holds
+                        sent.append(b"")
+                    os.kill(dying.pid, signal.SIGKILL)
+                    dying.join(10)
+                if action == "end":
+                    break
                 if action == "to the end":
                     size = exactly_to_the_end(writer)
                     body = b"e" * (size if size is not None else 1)
@@ -296,5 +327,12 @@ def test_any_mix_of_sizes_through_any_ring_arrives_whole_in_order_and_a_joining_
                     writer.put_bytes(body, timeout=30)
                 sent.append(body)
             reading.join(60)
+            with shmq.stats.open(writer.handle) as view:
+                snapshot = view.snapshot()
     assert not reading.is_alive() and received == sent
     assert all(joined)
+    if victim:  # the writer went more than a ring past where it died: only by evicting it
+        dead = snapshot.readers[2]
+        evicted = dead.state == shmq.ParticipantState.EVICTED
+        event(f"the dead reader was {'evicted' if evicted else 'never in the way'}")
+        assert evicted == (snapshot.writer_position - dead.position > ring)
