@@ -76,7 +76,8 @@ HELLO, ACK, BYE = b"H", b"A", b"B"
 WELCOME, REFUSED, OTHER_QUEUE, FRAME, BATCH, TICK, END, EVICTED = b"W", b"R", b"Q", b"F", b"M", b"T", b"E", b"X"
 _HELLO = struct.Struct("<16sIqi16s")  # queue instance id, slot, resume cursor (-1: new), pid, token; the host follows
 _ACK = struct.Struct("<QQQQ")  # cursor, messages, bytes, state
-_WELCOME = struct.Struct("<QQQQQiQ")  # start cursor, window, frame and piece bytes, max message bytes, writer pid and start
+# start cursor, window, frame bytes, piece bytes, max message bytes, writer pid and start time
+_WELCOME = struct.Struct("<QQQQQiQ")
 _FRAME = struct.Struct("<QQQQ")  # seq, frame bytes, message bytes, flags; the traceparent follows if traced
 _CURSOR = struct.Struct("<Q")
 # shmq/_ring.c batches frames and reads them back in this format (gather_batch, batch_frame).

@@ -66,6 +66,9 @@ def test_a_corrupt_header_is_refused(writer, foreign_file):
     name = copy_of(writer, foreign_file, L.OFF_FRAME_BYTES, writer.handle.ring_bytes)
     with pytest.raises(shmq.LayoutMismatch, match="corrupt header: frame_bytes must be in 16..16,768 .* got 33,792"):
         shmq.stats.open(name)
+    name = copy_of(writer, foreign_file, L.OFF_PIECE_BYTES, writer.handle.frame_bytes + 1)
+    with pytest.raises(shmq.LayoutMismatch, match=r"corrupt header: piece_bytes must be in 16..4,096 \(frame_bytes\), got 4,097"):
+        shmq.stats.open(name)
 
 
 def test_a_segment_that_never_becomes_ready_is_refused(writer, foreign_file):

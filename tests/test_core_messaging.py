@@ -284,7 +284,7 @@ def read_then_die(handle, count, attached, done):
     st.tuples(st.just("join"), st.integers(0, 2_000))), min_size=1, max_size=40),
     # a reader killed after it read so many messages, holding one more unread or none
     victim=st.none() | st.tuples(st.integers(0, 3), st.booleans()))
-def test_any_mix_of_sizes_through_any_ring_arrives_whole_in_order_a_joining_reader_starts_at_the_head_and_a_dead_one_is_evicted(
+def test_any_mix_of_sizes_through_any_ring_arrives_whole_and_in_order_past_joining_and_dying_readers(
         ring_lines, actions, victim):
     ring = ring_lines * L.FRAME_ALIGN
     sent, joined = [], []
