@@ -106,6 +106,9 @@ class QueueStats:
     time_ns: int  #: time.time_ns() when the snapshot was taken
     writer: ParticipantStats  #: the writer's record
     readers: tuple[ParticipantStats, ...]  #: one record per reader index
+    #: While the writer is parked for room: the reader position that makes it (shmq/_ring.c: park_writer).
+    #: 0 otherwise, as while it spins or yields before parking.
+    writer_waits_for: int = 0
 
     @property
     def gating_readers(self) -> tuple[ParticipantStats, ...]:
@@ -127,8 +130,11 @@ class QueueStats:
 
     @property
     def may_be_full(self) -> bool:
-        """Whether the next frame may not fit: less room left than two of the largest frames (one, and
-        the padding that precedes it when it would cross the end of the ring)."""
+        """Whether the next frame may not fit. A parked writer says exactly: a gating reader is still
+        short of the position it waits for. Otherwise: less room left than two of the largest frames
+        (one, and the padding that precedes it when it would cross the end of the ring)."""
+        if self.writer_waits_for:
+            return any(r.position < self.writer_waits_for for r in self.gating_readers)
         return self.ring_bytes - self.occupancy_bytes < 2 * L.frame_stride(self.frame_bytes)
 
     def lag(self, reader: ParticipantStats) -> int:
@@ -155,6 +161,7 @@ _HOST, _GRACE = L.word(L.REC_HOST), L.word(L.REC_GRACE_NS)
 _RECORD_WORDS = L.RECORD_BYTES // L.WORD
 _WRITER_CURSOR = L.word(L.OFF_WRITER_CURSOR)
 _WRITER_POSITION = L.word(L.OFF_WRITER_POSITION)
+_WRITER_PARKED = L.word(L.OFF_WRITER_PARKED)
 _STATES = {state.value: state for state in State}
 _ROLES = {role.value: role for role in L.Role}
 
@@ -180,6 +187,9 @@ class QueueView:
         # The readers first: a reader is never ahead of the writer's cursor and position loaded after it.
         readers = tuple(self._record(w, p) for p in range(1, 1 + seg.n_readers))
         writer_cursor, writer_position = w[_WRITER_CURSOR], w[_WRITER_POSITION]
+        # After the readers: readers seen past the position it waits for passed it before it was read, so
+        # its wake-up is due or was lost.
+        writer_waits_for = w[_WRITER_PARKED]
         # The writer publishes its cursor and position in the header.
         writer = self._record(w, 0, cursor=writer_cursor, position=writer_position)
         return QueueStats(
@@ -188,6 +198,7 @@ class QueueView:
             stats_enabled=bool(seg.flags & L.FLAG_STATS), endpoint=seg.endpoint, writer_cursor=writer_cursor,
             writer_position=writer_position,
             monotonic_ns=time.monotonic_ns(), time_ns=time.time_ns(), writer=writer, readers=readers,
+            writer_waits_for=writer_waits_for,
         )
 
     @staticmethod

@@ -121,8 +121,9 @@ def test_a_reader_with_a_backlog_publishes_in_batches_and_wakes_the_parked_write
         blocked = threading.Thread(target=writer.put, args=("one more",), kwargs={"timeout": 10})
         blocked.start()
         deadline = time.monotonic() + 5
-        while view.snapshot().writer.parks == 0 and time.monotonic() < deadline:
+        while (parked := view.snapshot()).writer_waits_for == 0 and time.monotonic() < deadline:
             time.sleep(0.001)
+        assert parked.writer_waits_for == 256 and parked.may_be_full  # what a watchdog reads of it
         assert reader.get() == 0
         assert view.snapshot().readers[0].cursor == 0  # a backlog: the first message is not published yet
         assert [reader.get() for _ in range(3)] == [0, 0, 0]
@@ -131,6 +132,7 @@ def test_a_reader_with_a_backlog_publishes_in_batches_and_wakes_the_parked_write
         snap = view.snapshot()
         assert snap.readers[0].cursor == 4 and snap.readers[0].messages == 4
         assert snap.readers[0].wakeups == 1  # the batch crossing the writer's mark woke it
+        assert snap.writer_waits_for == 0
         assert [reader.get() for _ in range(61)] == [0] * 60 + ["one more"]
         snap = view.snapshot()  # caught up: cursor and counts are published at once
         assert snap.readers[0].cursor == snap.writer_cursor == 65 and snap.readers[0].messages == 65

@@ -32,13 +32,15 @@ def record(index: int, *, cursor: int = 0, state: State = State.WAITING_READ, pi
 
 
 def snapshot(now_ns: int, writer_cursor: int, readers: list[ParticipantStats], *, n_chunks: int = 16,
-             writer_state: State = State.BUSY, writer_since_ns: int = 0, writer_spins: int = 0) -> QueueStats:
+             writer_state: State = State.BUSY, writer_since_ns: int = 0, writer_spins: int = 0,
+             writer_waits_for: int = 0) -> QueueStats:
     writer = record(-1, cursor=writer_cursor, state=writer_state, heartbeat_ns=now_ns, state_since_ns=writer_since_ns,
                     spins=writer_spins)
     return QueueStats(shm_name=QUEUE.shm_name, name=QUEUE.label, creator_pid=999, created_ns=0, n_readers=len(readers),
                       n_remote_readers=0, ring_bytes=n_chunks * FRAME, frame_bytes=16, stats_enabled=True, endpoint="",
                       writer_cursor=writer_cursor, writer_position=writer_cursor * FRAME,
-                      monotonic_ns=now_ns, time_ns=now_ns, writer=writer, readers=tuple(readers))
+                      monotonic_ns=now_ns, time_ns=now_ns, writer=writer, readers=tuple(readers),
+                      writer_waits_for=writer_waits_for)
 
 
 class Harness:
@@ -244,6 +246,21 @@ def test_the_writer_blocked_for_T_names_the_readers_that_hold_the_minimum_cursor
     assert [(b.reader, b.cause) for b in blocked[0].blockers] == [(1, Cause.BUSY), (2, Cause.FROZEN)]
     message = next(event_fields(t)["message"] for t in h.raised if t.alert.raised.rule == N.RULE_WRITER_BLOCKED)
     assert "reader 1 (pid 1001, busy), reader 2 (pid 1002, frozen)" in message
+
+
+@pytest.mark.parametrize("waits_for_cursor, cause", [(3, Cause.BUSY), (2, Cause.WAITING_WITH_SPACE)])
+def test_a_parked_writer_is_blocked_by_readers_short_of_the_position_it_waits_for_and_by_none_past_it(
+        waits_for_cursor, cause):
+    # By the bytes free alone (one frame of 4 unread) the next frame would fit: the position the parked
+    # writer waits for says whether the reader holds it back.
+    h = Harness()
+    findings = []
+    for _ in range(12):
+        h.now += TICK
+        readers = [record(0, cursor=2, state=State.BUSY, heartbeat_ns=h.now)]
+        findings = h.poll(snapshot(h.now, 3, readers, n_chunks=4, writer_state=State.WAITING_WRITE,
+                                   writer_since_ns=10 * S, writer_waits_for=waits_for_cursor * FRAME))
+    assert [f.cause for f in findings if f.rule == N.RULE_WRITER_BLOCKED] == [cause]
 
 
 def spin(h: Harness, seconds: float, *, pending: int, rate_per_tick: int):
