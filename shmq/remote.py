@@ -681,6 +681,15 @@ class RemoteReader(Receiving):
         self._heard = time.monotonic_ns()
 
     # -- receiving ------------------------------------------------------------------------------------
+    def get(self, *, timeout: float | None = None) -> Any:
+        """The next message. Blocks until one arrives; `timeout` in seconds (None or inf: for ever)."""
+        # As Reader.get: the usual message (the next whole frame of a batch) without the general path's
+        # calls, and the timeout checked only when the call may have to wait.
+        if self._kept is None and (kept := self._batched()) is not None:
+            self._kept = kept
+            return self._decode_kept(False)
+        return self._receive(None if timeout is None else checked_timeout(timeout), False)
+
     def _receive(self, timeout: float | None, raw: bool) -> Any:
         if self._kept is None:
             self._kept = self._batched() or self._next_message(timeout)
