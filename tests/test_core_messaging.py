@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import array
 import json
-import random
 import os
+import random
 import signal
 import threading
 import time
