@@ -541,3 +541,49 @@ def test_a_reader_acknowledging_what_it_was_never_sent_changes_nothing_and_the_o
         with shmq.stats.open(writer.handle) as view:
             assert view.snapshot().readers[0].cursor <= 50, "a slot was acknowledged past what it was sent"
         rogue.close(linger=0)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("pieces, problem", [
+    ([(0, 1000, 3000, "first"), (1, 2000, 3000, "last")], "piece 0 of message 0 does not continue it"),
+    ([(0, 2048, 3000, "first"), (1, 1000, 3000, "last")], "piece 1 of message 0 does not continue it"),
+    ([(0, 2048, 3000, "first"), (1, 2048, 3000, "last")], "piece 1 of message 0 does not continue it"),
+])
+def test_a_piece_of_the_wrong_length_from_the_writer_is_a_named_error_and_the_remote_reader_reads_on(
+        pieces, problem):
+    """A writer (a ROUTER speaking the protocol) whose pieces are not piece_bytes long, or overrun the message."""
+    import pickle
+
+    import zmq
+
+    from shmq import layout as L
+    from shmq import procs
+    from shmq import remote as R
+
+    piece_bytes, frame_bytes = 2048, 4096
+    with zmq.Context() as context:
+        router = context.socket(zmq.ROUTER)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        handle = shmq.Handle("shmq-fake", "fake", n_readers=0, ring_bytes=1 << 20, frame_bytes=frame_bytes,
+                             instance_id="ab" * 16, endpoint=f"tcp://127.0.0.1:{port}", n_remote_readers=1)
+        attached = []
+        attaching = threading.Thread(target=lambda: attached.append(shmq.attach_remote(handle, 0, timeout=10)))
+        attaching.start()
+        assert router.poll(10_000)
+        peer, hello = router.recv_multipart()
+        assert hello[:1] == R.HELLO
+        router.send_multipart([peer, R.WELCOME + R._WELCOME.pack(0, 1 << 20, frame_bytes, piece_bytes, 1 << 30,
+                                                                os.getpid(), procs.start_time(os.getpid()) or 0)
+                               + socket.gethostname().encode()])
+        attaching.join(10)
+        (reader,) = attached
+        with reader:
+            for seq, frame, total, kind in pieces:
+                flags = L.FRAME_FRAGMENT | (L.FRAME_FIRST if kind == "first" else L.FRAME_LAST)
+                router.send_multipart([peer, R.FRAME + R._FRAME.pack(seq, frame, total, flags), b"p" * frame])
+            after = L.ONE_SEGMENT.pack(1, len(pickle.dumps("after", 5))) + pickle.dumps("after", 5)
+            router.send_multipart([peer, R.FRAME + R._FRAME.pack(len(pieces), len(after), len(after), 0), after])
+            with pytest.raises(shmq.CorruptMessage, match=problem):
+                reader.get(timeout=10)
+            assert reader.get(timeout=10) == "after"
+        router.close(linger=0)
