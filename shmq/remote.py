@@ -172,7 +172,8 @@ class RemoteServer:
         window = segment.ring_bytes if window_bytes is None else window_bytes
         if type(window) is not int or not L.frame_stride(segment.frame_bytes) <= window <= segment.ring_bytes:
             raise BadQueueArgument(f"remote_window_bytes must be an int from one frame "
-                                   f"({L.frame_stride(segment.frame_bytes):,}) to the ring ({segment.ring_bytes:,}), "
+                                   f"({L.frame_stride(segment.frame_bytes):,}: frames grow with the ring, so a smaller "
+                                   f"window needs a smaller ring_bytes) to the ring ({segment.ring_bytes:,}), "
                                    f"got {window!r}")
         self.window_bytes = window
         self._evict = on_dead_reader == "evict"

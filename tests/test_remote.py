@@ -453,7 +453,8 @@ def test_a_bad_grace_is_refused(queue_name, grace):
 
 @pytest.mark.parametrize("window", [0, 100, 1 << 30, 4096.0])
 def test_a_window_outside_one_frame_to_the_ring_is_refused(queue_name, window):
-    with pytest.raises(BadQueueArgument, match="remote_window_bytes"):
+    with pytest.raises(BadQueueArgument, match=r"remote_window_bytes must be an int from one frame \(266,240: .* to "
+                                               r"the ring \(1,048,576\)"):
         shmq.create(0, name=queue_name, ring_bytes=1 << 20, n_remote_readers=1, remote_window_bytes=window)
 
 
