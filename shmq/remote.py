@@ -68,7 +68,10 @@ BATCH_BYTES = 64 << 10  # frames below this go to a reader in batches of about t
 # message it queues (measured here: ~12.5 KiB per message over 8 KiB, ~1 KiB for a 1 KB one).
 ZMQ_MESSAGE_BYTES = 16 << 10
 _POLL_MS = 50  # how often a blocked get() looks at cancel(), the connection and the grace
-ZERO_COPY_BYTES = 64 << 10  # payloads a reader takes from ZeroMQ without a copy (below, the copy is cheaper)
+# Payloads the server hands ZeroMQ in place in the ring, and a reader takes from ZeroMQ, without a copy
+# (below, the copy is cheaper than what a zero-copy message costs).
+ZERO_COPY_BYTES = 64 << 10
+RELEASE_TIMEOUT_S = 5.0  # how long a closing server waits for ZeroMQ to let go of the ring's frames
 # A refused handshake (a connection closed during one, NO_DETAIL, is a network fault, not a refusal)
 _HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
@@ -195,6 +198,9 @@ class RemoteServer:
             raise BadQueueArgument(f"remote_authorized_keys {authorized_keys!r} is not a directory")
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.ROUTER)
+        # Frames sent in place: ZeroMQ reads them from the ring until these say it is done (the slot's
+        # position keeps them from being overwritten: it moves only when the reader acknowledges them).
+        self._in_place: collections.deque[zmq.MessageTracker] = collections.deque()
         self._authenticator = None
         try:
             if secret_key is not None:  # every reader must prove a key from authorized_keys; others are refused
@@ -260,7 +266,10 @@ class RemoteServer:
         if self._authenticator is not None:
             self._authenticator.stop()
         self._socket.close(linger=0)
-        self._context.term()
+        self._context.term()  # drops what is queued; the ring must stay mapped until ZeroMQ let go of it
+        deadline = time.monotonic() + RELEASE_TIMEOUT_S
+        for tracker in self._in_place:
+            tracker.wait(max(0.0, deadline - time.monotonic()))
 
     # -- the records --------------------------------------------------------------------------------
     def _init_record(self, slot: _Slot) -> None:
@@ -449,10 +458,16 @@ class RemoteServer:
         slot.peer, slot.token, slot.connected = None, b"", False
         log.info("shmq queue %r: %s closed", self._queue_name, slot.describe())
 
-    def _send(self, peer: bytes, parts: list, slot: _Slot | None) -> bool:
-        """Send to a peer; a lost connection marks `slot` lost (from now) instead of raising."""
+    def _send(self, peer: bytes, parts: list, slot: _Slot | None, in_place: bool = False) -> bool:
+        """Send to a peer (`in_place`: its last part, a frame, read by ZeroMQ from the ring); a lost
+        connection marks `slot` lost (from now) instead of raising."""
         try:
-            self._socket.send_multipart([peer, *parts], copy=True)
+            if not in_place:
+                self._socket.send_multipart([peer, *parts], copy=True)
+                return True
+            while self._in_place and self._in_place[0].done:
+                self._in_place.popleft()
+            self._in_place.append(self._socket.send_multipart([peer, *parts], copy=False, track=True))
             return True
         except zmq.ZMQError as e:
             if e.errno != zmq.EHOSTUNREACH:
@@ -511,7 +526,7 @@ class RemoteServer:
             if flags & L.FRAME_TRACED:
                 header += bytes(buf[head + L.FRAME_TRACEPARENT : head + L.FRAME_TRACEPARENT + L.TRACEPARENT_BYTES])
             payload = buf[head + L.FRAME_HEADER_BYTES : head + L.FRAME_HEADER_BYTES + frame]
-            if not self._send(slot.peer, [header, payload], slot):
+            if not self._send(slot.peer, [header, payload], slot, in_place=frame >= ZERO_COPY_BYTES):
                 break
             ring.release_read()
             slot.in_flight.append((ring.cursor, ring.position, cost))

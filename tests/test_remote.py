@@ -588,3 +588,30 @@ def test_a_piece_of_the_wrong_length_from_the_writer_is_a_named_error_and_the_re
                 reader.get(timeout=10)
             assert reader.get(timeout=10) == "after"
         router.close(linger=0)
+
+
+def read_one_then_stop(handle, ready):
+    reader = shmq.attach_remote(handle, 0)
+    reader.get(timeout=10)
+    ready.set()
+    time.sleep(60)  # stopped by the test: its socket stops draining the connection
+
+
+@pytest.mark.timeout(30)
+def test_a_writer_closes_while_zeromq_still_holds_frames_it_sends_from_the_ring(queue_name, children, monkeypatch):
+    monkeypatch.setattr(shmq.writer, "REMOTE_CLOSE_DRAIN_S", 0.2)  # the reader will not acknowledge the rest
+    data = np.arange(1 << 20, dtype=np.uint8)
+    writer = shmq.create(0, name=queue_name, n_remote_readers=1, ring_bytes=64 << 20)
+    ready = FORK.Event()
+    stopped = children(read_one_then_stop, writer.handle, ready)
+    writer.put(data, timeout=10)
+    assert ready.wait(10)
+    os.kill(stopped.pid, signal.SIGSTOP)  # what is sent now stays queued in ZeroMQ, read from the ring
+    try:
+        for _ in range(40):  # frames of 1 MiB, sent without a copy: more than the sockets' buffers hold
+            writer.put(data, timeout=5)
+        time.sleep(1.5)  # the server, which waits for an acknowledgement, sends them at its next tick
+        writer.close()  # unmaps the ring only once ZeroMQ let go of the frames still queued for the reader
+    finally:
+        os.kill(stopped.pid, signal.SIGCONT)
+    assert not os.path.exists(os.path.join("/dev/shm", writer.handle.shm_name))
