@@ -268,8 +268,12 @@ class RemoteServer:
         self._socket.close(linger=0)
         self._context.term()  # drops what is queued; the ring must stay mapped until ZeroMQ let go of it
         deadline = time.monotonic() + RELEASE_TIMEOUT_S
-        for tracker in self._in_place:
-            tracker.wait(max(0.0, deadline - time.monotonic()))
+        try:
+            for tracker in self._in_place:
+                tracker.wait(max(0.0, deadline - time.monotonic()))
+        except zmq.NotDone:  # their buffers still export the mapping: the segment's close() will say so
+            log.warning("shmq queue %r: ZeroMQ still held frames of the ring %g s after its socket closed",
+                        self._queue_name, RELEASE_TIMEOUT_S)
 
     # -- the records --------------------------------------------------------------------------------
     def _init_record(self, slot: _Slot) -> None:
