@@ -525,7 +525,7 @@ class Reader(Receiving, Participant):
             return
         if self._inherited:
             self._closed = True
-            self._unmap()
+            self._segment.close()
             return
         self.cancel()
         try:
@@ -537,13 +537,7 @@ class Reader(Receiving, Participant):
             self._stop_heartbeat()
         finally:
             self._ring.leave()
-        self._unmap()
-
-    def _unmap(self) -> None:
-        try:
-            self._segment.close()  # releases the rings made on it, ours included
-        except BufferError:
-            pass  # a lease's arrays still alias the mapping; it is unmapped when they are collected
+        self._segment.close()  # releases the rings made on it, ours included
 
     @property
     def lag(self) -> int:

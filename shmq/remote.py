@@ -271,7 +271,7 @@ class RemoteServer:
         try:
             for tracker in self._in_place:
                 tracker.wait(max(0.0, deadline - time.monotonic()))
-        except zmq.NotDone:  # their buffers still export the mapping: the segment's close() will say so
+        except zmq.NotDone:  # the segment stays mapped until they are collected (Segment.close)
             log.warning("shmq queue %r: ZeroMQ still held frames of the ring %g s after its socket closed",
                         self._queue_name, RELEASE_TIMEOUT_S)
 

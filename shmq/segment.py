@@ -195,7 +195,10 @@ class Segment:
         self.words.release()
         self.readonly.release()
         self.buf.release()
-        self._mm.close()
+        try:
+            self._mm.close()
+        except BufferError:
+            pass  # views of it live on (a lease's arrays, ZeroMQ's frames): unmapped when they are collected
 
     @property
     def closed(self) -> bool:

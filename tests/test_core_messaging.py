@@ -248,6 +248,16 @@ def test_lease_aliases_the_ring_until_the_block_exits(writer):
         np.testing.assert_array_equal(other.get(), np.arange(100, dtype=np.int32))
 
 
+def test_a_reader_closes_while_an_array_it_leased_is_still_referenced(queue_name):
+    with shmq.create(1, name=queue_name) as writer:
+        reader = shmq.attach(writer.handle, 0)
+        writer.put(np.arange(100, dtype=np.int32))
+        with reader.lease() as array:
+            kept = array  # against the rules: it aliases the ring after the block
+        reader.close()  # the mapping stays until `kept` is collected
+    assert int(kept.sum()) == 4950
+
+
 def test_handle_round_trips_through_its_string_form(writer):
     text = str(writer.handle)
     assert "\n" not in text
