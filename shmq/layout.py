@@ -265,6 +265,12 @@ def within_lap(position: int, payload: int, ring_bytes: int) -> bool:
     return position % ring_bytes + frame_stride(payload) <= ring_bytes
 
 
+def piece_continues(filled: int, frame: int, total: int, last: bool, piece_bytes: int) -> bool:
+    """Whether a piece of `frame` bytes at byte `filled` of a `total`-byte message in pieces is one its writer
+    wrote: every piece but the last holds piece_bytes, the last ends the message, and none runs past it."""
+    return frame == (total - filled if last else piece_bytes) and filled + frame <= total
+
+
 def default_frame_bytes(ring_bytes: int) -> int:
     """The largest frame payload a ring of `ring_bytes` takes: a quarter of the ring and a page, so that an
     array of a quarter of the ring (arrays are often a power of two) and its pickle stream is one frame,

@@ -401,7 +401,7 @@ class Reader(Receiving, Participant):
                                             _remaining(deadline), raw)
             last = flags & L.FRAME_LAST
             if (total != assembly.total or not flags & _FRAGMENT or flags & L.FRAME_FIRST and c != assembly.first
-                    or frame != (assembly.total - filled if last else cap) or frame > assembly.total - filled):
+                    or not L.piece_continues(filled, frame, assembly.total, last, cap)):
                 self._ring.unfinished = None
                 self._skip()
                 raise CorruptMessage(f"queue {self.queue_name!r}: piece {c - assembly.first} of message "

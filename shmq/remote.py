@@ -786,8 +786,8 @@ class RemoteReader(Receiving):
             return None
         first, whole_total, first_flags, whole = self._assembly
         offset = (seq - first) * self._piece_bytes
-        if total != whole_total or frame != (total - offset if flags & L.FRAME_LAST else self._piece_bytes) \
-                or offset + frame > total:
+        if total != whole_total or not L.piece_continues(offset, frame, total, flags & L.FRAME_LAST,
+                                                         self._piece_bytes):
             self._assembly = None
             self._consumed(seq, frame, 0, 0)
             raise CorruptMessage(f"queue {self.queue_name!r}: piece {seq - first} of message {first} does not "

@@ -582,7 +582,8 @@ def test_a_piece_of_the_wrong_length_from_the_writer_is_a_named_error_and_the_re
             for seq, frame, total, kind in pieces:
                 flags = L.FRAME_FRAGMENT | (L.FRAME_FIRST if kind == "first" else L.FRAME_LAST)
                 router.send_multipart([peer, R.FRAME + R._FRAME.pack(seq, frame, total, flags), b"p" * frame])
-            after = L.ONE_SEGMENT.pack(1, len(pickle.dumps("after", 5))) + pickle.dumps("after", 5)
+            stream = pickle.dumps("after", 5)
+            after = L.ONE_SEGMENT.pack(1, len(stream)) + stream
             router.send_multipart([peer, R.FRAME + R._FRAME.pack(len(pieces), len(after), len(after), 0), after])
             with pytest.raises(shmq.CorruptMessage, match=problem):
                 reader.get(timeout=10)
