@@ -15,11 +15,8 @@ signals) and the counters it reports through the stats record.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
 import os
-import sys
 import time
 from typing import Protocol
 
@@ -186,25 +183,6 @@ class SpinYieldPark(WaitStrategy):
                 self._sleep_s = min(self._sleep_s * 2, self.park_timeout_s)
 
 
-_PR_SET_TIMERSLACK, _PR_GET_TIMERSLACK = 29, 30
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-
-
-@contextlib.contextmanager
-def _timer_slack(ns: int):
-    """The calling thread's timer slack set to `ns` for the block: a timed futex wait fires up to the
-    slack late (50 µs by default on Linux), which a wake-up just before an arrival cannot afford."""
-    if _prctl is None:
-        yield
-        return
-    previous = _prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0)
-    _prctl(_PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0)
-    try:
-        yield
-    finally:
-        _prctl(_PR_SET_TIMERSLACK, ctypes.c_ulong(previous), 0, 0, 0)
-
-
 class Adaptive(SpinYieldPark):
     """Learns the arrival rhythm; parks until just before the next arrival, then polls for a bounded budget.
 
@@ -325,7 +303,7 @@ class Adaptive(SpinYieldPark):
         now = self._now()
         if now < self._wake_at:
             self.counters.parks += 1
-            with _timer_slack(self.timer_slack_ns):
+            with sync.timer_slack(self.timer_slack_ns):
                 self._parker.park((self._wake_at - now) / 1e9)  # the peer wakes us if the message comes first
             now = self._now()
             if now < self._wake_at:

@@ -43,7 +43,6 @@ JITTER = 0.02  #: each gap is P * (1 ± JITTER), uniform
 WARMUP = 10  #: messages sent before the measured ones
 SIZES = {"small": 0, "10k": 10_000}  #: array bytes per message (small: a ~500 B pickled dict only)
 _TOKENS = list(range(1000, 1150))  # with seq, timestamp and op: a ~500-byte pickle
-PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 29, 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +196,7 @@ def _cell_main(peer: peers.Peer, cell: Cell, stall_s: float, conn, workdir: str)
 
 
 def _run_cell(peer: peers.Peer, cell: Cell, stall_s: float, workdir: str) -> CadenceRow:
-    _set_timer_slack(1)  # the writer's schedule, not its timer slack, sets the period
+    sync.set_timer_slack(1)  # the writer's schedule, not its timer slack, sets the period
     link = peer.open(cell.workload(), workdir)
     board = trial.Board(cell.n_readers)
     pipes, readers = [], []
@@ -210,7 +209,7 @@ def _run_cell(peer: peers.Peer, cell: Cell, stall_s: float, workdir: str) -> Cad
             send_end.close()
             pipes.append(receive_end)
             readers.append(p)
-        _set_timer_slack(0)  # 0: back to the process default
+        sync.set_timer_slack(0)  # 0: back to the process default
         sender = link.sender()
         try:
             writer_cpu, writer_wall, note = _write(sender, cell, board, stall_s)
@@ -257,19 +256,6 @@ def run_cell(peer: peers.Peer, cell: Cell, *, stall_s: float, timeout_s: float) 
 
 
 # -- timing facts of this machine ------------------------------------------------------------------
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _set_timer_slack(ns: int) -> None:
-    _libc().prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0)
-
-
-def timer_slack_ns() -> int:
-    """The calling thread's timer slack (prctl PR_GET_TIMERSLACK): how late the kernel may fire its timers."""
-    return _libc().prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
-
-
 def timed_wake_lateness(timeout_s: float, rounds: int) -> tuple[float, float]:
     """p50 and p99 of how late (µs) a futex wait with `timeout_s` returns, nobody waking it."""
     word = ctypes.c_uint64(0)
@@ -287,17 +273,17 @@ def timing_lines(*, quick: bool) -> list[str]:
     if not sync.HAVE_FUTEX:
         return ["No futex on this platform: parks are sleeps."]
     rounds = 50 if quick else 300
-    default_slack = timer_slack_ns()
+    default_slack = sync.timer_slack_ns()
     lines = [f"Timer slack of a thread (prctl PR_GET_TIMERSLACK): {default_slack / 1e3:g} µs.",
              "", "| timed futex wait | lateness p50 µs | p99 µs |", "|---|---|---|"]
     try:
         for slack in (default_slack, 1):
-            _set_timer_slack(slack)
+            sync.set_timer_slack(slack)
             for timeout_s in (100e-6, 1e-3):
                 p50, p99 = timed_wake_lateness(timeout_s, rounds)
                 lines.append(f"| {timeout_s * 1e6:g} µs, slack {slack:,} ns | {p50:.1f} | {p99:.1f} |")
     finally:
-        _set_timer_slack(0)
+        sync.set_timer_slack(0)
     wake = limits.futex_row(rounds, 0.002, carry=False)
     lines += ["", f"Scheduler wake latency, another process parked on a futex, FUTEX_WAKE to running: "
                   f"p50 {wake.wake_p50_us:.1f} µs ({rounds} wakes)." if wake.wake_p50_us else
