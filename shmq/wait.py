@@ -202,13 +202,13 @@ class Adaptive(SpinYieldPark):
     Irregular traffic, a gap longer than predicted, or intervals too short to park in, fall back to
     SpinYieldPark, so an idle queue parks (about 0 CPU) and a burst never sleeps.
     The writer waiting on a full ring learns the rhythm of freed room the same way.
+    Other keyword arguments are SpinYieldPark's, for the waits it does not predict.
     """
 
-    def __init__(self, spins: int = 20, yields: int = 200, park_timeout_s: float = 0.05,
-                 first_sleep_s: float = 20e-6, history: int = 8, regularity: float = 0.25,
-                 min_margin_s: float = 30e-6, max_margin_s: float = 1e-3, min_park_s: float = 100e-6,
-                 timer_slack_ns: int = 1000) -> None:
-        super().__init__(spins, yields, park_timeout_s, first_sleep_s)
+    def __init__(self, *, history: int = 8, regularity: float = 0.25, min_margin_s: float = 30e-6,
+                 max_margin_s: float = 1e-3, min_park_s: float = 100e-6, timer_slack_ns: int = 1000,
+                 **spin_yield_park) -> None:
+        super().__init__(**spin_yield_park)
         if history < 2:
             raise ValueError(f"history must be at least 2 intervals, got {history}")
         if not 0 < min_margin_s <= max_margin_s:
