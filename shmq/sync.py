@@ -41,11 +41,9 @@ def set_timer_slack(ns: int) -> None:
 def timer_slack(ns: int):
     """The calling thread's timer slack set to `ns` for the block, then restored."""
     previous = timer_slack_ns()
-    if previous is None:
-        yield
-        return
     set_timer_slack(ns)
     try:
         yield
     finally:
-        set_timer_slack(previous)
+        if previous is not None:
+            set_timer_slack(previous)

@@ -8,7 +8,7 @@ import pytest
 
 import shmq
 import shmq.stats
-from shmq import wait
+from shmq import sync, wait
 
 MS = 1_000_000  # ns
 
@@ -22,16 +22,19 @@ class FakeClock:
 
 
 class FakeParker:
-    """Records each park's timeout; a park lasts its whole timeout plus `lateness_ns` unless `woken_after_ns`."""
+    """Records each park's timeout and the thread's timer slack during it; a park lasts its whole
+    timeout plus `lateness_ns` unless `woken_after_ns`."""
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.parks: list[float] = []
+        self.slacks: list[int | None] = []
         self.lateness_ns = 0
         self.woken_after_ns: int | None = None
 
     def park(self, timeout_s: float) -> None:
         self.parks.append(timeout_s)
+        self.slacks.append(sync.timer_slack_ns())
         if self.woken_after_ns is not None:
             self.clock.ns += self.woken_after_ns
         else:
@@ -63,16 +66,19 @@ def arrive_every(strategy, clock: FakeClock, intervals_ns) -> None:
 
 
 def test_a_steady_rhythm_parks_until_just_before_the_next_arrival_then_spins_to_a_hit():
-    strategy, clock, parker, counters = adaptive(history=4)
+    strategy, clock, parker, counters = adaptive(history=4, timer_slack_ns=2000)
     arrive_every(strategy, clock, [10 * MS] * 5)
     counters.clear()
     clock.ns += 1 * MS  # the application worked for 1 ms after the last arrival
+    slack_before = sync.timer_slack_ns()
     strategy.reset()
     strategy.idle()
 
-    # It parked once, until the margin before the predicted arrival (9 ms from now).
+    # It parked once, until the margin before the predicted arrival (9 ms from now), with its own
+    # timer slack (Linux), which it restored after.
     margin_ns = strategy._margin_ns
     assert parker.parks == [pytest.approx((9 * MS - margin_ns) / 1e9)]
+    assert parker.slacks == [None if slack_before is None else 2000] and sync.timer_slack_ns() == slack_before
     assert counters.predicted_wakes == 1 and counters.parks == 1
     # Then it polls without parking, within its budget: a yield right after the park, then one per idle().
     for _ in range(5):
