@@ -544,6 +544,59 @@ def test_a_reader_acknowledging_what_it_was_never_sent_changes_nothing_and_the_o
         rogue.close(linger=0)
 
 
+class FakeWriter:
+    """A writer that is only a ROUTER speaking the protocol, so a test can send what no real writer would;
+    `reader` is the remote reader attached to it (slot 0)."""
+
+    FRAME_BYTES, PIECE_BYTES = 4096, 2048
+
+    def __init__(self) -> None:
+        import zmq
+
+        from shmq import procs
+        from shmq import remote as R
+
+        self._context = zmq.Context()
+        self.router = self._context.socket(zmq.ROUTER)
+        port = self.router.bind_to_random_port("tcp://127.0.0.1")
+        handle = shmq.Handle("shmq-fake", "fake", n_readers=0, ring_bytes=1 << 20, frame_bytes=self.FRAME_BYTES,
+                             instance_id="ab" * 16, endpoint=f"tcp://127.0.0.1:{port}", n_remote_readers=1)
+        attached = []
+        attaching = threading.Thread(target=lambda: attached.append(shmq.attach_remote(handle, 0, timeout=10)))
+        attaching.start()
+        assert self.router.poll(10_000)
+        self.peer, hello = self.router.recv_multipart()
+        assert hello[:1] == R.HELLO
+        self.router.send_multipart([self.peer, R.WELCOME + R._WELCOME.pack(
+            0, 1 << 20, self.FRAME_BYTES, self.PIECE_BYTES, 1 << 30, os.getpid(),
+            procs.start_time(os.getpid()) or 0) + socket.gethostname().encode()])
+        attaching.join(10)
+        (self.reader,) = attached
+
+    @staticmethod
+    def whole(obj, seq: int) -> tuple[bytes, bytes]:
+        """The wire header and payload of `obj` pickled as frame `seq`, a whole message."""
+        import pickle
+
+        from shmq import layout as L
+        from shmq import remote as R
+
+        stream = pickle.dumps(obj, 5)
+        payload = L.ONE_SEGMENT.pack(1, len(stream)) + stream
+        return R.FRAME + R._FRAME.pack(seq, len(payload), len(payload), 0), payload
+
+    def send(self, *parts: bytes) -> None:
+        self.router.send_multipart([self.peer, *parts])
+
+    def __enter__(self) -> FakeWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.reader.close()
+        self.router.close(linger=0)
+        self._context.term()
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("pieces, problem", [
     ([(0, 1000, 3000, "first"), (1, 2000, 3000, "last")], "piece 0 of message 0 does not continue it"),
@@ -552,43 +605,55 @@ def test_a_reader_acknowledging_what_it_was_never_sent_changes_nothing_and_the_o
 ])
 def test_a_piece_of_the_wrong_length_from_the_writer_is_a_named_error_and_the_remote_reader_reads_on(
         pieces, problem):
-    """A writer (a ROUTER speaking the protocol) whose pieces are not piece_bytes long, or overrun the message."""
-    import pickle
-
-    import zmq
-
+    """Pieces that are not piece_bytes long, or overrun their message."""
     from shmq import layout as L
-    from shmq import procs
     from shmq import remote as R
 
-    piece_bytes, frame_bytes = 2048, 4096
-    with zmq.Context() as context:
-        router = context.socket(zmq.ROUTER)
-        port = router.bind_to_random_port("tcp://127.0.0.1")
-        handle = shmq.Handle("shmq-fake", "fake", n_readers=0, ring_bytes=1 << 20, frame_bytes=frame_bytes,
-                             instance_id="ab" * 16, endpoint=f"tcp://127.0.0.1:{port}", n_remote_readers=1)
-        attached = []
-        attaching = threading.Thread(target=lambda: attached.append(shmq.attach_remote(handle, 0, timeout=10)))
-        attaching.start()
-        assert router.poll(10_000)
-        peer, hello = router.recv_multipart()
-        assert hello[:1] == R.HELLO
-        router.send_multipart([peer, R.WELCOME + R._WELCOME.pack(0, 1 << 20, frame_bytes, piece_bytes, 1 << 30,
-                                                                os.getpid(), procs.start_time(os.getpid()) or 0)
-                               + socket.gethostname().encode()])
-        attaching.join(10)
-        (reader,) = attached
-        with reader:
-            for seq, frame, total, kind in pieces:
-                flags = L.FRAME_FRAGMENT | (L.FRAME_FIRST if kind == "first" else L.FRAME_LAST)
-                router.send_multipart([peer, R.FRAME + R._FRAME.pack(seq, frame, total, flags), b"p" * frame])
-            stream = pickle.dumps("after", 5)
-            after = L.ONE_SEGMENT.pack(1, len(stream)) + stream
-            router.send_multipart([peer, R.FRAME + R._FRAME.pack(len(pieces), len(after), len(after), 0), after])
-            with pytest.raises(shmq.CorruptMessage, match=problem):
-                reader.get(timeout=10)
-            assert reader.get(timeout=10) == "after"
-        router.close(linger=0)
+    with FakeWriter() as fake:
+        for seq, frame, total, kind in pieces:
+            flags = L.FRAME_FRAGMENT | (L.FRAME_FIRST if kind == "first" else L.FRAME_LAST)
+            fake.send(R.FRAME + R._FRAME.pack(seq, frame, total, flags), b"p" * frame)
+        fake.send(*fake.whole("after", len(pieces)))
+        with pytest.raises(shmq.CorruptMessage, match=problem):
+            fake.reader.get(timeout=10)
+        assert fake.reader.get(timeout=10) == "after"
+
+
+def _batch_of(*frames: tuple[bytes, bytes]) -> bytes:
+    from shmq import remote as R
+
+    return R.BATCH + b"".join(header + payload for header, payload in frames)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("case", ["ends inside a frame", "frame over frame_bytes", "corrupt frame table"])
+def test_a_batch_whose_frames_lie_about_their_lengths_is_a_named_error_and_the_remote_reader_reads_on(case):
+    """A batch (small frames back to back in one ZeroMQ message) with a frame that does not fit it, is
+    larger than a frame may be, or whose table of segments points outside it. The frames before it are
+    delivered; the reader names what is wrong, and reads the next message the writer sends."""
+    from shmq import layout as L
+    from shmq import remote as R
+
+    with FakeWriter() as fake:
+        good = fake.whole("before", 0)
+        if case == "ends inside a frame":
+            header, payload = fake.whole("x" * 500, 1)
+            bad, next_seq = (header, payload[:100]), 1  # the rest of the batch is dropped unread
+            problem = "a batch of frames from the writer ends inside one"
+        elif case == "frame over frame_bytes":
+            payload = bytes(FakeWriter.FRAME_BYTES + 8)
+            bad, next_seq = (R.FRAME + R._FRAME.pack(1, len(payload), len(payload), 0), payload), 2
+            problem = "frame 1 says 4,104 bytes"
+        else:
+            payload = L.ONE_SEGMENT.pack(1, 1 << 20) + b"too short"
+            bad, next_seq = (R.FRAME + R._FRAME.pack(1, len(payload), len(payload), 0), payload), 2
+            problem = "message 1 has a corrupt frame table"
+        fake.send(_batch_of(good, bad))
+        fake.send(*fake.whole("after", next_seq))
+        assert fake.reader.get(timeout=10) == "before"
+        with pytest.raises(shmq.CorruptMessage, match=problem):
+            fake.reader.get(timeout=10)
+        assert fake.reader.get(timeout=10) == "after"
 
 
 def read_one_then_stop(handle, ready):
