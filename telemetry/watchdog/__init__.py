@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--all", action="store_true", help="watch every shmq segment on the host (the default)")
     parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S, metavar="S",
                         help="seconds between polls (default %(default)s)")
-    rules = parser.add_argument_group("rules (see the README for how the defaults were chosen)")
+    rules = parser.add_argument_group("rules (docs/watchdog.md, 'Why these defaults', says how they were chosen)")
     rules.add_argument("--stall", type=float, default=_DEFAULTS.stall_s, metavar="S",
                        help="seconds without progress, with work pending, that make a stall (default %(default)s)")
     rules.add_argument("--heartbeat-stale", type=float, default=_DEFAULTS.heartbeat_stale_s, metavar="S",

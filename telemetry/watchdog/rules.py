@@ -50,7 +50,7 @@ class Cause(str, enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
-    """Every knob of the rules. Defaults are justified by measurement in the README (section watchdog)."""
+    """Every knob of the rules. Defaults are justified by measurement in docs/watchdog.md (Why these defaults)."""
 
     stall_s: float = 1.0  #: T: this long without progress while work is pending is a stall (3 rules use it)
     heartbeat_stale_s: float = 0.5  #: a heartbeat older than this means the process runs no Python (5 missed beats)
