@@ -127,6 +127,33 @@ def test_messages_larger_than_the_whole_ring_stream_through_it(queue_name, child
             assert view.snapshot().writer.overflow_messages == 1
 
 
+@pytest.mark.timeout(30)
+def test_a_reader_joining_while_a_message_is_half_sent_in_pieces_starts_at_the_next_whole_one(queue_name):
+    ring = 64 << 10
+    big = b"b" * (4 * ring)  # in pieces: the writer stops mid-message once the ring is full
+    with shmq.create(2, name=queue_name, ring_bytes=ring) as writer, shmq.attach(writer.handle, 0) as first, \
+            shmq.stats.open(writer.handle) as view:
+        shmq.attach(writer.handle, 1).close()  # reader 1 joins at the head when it attaches again
+        sending = threading.Thread(target=lambda: [writer.put_bytes(body, timeout=20) for body in (big, b"next")])
+        sending.start()
+        deadline = time.monotonic() + 10
+        while view.snapshot().writer.state != shmq.ParticipantState.WAITING_WRITE:
+            assert time.monotonic() < deadline, "the writer never waited for room"
+            time.sleep(0.01)
+        pieces = -(-(len(big) + L.ONE_SEGMENT.size) // L.default_piece_bytes(ring, writer.handle.frame_bytes))
+        assert 0 < view.snapshot().writer_cursor < pieces, "the writer should be inside the big message"
+        with shmq.attach(writer.handle, 1) as joining:  # at the head: among the big message's pieces
+            joined = []
+            reading = threading.Thread(target=lambda: joined.append(joining.get_bytes(timeout=10)))
+            reading.start()  # it gates the writer from where it joined, so it reads beside the first reader
+            assert first.get_bytes(timeout=10) == big
+            assert first.get_bytes(timeout=10) == b"next"
+            reading.join(10)
+        assert joined == [b"next"]
+        sending.join(10)
+        assert not sending.is_alive()
+
+
 def test_a_message_up_to_a_quarter_of_the_ring_is_one_frame_and_a_larger_one_goes_in_sixteenths(queue_name):
     ring = 1 << 20
     frame = ring // 4 + L.PAGE_BYTES - L.FRAME_HEADER_BYTES

@@ -74,7 +74,7 @@ class Thresholds:
 
 @dataclasses.dataclass(frozen=True)
 class Blocker:
-    """A reader that holds the minimum cursor, named in writer_blocked and freeze_risk findings."""
+    """A reader that holds the lowest position (ring bytes read), named in writer_blocked and freeze_risk findings."""
 
     reader: int
     pid: int
@@ -100,7 +100,7 @@ class Finding:
     stalled_s: float  #: seconds without progress while work was pending
     spin_rate: float  #: its spins+yields per second
     time_to_full_s: float  #: projected seconds until the ring is full (inf: not filling)
-    blockers: tuple[Blocker, ...] = ()  #: readers that hold the minimum cursor (writer_blocked, freeze_risk)
+    blockers: tuple[Blocker, ...] = ()  #: readers that hold the lowest position (writer_blocked, freeze_risk)
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -234,7 +234,7 @@ class QueueMonitor:
         if p.state == State.PENDING:
             return Cause.NOT_ATTACHED
         if not self._alive(p):
-            return Cause.EXITED  # a dead reader holding the minimum cursor, until the writer evicts it
+            return Cause.EXITED  # a dead reader holding the lowest position, until the writer evicts it
         if now - p.heartbeat_ns > self.t.heartbeat_stale_s * 1e9 or \
                 not p.remote and self._run_state(p.pid) in HALTED_RUN_STATES:
             return Cause.FROZEN
