@@ -1837,13 +1837,14 @@ ring_skip(Ring *self, PyObject *unused)
     return PyLong_FromUnsignedLongLong(self->cursor);
 }
 
-/* gather_batch(room, limit, overhead) -> (batch, [(cursor, position, cost) after each frame], cost)
- * | None: a remote slot's read-ahead (RemoteServer._send_slot): the published frames from the cursor
- * on as one BATCH of the wire format, each released as it is copied (the slot's record moves only
- * on acknowledge). It takes frames while their headers name them, their payload is under `limit`,
- * their cost (ring bytes, and `overhead` on the first: what ZeroMQ keeps beside a message) fits in
- * `room`, and the batch is under `limit`. None if it takes none: the Python path sends that frame
- * alone, or steps over it. */
+/* gather_batch(room, limit, overhead) -> (batch, cursor, position, cost) | None: a remote slot's
+ * read-ahead (RemoteServer._send_slot): the published frames from the cursor on as one BATCH of the
+ * wire format, each released as it is copied (the slot's record moves only on acknowledge), with the
+ * cursor and position after its last frame and what it costs the window. It takes frames while their
+ * headers name them, their payload is under `limit`, their cost (ring bytes, and `overhead` on the
+ * first: what ZeroMQ keeps beside a message) fits in `room`, and the batch is under `limit`. None if
+ * it takes none: the Python path sends that frame alone, or steps over it. One summary per batch, not
+ * one per frame: the server holds a batch until an acknowledgement covers all of it. */
 static PyObject *
 ring_gather_batch(Ring *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1852,10 +1853,9 @@ ring_gather_batch(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         check_reader(self) < 0)
         return NULL;
     uint64_t room = words[0], limit = words[1], overhead = words[2];
-    PyObject *entries = PyList_New(0), *result = NULL;
     unsigned char *wire = NULL;
     uint64_t used = 1, capacity = 0, spent = 0; /* used: the batch's kind byte, then its frames */
-    while (entries != NULL && used < limit) {
+    while (used < limit) {
         _Atomic uint64_t *head = reader_head(self);
         if (head == NULL)
             break;
@@ -1872,9 +1872,8 @@ ring_gather_batch(Ring *self, PyObject *const *args, Py_ssize_t nargs)
             capacity = used + need > 2 * capacity ? used + need + limit : 2 * capacity;
             unsigned char *grown = PyMem_Realloc(wire, (size_t)capacity);
             if (grown == NULL) {
-                PyErr_NoMemory();
-                Py_CLEAR(entries);
-                break;
+                PyMem_Free(wire);
+                return PyErr_NoMemory();
             }
             wire = grown;
         }
@@ -1889,21 +1888,14 @@ ring_gather_batch(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         used += need;
         spent += cost;
         release_read(self, position + stride, 0);
-        PyObject *entry = Py_BuildValue("(KKK)", (unsigned long long)self->cursor,
-                                        (unsigned long long)self->position, (unsigned long long)cost);
-        if (entry == NULL || PyList_Append(entries, entry) < 0)
-            Py_CLEAR(entries);
-        Py_XDECREF(entry);
     }
-    if (entries != NULL && spent) {
+    PyObject *result = Py_NewRef(Py_None);
+    if (spent) {
         wire[0] = WIRE_BATCH;
-        PyObject *batch = PyBytes_FromStringAndSize((const char *)wire, (Py_ssize_t)used);
-        if (batch != NULL)
-            result = Py_BuildValue("(NOK)", batch, entries, (unsigned long long)spent);
-    } else if (entries != NULL) {
-        result = Py_NewRef(Py_None);
+        Py_SETREF(result, Py_BuildValue("(y#KKK)", (const char *)wire, (Py_ssize_t)used,
+                                        (unsigned long long)self->cursor, (unsigned long long)self->position,
+                                        (unsigned long long)spent));
     }
-    Py_XDECREF(entries);
     PyMem_Free(wire);
     return result;
 }
@@ -2080,7 +2072,8 @@ static PyMethodDef ring_methods[] = {
      "park_reader(timeout_s) -> slept: sleep until the writer publishes past our cursor."},
     {"wake_readers", (PyCFunction)ring_wake_readers, METH_NOARGS, "wake_readers(): wake every parked reader."},
     {"gather_batch", (PyCFunction)(void (*)(void))ring_gather_batch, METH_FASTCALL,
-     "gather_batch(room, limit, overhead) -> (batch, in_flight, cost) | None: a remote slot's next frames, batched."},
+     "gather_batch(room, limit, overhead) -> (batch, cursor, position, cost) | None: a remote slot's next "
+     "frames, batched."},
     {"bind_flight", (PyCFunction)ring_bind_flight, METH_VARARGS,
      "bind_flight(offset, entries): record this participant's operations in its flight ring."},
     {"lease_begins", (PyCFunction)(void (*)(void))ring_lease_begins, METH_FASTCALL,

@@ -144,7 +144,8 @@ class _Slot:
         self.connected = False
         self.lost_since = 0  # monotonic ns when its connection was found gone
         self.lost: str | None = None  # why it is dead, once the grace ran out (on_dead_reader="raise")
-        # (cursor, position, cost) after each frame sent and not yet acknowledged, oldest first
+        # (cursor, position, cost) after each batch or lone frame sent and not yet acknowledged, oldest
+        # first: an acknowledgement releases only what it covers whole (a reader acknowledges between them)
         self.in_flight: collections.deque = collections.deque()
         self.in_flight_bytes = 0  # the sum of their costs: what the reader's socket may hold
 
@@ -446,7 +447,7 @@ class RemoteServer:
         w[slot.rec + R_HEARTBEAT] = now
         if state in (BUSY, WAITING_READ) and state != slot.state:
             slot.ring.set_state(state)
-        acked = None  # the last frame sent that the acknowledgement covers: a reader cannot vouch for more
+        acked = None  # the end of the last batch or frame it covers whole: a reader cannot vouch for more
         while slot.in_flight and slot.in_flight[0][0] <= cursor:
             *acked, cost = slot.in_flight.popleft()
             slot.in_flight_bytes -= cost
@@ -503,8 +504,8 @@ class RemoteServer:
             gathered = ring.gather_batch(max(0, self.window_bytes - slot.in_flight_bytes), BATCH_BYTES,
                                          ZMQ_MESSAGE_BYTES)
             if gathered is not None:
-                batch, in_flight, cost = gathered
-                slot.in_flight.extend(in_flight)
+                batch, cursor, position, cost = gathered
+                slot.in_flight.append((cursor, position, cost))
                 slot.in_flight_bytes += cost
                 sent = True
                 if not self._send(slot.peer, [batch], slot):
@@ -723,7 +724,6 @@ class RemoteReader(Receiving):
         got = batch_frame(self._batch, self._batch_at, self._expected, self._frame_bytes)
         if got is None:
             return None
-        self._ack_if_due()  # before it is consumed, as _next_message does
         self._batch_at, frame, message = got
         self._consumed(self._expected, frame, 1, frame)
         return (message, [], 0) if message.__class__ is bytes else (*message, 0)
@@ -838,9 +838,12 @@ class RemoteReader(Receiving):
 
     def _ack_if_due(self) -> None:
         """Acknowledge in batches while a backlog lasts, of ACK_EVERY frames or a quarter of the window, so
-        the writer's sending never stops for an acknowledgement. Called when a get() begins (what it
-        acknowledges, earlier calls returned: a reader killed now loses nothing to its successor) and
-        between the pieces of a message; a reader also acknowledges before it waits."""
+        the writer's sending never stops for an acknowledgement. Called when a get() takes a message that
+        is not the next of a batch (what it acknowledges, earlier calls returned: a reader killed now loses
+        nothing to its successor) and between the pieces of a message; a reader also acknowledges before
+        it waits. Only between the writer's batches: the writer releases a batch only whole."""
+        if self._batch is not None and self._batch_at < len(self._batch):
+            return
         frames = self._expected - self._acked
         if frames >= ACK_EVERY or 4 * (self._unacked_bytes + frames * _MOST_BESIDE_A_FRAME) >= self._window:
             self._ack(BUSY)

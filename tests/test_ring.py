@@ -184,10 +184,9 @@ def test_gather_batch_sends_a_remote_slots_next_frames_in_the_wire_format_and_st
     writer.put_one(0, [b"first"], None)
     writer.put_one(L.FRAME_TRACED, [b"second"], traceparent)
     writer.put_one(0, [b"third", b"buffer"], None)
-    batch, in_flight, cost = slot.gather_batch(1 << 20, 1 << 16, 1000)
+    batch, cursor, position, cost = slot.gather_batch(1 << 20, 1 << 16, 1000)
     assert batch[:1] == remote.BATCH and slot.cursor == 3 and record_word(memory, 0, L.REC_CURSOR) == 0
-    assert in_flight == [(1, SMALL, SMALL + 1000), (2, 2 * SMALL, SMALL), (3, 3 * SMALL, SMALL)]
-    assert cost == 3 * SMALL + 1000
+    assert (cursor, position, cost) == (3, 3 * SMALL, 3 * SMALL + 1000)  # after its last frame; the first pays 1000
     offset, frames = 1, []
     while offset < len(batch):
         seq, frame, total, flags = remote._FRAME.unpack_from(batch, offset + 1)
@@ -205,8 +204,8 @@ def test_gather_batch_sends_a_remote_slots_next_frames_in_the_wire_format_and_st
     writer.put_one(0, [b"fourth"], None)
     writer.put_one(0, [b"fifth"], None)
     assert slot.gather_batch(SMALL + 999, 1 << 16, 1000) is None  # no room for the first frame's cost
-    batch, in_flight, _ = slot.gather_batch(1 << 20, 40, 0)  # the batch is full after one frame
-    assert in_flight == [(4, 4 * SMALL, SMALL)] and _ring.batch_frame(batch, 1, 3, FRAME)[2] == b"fourth"
+    batch, *after = slot.gather_batch(1 << 20, 40, 0)  # the batch is full after one frame
+    assert after == [4, 4 * SMALL, SMALL] and _ring.batch_frame(batch, 1, 3, FRAME)[2] == b"fourth"
     assert slot.gather_batch(1 << 20, 10, 0) is None  # a frame as large as the limit goes alone
     words(memory)[L.word(at(4 * SMALL))] = 99  # the header names another frame now
     assert slot.gather_batch(1 << 20, 1 << 16, 0) is None and slot.cursor == 4
@@ -219,8 +218,8 @@ def test_gather_batch_leaves_a_frame_whose_length_runs_past_the_end_of_the_ring_
     for n in range(RING // SMALL):  # one lap, its last frame ending at the ring's end
         assert writer.put_one(0, [b"%d" % n], None) is not None
     words(memory)[L.word(at(RING - SMALL) + L.FRAME_LEN)] = FRAME  # a frame's length, but not here
-    _, in_flight, _ = slot.gather_batch(1 << 20, 1 << 16, 0)
-    assert len(in_flight) == RING // SMALL - 1 and slot.gather_batch(1 << 20, 1 << 16, 0) is None
+    _, cursor, _, _ = slot.gather_batch(1 << 20, 1 << 16, 0)
+    assert cursor == RING // SMALL - 1 and slot.gather_batch(1 << 20, 1 << 16, 0) is None
 
 
 def test_a_corrupt_frame_table_is_left_to_the_python_path(memory):
