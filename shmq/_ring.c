@@ -1889,13 +1889,12 @@ ring_gather_batch(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         spent += cost;
         release_read(self, position + stride, 0);
     }
-    PyObject *result = Py_NewRef(Py_None);
-    if (spent) {
-        wire[0] = WIRE_BATCH;
-        Py_SETREF(result, Py_BuildValue("(y#KKK)", (const char *)wire, (Py_ssize_t)used,
-                                        (unsigned long long)self->cursor, (unsigned long long)self->position,
-                                        (unsigned long long)spent));
-    }
+    if (!spent)
+        Py_RETURN_NONE; /* nothing was taken, so nothing was allocated */
+    wire[0] = WIRE_BATCH;
+    PyObject *result = Py_BuildValue("(y#KKK)", (const char *)wire, (Py_ssize_t)used,
+                                     (unsigned long long)self->cursor, (unsigned long long)self->position,
+                                     (unsigned long long)spent);
     PyMem_Free(wire);
     return result;
 }
